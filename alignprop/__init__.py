@@ -1,0 +1,1 @@
+"""AlignProp for FLUX.1 Kontext: reward backpropagation through the sampler into a LoRA."""

@@ -1,0 +1,111 @@
+"""The reward contract and the weighted composite the trainer optimises.
+
+A reward is any callable ``fn(images, inputs, prompts) -> (scores, metrics)``:
+
+* ``images``  -- generated images, float tensor (B, 3, H, W) in [0, 1]; the
+  tensor that gradients flow back into.
+* ``inputs``  -- the conditioning (input) images, same layout, or ``None``
+  for rewards that do not compare with the input.
+* ``prompts`` -- list of B edit instructions (may be ignored).
+* ``scores``  -- tensor (B,), higher is better, differentiable w.r.t. ``images``.
+* ``metrics`` -- plain floats for logging (already batch means).
+
+Penalties are exposed as rewards by negation, so that every term of a
+composite has the same sign convention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+Metrics = dict[str, float]
+
+
+@runtime_checkable
+class Reward(Protocol):
+    def __call__(
+        self,
+        images: torch.Tensor,
+        inputs: torch.Tensor | None,
+        prompts: Sequence[str] | None,
+    ) -> tuple[torch.Tensor, Metrics]: ...
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> None:
+    """Raise a clear error unless ``images`` follows the (B,3,H,W) [0,1] convention."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+
+
+@dataclass
+class RewardTerm:
+    """One weighted term of a composite reward."""
+
+    name: str
+    weight: float
+    fn: Reward
+    # Free-form description of the options used to build it (logged with the run).
+    options: dict = field(default_factory=dict)
+
+
+class CompositeReward:
+    """Weighted sum of reward terms.
+
+    ``__call__`` returns ``(total[B], metrics)`` where ``metrics`` holds, for every
+    term ``t``: ``t`` (the unweighted batch-mean score), ``t/weighted`` and every
+    metric the term itself reported under ``t/<key>``; plus ``reward`` (the mean
+    total). Non-finite term scores are reported in ``metrics`` and propagate into
+    the total so that the caller (the trainer) can skip the step.
+    """
+
+    def __init__(self, terms: Sequence[RewardTerm]):
+        if not terms:
+            raise ValueError("CompositeReward needs at least one reward term")
+        names = [t.name for t in terms]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"duplicate reward term names: {sorted(dup)}")
+        self.terms = list(terms)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
+
+    def __call__(self, images, inputs=None, prompts=None):
+        check_images(images)
+        total = None
+        metrics: Metrics = {}
+        for term in self.terms:
+            scores, info = term.fn(images, inputs, prompts)
+            if scores.ndim != 1 or scores.shape[0] != images.shape[0]:
+                raise ValueError(
+                    f"reward term {term.name!r} returned shape {tuple(scores.shape)}, "
+                    f"expected ({images.shape[0]},)"
+                )
+            scores = scores.float()
+            weighted = term.weight * scores
+            total = weighted if total is None else total + weighted
+            mean = scores.detach().mean().item()
+            metrics[term.name] = mean
+            metrics[f"{term.name}/weighted"] = term.weight * mean
+            for key, value in info.items():
+                metrics[f"{term.name}/{key}"] = float(value)
+        metrics["reward"] = total.detach().mean().item()
+        metrics["reward_finite"] = float(math.isfinite(metrics["reward"]))
+        return total, metrics
+
+    def describe(self) -> list[dict]:
+        """JSON-able description of every term, saved with a run."""
+        return [{"name": t.name, "weight": t.weight, **t.options} for t in self.terms]
+
+
+def as_reward(fn: Callable) -> Reward:
+    """Identity helper that documents intent at factory return sites."""
+    return fn

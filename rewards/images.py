@@ -1,0 +1,155 @@
+"""Robust image I/O in the project's convention: float tensors (3,H,W) / (B,3,H,W) in [0,1].
+
+Handles what users' folders contain: EXIF-rotated JPEGs, grayscale, palette,
+RGBA/LA (alpha composited on white), CMYK, 16-bit PNG/TIFF, float TIFF. Anything
+unreadable raises :class:`ImageLoadError` naming the file; callers decide whether
+to skip (folders) or stop (a single required image such as a style reference).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+# PIL refuses images above ~179 MP as decompression bombs; we accept up to this
+# many pixels (a 16k x 16k photo) and refuse larger ones with a clear error.
+MAX_PIXELS = 16384 * 16384
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be read or is unusable; the message names the file."""
+
+
+def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """Sorted image files of ``folder`` (by extension). Raises if the folder is missing."""
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"expected a folder of images, got a file: {folder}")
+    pattern = "**/*" if recursive else "*"
+    return sorted(p for p in folder.glob(pattern)
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def _to_float_rgb(img) -> np.ndarray:
+    """PIL image of any mode -> float32 array (H,W,3) in [0,1]."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.uint16).astype(np.float32) / 65535.0
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif mode == "I":
+        arr = np.asarray(img, dtype=np.int64).astype(np.float32)
+        # 32-bit int images from 16-bit PNGs keep 0..65535
+        scale = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.repeat((arr / scale)[..., None], 3, axis=-1)
+    elif mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        hi = float(arr.max(initial=0))
+        if hi > 1.0:
+            arr = arr / (65535.0 if hi > 255 else 255.0)
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    else:
+        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, rgba)
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return np.clip(arr, 0.0, 1.0)
+
+
+def load_image(path: str | Path, min_size: int = 8) -> torch.Tensor:
+    """Load one image as a float tensor (3,H,W) in [0,1], EXIF orientation applied."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            old = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            try:
+                with Image.open(path) as img:
+                    img.load()
+                    img = ImageOps.exif_transpose(img)
+                    arr = _to_float_rgb(img)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except (UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(f"cannot read image {path}: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"cannot read image {path}: corrupt or truncated ({exc})") from None
+    h, w = arr.shape[:2]
+    if min(h, w) < min_size:
+        raise ImageLoadError(f"image {path} is too small ({w}x{h}); need at least {min_size} px a side")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def load_images(paths: Iterable[str | Path], skip_errors: bool = False,
+                min_size: int = 8) -> tuple[list[torch.Tensor], list[tuple[Path, str]]]:
+    """Load many images; with ``skip_errors`` unreadable files are returned as (path, reason)."""
+    images, failed = [], []
+    for p in paths:
+        try:
+            images.append(load_image(p, min_size=min_size))
+        except ImageLoadError as exc:
+            if not skip_errors:
+                raise
+            failed.append((Path(p), str(exc)))
+    return images, failed
+
+
+def to_pil(image: torch.Tensor):
+    """(3,H,W) float tensor in [0,1] -> PIL RGB image."""
+    from PIL import Image
+
+    arr = image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray((arr * 255.0 + 0.5).astype(np.uint8))
+
+
+def save_image(image: torch.Tensor, path: str | Path) -> None:
+    """Save a (3,H,W) [0,1] tensor; written to a temp name then renamed (atomic)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(
+        path.suffix.lower(), "PNG")
+    to_pil(image).save(tmp, format=fmt)
+    os.replace(tmp, path)
+
+
+def resize_to(image: torch.Tensor, height: int, width: int, mode: str = "crop") -> torch.Tensor:
+    """Resize (3,H,W) or (B,3,H,W) to (height, width).
+
+    ``mode="crop"`` keeps the aspect ratio (scale to cover, then centre-crop);
+    ``mode="stretch"`` resizes directly. Antialiased bicubic, clamped to [0,1].
+    """
+    import torch.nn.functional as F
+
+    squeeze = image.ndim == 3
+    x = image[None] if squeeze else image
+    if mode == "crop":
+        h, w = x.shape[-2:]
+        s = max(height / h, width / w)
+        nh, nw = max(height, round(h * s)), max(width, round(w * s))
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+        top, left = (nh - height) // 2, (nw - width) // 2
+        x = x[..., top:top + height, left:left + width]
+    elif mode == "stretch":
+        x = F.interpolate(x, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}; use 'crop' or 'stretch'")
+    x = x.clamp(0, 1)
+    return x[0] if squeeze else x
