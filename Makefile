@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 # Main job on the embedded default: a short AlignProp run of the built-in tiny
 # FLUX Kontext on bundled photos with the math-only rewards.
 demo: $(STAMP)
-	$(PY) scripts/demo.py --output_dir outputs/demo
+	$(PY) -m alignprop.demo --output_dir outputs/demo
 
 # Anti-grid benchmark on a synthetic artifact set made from bundled photos.
 demo-grid: $(STAMP)
