@@ -33,3 +33,82 @@ def model_unavailable(what: str, source: str, flag: str, exc: BaseException | No
     if hint:
         msg += " " + hint
     return ModelUnavailableError(msg)
+
+
+def resolve_device_dtype(device=None, dtype="float32"):
+    """Turn the common ``device`` / ``dtype`` factory options into torch objects.
+
+    ``device=None`` means CUDA when available, else CPU; ``dtype`` may be a
+    string ("float32", "bfloat16", "float16") or a ``torch.dtype``.
+    """
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
+        dtype = names[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype or its name, got {dtype!r}")
+    return device, dtype
+
+
+def resolve_weight_file(source, filename: str, what: str, flag: str, default_cache: str | None = None,
+                        url: str | None = None) -> str:
+    """Find one weight file and return its local path, or raise ModelUnavailableError.
+
+    ``source`` may be a local file, a local directory that holds ``filename``, a
+    Hugging Face repo id (``owner/name``, the file ``filename`` inside it) or
+    ``None``. With ``None``, ``default_cache`` (a path where the upstream project
+    caches the file, e.g. the torch hub checkpoints folder) is used when it
+    exists. ``url`` is where the file can be downloaded from, quoted in the error.
+    """
+    if source is None:
+        if default_cache and os.path.isfile(default_cache):
+            return default_cache
+        where = default_cache or filename
+        get = f"download {url}" if url else f"obtain {filename}"
+        raise ModelUnavailableError(
+            f"Could not load {what}: {filename} is not at {where!r} and nothing is downloaded "
+            f"here{' (HF_HUB_OFFLINE=1)' if offline() else ''}. On a machine with network access "
+            f"{get}, then put it at {where!r} (the cache folder follows TORCH_HOME) or pass its "
+            f"path with {flag}."
+        )
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        return source
+    if os.path.isdir(source):
+        candidate = os.path.join(source, filename)
+        if os.path.isfile(candidate):
+            return candidate
+        raise ModelUnavailableError(
+            f"Could not load {what}: directory {source!r} has no {filename}. Pass the weight "
+            f"file itself with {flag}."
+        )
+    looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if not looks_like_repo:
+        raise ModelUnavailableError(
+            f"Could not load {what}: {source!r} is neither an existing file or directory nor a "
+            f"Hugging Face repo id (owner/name). Pass a local path with {flag}."
+        )
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(source, filename)
+    except Exception as exc:  # offline, missing repo or file: one message
+        raise model_unavailable(f"{what} ({filename})", source, flag, exc) from None
+
+
+def load_state_dict_file(path: str) -> dict:
+    """Load a state dict from .safetensors or a torch pickle with ``weights_only=True``."""
+    import torch
+
+    if str(path).endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
