@@ -1,0 +1,373 @@
+"""Promptable InternVL reward: a rating question read as next-token probabilities.
+
+The model sees the task's images and a question ("Rate ... from 0 to 9. Answer with a single
+digit."). At the position of the answer we read the log-probabilities of the answer tokens
+("0".."9", "1"/"2", or the user's words), optionally calibrate them, renormalise over the answers
+and turn them into a score in [0, 1]:
+
+* ``objective="expected"``: expected answer value, normalised so the worst answer is 0 and the
+  best is 1 (digits: E[grade] / 9);
+* ``objective="margin"``: ``sigmoid(l(best) - l(worst))`` on the calibrated, temperature-scaled
+  log-probs (steeper gradients when the model is confident);
+* ``calibration="pmi_null"``: subtract the log-probs the model gives a neutral gray image with the
+  same prompt and image count/size (pointwise mutual information), removing the model's prior
+  for, e.g., "7". Computed once per (prompt, image sizes) and cached;
+* ``temperature`` divides the (calibrated) log-probs before renormalising;
+* ``entropy_bonus`` adds ``bonus * H(p) / log K`` (keeps the answer distribution from collapsing).
+
+Pair/triplet are debiased against position bias by scoring both orders of the two compared images
+in one batched forward: ``score = (E(A,B) + 1 - E(B,A)) / 2`` (margin: sigmoid of the mean of the
+two order margins), so ``score(A,B) + score(B,A) = 1`` exactly (with ``entropy_bonus=0``).
+
+Gradients flow from the score through the frozen model and the torch preprocessing
+(:func:`rewards.internvl_model.preprocess`) to the image pixels.
+
+The prompt is exposed for logging: ``reward.prompt`` (the question), ``reward.prompt_template``
+(the full chat-formatted text, image placeholders unexpanded), ``reward.answer_scale`` and
+``reward.describe()`` (a JSON-able dict of every option, also returned by ``describe_prompt``).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .internvl_model import DEFAULT_MODEL_ID, InternVLBundle, load_internvl, preprocess
+from .vlm_prompts import (COMPARATIVE_TASKS, TASK_IMAGES, TASKS, AnswerScale, image_labels,
+                          resolve_prompt)
+
+OBJECTIVES = ("expected", "margin")
+CALIBRATIONS = ("none", "pmi_null")
+NULL_GRAY = 0.5     # the neutral image of pmi_null: uniform mid-gray in [0, 1]
+
+
+def _check_choice(name: str, value: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+    return value
+
+
+# --------------------------------------------------------------------------- answer tokens
+def find_answer_tokens(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    """Token ids that start each answer, with and without a leading space.
+
+    A BPE vocabulary may hold "7" and " 7" as different tokens, and which one the model emits
+    depends on the text before it; the probabilities of both are summed. An answer that is
+    several tokens long is read by its first token, which must then be unique to that answer
+    (otherwise a clear error: e.g. "10" starts like "1").
+    """
+    ids: list[list[int]] = []
+    multi = []
+    for word in words:
+        found: list[int] = []
+        firsts: list[int] = []
+        for text in (word, " " + word):
+            toks = tokenizer.encode(text, add_special_tokens=False)
+            if not toks:
+                continue
+            if len(toks) == 1:
+                found.append(toks[0])
+            elif tokenizer.decode(toks[:1]).strip():      # first token is not bare whitespace
+                firsts.append(toks[0])
+        if not found:
+            found, multi = firsts, multi + [word]
+        if not found:
+            raise ValueError(f"answer {word!r} cannot be tokenised into a usable first token")
+        ids.append(sorted(set(found)))
+    owner: dict[int, str] = {}
+    for word, toks in zip(words, ids):
+        for t in toks:
+            if t in owner:
+                raise ValueError(
+                    f"answers {owner[t]!r} and {word!r} start with the same token "
+                    f"{tokenizer.decode([t])!r}, so the model's next-token probability cannot tell "
+                    f"them apart; use answers that are single tokens or start differently")
+            owner[t] = word
+    if multi:
+        warnings.warn(f"answers {multi} are several tokens long; they are scored by the "
+                      f"probability of their first token", stacklevel=3)
+    return ids
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class ScoreOutput:
+    """Everything one scoring call computed (scores carry gradients; the rest is detached)."""
+
+    scores: torch.Tensor                     # (B,) in [0, 1] (+ entropy bonus)
+    probs: list[torch.Tensor]                # per order: (B, K) answer distribution
+    logprobs: list[torch.Tensor]             # per order: (B, K) raw answer log-probs
+    metrics: dict[str, float] = field(default_factory=dict)
+    orders: list[str] = field(default_factory=list)   # "AB" / "BA" for comparative tasks
+
+
+class InternVLReward:
+    """Callable reward ``fn(images, inputs, prompts) -> (scores[B], metrics)`` for one task.
+
+    Attributes the trainer can log/save: ``task``, ``prompt`` (question text),
+    ``prompt_template`` (full chat text with image placeholders), ``answer_scale``
+    (:class:`AnswerScale`), ``describe()`` (dict). ``num_forwards`` counts model forwards
+    (including the cached pmi_null ones) for cost accounting.
+    """
+
+    def __init__(self, task: str, bundle: InternVLBundle, prompt: str, answer_scale: AnswerScale,
+                 answer_prefix: str = "", objective: str = "expected", calibration: str = "none",
+                 temperature: float = 1.0, entropy_bonus: float = 0.0,
+                 reference: torch.Tensor | None = None, reference_source: str | None = None,
+                 max_tiles: int = 1):
+        self.task = _check_choice("task", task, TASKS)
+        self.objective = _check_choice("objective", objective, OBJECTIVES)
+        self.calibration = _check_choice("calibration", calibration, CALIBRATIONS)
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+                and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        if not (isinstance(entropy_bonus, (int, float)) and math.isfinite(entropy_bonus)):
+            raise ValueError(f"entropy_bonus must be a finite number, got {entropy_bonus!r}")
+        if int(max_tiles) < 1:
+            raise ValueError(f"max_tiles must be >= 1, got {max_tiles!r}")
+        self.bundle = bundle
+        self.prompt = prompt
+        self.answer_scale = answer_scale
+        self.answer_prefix = answer_prefix
+        self.temperature = float(temperature)
+        self.entropy_bonus = float(entropy_bonus)
+        self.max_tiles = int(max_tiles)
+        self.reference = reference
+        self.reference_source = reference_source
+        self.n_images = TASK_IMAGES[task]
+        self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words)
+        self._values = torch.tensor(answer_scale.normalised_values(), dtype=torch.float32)
+        self.prompt_template = self._render_template()
+        self._ids_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._null_cache: dict[tuple, torch.Tensor] = {}
+        self.num_forwards = 0
+
+    # ------------------------------------------------------------------ prompt text
+    def _render_template(self) -> str:
+        content: list[dict] = []
+        for label in image_labels(self.task):
+            if label:
+                content.append({"type": "text", "text": label})
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": self.prompt})
+        text = self.bundle.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
+        image_token = self.bundle.processor.image_token
+        if text.count(image_token) != self.n_images:
+            raise ValueError(
+                f"the chat template of {self.bundle.model_id!r} produced {text.count(image_token)} "
+                f"image placeholders for {self.n_images} images")
+        return text + self.answer_prefix
+
+    def input_ids(self, tiles: Sequence[int]) -> torch.Tensor:
+        """(1, L) token ids with each image placeholder expanded as the processor does."""
+        key = tuple(tiles)
+        if key not in self._ids_cache:
+            proc = self.bundle.processor
+            parts = self.prompt_template.split(proc.image_token)
+            text = parts[0]
+            for n, part in zip(tiles, parts[1:]):
+                text += (proc.start_image_token + proc.image_token * (proc.image_seq_length * n)
+                         + proc.end_image_token + part)
+            ids = self.bundle.tokenizer(text, return_tensors="pt")["input_ids"]
+            self._ids_cache[key] = ids
+        return self._ids_cache[key]
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (saved with a run, shown in logs)."""
+        return {
+            "task": self.task, "model_id": self.bundle.model_id, "prompt": self.prompt,
+            "answer_scale": self.answer_scale.describe(), "answer_prefix": self.answer_prefix,
+            "prompt_template": self.prompt_template, "objective": self.objective,
+            "calibration": self.calibration, "temperature": self.temperature,
+            "entropy_bonus": self.entropy_bonus, "max_tiles": self.max_tiles,
+            "reference": self.reference_source, "dtype": str(self.bundle.dtype).replace("torch.", ""),
+        }
+
+    # ------------------------------------------------------------------ model access
+    def _tiles(self, x: torch.Tensor) -> torch.Tensor:
+        """(R,3,H,W) in [0,1] -> normalised tiles (R, T, 3, th, tw), differentiable."""
+        b = self.bundle
+        pv = preprocess(x.to(b.device), b, self.max_tiles)
+        return pv.view(x.shape[0], -1, *pv.shape[1:])
+
+    def _forward(self, slot_tiles: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Answer log-probs (R, K); ``slot_tiles[k]`` holds slot k's tiles (R, T_k, 3, th, tw)."""
+        b = self.bundle
+        tiles = [t.shape[1] for t in slot_tiles]
+        # the model consumes tiles in text order: row 0 slot 0, row 0 slot 1, ..., row 1 slot 0
+        pixel_values = torch.cat(list(slot_tiles), dim=1).flatten(0, 1).to(b.dtype)
+        r = slot_tiles[0].shape[0]
+        ids = self.input_ids(tiles).to(b.device).expand(r, -1)
+        out = b.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                      pixel_values=pixel_values, logits_to_keep=1)
+        self.num_forwards += 1
+        logp = out.logits[:, -1].float().log_softmax(-1)                   # (R, V)
+        return torch.stack([logp[:, t].logsumexp(-1) for t in self.answer_ids], dim=-1)
+
+    def null_logprobs(self, sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Answer log-probs (K,) for neutral gray images of these sizes; cached."""
+        key = (self.prompt_template, tuple(sizes), self.max_tiles)
+        if key not in self._null_cache:
+            gray = [torch.full((1, 3, h, w), NULL_GRAY) for h, w in sizes]
+            with torch.no_grad():   # a constant: the calibration offset carries no gradient
+                self._null_cache[key] = self._forward([self._tiles(g) for g in gray])[0].detach()
+        return self._null_cache[key]
+
+    def _readout(self, logp: torch.Tensor, sizes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(expected, margin logit, probs) from answer log-probs, after calibration/temperature."""
+        if self.calibration == "pmi_null":
+            logp = logp - self.null_logprobs(sizes).to(logp.device)
+        z = logp / self.temperature
+        p = z.softmax(-1)
+        expected = p @ self._values.to(p.device)
+        s = self.answer_scale
+        return expected, z[:, s.best] - z[:, s.worst], p
+
+    # ------------------------------------------------------------------ scoring
+    def score_slots(self, slots: Sequence[torch.Tensor]) -> ScoreOutput:
+        """Score B samples; ``slots[k]`` is the (B,3,H,W) batch shown as image k+1."""
+        if len(slots) != self.n_images:
+            raise ValueError(f"task {self.task!r} needs {self.n_images} image(s) per sample, "
+                             f"got {len(slots)}")
+        bsz = slots[0].shape[0]
+        for k, x in enumerate(slots):
+            if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+                raise ValueError(f"image {k + 1} must be a float (B,3,H,W) tensor in [0,1], "
+                                 f"got {tuple(x.shape)} {x.dtype}")
+            if x.shape[0] != bsz:
+                raise ValueError(f"image {k + 1} has batch {x.shape[0]}, image 1 has {bsz}")
+        orders = [list(slots)]
+        if self.task in COMPARATIVE_TASKS:
+            i, j = (0, 1) if self.task == "pair" else (1, 2)
+            swapped = list(slots)
+            swapped[i], swapped[j] = slots[j], slots[i]
+            orders.append(swapped)
+        sizes = [[tuple(x.shape[-2:]) for x in order] for order in orders]
+        tiles = [[self._tiles(x) for x in order] for order in orders]
+        counts = [[t.shape[1] for t in order] for order in tiles]
+        if len(orders) == 2 and counts[0] == counts[1]:
+            # both orders through the model in ONE batched forward: rows 0..B-1 are (A, B),
+            # rows B..2B-1 are (B, A); same token sequence, so no padding is needed
+            joined = [torch.cat([tiles[0][k], tiles[1][k]]) for k in range(self.n_images)]
+            logps = list(self._forward(joined).split(bsz))
+        else:   # tiling gave the two orders different token counts: one forward each
+            logps = [self._forward(order) for order in tiles]
+
+        reads = [self._readout(lp, s) for lp, s in zip(logps, sizes)]
+        probs = [r[2] for r in reads]
+        k = len(self.answer_scale.words)
+        entropy = torch.stack([-(p * p.clamp_min(1e-12).log()).sum(-1) for p in probs]).mean(0) \
+            / math.log(k)
+        if len(reads) == 1:
+            expected, margin = reads[0][0], reads[0][1]
+        else:
+            # order BA is read from the other image's point of view: 1 - E, -margin
+            expected = 0.5 * (reads[0][0] + 1.0 - reads[1][0])
+            margin = 0.5 * (reads[0][1] - reads[1][1])
+        score = expected if self.objective == "expected" else torch.sigmoid(margin)
+        if self.entropy_bonus:
+            score = score + self.entropy_bonus * entropy
+        metrics = {
+            "expected": expected.detach().mean().item(),
+            "margin": torch.sigmoid(margin.detach()).mean().item(),
+            "entropy": entropy.detach().mean().item(),
+            "p_best": torch.stack([p[:, self.answer_scale.best] for p in probs]).mean().item(),
+        }
+        if len(reads) == 2:
+            # > 0: the model prefers whichever image comes first (what the debiasing removes)
+            metrics["position_bias"] = (reads[0][0] + reads[1][0] - 1.0).detach().mean().item()
+        return ScoreOutput(scores=score, probs=[p.detach() for p in probs],
+                           logprobs=[lp.detach() for lp in logps], metrics=metrics,
+                           orders=["AB", "BA"][:len(orders)] if len(orders) == 2 else [])
+
+    def slots_for(self, images: torch.Tensor, inputs: torch.Tensor | None) -> list[torch.Tensor]:
+        """The images the model sees for this task, in order, from the reward's arguments."""
+        def need_inputs():
+            if inputs is None:
+                raise ValueError(f"task {self.task!r} compares with the input images, but inputs "
+                                 f"is None")
+            if inputs.shape[0] != images.shape[0]:
+                raise ValueError(f"images has batch {images.shape[0]}, inputs has {inputs.shape[0]}")
+            return inputs.to(images.device, images.dtype)
+
+        def ref():
+            if self.reference is None:
+                raise ValueError("task 'triplet' needs reference= (the style reference image), or "
+                                 "call score_slots([reference, images, inputs])")
+            return self.reference.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
+
+        if self.n_images == 1:
+            return [images]
+        if self.task in ("similarity", "content-similarity"):
+            return [images, ref() if self.reference is not None else need_inputs()]
+        if self.task == "pair":
+            return [images, need_inputs()]
+        return [ref(), images, need_inputs()]            # triplet
+
+    def __call__(self, images: torch.Tensor, inputs: torch.Tensor | None = None,
+                 prompts: Sequence[str] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        out = self.score_slots(self.slots_for(images, inputs))
+        return out.scores, out.metrics
+
+
+def _load_reference(reference: Any) -> tuple[torch.Tensor, str]:
+    from .images import load_image
+
+    if isinstance(reference, (str, Path)):
+        return load_image(reference)[None], str(reference)
+    if isinstance(reference, torch.Tensor):
+        ref = reference.detach()
+        if ref.ndim == 3:
+            ref = ref[None]
+        if ref.ndim != 4 or ref.shape[:2] != (1, 3) or not ref.is_floating_point():
+            raise ValueError(f"reference must be an image path or a float (3,H,W) tensor in [0,1], "
+                             f"got shape {tuple(reference.shape)}")
+        return ref.float(), "<tensor>"
+    raise TypeError(f"reference must be an image path or a tensor, got {type(reference).__name__}")
+
+
+def make_internvl_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
+                         dtype: Any = "bfloat16", device: Any = None, prompt: str | None = None,
+                         prompt_file: str | Path | None = None, answer_scale: Any = None,
+                         objective: str = "expected", calibration: str = "none",
+                         temperature: float = 1.0, entropy_bonus: float = 0.0,
+                         reference: Any = None, trust_remote_code: bool = False,
+                         max_tiles: int = 1) -> InternVLReward:
+    """Build the InternVL reward for ``task`` (see module doc). Higher score is better.
+
+    ``model_id``: hub id (``-hf`` format), local directory or ``"tiny"``; the loaded model is
+    shared with every other reward using the same (model_id, dtype, device).
+    ``reference``: image path or (3,H,W) tensor: for ``similarity`` / ``content-similarity`` it
+    replaces ``inputs`` as the second image; required for ``triplet``.
+    ``max_tiles``: 1 = one tile per image (cheapest); >1 = InternVL dynamic tiling + thumbnail.
+    """
+    _check_choice("task", task, TASKS)
+    _check_choice("objective", objective, OBJECTIVES)
+    _check_choice("calibration", calibration, CALIBRATIONS)
+    question, scale, prefix = resolve_prompt(task, prompt, prompt_file, answer_scale)
+    ref, ref_source = None, None
+    if reference is not None:
+        if task not in ("similarity", "content-similarity", "triplet"):
+            raise ValueError(f"reference is used by tasks similarity, content-similarity and "
+                             f"triplet, not by {task!r}")
+        ref, ref_source = _load_reference(reference)
+    bundle = load_internvl(model_id, dtype=dtype, device=device,
+                           trust_remote_code=trust_remote_code)
+    return InternVLReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
+                          calibration=calibration, temperature=temperature,
+                          entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,
+                          max_tiles=max_tiles)
+
+
+def describe_prompt(reward: InternVLReward) -> dict[str, Any]:
+    """The prompt and options of a built InternVL reward (for logs and run metadata)."""
+    return reward.describe()
+
+
+__all__ = ["CALIBRATIONS", "OBJECTIVES", "TASKS", "InternVLReward", "ScoreOutput",
+           "describe_prompt", "find_answer_tokens", "make_internvl_reward"]
