@@ -1,0 +1,523 @@
+"""Apply a Kontext LoRA to a folder of images: ``python -m alignprop.generate``.
+
+Example::
+
+    python -m alignprop.generate --input_dir photos/ --output_dir out/ \\
+        --lora outputs/run1 --prompt "make it a watercolour" --lora_scale 1.0
+
+writes ``out/<name>.png`` (LoRA), ``out/base/<name>.png`` (same seed, LoRA off),
+``out/contact_sheet.html`` / ``.png`` (input | base | LoRA) and
+``out/generate_log.json`` (settings, skipped files). Works with the LoRA
+directory written by training or any diffusers-format FLUX Kontext LoRA (a
+folder or a ``.safetensors`` file), and with ``--pretrained_model tiny`` on a CPU.
+
+Resolution: every input is resized, aspect ratio kept (scale, then a centre crop
+of at most a few pixels), to sides that are multiples of 16 (the FLUX VAE's 8x
+downsampling times the 2x2 patchify). Inputs are only shrunk, to fit
+``--max_area`` and ``--max_side``, unless ``--upscale`` lets small ones grow.
+
+Seeds: image ``i`` with seed ``s`` gets its own ``torch.Generator(s)`` on the
+CPU, so its noise does not depend on the batch it lands in, on the device, or
+on whether the LoRA is on: base and LoRA outputs share their noise.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from alignprop._cli import UserError, run_cli
+from alignprop.models import DEFAULT_MODEL
+
+MULTIPLE = 16  # FLUX: VAE downsamples 8x, the transformer patchifies 2x2
+ADAPTER = "lora"
+LORA_FILENAME = "pytorch_lora_weights.safetensors"
+
+
+class LoraLoadError(UserError):
+    """The LoRA cannot be found, read, or does not fit the loaded transformer."""
+
+
+# --------------------------------------------------------------------------- resolution
+def target_size(height: int, width: int, max_area: int | None = 1024 * 1024,
+                max_side: int | None = None, upscale: bool = False,
+                multiple: int = MULTIPLE) -> tuple[int, int]:
+    """Output (height, width): aspect kept, both sides multiples of ``multiple``.
+
+    The scale is the largest that fits ``max_area`` (pixels) and ``max_side``
+    (longest side), capped at 1 unless ``upscale``. Sides are rounded to the
+    nearest multiple (never below one multiple), then rounded down where the
+    rounding broke a limit.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    scale = math.inf if upscale else 1.0
+    if max_area:
+        scale = min(scale, math.sqrt(max_area / (height * width)))
+    if max_side:
+        scale = min(scale, max_side / max(height, width))
+    if not math.isfinite(scale):  # upscale with no limit: keep the size
+        scale = 1.0
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    w = max(multiple, round(width * scale / multiple) * multiple)
+    too_big = (max_area and h * w > max_area) or (max_side and max(h, w) > max_side)
+    if too_big:
+        h = max(multiple, int(height * scale // multiple) * multiple)
+        w = max(multiple, int(width * scale // multiple) * multiple)
+    return h, w
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) after EXIF rotation, read from the header only (cheap)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        w, h = img.size
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # malformed EXIF: load_image will decide later
+            orientation = 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+# --------------------------------------------------------------------------- prompts
+def read_prompts(prompt: str | None, prompt_file: str | None,
+                 names: Sequence[str]) -> dict[str, str]:
+    """Prompt per input file name.
+
+    ``--prompt_file`` is either a text file (its whole content is the prompt) or a
+    ``.json`` object mapping file names or stems to prompts; names it lacks use
+    ``--prompt``.
+    """
+    if prompt is not None and not prompt.strip():
+        raise UserError("--prompt is empty")
+    if prompt_file is None:
+        if prompt is None:
+            raise UserError("give the edit instruction with --prompt or --prompt_file")
+        return {n: prompt for n in names}
+    path = Path(prompt_file).expanduser()
+    if not path.is_file():
+        raise UserError(f"--prompt_file: file not found: {prompt_file}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() != ".json":
+        if prompt is not None:
+            raise UserError("give --prompt or a text --prompt_file, not both")
+        if not text.strip():
+            raise UserError(f"--prompt_file {prompt_file} is empty")
+        return {n: text.strip() for n in names}
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--prompt_file {prompt_file} is not valid JSON: {exc}") from None
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        raise UserError(f"--prompt_file {prompt_file} must be a JSON object "
+                        '{"file name or stem": "prompt", ...}')
+    out, missing = {}, []
+    for n in names:
+        p = table.get(n, table.get(Path(n).stem, prompt))
+        if p is None or not p.strip():
+            missing.append(n)
+        else:
+            out[n] = p
+    if missing:
+        raise UserError(f"--prompt_file {prompt_file} has no prompt for {len(missing)} input(s) "
+                        f"(e.g. {', '.join(missing[:3])}); add them or give a default with --prompt")
+    return out
+
+
+# --------------------------------------------------------------------------- LoRA
+def resolve_lora(source: str) -> tuple[str, str | None]:
+    """(path or repo id, weight_name) for ``load_lora_weights``.
+
+    Accepts a ``.safetensors`` file, a folder holding ``pytorch_lora_weights.safetensors``
+    (what training writes) or exactly one ``.safetensors`` file, or a hub repo id.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise LoraLoadError(f"--lora {source}: expected a .safetensors file (diffusers LoRA "
+                                "format); pickled .bin/.pt LoRAs are refused for safety")
+        return str(path), None
+    if path.is_dir():
+        if (path / LORA_FILENAME).is_file():
+            return str(path), None
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        if len(found) == 1:
+            return str(path), found[0]
+        if not found:
+            raise LoraLoadError(f"--lora {source}: folder has no {LORA_FILENAME} (nor any other "
+                                ".safetensors file); point at the LoRA file or the training output")
+        raise LoraLoadError(f"--lora {source}: folder holds several .safetensors files "
+                            f"({', '.join(found[:5])}); pass the one you mean")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "~")):
+        return source, None  # hub repo id; load_lora_weights reports a missing one
+    raise LoraLoadError(f"--lora {source}: no such file or folder")
+
+
+_LORA_KEY = re.compile(r"^transformer\.(.+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
+
+
+def check_lora_fits(state_dict: dict, transformer, source: str) -> int:
+    """Refuse a LoRA whose layers do not exist in, or do not fit, ``transformer``.
+
+    Returns the number of transformer layers the LoRA adapts. Diffusers itself
+    only warns when no key matches (and then generates the base model's image),
+    and reports a shape mismatch as a bare ``size mismatch for bias``.
+    """
+    modules = dict(transformer.named_modules())
+    layers: dict[str, dict[str, tuple]] = defaultdict(dict)
+    for key, value in state_dict.items():
+        m = _LORA_KEY.match(key)
+        if m:
+            layers[m.group(1)][m.group(2)] = tuple(value.shape)
+    hint = ("it was probably trained for another model (LoRAs are tied to one base model and "
+            "size); check --pretrained_model")
+    if not layers:
+        sample = ", ".join(list(state_dict)[:2]) or "none"
+        raise LoraLoadError(f"--lora {source}: none of its {len(state_dict)} tensors is a LoRA "
+                            f"layer of the FLUX transformer (keys look like: {sample}); {hint}")
+    missing = [n for n in layers if n not in modules]
+    if len(missing) == len(layers):
+        raise LoraLoadError(f"--lora {source}: none of its {len(layers)} layers exists in this "
+                            f"transformer (e.g. {missing[0]}); {hint}")
+    for name, shapes in layers.items():
+        mod = modules.get(name)
+        if mod is None or not hasattr(mod, "in_features"):
+            continue
+        base = getattr(mod, "base_layer", mod)
+        a, b = shapes.get("A"), shapes.get("B")
+        bad_in = a is not None and a[1] != base.in_features and not name.startswith("x_embedder")
+        bad_out = b is not None and b[0] != base.out_features
+        if bad_in or bad_out:
+            raise LoraLoadError(
+                f"--lora {source}: layer {name} is {base.in_features}->{base.out_features} in this "
+                f"transformer but the LoRA expects {a[1] if a else '?'}->{b[0] if b else '?'}; {hint}")
+    if missing:
+        print(f"warning: {len(missing)} of {len(layers)} LoRA layers do not exist in this "
+              f"transformer and are ignored (e.g. {missing[0]})", file=sys.stderr)
+    return len(layers) - len(missing)
+
+
+def load_lora(pipe, source: str, scale: float = 1.0, adapter_name: str = ADAPTER) -> int:
+    """Load a diffusers-format LoRA into ``pipe`` under ``adapter_name`` at ``scale``.
+
+    Returns the number of transformer layers adapted. Raises :class:`LoraLoadError`
+    (one clear message) for a missing file, a non-LoRA file, or a LoRA for another model.
+    """
+    from rewards.hub import model_unavailable
+
+    path, weight_name = resolve_lora(source)
+    kwargs = {"weight_name": weight_name} if weight_name else {}
+    try:
+        state_dict = pipe.lora_state_dict(path, **kwargs)
+        if isinstance(state_dict, tuple):
+            state_dict = state_dict[0]
+    except (OSError, EnvironmentError) as exc:
+        if not Path(path).exists():
+            raise model_unavailable("the LoRA", path, "--lora", exc) from None
+        raise LoraLoadError(f"--lora {source}: cannot read it ({exc})") from None
+    except Exception as exc:  # diffusers' format detection, safetensors header errors ...
+        raise LoraLoadError(f"--lora {source}: not a LoRA diffusers can read "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    n = check_lora_fits(state_dict, pipe.transformer, source)
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    # silence "No LoRA keys associated to CLIPTextModel": a transformer-only LoRA is normal
+    dlogging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(path, adapter_name=adapter_name, **kwargs)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise LoraLoadError(f"--lora {source}: does not fit this model "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    finally:
+        dlogging.set_verbosity(level)
+    if adapter_name not in pipe.get_list_adapters().get("transformer", []):
+        raise LoraLoadError(f"--lora {source}: no layer of it was applied to the transformer")
+    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    return n
+
+
+# --------------------------------------------------------------------------- generation
+@dataclass
+class Job:
+    path: Path
+    name: str           # output stem (input stem)
+    size: tuple[int, int]  # target (H, W)
+
+
+def plan_jobs(paths: Sequence[Path], args) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Target size for every readable input; unreadable headers are skipped and reported."""
+    jobs, skipped = [], []
+    for p in paths:
+        try:
+            h, w = image_size(p)
+        except Exception as exc:  # PIL raises many types for broken files
+            skipped.append((p, f"cannot read image: {type(exc).__name__}: {exc}"))
+            continue
+        jobs.append(Job(p, p.stem, target_size(h, w, args.max_area, args.max_side, args.upscale)))
+    return jobs, skipped
+
+
+def batches(jobs: Sequence[Job], batch_size: int) -> list[list[Job]]:
+    """Group jobs of the same target size (the pipeline needs one size per call)."""
+    groups: dict[tuple[int, int], list[Job]] = defaultdict(list)
+    for j in jobs:
+        groups[j.size].append(j)
+    out = []
+    for group in groups.values():
+        out += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+    return out
+
+
+def output_name(stem: str, seed: int, num_seeds: int, ext: str) -> str:
+    return f"{stem}_seed{seed}{ext}" if num_seeds > 1 else f"{stem}{ext}"
+
+
+@torch.no_grad()
+def run_pipeline(pipe, images: torch.Tensor, prompts: list[str], seeds: list[int], args) -> torch.Tensor:
+    """One pipeline call at the images' own size; returns (B,3,H,W) in [0,1] on the CPU."""
+    h, w = images.shape[-2:]
+    generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    out = pipe(image=images, prompt=prompts, height=h, width=w, max_area=h * w, _auto_resize=False,
+               num_inference_steps=args.num_steps, guidance_scale=args.guidance_scale,
+               generator=generators, output_type="pt",
+               max_sequence_length=args.max_sequence_length).images
+    return out.float().clamp(0, 1).cpu()
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    return device, {"float32": torch.float32, "bfloat16": torch.bfloat16,
+                    "float16": torch.float16}[dtype]
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m alignprop.generate",
+        description="Apply a FLUX Kontext LoRA to every image of a folder and write the outputs "
+                    "under the inputs' names, plus base-model outputs and a contact sheet.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument("--input_dir", required=True, help="Folder of input images (jpg, png, webp, "
+                    "bmp, tif); unreadable files are reported and skipped.")
+    io.add_argument("--output_dir", required=True, help="Where outputs go: <name>.png per input "
+                    "(LoRA, or the base model when no --lora), base/ for base outputs, "
+                    "contact_sheet.html/.png and generate_log.json.")
+    io.add_argument("--base_dir", default=None, help="Folder for the base-model outputs "
+                    "(default: OUTPUT_DIR/base).")
+    io.add_argument("--prompt", default=None, help="Edit instruction applied to every image.")
+    io.add_argument("--prompt_file", default=None, help="Text file holding the instruction, or a "
+                    ".json object {file name or stem: prompt} for per-image prompts (names it "
+                    "lacks use --prompt).")
+    io.add_argument("--output_format", default="png", choices=["png", "jpg", "webp", "same"],
+                    help="File type of the outputs; 'same' keeps each input's extension.")
+    io.add_argument("--contact_sheet", default="html,png",
+                    help="Contact sheet formats, comma-separated from html,png; 'none' for none.")
+    io.add_argument("--contact_sheet_rows", type=int, default=64,
+                    help="At most this many rows in the PNG contact sheet (the HTML has all).")
+    model = p.add_argument_group("model")
+    model.add_argument("--pretrained_model", default=DEFAULT_MODEL, help="FLUX Kontext pipeline: "
+                       "hub id, local diffusers folder, or 'tiny' (built-in test model).")
+    model.add_argument("--revision", default=None, help="Hub revision of --pretrained_model.")
+    model.add_argument("--variant", default=None, help="Weight variant of --pretrained_model "
+                       "(e.g. fp16).")
+    model.add_argument("--lora", default=None, help="LoRA to apply: a training output folder, a "
+                       "folder with one .safetensors, a .safetensors file, or a hub repo id. "
+                       "Without it only the base model runs.")
+    model.add_argument("--lora_scale", type=float, default=1.0,
+                       help="LoRA strength; 0 reproduces the base model exactly.")
+    model.add_argument("--device", default="auto", help="'auto' (cuda if available), cpu, cuda, "
+                       "cuda:1 ...")
+    model.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="Weights dtype; auto = bfloat16 on CUDA, float32 on CPU.")
+    model.add_argument("--cpu_offload", action="store_true", help="Keep idle components on the "
+                       "CPU (diffusers model CPU offload) to fit a small GPU.")
+    gen = p.add_argument_group("sampling")
+    gen.add_argument("--seed", type=int, default=0, help="Seed of the initial noise (per image, "
+                     "independent of batching).")
+    gen.add_argument("--num_seeds", type=int, default=1, help="Outputs per input with seeds "
+                     "seed..seed+N-1, written as <name>_seed<s>.png (for diversity).")
+    gen.add_argument("--num_steps", type=int, default=28, help="Sampling (Euler) steps.")
+    gen.add_argument("--guidance_scale", type=float, default=2.5,
+                     help="Distilled guidance of FLUX Kontext (2.5 is its usual value).")
+    gen.add_argument("--max_sequence_length", type=int, default=512,
+                     help="T5 prompt tokens (at most 512).")
+    gen.add_argument("--max_area", type=int, default=1024 * 1024, help="Largest output area in "
+                     "pixels; bigger inputs are shrunk (aspect kept). 0 = no limit.")
+    gen.add_argument("--max_side", type=int, default=0, help="Largest output side in pixels; "
+                     "0 = no limit.")
+    gen.add_argument("--upscale", action="store_true", help="Let inputs smaller than the limits "
+                     "grow to --max_area / --max_side (default: only shrink).")
+    gen.add_argument("--batch_size", type=int, default=1, help="Images per pipeline call "
+                     "(images of the same output size are batched together).")
+    gen.add_argument("--no_base", action="store_true", help="Skip the base-model outputs (the "
+                     "contact sheet then shows input | LoRA).")
+    return p
+
+
+def validate(args) -> list[str]:
+    """Refuse bad values (UserError); return the contact-sheet formats."""
+    for name, lo in (("num_steps", 1), ("batch_size", 1), ("num_seeds", 1),
+                     ("contact_sheet_rows", 1), ("max_sequence_length", 1)):
+        if getattr(args, name) < lo:
+            raise UserError(f"--{name} must be >= {lo}, got {getattr(args, name)}")
+    if args.max_sequence_length > 512:
+        raise UserError(f"--max_sequence_length must be <= 512, got {args.max_sequence_length}")
+    for name in ("max_area", "max_side"):
+        v = getattr(args, name)
+        if v < 0 or 0 < v < (MULTIPLE * MULTIPLE if name == "max_area" else MULTIPLE):
+            raise UserError(f"--{name} must be 0 (no limit) or at least "
+                            f"{MULTIPLE * MULTIPLE if name == 'max_area' else MULTIPLE}, got {v}")
+    if not math.isfinite(args.lora_scale) or not math.isfinite(args.guidance_scale):
+        raise UserError("--lora_scale and --guidance_scale must be finite numbers")
+    if args.guidance_scale < 0:
+        raise UserError(f"--guidance_scale must be >= 0, got {args.guidance_scale}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    sheets = [s.strip().lower() for s in args.contact_sheet.split(",") if s.strip()]
+    if sheets == ["none"]:
+        sheets = []
+    bad = sorted(set(sheets) - {"html", "png"})
+    if bad:
+        raise UserError(f"--contact_sheet: unknown format(s) {bad}; use html, png, html,png or none")
+    if args.device != "auto":
+        try:
+            torch.device(args.device)
+        except RuntimeError:
+            raise UserError(f"--device {args.device!r} is not a torch device") from None
+        if args.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {args.device}: CUDA is not available on this machine")
+    return sheets
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from tqdm.auto import tqdm
+
+    from alignprop.models import load_kontext_pipeline
+    from rewards.images import ImageLoadError, list_images, load_image, resize_to, save_image
+
+    args = build_parser().parse_args(argv)
+    sheets = validate(args)
+    out_dir = Path(args.output_dir).expanduser()
+    base_dir = Path(args.base_dir).expanduser() if args.base_dir else out_dir / "base"
+    use_lora = args.lora is not None
+    want_base = not use_lora or not args.no_base
+    if use_lora:
+        resolve_lora(args.lora)  # fail on a bad path before the (slow) model load
+
+    paths = list_images(args.input_dir)
+    if not paths:
+        raise UserError(f"--input_dir {args.input_dir} holds no images "
+                        "(.jpg .jpeg .png .webp .bmp .tif .tiff)")
+    ext_of = {p: (p.suffix.lower() if args.output_format == "same" else "." + args.output_format)
+              for p in paths}
+    stems = defaultdict(list)
+    for p in paths:
+        stems[p.stem + ext_of[p]].append(p.name)
+    clash = [v for v in stems.values() if len(v) > 1]
+    if clash:
+        raise UserError(f"inputs {', '.join(clash[0])} would write the same output name; rename "
+                        "them or use --output_format same")
+    prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths])
+    jobs, skipped = plan_jobs(paths, args)
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    t0 = time.time()
+    pipe = load_kontext_pipeline(args.pretrained_model, dtype=dtype, revision=args.revision,
+                                 variant=args.variant)
+    if args.cpu_offload:
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)  # our own bar counts images
+    n_layers = load_lora(pipe, args.lora, args.lora_scale) if use_lora else 0
+    load_s = time.time() - t0
+
+    seeds = [args.seed + k for k in range(args.num_seeds)]
+    # (column title, folder, use the LoRA?) for each generated set
+    sets = []
+    if use_lora and want_base:
+        sets.append(("base", base_dir, False))
+    sets.append(("LoRA" if use_lora else "output", out_dir, use_lora))
+    written: dict[tuple[str, int, str], Path] = {}
+    total = len(jobs) * len(seeds) * len(sets)
+    t1 = time.time()
+    with tqdm(total=total, desc="generate", unit="img", disable=None) as bar:
+        for batch in batches(jobs, args.batch_size):
+            h, w = batch[0].size
+            images, ok = [], []
+            for job in batch:
+                try:
+                    images.append(resize_to(load_image(job.path), h, w, mode="crop"))
+                    ok.append(job)
+                except ImageLoadError as exc:
+                    skipped.append((job.path, str(exc)))
+                    bar.update(len(seeds) * len(sets))
+            if not ok:
+                continue
+            x = torch.stack(images).to(device=device, dtype=dtype)
+            batch_prompts = [prompts[j.path.name] for j in ok]
+            for title, folder, lora_on in sets:
+                if use_lora:
+                    (pipe.enable_lora if lora_on else pipe.disable_lora)()
+                for s in seeds:
+                    y = run_pipeline(pipe, x, batch_prompts, [s] * len(ok), args)
+                    for job, img in zip(ok, y):
+                        dst = folder / output_name(job.name, s, args.num_seeds, ext_of[job.path])
+                        save_image(img, dst)
+                        written[(title, s, job.path.name)] = dst
+                    bar.update(len(ok))
+    gen_s = time.time() - t1
+    if use_lora:
+        pipe.enable_lora()
+
+    for path, reason in skipped:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    done = sorted({name for (_, _, name) in written})
+    if not done:
+        raise UserError(f"no image of {args.input_dir} could be read ({len(skipped)} skipped)")
+
+    by_name = {j.path.name: j.path for j in jobs}
+    columns = ["input"] + [f"{t} seed {s}" if len(seeds) > 1 else t for s in seeds for t, _, _ in sets]
+    rows = [(by_name[n].name, [by_name[n]] + [written.get((t, s, n)) for s in seeds for t, _, _ in sets])
+            for n in done]
+    from alignprop.contact_sheet import write_html, write_png
+
+    note = (f"prompt: {args.prompt or args.prompt_file} | model: {args.pretrained_model} | "
+            f"LoRA: {args.lora} (scale {args.lora_scale}) | steps {args.num_steps}, "
+            f"guidance {args.guidance_scale}, seed(s) {seeds}")
+    if "html" in sheets:
+        write_html(out_dir / "contact_sheet.html", columns, rows, "alignprop.generate", [note])
+    if "png" in sheets:
+        write_png(out_dir / "contact_sheet.png", columns, rows, max_rows=args.contact_sheet_rows)
+    log = {"args": vars(args), "device": device, "dtype": str(dtype).replace("torch.", ""),
+           "lora_layers": n_layers, "generated": len(written), "inputs": len(done),
+           "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
+           "seconds": {"load": round(load_s, 2), "generate": round(gen_s, 2)},
+           "outputs": {f"{t}/seed{s}/{n}": str(p) for (t, s, n), p in sorted(written.items())}}
+    (out_dir / "generate_log.json").write_text(json.dumps(log, indent=2))
+    print(f"wrote {len(written)} image(s) for {len(done)} input(s) to {out_dir} "
+          f"({gen_s:.1f}s); {len(skipped)} skipped", file=sys.stderr)
+    return 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    return run_cli(main, argv, "alignprop.generate")
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
