@@ -125,6 +125,10 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32):
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tok,
         text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer)
     pipe.tokenizer_max_length = 77
+    # Modules built from configs start in train mode (T5 has dropout 0.1); from_pretrained
+    # returns eval mode, and so must the tiny model or text embeddings are random.
+    for module in (transformer, vae, text_encoder, text_encoder_2):
+        module.eval()
     if dtype != torch.float32:
         pipe.to(dtype=dtype)
     return pipe

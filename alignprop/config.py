@@ -1,0 +1,299 @@
+"""Every training flag, documented and validated; presets from YAML/JSON.
+
+Flags live in two dataclasses parsed together by :class:`transformers.HfArgumentParser`:
+:class:`TrainConfig` (this module: model, data, sampling, LoRA, optimisation,
+checkpoints, logging) and :class:`alignprop.reward_flags.RewardFlags` (reward
+terms, shared with evaluation). Each validates itself in ``__post_init__``;
+:func:`check_combination` refuses combinations that span both.
+
+Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
+given on the command line override the preset. Unknown keys in a preset are
+refused (a typo must not silently fall back to a default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from .reward_flags import RewardFlags, reward_specs
+
+DEFAULT_PROMPT = "Make this photo sharper and more beautiful; keep the same scene."
+# Same default as diffusers' train_dreambooth_lora_flux_kontext.py: every
+# attention projection of the double- and single-stream blocks plus the MLPs.
+DEFAULT_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_proj,"
+                        "attn.add_q_proj,attn.add_v_proj,attn.to_add_out,ff.net.0.proj,"
+                        "ff.net.2,ff_context.net.0.proj,ff_context.net.2")
+LOG_BACKENDS = ("tensorboard", "wandb", "none")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+TRUNCATION = ("fixed", "random")
+LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+class MissingDependencyError(RuntimeError):
+    """A flag needs an optional package that is not installed (wandb, bitsandbytes)."""
+
+
+def _f(default: Any, help: str, choices: Sequence | None = None, aliases: Sequence[str] = ()):
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = list(choices)
+    if aliases:
+        meta["aliases"] = list(aliases)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Training flags (see ``python alignprop_fluxkontext.py --help``)."""
+
+    # ---------------------------------------------------------------- model
+    pretrained_model: str = _f(
+        "black-forest-labs/FLUX.1-Kontext-dev",
+        "FLUX.1 Kontext pipeline: a hub id, a local diffusers directory, or 'tiny' (built-in "
+        "random-weight model with the same classes, for tests and the CPU demo).",
+        aliases=["--pretrained_model_name_or_path"])
+    revision: Optional[str] = _f(None, "Hub revision of --pretrained_model.")
+    variant: Optional[str] = _f(None, "Weights variant of --pretrained_model (e.g. 'fp16').")
+    # ---------------------------------------------------------------- data
+    data_dir: Optional[str] = _f(
+        None, "Folder of input images to edit (jpg/png/webp/bmp/tiff; unreadable files are "
+              "skipped with a warning). Required.")
+    prompt: str = _f(DEFAULT_PROMPT, "Edit instruction used for every image (unless "
+                                     "--prompt_file is given).")
+    prompt_file: Optional[str] = _f(
+        None, "Prompts: a .txt file with one instruction per line (each sample draws one, "
+              "deterministically from the seed) or a .json object {image file name: "
+              "instruction} (images not listed use --prompt).")
+    image_height: int = _f(512, "Training resolution (height); images are resized to cover "
+                                "and centre-cropped. Multiple of 16 for FLUX.")
+    image_width: int = _f(512, "Training resolution (width). Multiple of 16 for FLUX.")
+    max_sequence_length: int = _f(512, "T5 token length of the prompt embeddings (<= 512).")
+    # ---------------------------------------------------------------- sampling
+    sample_num_steps: int = _f(28, "Euler flow-matching steps of the sampler during training.")
+    guidance_scale: float = _f(
+        2.5, "Embedded guidance of the guidance-distilled Kontext-dev transformer (one "
+             "forward per step, no CFG batch).")
+    truncated_backprop: str = _f(
+        "fixed", "Which final steps carry gradients: 'fixed' = the last --backprop_steps; "
+                 "'random' = K ~ U[--backprop_steps_min, --backprop_steps_max] each step "
+                 "(AlignProp's randomized truncation).", TRUNCATION)
+    backprop_steps: int = _f(
+        1, "K, the number of final denoising steps that carry gradients (-1 = all steps). "
+           "Earlier steps run without a graph.")
+    backprop_steps_min: int = _f(1, "Smallest K for --truncated_backprop random.")
+    backprop_steps_max: int = _f(
+        -1, "Largest K for --truncated_backprop random (-1 = --sample_num_steps).")
+    gradient_checkpointing: bool = _f(
+        False, "Recompute transformer block activations in backward (less memory, ~30% "
+               "more time per backpropagated step).")
+    # ---------------------------------------------------------------- LoRA
+    lora_rank: int = _f(16, "LoRA rank (width of the low-rank update).")
+    lora_alpha: Optional[float] = _f(None, "LoRA alpha (scale = alpha / rank); default = rank.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch.")
+    lora_target_modules: str = _f(
+        DEFAULT_LORA_TARGETS, "Comma-separated module name suffixes of the transformer that "
+                              "get LoRA adapters (default as diffusers' Kontext LoRA script).")
+    # ---------------------------------------------------------------- optimisation
+    train_learning_rate: float = _f(1e-4, "AdamW learning rate.", aliases=["--learning_rate"])
+    lr_scheduler: str = _f("constant", "Learning-rate schedule.", LR_SCHEDULES)
+    lr_warmup_steps: int = _f(0, "Warm-up steps of the learning-rate schedule.")
+    adam_beta1: float = _f(0.9, "AdamW beta1.")
+    adam_beta2: float = _f(0.999, "AdamW beta2.")
+    adam_weight_decay: float = _f(1e-4, "AdamW weight decay.")
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.")
+    use_8bit_adam: bool = _f(False, "bitsandbytes 8-bit AdamW (needs `pip install "
+                                    "bitsandbytes` and a CUDA GPU).")
+    train_batch_size: int = _f(1, "Images per process per micro-batch.")
+    train_gradient_accumulation_steps: int = _f(
+        1, "Micro-batches accumulated per optimizer step.",
+        aliases=["--gradient_accumulation_steps"])
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 disables clipping).")
+    mixed_precision: Optional[str] = _f(
+        None, "Mixed precision; default: what `accelerate config` / `accelerate launch` "
+              "says. bf16 keeps frozen weights in bf16, LoRA weights in fp32.", MIXED_PRECISION)
+    allow_tf32: bool = _f(False, "Allow TF32 matmuls on Ampere+ GPUs.")
+    seed: int = _f(42, "Seed of LoRA init, data order, noise and random K.")
+    num_epochs: int = _f(1, "Passes over the data folder (bounded by --max_train_steps).")
+    max_train_steps: Optional[int] = _f(
+        None, "Stop after this many optimizer steps (overrides --num_epochs).",
+        aliases=["--max_steps"])
+    # ---------------------------------------------------------------- output
+    output_dir: str = _f("outputs/alignprop", "Where the LoRA, checkpoints, logs, image grids "
+                                              "and metrics.jsonl are written.")
+    save_freq: int = _f(100, "Checkpoint every this many optimizer steps (0 = only at the end).")
+    checkpoints_total_limit: Optional[int] = _f(
+        None, "Keep at most this many checkpoints (oldest deleted first).")
+    resume_from: Optional[str] = _f(
+        None, "Resume from a checkpoint folder or 'latest' (newest in "
+              "<output_dir>/checkpoints).", aliases=["--resume_from_checkpoint"])
+    log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
+                                      "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
+    tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")
+    log_image_freq: int = _f(
+        50, "Every this many steps, write an input|output grid PNG and log it (0 = never).")
+    log_freq: int = _f(1, "Log scalars every this many steps.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse missing/invalid values with a message naming the flag (ValueError)."""
+        if not self.data_dir:
+            raise ValueError("--data_dir is required: a folder of input images to edit")
+        for name in ("image_height", "image_width"):
+            v = getattr(self, name)
+            if v < 16 or v % 16:
+                raise ValueError(f"--{name} must be a positive multiple of 16 (FLUX VAE x 2x2 "
+                                 f"packing), got {v}")
+        positive = ("sample_num_steps", "lora_rank", "train_batch_size",
+                    "train_gradient_accumulation_steps", "num_epochs", "max_sequence_length",
+                    "log_freq")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_sequence_length > 512:
+            raise ValueError(f"--max_sequence_length must be <= 512, got {self.max_sequence_length}")
+        n = self.sample_num_steps
+        if self.backprop_steps != -1 and not 1 <= self.backprop_steps <= n:
+            raise ValueError(f"--backprop_steps must be in [1, --sample_num_steps={n}] or -1 "
+                             f"(all), got {self.backprop_steps}")
+        if self.truncated_backprop == "random":
+            hi = n if self.backprop_steps_max == -1 else self.backprop_steps_max
+            if not 1 <= self.backprop_steps_min <= hi <= n:
+                raise ValueError(
+                    f"--truncated_backprop random needs 1 <= --backprop_steps_min "
+                    f"({self.backprop_steps_min}) <= --backprop_steps_max ({hi}) <= "
+                    f"--sample_num_steps ({n})")
+        for name in ("train_learning_rate", "guidance_scale", "max_grad_norm", "adam_epsilon",
+                     "adam_weight_decay", "lora_dropout"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
+        if self.train_learning_rate == 0:
+            raise ValueError("--train_learning_rate must be > 0")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
+            raise ValueError("--adam_beta1 and --adam_beta2 must be in [0, 1)")
+        if self.lora_dropout >= 1:
+            raise ValueError(f"--lora_dropout must be < 1, got {self.lora_dropout}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
+        if not self.target_modules():
+            raise ValueError("--lora_target_modules is empty")
+        for name in ("save_freq", "log_image_freq", "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise ValueError(f"--max_train_steps must be >= 1, got {self.max_train_steps}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"--checkpoints_total_limit must be >= 1, got "
+                             f"{self.checkpoints_total_limit}")
+        if self.prompt_file is not None:
+            p = Path(self.prompt_file).expanduser()
+            if not p.is_file():
+                raise ValueError(f"--prompt_file: file not found: {self.prompt_file}")
+            if p.suffix.lower() not in (".txt", ".json"):
+                raise ValueError(f"--prompt_file must be a .txt (one prompt per line) or .json "
+                                 f"(image name -> prompt) file, got {p.name}")
+        if not self.prompt.strip():
+            raise ValueError("--prompt must not be empty")
+        if (self.resume_from not in (None, "latest")
+                and not Path(self.resume_from).expanduser().is_dir()):
+            raise ValueError(f"--resume_from: checkpoint folder not found: {self.resume_from}")
+
+    # ------------------------------------------------------------------ derived values
+    def target_modules(self) -> list[str]:
+        return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
+
+    def k_range(self) -> tuple[int, int]:
+        """(min K, max K) of truncated backprop, with -1 resolved to all steps."""
+        n = self.sample_num_steps
+        if self.truncated_backprop == "fixed":
+            k = n if self.backprop_steps == -1 else self.backprop_steps
+            return k, k
+        hi = n if self.backprop_steps_max == -1 else self.backprop_steps_max
+        return self.backprop_steps_min, hi
+
+
+def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
+    """Refuse flag combinations that involve both dataclasses."""
+    if not reward_specs(rewards):
+        raise ValueError(
+            "no reward is enabled: set at least one of --grid_ratio_weight, "
+            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
+            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend")
+
+
+# --------------------------------------------------------------------------- parsing
+def _parser():
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser((TrainConfig, RewardFlags),
+                              description="AlignProp: fine-tune a FLUX.1 Kontext LoRA by "
+                                          "backpropagating differentiable rewards through the "
+                                          "sampler.")
+    parser.add_argument("--config", default=None,
+                        help="YAML or JSON preset of flag: value pairs; command-line flags "
+                             "override it.")
+    return parser
+
+
+def _known_flags() -> set[str]:
+    return {f.name for dc in (TrainConfig, RewardFlags) for f in fields(dc)}
+
+
+def load_preset(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML/JSON preset; refuse unknown keys and non-mapping files."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"--config: preset file not found: {path}")
+    text = p.read_text()
+    if p.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path}: expected a mapping of flag: value, got "
+                         f"{type(data).__name__}")
+    data = {str(k).lstrip("-"): v for k, v in data.items()}
+    unknown = sorted(set(data) - _known_flags())
+    if unknown:
+        raise ValueError(f"--config {path}: unknown flag(s) {unknown}; see --help for the list")
+    return data
+
+
+def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
+    """Parse command-line flags (plus an optional preset) into validated dataclasses.
+
+    Validation errors are ``ValueError`` with the flag named; argparse itself
+    exits with status 2 for unknown flags and bad choices.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    parser = _parser()
+    if known.config:
+        preset = load_preset(known.config)
+        # Presets become parser defaults, so anything on the command line wins.
+        parser.set_defaults(**preset)
+    train, rewards, _extra = parser.parse_args_into_dataclasses(
+        args=list(argv) if argv is not None else None, look_for_args_file=False)
+    check_combination(train, rewards)
+    return train, rewards
+
+
+def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:
+    """Every flag in one flat JSON-able dict (saved with the run)."""
+    return {**asdict(train), **asdict(rewards)}
+
+
+__all__ = ["MissingDependencyError", "TrainConfig", "RewardFlags", "parse_config", "load_preset", "check_combination",
+           "config_dict", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS"]

@@ -1,0 +1,148 @@
+"""Training data: a folder of input images, each paired with an edit instruction.
+
+Images are read with :func:`rewards.images.load_image` (EXIF orientation, grayscale,
+palette, RGBA on white, CMYK, 16-bit handled there), resized to cover the training
+size and centre-cropped. Every file is opened once at start-up so unreadable ones
+are found before step 0 and reported in one warning; an empty or missing folder is
+an error.
+
+Order: :class:`SampleStream` is a deterministic, resumable stream over an infinite
+sequence of epochs. Sample ``j`` of the run is image ``perm_e[j mod N]`` of epoch
+``e = j // N`` with ``perm_e`` a permutation seeded by ``(seed, e)``. The trainer
+stores only ``j`` (samples consumed) in its checkpoint, so a resumed run sees
+exactly the images it would have seen.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from rewards.images import ImageLoadError, list_images, load_image, resize_to
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """The training data cannot be used (missing/empty folder, no readable image)."""
+
+
+@dataclass
+class Item:
+    path: Path
+    prompt: str
+
+
+class ImageFolder:
+    """Readable images of ``folder`` with their prompts, resized to (height, width)."""
+
+    def __init__(self, folder: str | Path, height: int, width: int, prompt: str,
+                 prompt_file: str | Path | None = None, seed: int = 0):
+        try:
+            paths = list_images(folder)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            raise DataError(f"--data_dir: {exc}") from None
+        if not paths:
+            raise DataError(f"--data_dir {folder} holds no images (looked for .jpg, .jpeg, .png, "
+                            f".webp, .bmp, .tif, .tiff)")
+        good, bad = [], []
+        for p in paths:
+            try:
+                load_image(p)  # decode once: fail early, not at step 10,000
+                good.append(p)
+            except ImageLoadError as exc:
+                bad.append((p, str(exc)))
+        if bad:
+            listing = "\n  ".join(f"{p.name}: {why}" for p, why in bad)
+            logger.warning("skipping %d unreadable image(s) in %s:\n  %s", len(bad), folder, listing)
+        if not good:
+            raise DataError(f"--data_dir {folder}: none of the {len(paths)} image files could be "
+                            f"read")
+        self.skipped = [p for p, _ in bad]
+        self.height, self.width = height, width
+        self.prompts = _read_prompts(prompt_file, prompt)
+        mapping = self.prompts if isinstance(self.prompts, dict) else {}
+        self.items = [Item(p, mapping.get(p.name, prompt)) for p in good]
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def all_prompts(self) -> list[str]:
+        """Every prompt any sample can get (encoded once before training)."""
+        if isinstance(self.prompts, list):
+            return list(self.prompts)
+        return sorted({it.prompt for it in self.items})
+
+    def prompt_for(self, index: int, sample_number: int) -> str:
+        """Prompt of the ``sample_number``-th sample (image ``index``); deterministic."""
+        if isinstance(self.prompts, list):
+            return random.Random(self.seed * 1_000_003 + sample_number).choice(self.prompts)
+        return self.items[index].prompt
+
+    def load(self, index: int) -> torch.Tensor:
+        """Image ``index`` as (3, H, W) in [0, 1] at the training size."""
+        return resize_to(load_image(self.items[index].path), self.height, self.width, mode="crop")
+
+
+def _read_prompts(prompt_file: str | Path | None, default: str) -> list[str] | dict[str, str]:
+    if prompt_file is None:
+        return [default]
+    p = Path(prompt_file).expanduser()
+    if p.suffix.lower() == ".json":
+        data = json.loads(p.read_text())
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise DataError(f"--prompt_file {p}: a .json prompt file must map image file names "
+                            f"to instructions")
+        return {Path(k).name: v.strip() for k, v in data.items()}
+    lines = [ln.strip() for ln in p.read_text().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not lines:
+        raise DataError(f"--prompt_file {p} holds no prompt (one per line; # starts a comment)")
+    return lines
+
+
+class SampleStream:
+    """Deterministic infinite sample order; ``position`` = samples already consumed."""
+
+    def __init__(self, size: int, seed: int, position: int = 0):
+        self.size, self.seed, self.position = size, seed, position
+        self._epoch, self._perm = -1, None
+
+    def _index(self, j: int) -> int:
+        epoch = j // self.size
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perm, self._epoch = torch.randperm(self.size, generator=g).tolist(), epoch
+        return self._perm[j % self.size]
+
+    def take(self, global_batch: int, rank: int, per_rank: int) -> list[tuple[int, int]]:
+        """Next global batch; returns this rank's (sample number, image index) pairs.
+
+        Every rank advances ``position`` by the whole global batch, so ranks stay in
+        step and each sees a disjoint slice.
+        """
+        start = self.position + rank * per_rank
+        out = [(j, self._index(j)) for j in range(start, start + per_rank)]
+        self.position += global_batch
+        return out
+
+    @property
+    def epoch(self) -> int:
+        return self.position // self.size
+
+
+def load_batch(folder: ImageFolder, picks: Sequence[tuple[int, int]]
+               ) -> tuple[torch.Tensor, list[str]]:
+    """Images (B,3,H,W) in [0,1] and their prompts for (sample number, index) pairs."""
+    images = torch.stack([folder.load(i) for _, i in picks])
+    prompts = [folder.prompt_for(i, j) for j, i in picks]
+    return images, prompts
+
+
+__all__ = ["ImageFolder", "SampleStream", "DataError", "load_batch"]

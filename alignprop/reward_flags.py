@@ -1,0 +1,365 @@
+"""Reward flags shared by training (``alignprop_fluxkontext.py``) and evaluation.
+
+One dataclass, :class:`RewardFlags`, holds every reward option under the names of
+the original research project (``--grid_ratio_weight``, ``--aesthetic_model_type``,
+``--similarity_backend`` ...). :func:`reward_specs` turns it into the spec list
+that :func:`rewards.build_rewards` builds a :class:`~rewards.base.CompositeReward`
+from, so the mapping "flag -> reward module option" lives in exactly one place.
+
+The dataclass works with :class:`transformers.HfArgumentParser` (every field has
+``help`` metadata, backends have ``choices``) and validates itself in
+``__post_init__``: an unknown backend name or a missing file is refused with a
+message that names the flag and the valid values.
+
+Term names (what is logged as ``reward/<term>``): ``grid``, ``brightness``,
+``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5")
+SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content")
+SHARPNESS_BACKENDS = ("none", "internvl")
+PHOTO_BACKENDS = ("none", "aide")
+GRID_MODES = ("combined", "global", "local")
+LPIPS_NETS = ("alex", "vgg", "squeeze")
+INTERNVL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Mirrors rewards.vlm.OBJECTIVES / CALIBRATIONS (kept here so --help works without
+# importing the VLM module; tests/test_config.py checks they stay equal).
+INTERNVL_OBJECTIVES = ("expected", "margin")
+INTERNVL_CALIBRATIONS = ("none", "pmi_null")
+DEFAULT_CRISPNESS_FLOOR = 1.0e-3  # = rewards.anchors.DEFAULT_CRISPNESS_FLOOR
+DEFAULT_INTERNVL = "OpenGVLab/InternVL3-14B-hf"
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
+    """A dataclass field carrying argparse help text (and choices) in its metadata."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = list(choices)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class RewardFlags:
+    """Every reward option; a weight/scale of 0 or a backend of ``none`` disables a term."""
+
+    # ---------------------------------------------------------------- FFT anti-grid
+    grid_ratio_weight: float = _f(
+        0.0, "Weight of the FFT anti-periodic (grid artifact) penalty; 0 disables it. "
+             "The reward is -weight * penalty (periodic energy ratio at the grid period).")
+    grid_ratio_period: int = _f(
+        16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
+            "2x2 patchify).")
+    grid_ratio_max_harm: int = _f(3, "Number of harmonics of the grid frequency penalised.")
+    grid_ratio_sigma_bins: float = _f(
+        0.8, "Width (in FFT bins) of the Gaussian window around each harmonic peak.")
+    grid_eval_resize: int = _f(
+        512, "Images are resized to this side before the FFT so the period is measured on "
+             "a fixed grid; 0 keeps the native size.")
+    grid_tau: float = _f(
+        0.0, "Dead zone of the grid penalty: energy ratios below tau cost nothing.")
+    grid_mode: str = _f(
+        "combined", "Grid penalty spectrum: 'global' (whole image), 'local' (tiles) or "
+                    "'combined' (both).", GRID_MODES)
+
+    # ---------------------------------------------------------------- math anchors
+    brightness_target: float = _f(
+        0.45, "Target mean luminance in [0, 1] of the brightness anchor.")
+    brightness_band: float = _f(
+        0.08, "Half-width of the free band around --brightness_target; luminance outside "
+              "target +/- band is penalised (hinge).")
+    brightness_anchor_weight: float = _f(
+        0.0, "Weight of the brightness anchor penalty; 0 disables it.")
+    crispness_floor: float = _f(
+        DEFAULT_CRISPNESS_FLOOR,
+        "Floor on the Tenengrad (mean squared Sobel gradient of luminance in [0,1], measured "
+        "at --crispness_eval_resize); penalty = relu(1 - tenengrad / floor), so images at "
+        "least this crisp cost nothing.")
+    crispness_eval_resize: int = _f(
+        512, "Long side images are resized to before measuring crispness (0 = native size).")
+    crispness_weight: float = _f(0.0, "Weight of the crispness floor penalty; 0 disables it.")
+
+    # ---------------------------------------------------------------- aesthetic
+    aesthetic_model_type: str = _f(
+        "none", "Aesthetic reward backend: 'internvl' (VLM rating, promptable with "
+                "--aesthetic_prompt), 'aesthetic_scorer' (LAION MLP on CLIP ViT-L/14), "
+                "'v2.5' (SigLIP aesthetic predictor v2.5) or 'none'.", AESTHETIC_BACKENDS)
+    aesthetic_reward_scale: float = _f(
+        1.0, "Weight of the aesthetic reward (used when --aesthetic_model_type is not none).")
+
+    # ---------------------------------------------------------------- similarity to input
+    similarity_backend: str = _f(
+        "none", "Similarity-to-the-input-image reward (content preservation): 'lpips' "
+                "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' "
+                "(VLM asked whether the edit kept the content) or 'none'.", SIMILARITY_BACKENDS)
+    image_reward_scale: float = _f(
+        1.0, "Weight of the similarity-to-input term chosen by --similarity_backend (the "
+             "name comes from the original project: it scales the *image* similarity reward).")
+    lpips_net: str = _f("alex", "LPIPS backbone for --similarity_backend lpips.", LPIPS_NETS)
+    lpips_resolution: int = _f(
+        256, "Side the images are resized to (differentiably) before LPIPS.")
+    face_weights: Optional[str] = _f(
+        None, "Path to the VGGFace2 InceptionResnetV1 state dict for --similarity_backend "
+              "face (needed offline; downloaded by facenet-pytorch otherwise).")
+
+    # ---------------------------------------------------------------- sharpness
+    sharpness_backend: str = _f(
+        "none", "Sharpness reward backend: 'internvl' (VLM asked how sharp the image is, "
+                "promptable with --sharpness_prompt) or 'none'.", SHARPNESS_BACKENDS)
+    sharpness_reward_scale: float = _f(1.0, "Weight of the sharpness reward.")
+
+    # ---------------------------------------------------------------- style
+    style_reference: Optional[str] = _f(
+        None, "Path of a style reference image; when set, the InternVL style-similarity "
+              "reward compares every output with it (prompt: --style_prompt).")
+    style_reward_scale: float = _f(1.0, "Weight of the style-similarity reward.")
+
+    # ---------------------------------------------------------------- photorealism
+    photo_backend: str = _f(
+        "none", "Photorealism reward: 'aide' (AIDE real-photo probability; needs --aide_repo "
+                "and --aide_resume) or 'none'.", PHOTO_BACKENDS)
+    photo_reward_scale: float = _f(1.0, "Weight of the photorealism reward.")
+    aide_repo: Optional[str] = _f(None, "Path to your clone of the AIDE repository.")
+    aide_resume: Optional[str] = _f(None, "Path to the AIDE checkpoint to load.")
+
+    # ---------------------------------------------------------------- InternVL (shared)
+    internvl_model_id: str = _f(
+        DEFAULT_INTERNVL, "InternVL model for every VLM reward: a hub id, a local directory, "
+                          "or 'tiny' (built-in random-weight model for tests).")
+    internvl_dtype: str = _f(
+        "auto", "InternVL weights dtype; 'auto' = bfloat16 on CUDA, float32 on CPU.",
+        INTERNVL_DTYPES)
+    internvl_objective: str = _f(
+        "expected", "How the answer-token probabilities become a score: 'expected' = expected "
+                    "rating under the answer distribution, 'margin' = log-odds of the best vs "
+                    "the worst answer (see rewards/vlm.py).", INTERNVL_OBJECTIVES)
+    internvl_calibration: str = _f(
+        "none", "Calibration of the answer probabilities: 'none' or 'pmi_null' (subtract the "
+                "answer log-probs for a neutral gray image; see rewards/vlm.py).",
+        INTERNVL_CALIBRATIONS)
+    internvl_temperature: float = _f(
+        1.0, "Softmax temperature over the answer tokens (> 0).")
+    internvl_answer_scale: Optional[str] = _f(
+        None, "Answer tokens/values of the rating scale (see rewards/vlm.py); default is the "
+              "task's built-in scale.")
+    aesthetic_prompt: Optional[str] = _f(None, "Question asked for the InternVL aesthetic reward.")
+    aesthetic_prompt_file: Optional[str] = _f(None, "File holding --aesthetic_prompt.")
+    style_prompt: Optional[str] = _f(None, "Question asked for the InternVL style reward.")
+    style_prompt_file: Optional[str] = _f(None, "File holding --style_prompt.")
+    content_prompt: Optional[str] = _f(
+        None, "Question asked for the InternVL content-similarity reward.")
+    content_prompt_file: Optional[str] = _f(None, "File holding --content_prompt.")
+    sharpness_prompt: Optional[str] = _f(None, "Question asked for the InternVL sharpness reward.")
+    sharpness_prompt_file: Optional[str] = _f(None, "File holding --sharpness_prompt.")
+    trust_remote_code: bool = _f(
+        False, "Allow model repositories to run their own Python code (InternVL non-hf "
+               "checkpoints, some aesthetic heads). Off by default for safety.")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Refuse unknown backends, impossible values and missing files (ValueError)."""
+        for name, valid in (("aesthetic_model_type", AESTHETIC_BACKENDS),
+                            ("similarity_backend", SIMILARITY_BACKENDS),
+                            ("sharpness_backend", SHARPNESS_BACKENDS),
+                            ("photo_backend", PHOTO_BACKENDS),
+                            ("grid_mode", GRID_MODES),
+                            ("lpips_net", LPIPS_NETS),
+                            ("internvl_dtype", INTERNVL_DTYPES),
+                            ("internvl_objective", INTERNVL_OBJECTIVES),
+                            ("internvl_calibration", INTERNVL_CALIBRATIONS)):
+            value = getattr(self, name)
+            if value not in valid:
+                raise ValueError(f"--{name} {value!r} is not valid; choose one of: "
+                                 f"{', '.join(valid)}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name} must be a finite number, got {value}")
+            if (f.name.endswith(("_weight", "_scale")) and f.name != "internvl_answer_scale"
+                    and value < 0):
+                raise ValueError(f"--{f.name} must be >= 0 (a penalty is already negated), "
+                                 f"got {value}")
+        if not 0.0 <= self.brightness_target <= 1.0:
+            raise ValueError(f"--brightness_target must be in [0, 1], got {self.brightness_target}")
+        if self.brightness_band < 0:
+            raise ValueError(f"--brightness_band must be >= 0, got {self.brightness_band}")
+        if self.grid_ratio_period < 2:
+            raise ValueError(f"--grid_ratio_period must be >= 2 pixels, got {self.grid_ratio_period}")
+        if self.grid_ratio_max_harm < 1:
+            raise ValueError(f"--grid_ratio_max_harm must be >= 1, got {self.grid_ratio_max_harm}")
+        if self.grid_ratio_sigma_bins <= 0:
+            raise ValueError(f"--grid_ratio_sigma_bins must be > 0, got {self.grid_ratio_sigma_bins}")
+        if self.grid_eval_resize < 0:
+            raise ValueError(f"--grid_eval_resize must be >= 0 (0 = native size), "
+                             f"got {self.grid_eval_resize}")
+        if self.crispness_floor <= 0:
+            raise ValueError(f"--crispness_floor must be > 0, got {self.crispness_floor}")
+        if self.crispness_eval_resize != 0 and self.crispness_eval_resize < 16:
+            raise ValueError(f"--crispness_eval_resize must be 0 (native) or >= 16, "
+                             f"got {self.crispness_eval_resize}")
+        if self.lpips_resolution < 16:
+            raise ValueError(f"--lpips_resolution must be >= 16, got {self.lpips_resolution}")
+        if self.internvl_temperature <= 0:
+            raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
+        for task in ("aesthetic", "style", "content", "sharpness"):
+            if getattr(self, f"{task}_prompt") and getattr(self, f"{task}_prompt_file"):
+                raise ValueError(f"give --{task}_prompt or --{task}_prompt_file, not both")
+            _require_file(getattr(self, f"{task}_prompt_file"), f"--{task}_prompt_file")
+        if self.style_reference is not None:
+            _require_file(self.style_reference, "--style_reference",
+                          "the style reward compares every output with this image")
+        _require_file(self.face_weights, "--face_weights")
+        if self.photo_backend == "aide" and self.photo_reward_scale > 0:
+            if not self.aide_repo or not self.aide_resume:
+                raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
+                                 "repository) and --aide_resume (its checkpoint)")
+            if not Path(self.aide_repo).expanduser().is_dir():
+                raise ValueError(f"--aide_repo: folder not found: {self.aide_repo}")
+            _require_file(self.aide_resume, "--aide_resume")
+
+    # ------------------------------------------------------------------ helpers
+    def uses_internvl(self) -> bool:
+        """True when any enabled term needs the InternVL model."""
+        return any(s["name"] == "internvl" for s in reward_specs(self))
+
+
+def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
+    if path is None:
+        return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        what = "is a folder, expected a file" if p.is_dir() else "file not found"
+        raise ValueError(f"{flag}: {what}: {path}" + (f" ({why})" if why else ""))
+
+
+def _internvl_dtype(flags: RewardFlags, device) -> str:
+    if flags.internvl_dtype != "auto":
+        return flags.internvl_dtype
+    import torch
+
+    on_cuda = (str(device).startswith("cuda") if device is not None
+               else torch.cuda.is_available())
+    return "bfloat16" if on_cuda else "float32"
+
+
+def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
+    """Specs for :func:`rewards.build_rewards`, one per enabled term, in a fixed order.
+
+    ``device`` (optional) is passed to model-backed rewards (None = their default:
+    CUDA if available, else CPU). Disabled terms (weight 0 or backend ``none``)
+    are left out, so an empty list means "no reward enabled".
+    """
+    specs: list[dict] = []
+
+    def add(term: str, name: str, weight: float, **options: Any) -> None:
+        if weight > 0:
+            specs.append({"name": name, "term": term, "weight": float(weight), **options})
+
+    add("grid", "grid", flags.grid_ratio_weight, period=flags.grid_ratio_period,
+        max_harm=flags.grid_ratio_max_harm, sigma_bins=flags.grid_ratio_sigma_bins,
+        tau=flags.grid_tau, eval_resize=flags.grid_eval_resize, mode=flags.grid_mode)
+    add("brightness", "brightness", flags.brightness_anchor_weight,
+        target=flags.brightness_target, band=flags.brightness_band)
+    add("crispness", "crispness", flags.crispness_weight, floor=flags.crispness_floor,
+        eval_resize=flags.crispness_eval_resize)
+
+    def internvl(task: str, prompt_key: str, **extra: Any) -> dict:
+        opts = {"task": task, "model_id": flags.internvl_model_id,
+                "dtype": _internvl_dtype(flags, device), "device": device,
+                "objective": flags.internvl_objective,
+                "calibration": flags.internvl_calibration,
+                "temperature": flags.internvl_temperature,
+                "trust_remote_code": flags.trust_remote_code, **extra}
+        if flags.internvl_answer_scale is not None:
+            opts["answer_scale"] = flags.internvl_answer_scale
+        prompt = getattr(flags, f"{prompt_key}_prompt")
+        prompt_file = getattr(flags, f"{prompt_key}_prompt_file")
+        if prompt is not None:
+            opts["prompt"] = prompt
+        if prompt_file is not None:
+            opts["prompt_file"] = prompt_file
+        return opts
+
+    aesthetic = flags.aesthetic_model_type
+    if aesthetic == "internvl":
+        add("aesthetic", "internvl", flags.aesthetic_reward_scale,
+            **internvl("single", "aesthetic"))
+    elif aesthetic == "aesthetic_scorer":
+        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code)
+    elif aesthetic == "v2.5":
+        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code)
+
+    similarity = flags.similarity_backend
+    if similarity == "lpips":
+        add("similarity", "lpips", flags.image_reward_scale, net=flags.lpips_net,
+            resolution=flags.lpips_resolution, device=device)
+    elif similarity == "face":
+        add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
+            device=device)
+    elif similarity == "internvl-content":
+        add("similarity", "internvl", flags.image_reward_scale,
+            **internvl("content-similarity", "content"))
+
+    if flags.sharpness_backend == "internvl":
+        add("sharpness", "internvl", flags.sharpness_reward_scale,
+            **internvl("sharpness", "sharpness"))
+
+    if flags.style_reference is not None:
+        add("style", "internvl", flags.style_reward_scale,
+            **internvl("similarity", "style", reference=flags.style_reference))
+
+    if flags.photo_backend == "aide":
+        add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
+            aide_resume=flags.aide_resume, device=device,
+            trust_remote_code=flags.trust_remote_code)
+    return specs
+
+
+def build_reward_from_flags(flags: RewardFlags, device: Any = None):
+    """Build the composite reward; every failure becomes one clear ``RewardBuildError``.
+
+    Missing reward modules (NotImplementedError from the registry), options a
+    factory refuses (ValueError) and models that cannot be loaded
+    (ModelUnavailableError) are re-raised with the term and flag that caused them,
+    so the CLI prints one line instead of a traceback.
+    """
+    from rewards import build_rewards
+    from rewards.hub import ModelUnavailableError
+
+    specs = reward_specs(flags, device=device)
+    if not specs:
+        raise RewardBuildError(
+            "no reward is enabled: set at least one of --grid_ratio_weight, "
+            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
+            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend")
+    built = []
+    for spec in specs:
+        try:
+            built.append(build_rewards([spec]).terms[0])
+        except NotImplementedError as exc:
+            raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
+        except ModelUnavailableError as exc:
+            raise RewardBuildError(f"reward term {spec['term']!r}: {exc}") from exc
+        except (ValueError, TypeError, FileNotFoundError) as exc:
+            raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
+    from rewards.base import CompositeReward
+
+    return CompositeReward(built)
+
+
+class RewardBuildError(RuntimeError):
+    """A reward selected by the flags could not be built; the message says which and why."""
+
+
+__all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "build_reward_from_flags",
+           "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS"]

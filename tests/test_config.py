@@ -1,0 +1,149 @@
+"""Flags: the original command parses, presets + overrides, bad values refused clearly."""
+import json
+
+import pytest
+import torch
+
+from alignprop.config import TrainConfig, load_preset, parse_config
+from alignprop.reward_flags import (INTERNVL_CALIBRATIONS, INTERNVL_OBJECTIVES, RewardBuildError,
+                                    RewardFlags, build_reward_from_flags, reward_specs)
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    from rewards.images import save_image
+
+    d = tmp_path / "imgs"
+    save_image(torch.rand(3, 32, 32), d / "a.png")
+    return d
+
+
+@pytest.fixture
+def ref(tmp_path):
+    from rewards.images import save_image
+
+    p = tmp_path / "ref.png"
+    save_image(torch.rand(3, 32, 32), p)
+    return p
+
+
+def original_command(data_dir, ref):
+    return (f"--data_dir {data_dir} --mixed_precision bf16 --lora_rank 32 --log_with wandb "
+            "--log_image_freq 16 --save_freq 100 --num_epochs 1000000 --image_height 512 "
+            "--image_width 512 --sample_num_steps 5 --image_reward_scale 1.5 "
+            "--sharpness_reward_scale 2 --sharpness_backend internvl --aesthetic_reward_scale 6 "
+            "--similarity_backend internvl-content --aesthetic_model_type internvl "
+            f"--train_learning_rate 1e-4 --style_reference {ref} --grid_ratio_weight 1 "
+            "--grid_ratio_period 16 --grid_ratio_max_harm 3 --grid_ratio_sigma_bins 0.8 "
+            "--grid_eval_resize 512 --brightness_target 0.45 --brightness_band 0.08 "
+            "--brightness_anchor_weight 10 --train_gradient_accumulation_steps 4").split()
+
+
+def test_original_command_parses_to_the_right_rewards(data_dir, ref):
+    train, flags = parse_config(original_command(data_dir, ref)
+                                + ["--pretrained_model", "tiny", "--internvl_model_id", "tiny"])
+    assert (train.mixed_precision, train.lora_rank, train.log_with) == ("bf16", 32, "wandb")
+    assert (train.sample_num_steps, train.train_gradient_accumulation_steps) == (5, 4)
+    assert train.num_epochs == 1_000_000 and train.train_learning_rate == 1e-4
+    specs = {s["term"]: s for s in reward_specs(flags)}
+    assert set(specs) == {"grid", "brightness", "aesthetic", "similarity", "sharpness", "style"}
+    assert specs["similarity"]["weight"] == 1.5
+    assert specs["similarity"]["task"] == "content-similarity"
+    assert specs["aesthetic"]["weight"] == 6 and specs["aesthetic"]["task"] == "single"
+    assert specs["sharpness"]["weight"] == 2 and specs["sharpness"]["task"] == "sharpness"
+    assert specs["style"]["reference"] == str(ref) and specs["style"]["task"] == "similarity"
+    assert specs["brightness"] == {"name": "brightness", "term": "brightness", "weight": 10.0,
+                                   "target": 0.45, "band": 0.08}
+    assert specs["grid"]["period"] == 16 and specs["grid"]["sigma_bins"] == 0.8
+    assert all(s["model_id"] == "tiny" for s in specs.values() if s["name"] == "internvl")
+
+
+def test_preset_with_command_line_override(tmp_path, data_dir):
+    yaml_preset = tmp_path / "p.yaml"
+    yaml_preset.write_text(f"data_dir: {data_dir}\nlora_rank: 8\nsample_num_steps: 6\n"
+                           "brightness_anchor_weight: 3\n")
+    train, flags = parse_config(["--config", str(yaml_preset), "--lora_rank", "4"])
+    assert (train.lora_rank, train.sample_num_steps, flags.brightness_anchor_weight) == (4, 6, 3)
+    json_preset = tmp_path / "p.json"
+    json_preset.write_text(json.dumps({"data_dir": str(data_dir), "grid_ratio_weight": 2}))
+    train, flags = parse_config(["--config", str(json_preset), "--max_steps", "7"])
+    assert flags.grid_ratio_weight == 2 and train.max_train_steps == 7
+
+
+def test_preset_with_unknown_key_is_refused(tmp_path):
+    p = tmp_path / "p.yaml"
+    p.write_text("lora_rnk: 8\n")
+    with pytest.raises(ValueError, match="unknown flag.*lora_rnk"):
+        load_preset(p)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backprop_steps", "9", "--sample_num_steps", "4"], "backprop_steps"),
+    (["--truncated_backprop", "random", "--backprop_steps_min", "3", "--backprop_steps_max", "2"],
+     "backprop_steps_min"),
+    (["--image_height", "500"], "multiple of 16"),
+    (["--train_learning_rate", "0"], "train_learning_rate"),
+    (["--lora_target_modules", " , "], "lora_target_modules"),
+    (["--resume_from", "/nonexistent/ckpt"], "resume_from"),
+    (["--brightness_target", "1.5"], "brightness_target"),
+    (["--style_reference", "/nonexistent/ref.png"], "style_reference.*not found"),
+])
+def test_bad_values_are_refused(data_dir, extra, message):
+    with pytest.raises(ValueError, match=message):
+        parse_config(["--data_dir", str(data_dir), "--brightness_anchor_weight", "1"] + extra)
+
+
+def test_missing_data_dir_and_no_reward_are_refused(data_dir):
+    with pytest.raises(ValueError, match="--data_dir is required"):
+        parse_config(["--brightness_anchor_weight", "1"])
+    with pytest.raises(ValueError, match="no reward is enabled"):
+        parse_config(["--data_dir", str(data_dir)])
+
+
+def test_unknown_backend_names_list_the_valid_ones():
+    with pytest.raises(ValueError, match="lpips, face, internvl-content"):
+        RewardFlags(similarity_backend="clip")
+    with pytest.raises(ValueError, match="none, internvl, aesthetic_scorer, v2.5"):
+        RewardFlags(aesthetic_model_type="laion")
+
+
+def test_cli_reports_bad_flags_without_traceback(data_dir, capsys):
+    from alignprop_fluxkontext import main
+
+    with pytest.raises(SystemExit) as exc:  # argparse choices: exit status 2
+        main(["--data_dir", str(data_dir), "--sharpness_backend", "clip"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["--data_dir", str(data_dir), "--brightness_anchor_weight", "1",
+                 "--style_reference", "/nope.png"]) == 2
+    assert "style_reference: file not found" in capsys.readouterr().err
+
+
+def test_missing_reward_module_is_a_clear_error(monkeypatch):
+    import rewards
+
+    monkeypatch.setitem(rewards._REGISTRY, "grid",
+                        ("rewards.not_written_yet", "make_grid_reward", "stand-in"))
+    with pytest.raises(RewardBuildError, match="'grid' is not available"):
+        build_reward_from_flags(RewardFlags(grid_ratio_weight=1.0))
+
+
+def test_internvl_choices_mirror_the_vlm_module():
+    vlm = pytest.importorskip("rewards.vlm")
+    assert tuple(vlm.OBJECTIVES) == INTERNVL_OBJECTIVES
+    assert tuple(vlm.CALIBRATIONS) == INTERNVL_CALIBRATIONS
+
+
+def test_every_flag_has_help_text():
+    from dataclasses import fields
+
+    for dc in (TrainConfig, RewardFlags):
+        for f in fields(dc):
+            assert len(f.metadata.get("help", "")) > 10, f.name
+
+
+def test_k_range():
+    base = dict(data_dir="x", sample_num_steps=6)
+    assert TrainConfig(**base, backprop_steps=-1).k_range() == (6, 6)
+    assert TrainConfig(**base, backprop_steps=2).k_range() == (2, 2)
+    assert TrainConfig(**base, truncated_backprop="random", backprop_steps_min=2).k_range() == (2, 6)
