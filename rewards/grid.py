@@ -1,0 +1,363 @@
+"""FFT anti-periodic (grid artifact) penalties.
+
+Over-optimised FLUX outputs acquire a faint periodic texture whose period is the
+VAE stride times the transformer patch (8 x 2 = 16 px). This module measures how
+much spectral energy sits on the *comb* of that period's harmonics compared with
+the neighbouring frequency bins (a local spectral contrast), so that broadband
+natural textures (brick, text, foliage) are not mistaken for a grid. The design,
+the parameter choices and the measured detection figures are in docs/anti_grid.md.
+
+Public API
+----------
+* :func:`make_grid_reward` -- registry factory, reward = -penalty.
+* :class:`GridPenalty` -- the callable penalty with its cached masks.
+* :func:`grid_penalty` / :func:`grid_penalty_terms` -- plain functions -> [B].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .base import as_reward, check_images
+
+MODES = ("global", "local", "combined")
+# Rec.709 luma weights applied to the [0,1] (gamma-encoded) values.
+REC709 = (0.2126, 0.7152, 0.0722)
+
+
+def luminance(images: torch.Tensor) -> torch.Tensor:
+    """(B,3,H,W) -> (B,H,W) Rec.709 luma of the gamma-encoded values."""
+    w = images.new_tensor(REC709).view(1, 3, 1, 1)
+    return (images * w).sum(1)
+
+
+def _resize_long_side(x: torch.Tensor, size: int | None, allow_upscale: bool) -> torch.Tensor:
+    """Resize (B,C,H,W) so the long side is ``size`` (antialiased bilinear, differentiable)."""
+    if not size:
+        return x
+    h, w = x.shape[-2:]
+    long = max(h, w)
+    if long == size or (long < size and not allow_upscale):
+        return x
+    s = size / long
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    return F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=long > size,
+                         align_corners=False)
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Every parameter of the grid penalty (validated; see docs/anti_grid.md)."""
+
+    period: float = 16.0          # grid period in pixels of the *input* image
+    max_harm: int = 3             # harmonics a, b in -max_harm..max_harm of each period
+    sigma_bins: float = 0.5       # Gaussian width of a comb tooth, in FFT bins
+    tau: float = 0.0              # hinge: penalty = relu(score - tau)
+    eval_resize: int | None = 512  # downscale so the long side is at most this (0/None: never)
+    mode: str = "combined"        # "global" | "local" | "combined"
+    extra_periods: tuple[float, ...] = (8.0, 32.0)  # octaves also covered by the comb
+    ring: tuple[float, float] = (2.0, 5.0)  # neighbour ring (Chebyshev bins) for global contrast
+    local_window: int = 128       # local window side (eval pixels)
+    local_stride: int = 64        # local window stride (50% overlap)
+    min_amplitude: float = 2e-4   # energy floor: a tone this weak ([0,1] units) counts as nothing
+    margin: float = 0.5           # log-contrast a tooth needs before it counts (noise level)
+    local_top: float = 0.25       # local score = mean of the top fraction of windows
+    local_weight: float = 0.5     # combined = global + local_weight * local
+
+    def __post_init__(self):
+        periods = (self.period, *self.extra_periods)
+        if any(not (p >= 2.0) for p in periods):
+            raise ValueError(f"grid periods must be >= 2 px, got {periods}")
+        if not (isinstance(self.max_harm, int) and self.max_harm >= 1):
+            raise ValueError(f"max_harm must be an int >= 1, got {self.max_harm!r}")
+        if not (self.sigma_bins > 0):
+            raise ValueError(f"sigma_bins must be > 0, got {self.sigma_bins}")
+        if not math.isfinite(self.tau):
+            raise ValueError(f"tau must be finite, got {self.tau}")
+        if self.eval_resize not in (None, 0) and self.eval_resize < 32:
+            raise ValueError(f"eval_resize must be >= 32 (or 0/None to disable), got {self.eval_resize}")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown grid mode {self.mode!r}; use one of {', '.join(MODES)}")
+        r_in, r_out = self.ring
+        if not (0 < r_in < r_out):
+            raise ValueError(f"ring must satisfy 0 < inner < outer, got {self.ring}")
+        if self.local_window < 16 or self.local_stride < 1:
+            raise ValueError("local_window must be >= 16 and local_stride >= 1")
+        if not (self.min_amplitude > 0):
+            raise ValueError(f"min_amplitude must be > 0, got {self.min_amplitude}")
+        if not (self.margin >= 0 and math.isfinite(self.margin)):
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not (0 < self.local_top <= 1):
+            raise ValueError(f"local_top must be in (0, 1], got {self.local_top}")
+        if not (self.local_weight >= 0 and math.isfinite(self.local_weight)):
+            raise ValueError(f"local_weight must be >= 0, got {self.local_weight}")
+
+    @property
+    def periods(self) -> tuple[float, ...]:
+        return tuple(dict.fromkeys(float(p) for p in (self.period, *self.extra_periods)))
+
+
+@dataclass
+class CombTables:
+    """Gather indices and weights that read comb teeth and their rings from a power spectrum."""
+
+    index: torch.Tensor      # (T, K) long, flat index into the (h, w//2+1) half spectrum
+    peak_w: torch.Tensor     # (T, K) tooth weights (sum 1 per tooth)
+    ring_w: torch.Tensor     # (T, K) neighbour weights (sum 1 per tooth)
+    window: torch.Tensor     # (h, w) separable Hann window
+    eps: float               # power of a just-visible grid (floor of both energies)
+    teeth: int = field(default=0)
+
+
+def _comb_points(h: int, w: int, periods_px: Sequence[float], max_harm: int) -> list[tuple[float, float]]:
+    """Fractional (row, col) bin positions of the 2-D comb in the rfft2 half plane."""
+    pts = set()
+    for p in periods_px:
+        for a in range(-max_harm, max_harm + 1):
+            for b in range(0, max_harm + 1):
+                if b == 0 and a <= 0:
+                    continue  # DC and the conjugate half of the column axis
+                u, v = a * h / p, b * w / p
+                # drop teeth at or past Nyquist (aliased by the resize; degenerate at Nyquist)
+                if abs(u) > h / 2 - 1 or v > w / 2 - 1:
+                    continue
+                pts.add((round(u, 6), round(v, 6)))
+    return sorted(pts)
+
+
+def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
+                  ring: tuple[float, float], device, dtype) -> CombTables | None:
+    pts = _comb_points(h, w, periods_px, cfg.max_harm)
+    if not pts:
+        return None
+    r_in, r_out = ring
+    R = int(math.ceil(r_out))
+    core = max(1.0, min(2.5 * cfg.sigma_bins, r_in - 0.5))
+    offs = torch.arange(-R, R + 1, dtype=torch.float64)
+    du, dv = torch.meshgrid(offs, offs, indexing="ij")
+    du, dv = du.reshape(-1), dv.reshape(-1)                          # (K,)
+    P = torch.tensor(pts, dtype=torch.float64)                        # (T, 2)
+    cu, cv = P[:, :1], P[:, 1:]
+    bu, bv = torch.round(cu) + du, torch.round(cv) + dv               # (T, K) absolute bins
+    # Distances (in bins) from each bin to its own tooth and to the nearest tooth of the comb,
+    # so a ring never counts another tooth's energy as "background".
+    d_own = torch.maximum((bu - cu).abs(), (bv - cv).abs())
+    g = torch.exp(-((bu - cu) ** 2 + (bv - cv) ** 2) / (2 * cfg.sigma_bins ** 2))
+    peak = torch.where(d_own <= core, g, torch.zeros_like(g))
+    # nearest tooth, considering the conjugate teeth as well (the spectrum is Hermitian)
+    allp = torch.cat([P, -P], 0)
+    d_any = torch.maximum((bu[..., None] - allp[:, 0]).abs(), (bv[..., None] - allp[:, 1]).abs()).amin(-1)
+    ring_w = ((d_own >= r_in) & (d_own <= r_out) & (d_any >= r_in)).double()
+    # DC-safe: low frequencies (< 2 bins) hold the window-leaked mean and the image's
+    # large-scale shading, never a grid; leave them out of both sums.
+    radius = torch.sqrt((bu / max(h, 1)) ** 2 + (bv / max(w, 1)) ** 2) * max(h, w)
+    low = radius < 2.0
+    peak = peak.masked_fill(low, 0.0)
+    ring_w = ring_w.masked_fill(low, 0.0)
+    ok = (peak.sum(1) > 0) & (ring_w.sum(1) > 0)
+    if not bool(ok.any()):
+        return None
+    peak, ring_w, bu, bv = peak[ok], ring_w[ok], bu[ok], bv[ok]
+    peak = peak / peak.sum(1, keepdim=True)
+    ring_w = ring_w / ring_w.sum(1, keepdim=True)
+    # Map any (row, col) to the stored half spectrum using P(u, v) = P(-u, -v), periodic in both.
+    iu = bu.long() % h
+    iv = bv.long() % w
+    flip = iv > w // 2
+    iu = torch.where(flip, (-iu) % h, iu)
+    iv = torch.where(flip, (w - iv) % w, iv)
+    index = iu * (w // 2 + 1) + iv
+    win = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
+                      torch.hann_window(w, periodic=False, dtype=torch.float64))
+    # A sinusoid of amplitude A on an exact bin has |X| = A/2 * sum(window).
+    eps = float((cfg.min_amplitude / 2 * win.sum()) ** 2)
+    return CombTables(index=index.to(device), peak_w=peak.to(device, dtype),
+                      ring_w=ring_w.to(device, dtype), window=win.to(device, dtype),
+                      eps=eps, teeth=int(ok.sum()))
+
+
+def _eval_geometry(h: int, w: int, cfg: GridConfig) -> tuple[int, int, float, int]:
+    """(resized h, resized w, scale, crop multiple) used to evaluate an (h, w) image.
+
+    The scale is rounded down to a multiple of 1/min(period), so every effective period
+    stays a whole number of pixels (16 px at 1024 -> 512 becomes 8 px); the image is then
+    centre-cropped to a multiple of the largest effective period, which puts every comb
+    tooth on an exact FFT bin (the Hann main lobe is then 3 bins wide, see the docs).
+    """
+    long = max(h, w)
+    scale = 1.0
+    if cfg.eval_resize and long > cfg.eval_resize:
+        s0 = cfg.eval_resize / long
+        q = min(cfg.periods)
+        scale = math.floor(s0 * q) / q if s0 * q >= 1 else s0
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    eff = [p * scale for p in cfg.periods]
+    multiple = 1
+    if all(abs(e - round(e)) < 1e-6 for e in eff):
+        multiple = math.lcm(*(int(round(e)) for e in eff))
+        if nh // multiple < 2 or nw // multiple < 2:
+            multiple = 1  # too small to crop to whole periods: teeth become fractional
+    return nh, nw, scale, multiple
+
+
+def _top_mean(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """Mean of the largest ``frac`` of the last dimension (at least one element)."""
+    k = max(1, int(math.ceil(frac * x.shape[-1])))
+    return torch.topk(x, k, dim=-1).values.mean(-1)
+
+
+class GridPenalty:
+    """Callable penalty ``images (B,3,H,W) in [0,1] -> (penalty[B], terms)``.
+
+    ``terms`` holds the unhinged ``global`` and ``local`` scores [B]. Masks, windows and
+    gather tables are cached per (shape, device, dtype), so repeated calls on a training
+    batch only run the FFTs.
+    """
+
+    def __init__(self, config: GridConfig | None = None, **options):
+        self.config = config if config is not None else GridConfig(**options)
+        self._cache: dict[tuple, CombTables | None] = {}
+
+    # -- cached tables -------------------------------------------------------------
+    def tables(self, h: int, w: int, scale: float, kind: str, device, dtype) -> CombTables | None:
+        """Gather tables for an (h, w) spectrum; ``scale`` = eval px per input px."""
+        key = (kind, h, w, round(scale, 6), str(device), dtype)
+        if key not in self._cache:
+            cfg = self.config
+            periods_px = [p * scale for p in cfg.periods]
+            if kind == "global":
+                ring = cfg.ring
+            else:
+                # windows are small: teeth of the combined comb sit a few bins apart, so the
+                # ring is the band half-way between neighbouring teeth.
+                spacing = w / max(periods_px)
+                ring = (max(1.0, spacing / 2 - 0.5), max(1.5, spacing / 2 + 0.5))
+            self._cache[key] = _build_tables(h, w, periods_px, cfg, ring, device, dtype)
+        return self._cache[key]
+
+    # -- scores ------------------------------------------------------------------------
+    def _contrast(self, lum: torch.Tensor, tab: CombTables) -> torch.Tensor:
+        """(N,h,w) luminance -> (N,T) log contrast of each comb tooth over its ring."""
+        x = lum - lum.mean(dim=(-2, -1), keepdim=True)   # exact invariance to brightness shifts
+        spec = torch.fft.rfft2(x * tab.window, norm="backward")
+        # gather the few bins the comb reads before squaring: the full power spectrum is
+        # never formed (this, not the FFT, dominated the time and memory of the backward)
+        flat = torch.view_as_real(spec).reshape(spec.shape[0], -1, 2)
+        picked = flat[:, tab.index.reshape(-1)]                              # (N, T*K, 2)
+        vals = picked.pow(2).sum(-1).reshape(spec.shape[0], *tab.index.shape)  # (N,T,K) power
+        e_peak = (vals * tab.peak_w).sum(-1)
+        e_ring = (vals * tab.ring_w).sum(-1)
+        return torch.log((e_peak + tab.eps) / (e_ring + tab.eps))
+
+    def _score(self, contrast: torch.Tensor) -> torch.Tensor:
+        """(..., T) tooth contrasts -> (...) evidence: mean excess over the noise margin."""
+        return torch.relu(contrast - self.config.margin).mean(-1)
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Images -> evaluated luminance (B,h,w) (resized, cropped to whole periods), scale."""
+        check_images(images)
+        H0, W0 = images.shape[-2:]
+        nh, nw, scale, multiple = _eval_geometry(H0, W0, self.config)
+        x = images
+        if (nh, nw) != (H0, W0):
+            x = F.interpolate(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
+                              size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        lum = luminance(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+        if multiple > 1:
+            ch, cw = nh // multiple * multiple, nw // multiple * multiple
+            top, left = (nh - ch) // 2, (nw - cw) // 2
+            lum = lum[:, top:top + ch, left:left + cw]
+        return lum, scale
+
+    def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unhinged ``global`` and/or ``local`` scores [B] (only those the mode needs)."""
+        cfg = self.config
+        lum, scale = self.prepare(images)
+        B, h, w = lum.shape
+        zero = lum.sum(dim=(-2, -1)) * 0.0   # keeps the graph (finite zero gradient)
+        out: dict[str, torch.Tensor] = {}
+        if cfg.mode in ("global", "combined"):
+            tab = self.tables(h, w, scale, "global", lum.device, lum.dtype)
+            out["global"] = self._score(self._contrast(lum, tab)) if tab is not None else zero
+        if cfg.mode in ("local", "combined"):
+            L, S = cfg.local_window, cfg.local_stride
+            if min(h, w) < L:
+                L = S = min(h, w)
+            tab = self.tables(L, L, scale, "local", lum.device, lum.dtype)
+            if tab is None:
+                out["local"] = zero
+            else:
+                tiles = lum[:, None].unfold(2, L, S).unfold(3, L, S)  # (B,1,nh,nw,L,L)
+                n_tiles = tiles.shape[2] * tiles.shape[3]
+                c = self._contrast(tiles.reshape(B * n_tiles, L, L), tab)
+                per_window = self._score(c).reshape(B, n_tiles)
+                out["local"] = _top_mean(per_window, cfg.local_top)
+        return out
+
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        terms = self.terms(images)
+        if self.config.mode == "combined":
+            score = terms["global"] + self.config.local_weight * terms["local"]
+        else:
+            score = terms[self.config.mode]
+        penalty = torch.relu(score - self.config.tau)
+        return penalty, terms
+
+
+_DEFAULT_PENALTIES: dict[GridConfig, GridPenalty] = {}
+
+
+def _penalty_for(options: dict) -> GridPenalty:
+    cfg = GridConfig(**options)
+    if cfg not in _DEFAULT_PENALTIES:
+        if len(_DEFAULT_PENALTIES) > 16:
+            _DEFAULT_PENALTIES.clear()
+        _DEFAULT_PENALTIES[cfg] = GridPenalty(cfg)
+    return _DEFAULT_PENALTIES[cfg]
+
+
+def grid_penalty(images: torch.Tensor, **options) -> torch.Tensor:
+    """Hinged grid penalty [B] (>= 0) with :class:`GridConfig` options; differentiable."""
+    return _penalty_for(options)(images)[0]
+
+
+def grid_penalty_terms(images: torch.Tensor, **options) -> dict[str, torch.Tensor]:
+    """Unhinged ``global`` and ``local`` scores [B] (``mode`` is forced to ``combined``)."""
+    options = {**options, "mode": "combined"}
+    return _penalty_for(options).terms(images)
+
+
+def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 0.5,
+                     tau: float = 0.0, eval_resize: int | None = 512, mode: str = "combined",
+                     extra_periods: Sequence[float] = (8, 32), ring: Sequence[float] = (2.0, 5.0),
+                     local_window: int = 128, local_stride: int = 64, min_amplitude: float = 2e-4,
+                     margin: float = 0.5, local_top: float = 0.25, local_weight: float = 0.5):
+    """Anti-grid reward: ``fn(images, inputs, prompts) -> (-penalty[B], metrics)``.
+
+    ``extra_periods=()`` restricts the comb to ``period`` alone. Metrics (batch means):
+    ``grid_penalty`` (hinged, positive) and the unhinged ``grid_global`` / ``grid_local``.
+    """
+    penalty = GridPenalty(GridConfig(
+        period=float(period), max_harm=int(max_harm), sigma_bins=float(sigma_bins), tau=float(tau),
+        eval_resize=eval_resize, mode=mode, extra_periods=tuple(float(p) for p in extra_periods),
+        ring=tuple(float(r) for r in ring), local_window=int(local_window),
+        local_stride=int(local_stride), min_amplitude=float(min_amplitude), margin=float(margin),
+        local_top=float(local_top), local_weight=float(local_weight)))
+
+    def grid_reward(images, inputs=None, prompts=None):
+        pen, terms = penalty(images)
+        metrics = {"grid_penalty": pen.detach().mean().item()}
+        for name, value in terms.items():
+            metrics[f"grid_{name}"] = value.detach().mean().item()
+        return -pen, metrics
+
+    grid_reward.penalty = penalty  # exposes the cache and config (tests, benchmarks)
+    return as_reward(grid_reward)
+
+
+__all__ = ["GridConfig", "GridPenalty", "grid_penalty", "grid_penalty_terms",
+           "luminance", "make_grid_reward"]
