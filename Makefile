@@ -36,8 +36,11 @@ demo-grid: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Speed / memory figures (not tests). Run on a quiet machine; see BENCHMARKS in README.
 bench: $(STAMP)
-	$(PY) benchmarks/bench_grid.py
+	PYTHONPATH=. $(PY) benchmarks/bench_grid.py
+	PYTHONPATH=. $(PY) benchmarks/bench_vlm.py
+	PYTHONPATH=. $(PY) benchmarks/bench_trainer.py
 
 clean:
 	rm -rf outputs .pytest_cache

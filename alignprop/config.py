@@ -89,7 +89,7 @@ class TrainConfig:
     backprop_steps_max: int = _f(
         -1, "Largest K for --truncated_backprop random (-1 = --sample_num_steps).")
     gradient_checkpointing: bool = _f(
-        False, "Recompute transformer block activations in backward (less memory, ~30% "
+        False, "Recompute transformer block activations in backward (less memory, ~30%% "
                "more time per backpropagated step).")
     # ---------------------------------------------------------------- LoRA
     lora_rank: int = _f(16, "LoRA rank (width of the low-rank update).")

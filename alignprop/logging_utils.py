@@ -33,6 +33,56 @@ def check_tracker(log_with: str) -> str | None:
     return log_with
 
 
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _wandb_key_configured(environ) -> bool:
+    """True when wandb would find an API key without prompting (env var or a netrc entry).
+
+    Only the presence of an entry is checked; the key itself is never read out.
+    """
+    if environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+    from urllib.parse import urlsplit
+
+    host = urlsplit(environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    path = environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def configure_wandb(out_dir: str | Path, environ=None) -> dict[str, Any]:
+    """Make ``--log_with wandb`` safe on offline / unattended machines.
+
+    When ``WANDB_MODE`` is unset and either ``HF_HUB_OFFLINE`` is on or no API key is
+    configured (no ``WANDB_API_KEY``, no netrc entry), set ``WANDB_MODE=offline``:
+    otherwise ``wandb.init`` would stop at an interactive login prompt or retry the
+    network. A mode the user set (online, offline, disabled) is always kept. Returns
+    the ``wandb.init`` keyword arguments that put wandb's files under ``out_dir``
+    (``<out_dir>/wandb/offline-run-*``; upload later with ``wandb sync``).
+    """
+    import logging
+
+    environ = os.environ if environ is None else environ
+    log = logging.getLogger("alignprop")
+    if not environ.get("WANDB_MODE"):
+        reason = None
+        if environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE:
+            reason = "HF_HUB_OFFLINE is set"
+        elif not _wandb_key_configured(environ):
+            reason = "no wandb API key is configured (WANDB_API_KEY or `wandb login`)"
+        if reason:
+            environ["WANDB_MODE"] = "offline"
+            log.warning("--log_with wandb: %s, so WANDB_MODE=offline (no login prompt, no "
+                        "network); the run is written to %s; upload it later with "
+                        "`wandb sync %s/offline-run-*` or set WANDB_MODE=online to log live",
+                        reason, Path(out_dir) / "wandb", Path(out_dir) / "wandb")
+    return {"dir": str(out_dir)}
+
+
 class MetricsFile:
     """Appends one JSON object per logged step to ``metrics.jsonl`` (main process only)."""
 
@@ -120,4 +170,4 @@ def plot_reward_curve(rows: list[dict], path: str | Path, keys: tuple[str, ...] 
 
 
 __all__ = ["MetricsFile", "read_metrics", "image_grid", "log_image_grid", "plot_reward_curve",
-           "check_tracker", "tracker_config"]
+           "check_tracker", "tracker_config", "configure_wandb"]

@@ -27,6 +27,7 @@ SHARPNESS_BACKENDS = ("none", "internvl")
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
+LPIPS_MIN_RESOLUTION = 32  # = the smallest size rewards/perceptual.py accepts
 INTERNVL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Mirrors rewards.vlm.OBJECTIVES / CALIBRATIONS (kept here so --help works without
 # importing the VLM module; tests/test_config.py checks they stay equal).
@@ -102,7 +103,7 @@ class RewardFlags:
              "name comes from the original project: it scales the *image* similarity reward).")
     lpips_net: str = _f("alex", "LPIPS backbone for --similarity_backend lpips.", LPIPS_NETS)
     lpips_resolution: int = _f(
-        256, "Side the images are resized to (differentiably) before LPIPS.")
+        256, "Side the images are resized to (differentiably) before LPIPS (>= 32).")
     face_weights: Optional[str] = _f(
         None, "Path to the VGGFace2 InceptionResnetV1 state dict for --similarity_backend "
               "face (needed offline; downloaded by facenet-pytorch otherwise).")
@@ -205,8 +206,12 @@ class RewardFlags:
         if self.crispness_eval_resize != 0 and self.crispness_eval_resize < 16:
             raise ValueError(f"--crispness_eval_resize must be 0 (native) or >= 16, "
                              f"got {self.crispness_eval_resize}")
-        if self.lpips_resolution < 16:
-            raise ValueError(f"--lpips_resolution must be >= 16, got {self.lpips_resolution}")
+        if self.lpips_resolution < LPIPS_MIN_RESOLUTION:
+            # AlexNet's trunk (stride-4 conv + three 3x3/2 max-pools) has no spatial extent
+            # left below 32 px; rewards/perceptual.py refuses such sizes too.
+            raise ValueError(f"--lpips_resolution must be >= {LPIPS_MIN_RESOLUTION} (the LPIPS "
+                             f"backbones downsample too far below that), got "
+                             f"{self.lpips_resolution}")
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
         for task in ("aesthetic", "style", "content", "sharpness"):

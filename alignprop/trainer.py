@@ -36,8 +36,8 @@ import torch
 from .checkpoint import read_state, resolve_resume, save_checkpoint
 from .config import MissingDependencyError, TrainConfig, config_dict
 from .data import ImageFolder, SampleStream, load_batch
-from .logging_utils import (MetricsFile, check_tracker, image_grid, log_image_grid,
-                            tracker_config)
+from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
+                            log_image_grid, tracker_config)
 from .lora import LORA_FILE, add_lora, load_lora_into, save_lora
 from .reward_flags import RewardFlags, build_reward_from_flags
 from .sampler import KontextSampler, encode_prompts, stack_prompt_embeds
@@ -263,8 +263,10 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                "skipped_unreadable": [str(p) for p in folder.skipped]}
         (out_dir / "run_config.json").write_text(json.dumps(run, indent=2, default=str))
         if log_with:
+            init_kwargs = {"wandb": configure_wandb(out_dir)} if log_with == "wandb" else {}
             accelerator.init_trackers(cfg.tracker_project_name,
-                                      config=tracker_config(config_dict(cfg, reward_flags)))
+                                      config=tracker_config(config_dict(cfg, reward_flags)),
+                                      init_kwargs=init_kwargs)
     metrics_file = MetricsFile(out_dir / "metrics.jsonl") if main else None
     k_lo, k_hi = cfg.k_range()
     accelerator.print(

@@ -1,22 +1,65 @@
 """Seconds per training step and peak memory of the AlignProp step, by K and checkpointing.
 
-    python benchmarks/bench_trainer.py                 # tiny model, CPU (default 64x64)
-    python benchmarks/bench_trainer.py --full_size     # random-weight full FLUX Kontext, 512x512, GPU
+    PYTHONPATH=. python benchmarks/bench_trainer.py              # tiny model, CPU (64x64)
+    PYTHONPATH=. python benchmarks/bench_trainer.py --size 128   # tiny model, 128x128
+    python benchmarks/bench_trainer.py --full_size               # random-weight full FLUX Kontext, 512x512, GPU
 
 One "step" = sample (N Euler steps, the last K with grad) + VAE decode + a
 differentiable reward (mean luminance) + backward into the LoRA + AdamW step; the
-same work as alignprop/trainer.py minus logging. Burn-in steps are not timed;
-CUDA is synchronised around the timers. Peak memory: torch.cuda.max_memory_allocated
-on GPU, peak RSS growth of the process on CPU (coarse).
+same work as alignprop/trainer.py minus logging. Time is split into *forward*
+(sampling + decode + reward, building the graph of the last K steps) and *backward*
+(``loss.backward()`` + optimizer step). Burn-in steps are not timed; CUDA is
+synchronised around the timers.
+
+Every (K, checkpointing) configuration runs in its own freshly spawned process, so
+one configuration's allocations cannot hide another's. Peak memory:
+``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak resident set size of
+that process *above its baseline*, where the baseline is the RSS measured after the
+model, LoRA and optimizer are built (the kernel's high-water mark is reset at that
+point through /proc/self/clear_refs; without /proc, ru_maxrss is used instead).
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import re
 import resource
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+
+
+# --------------------------------------------------------------------------- CPU memory
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        m = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def rss_baseline_mib() -> tuple[float, bool]:
+    """Current RSS (MiB) and whether the high-water mark could be reset to it."""
+    gc.collect()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # 5 = reset the peak RSS (Linux >= 4.0)
+        reset = True
+    except OSError:
+        reset = False
+    rss = _proc_status_kib("VmRSS")
+    if rss is None:  # no /proc: only ru_maxrss (KiB on Linux), which cannot be reset
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1024, reset
+
+
+def rss_peak_mib() -> float:
+    hwm = _proc_status_kib("VmHWM")
+    return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def full_size_pipeline(dtype):
@@ -39,13 +82,18 @@ def full_size_pipeline(dtype):
 
 
 def run(args, k: int, ckpt: bool) -> dict:
+    """One configuration, in the current process (main() calls it in a fresh one)."""
     from alignprop.lora import add_lora
     from alignprop.models import build_tiny_pipeline
     from alignprop.sampler import KontextSampler, PromptEmbeds
 
+    torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = torch.bfloat16 if (args.full_size and device.type == "cuda") else torch.float32
     pipe = full_size_pipeline(dtype) if args.full_size else build_tiny_pipeline()
+    pipe.text_encoder = pipe.text_encoder_2 = None  # the trainer frees them too
     tr = pipe.transformer.to(device)
     pipe.vae.to(device)
     params = add_lora(tr, args.rank, None, ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"])
@@ -61,30 +109,52 @@ def run(args, k: int, ckpt: bool) -> dict:
     images = torch.rand(args.batch, 3, args.size, args.size, device=device)
     tokens = sampler.encode_image(images)
 
-    def step():
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> tuple[float, float]:
+        sync()
+        t0 = time.perf_counter()
         out = sampler.sample(images, text, backprop_steps=k, image_tokens=tokens,
                              generator=torch.Generator().manual_seed(0))
         loss = -out.float().mean()
+        sync()
+        t1 = time.perf_counter()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
+        return t1 - t0, time.perf_counter() - t1
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base_mib, reset = rss_baseline_mib()
     for _ in range(args.burn_in):
         step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+    fwd = bwd = 0.0
     for _ in range(args.iters):
-        step()
+        f, b = step()
+        fwd, bwd = fwd + f, bwd + b
+    row = {"K": k, "checkpointing": ckpt, "sec_per_step": (fwd + bwd) / args.iters,
+           "forward_s": fwd / args.iters, "backward_s": bwd / args.iters, "device": str(device)}
     if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        row["peak_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    return {"K": k, "checkpointing": ckpt, "sec_per_step": (time.perf_counter() - t0) / args.iters,
-            "peak_mem_mib": round(peak, 1), "device": str(device)}
+        row["peak_mem_mib"] = round(rss_peak_mib() - base_mib, 1)  # above the baseline
+        row["baseline_rss_mib"] = round(base_mib, 1)
+        row["peak_reset"] = reset
+    return row
+
+
+def run_isolated(args, k: int, ckpt: bool) -> dict:
+    """:func:`run` in a freshly spawned process (clean allocator, clean peak counters)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(run, args, k, ckpt).result()
 
 
 def main():
@@ -99,28 +169,45 @@ def main():
     p.add_argument("--text_len", type=int, default=None, help="T5 tokens (default 32 tiny, 512 full).")
     p.add_argument("--burn_in", type=int, default=1, help="Untimed steps first.")
     p.add_argument("--iters", type=int, default=3, help="Timed steps.")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads in each run (default 1: on a shared CPU, OpenMP "
+                        "threads waiting for a busy core made tiny-model steps 10-50x slower; "
+                        "0 = torch's default, for a dedicated machine).")
     p.add_argument("--ks", default="1,2,all", help="Comma-separated K values ('all' = N).")
     p.add_argument("--json", default=None, help="Also write the results to this file.")
     args = p.parse_args()
     args.size = args.size or (512 if args.full_size else 64)
     args.steps = args.steps or (28 if args.full_size else 8)
     args.text_len = args.text_len or (512 if args.full_size else 32)
-    torch.manual_seed(0)
+    for name in ("size", "steps", "batch", "rank", "text_len", "iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    if args.burn_in < 0 or args.threads < 0:
+        p.error("--burn_in and --threads must be >= 0")
+    try:
+        ks = [args.steps if k.strip() == "all" else int(k) for k in args.ks.split(",")]
+    except ValueError:
+        p.error(f"--ks: comma-separated integers or 'all', got {args.ks!r}")
+    if any(not 1 <= k <= args.steps for k in ks):
+        p.error(f"--ks values must be in [1, --steps={args.steps}] or 'all'")
     rows = []
     for ckpt in (False, True):
-        for k in args.ks.split(","):
-            kk = args.steps if k == "all" else int(k)
+        for kk in ks:
             try:
-                row = run(args, kk, ckpt)
+                row = run_isolated(args, kk, ckpt)
             except torch.OutOfMemoryError:
                 row = {"K": kk, "checkpointing": ckpt, "sec_per_step": None, "peak_mem_mib": "OOM"}
-                torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| K | grad ckpt | s/step | peak mem (MiB) |\n|---|---|---|---|")
+    cpu = rows and rows[0].get("device") == "cpu"
+    mem = "peak RSS above baseline (MiB)" if cpu else "peak CUDA mem (MiB)"
+    print(f"\n| K | grad ckpt | s/step | forward s | backward s | {mem} |\n|---|---|---|---|---|---|")
     for r in rows:
-        s = f"{r['sec_per_step']:.3f}" if r["sec_per_step"] is not None else "-"
-        print(f"| {r['K']} | {'yes' if r['checkpointing'] else 'no'} | {s} | {r['peak_mem_mib']} |")
+        f = (lambda v: f"{v:.3f}" if v is not None else "-")
+        print(f"| {r['K']} | {'yes' if r['checkpointing'] else 'no'} | {f(r['sec_per_step'])} | "
+              f"{f(r.get('forward_s'))} | {f(r.get('backward_s'))} | {r['peak_mem_mib']} |")
+    if cpu:
+        print(f"baseline RSS after model build: {rows[0].get('baseline_rss_mib')} MiB")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows}, fh, indent=2)

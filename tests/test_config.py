@@ -87,6 +87,7 @@ def test_preset_with_unknown_key_is_refused(tmp_path):
     (["--resume_from", "/nonexistent/ckpt"], "resume_from"),
     (["--brightness_target", "1.5"], "brightness_target"),
     (["--style_reference", "/nonexistent/ref.png"], "style_reference.*not found"),
+    (["--lpips_resolution", "31"], "lpips_resolution must be >= 32"),
 ])
 def test_bad_values_are_refused(data_dir, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -147,3 +148,14 @@ def test_k_range():
     assert TrainConfig(**base, backprop_steps=-1).k_range() == (6, 6)
     assert TrainConfig(**base, backprop_steps=2).k_range() == (2, 2)
     assert TrainConfig(**base, truncated_backprop="random", backprop_steps_min=2).k_range() == (2, 6)
+
+
+def test_lpips_resolution_32_is_the_smallest_that_lpips_accepts():
+    """The flag's bound matches the reward's: 32 builds, 31 is refused by both."""
+    from rewards.perceptual import make_lpips_reward
+
+    assert RewardFlags(lpips_resolution=32).lpips_resolution == 32
+    with pytest.raises(ValueError, match="lpips_resolution must be >= 32"):
+        RewardFlags(similarity_backend="lpips", lpips_resolution=16)
+    with pytest.raises(ValueError, match=">= 32"):
+        make_lpips_reward(resolution=31, pretrained=False)

@@ -26,19 +26,19 @@ COMMON = ["--pretrained_model", "tiny", "--image_height", "32", "--image_width",
           "--brightness_band", "0", "--log_image_freq", "4", "--seed", "3"]
 
 
-def _env():
+def _env(**extra):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
-               TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg")
+               TOKENIZERS_PARALLELISM="false", MPLBACKEND="Agg", **extra)
     return env
 
 
-def _launch(args, processes=1, timeout=240):
+def _launch(args, processes=1, timeout=240, env=None):
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += (["--multi_gpu", "--num_processes", str(processes)] if processes > 1
             else ["--num_processes", "1"])
     cmd += [str(ROOT / "alignprop_fluxkontext.py")] + args
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
@@ -193,3 +193,45 @@ def test_sigterm_saves_a_checkpoint_before_exit(photos, tmp_path):
     state = json.loads((out / "checkpoints" / f"checkpoint-{step:06d}" / "trainer_state.json")
                        .read_text())
     assert state["global_step"] == step
+
+
+# The command of the original project, verbatim from issue 3 (DATA and REF filled in).
+ORIGINAL_COMMAND = (
+    "--data_dir DATA --mixed_precision bf16 --lora_rank 32 --log_with wandb --log_image_freq 16 "
+    "--save_freq 100 --num_epochs 1000000 --image_height 512 --image_width 512 "
+    "--sample_num_steps 5 --image_reward_scale 1.5 --sharpness_reward_scale 2 "
+    "--sharpness_backend internvl --aesthetic_reward_scale 6 --similarity_backend internvl-content "
+    "--aesthetic_model_type internvl --train_learning_rate 1e-4 --style_reference REF "
+    "--grid_ratio_weight 1 --grid_ratio_period 16 --grid_ratio_max_harm 3 "
+    "--grid_ratio_sigma_bins 0.8 --grid_eval_resize 512 --brightness_target 0.45 "
+    "--brightness_band 0.08 --brightness_anchor_weight 10 --train_gradient_accumulation_steps 4")
+
+
+def test_original_command_runs_with_wandb_offline(photos, tmp_path):
+    """The issue's exact command (tiny models, 1 step, 64 px) trains and logs to wandb offline."""
+    pytest.importorskip("wandb")
+    out = tmp_path / "orig"
+    ref = sorted(photos.iterdir())[0]
+    args = ORIGINAL_COMMAND.replace("DATA", str(photos)).replace("REF", str(ref)).split()
+    args += ["--pretrained_model", "tiny", "--internvl_model_id", "tiny", "--max_train_steps", "1",
+             "--image_height", "64", "--image_width", "64", "--output_dir", str(out)]
+    env = _env(WANDB_MODE="offline", WANDB_CONFIG_DIR=str(tmp_path / "wandb_config"),
+               WANDB_CACHE_DIR=str(tmp_path / "wandb_cache"), WANDB_SILENT="true")
+    env.pop("WANDB_DIR", None)  # the trainer must put wandb's files under --output_dir
+    proc = _launch(args, env=env)
+    assert "x 4 accumulation step(s) = 4 images per optimizer step" in proc.stdout
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["global_step"] == 1 and summary["skipped_steps"] == 0
+    lora = load_file(out / "pytorch_lora_weights.safetensors")
+    assert lora and all(k.startswith("transformer.") for k in lora)
+    run = json.loads((out / "run_config.json").read_text())
+    assert {t["term"] for t in run["rewards"]} == {"grid", "brightness", "aesthetic",
+                                                   "similarity", "sharpness", "style"}
+    assert run["config"]["mixed_precision"] == "bf16" and run["config"]["lora_rank"] == 32
+    # wandb's offline run: the binary history file and the logged image grid.
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((out / "wandb").iterdir())
+    assert list(runs[0].glob("run-*.wandb"))
+    assert list((runs[0] / "files" / "media" / "images").glob("*.png"))
+    row = _rows(out)[0]
+    assert all(f"train/{t}" in row for t in ("grid", "brightness", "aesthetic", "style"))

@@ -125,3 +125,27 @@ def test_non_finite_reward_skips_the_step_and_leaves_weights(tmp_path):
     b_weights = [v for k, v in lora.items() if "lora_B" in k]
     assert b_weights and all(torch.count_nonzero(v) == 0 for v in b_weights)  # still the init
     assert all(torch.isfinite(v).all() for v in lora.values())
+
+
+def test_wandb_defaults_to_offline_unless_a_mode_or_key_is_given(tmp_path):
+    """No login prompt: offline when HF_HUB_OFFLINE or no API key; a user's mode is kept."""
+    from alignprop.logging_utils import configure_wandb
+
+    no_netrc = str(tmp_path / "no_netrc")
+    env = {"HF_HUB_OFFLINE": "1", "WANDB_API_KEY": "k" * 40, "NETRC": no_netrc}
+    assert configure_wandb(tmp_path / "run", env) == {"dir": str(tmp_path / "run")}
+    assert env["WANDB_MODE"] == "offline"
+    env = {"NETRC": no_netrc}  # online allowed, but no key anywhere -> offline
+    configure_wandb(tmp_path, env)
+    assert env["WANDB_MODE"] == "offline"
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine api.wandb.ai login user password " + "p" * 40 + "\n")
+    env = {"NETRC": str(netrc)}  # `wandb login` wrote a key: leave wandb online
+    configure_wandb(tmp_path, env)
+    assert "WANDB_MODE" not in env
+    env = {"WANDB_API_KEY": "k" * 40}
+    configure_wandb(tmp_path, env)
+    assert "WANDB_MODE" not in env
+    env = {"HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    configure_wandb(tmp_path, env)
+    assert env["WANDB_MODE"] == "disabled"
