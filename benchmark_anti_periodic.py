@@ -173,7 +173,8 @@ def build_penalties(args) -> dict:
                eval_resize=args.eval_resize or None, extra_periods=tuple(args.extra_periods),
                local_window=args.local_window, local_stride=args.local_stride,
                min_amplitude=args.min_amplitude, margin=args.margin, ring=tuple(args.ring),
-               local_top=args.local_top, local_weight=args.local_weight)
+               local_top=args.local_top, local_weight=args.local_weight,
+               period_temperature=args.period_temperature)
     combined = GridPenalty(GridConfig(mode="combined", **cfg))
 
     def grid_all(x):
@@ -399,18 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--extra_periods", type=_pos_float, nargs="*", default=[8.0, 32.0],
                    help="other periods covered by the comb (default: 8 32; none: just --period)")
     g.add_argument("--max_harm", type=_positive_int, default=3, help="harmonics per period (default 3)")
-    g.add_argument("--sigma_bins", type=_pos_float, default=0.5, help="tooth width in FFT bins (default 0.5)")
+    g.add_argument("--sigma_bins", type=_pos_float, default=0.5,
+                   help="Gaussian weight (FFT bins) of a tooth that falls between bins; unused when "
+                        "the image holds whole periods (default 0.5)")
     g.add_argument("--tau", type=_finite_float, default=0.0, help="hinge threshold (default 0)")
     g.add_argument("--eval_resize", type=_nonneg_int, default=512,
                    help="downscale so the long side is at most this; 0 = never (default 512)")
     g.add_argument("--local_window", type=_positive_int, default=128, help="local window px (default 128)")
     g.add_argument("--local_stride", type=_positive_int, default=64, help="local stride px (default 64)")
-    g.add_argument("--min_amplitude", type=_pos_float, default=2e-4,
-                   help="energy floor: a tone this weak counts as nothing (default 2e-4)")
+    g.add_argument("--min_amplitude", type=_pos_float, default=5e-5,
+                   help="energy floor: a tone this weak counts as nothing (default 5e-5)")
     g.add_argument("--margin", type=_nonneg_float, default=0.5,
                    help="log-contrast a comb tooth needs before it counts (default 0.5)")
-    g.add_argument("--ring", type=_pos_float, nargs=2, default=[2.0, 5.0], metavar=("INNER", "OUTER"),
-                   help="neighbour ring around each tooth, Chebyshev bins (default 2 5)")
+    g.add_argument("--ring", type=_pos_float, nargs=2, default=[1.0, 1.5], metavar=("INNER", "OUTER"),
+                   help="neighbour ring around each tooth, Chebyshev bins (default 1 1.5)")
+    g.add_argument("--period_temperature", type=_nonneg_float, default=0.05,
+                   help="soft max over the periods' scores; 0 = hard max (default 0.05)")
     g.add_argument("--local_top", type=_fraction, default=0.25,
                    help="local score = mean of this top fraction of windows (default 0.25)")
     g.add_argument("--local_weight", type=_nonneg_float, default=0.5,

@@ -55,16 +55,17 @@ class GridConfig:
 
     period: float = 16.0          # grid period in pixels of the *input* image
     max_harm: int = 3             # harmonics a, b in -max_harm..max_harm of each period
-    sigma_bins: float = 0.5       # Gaussian width of a comb tooth, in FFT bins
+    sigma_bins: float = 0.5       # Gaussian weight of the bins of a tooth that falls between bins
     tau: float = 0.0              # hinge: penalty = relu(score - tau)
     eval_resize: int | None = 512  # downscale so the long side is at most this (0/None: never)
     mode: str = "combined"        # "global" | "local" | "combined"
     extra_periods: tuple[float, ...] = (8.0, 32.0)  # octaves also covered by the comb
-    ring: tuple[float, float] = (2.0, 5.0)  # neighbour ring (Chebyshev bins) for global contrast
+    ring: tuple[float, float] = (1.0, 1.5)  # neighbour ring (Chebyshev bins) around each tooth
     local_window: int = 128       # local window side (eval pixels)
     local_stride: int = 64        # local window stride (50% overlap)
-    min_amplitude: float = 2e-4   # energy floor: a tone this weak ([0,1] units) counts as nothing
+    min_amplitude: float = 5e-5   # energy floor: a tone this weak ([0,1] units) counts as nothing
     margin: float = 0.5           # log-contrast a tooth needs before it counts (noise level)
+    period_temperature: float = 0.05  # soft max over the periods' scores (0 = hard max)
     local_top: float = 0.25       # local score = mean of the top fraction of windows
     local_weight: float = 0.5     # combined = global + local_weight * local
 
@@ -83,14 +84,16 @@ class GridConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown grid mode {self.mode!r}; use one of {', '.join(MODES)}")
         r_in, r_out = self.ring
-        if not (0 < r_in < r_out):
-            raise ValueError(f"ring must satisfy 0 < inner < outer, got {self.ring}")
+        if not (0 < r_in <= r_out):
+            raise ValueError(f"ring must satisfy 0 < inner <= outer, got {self.ring}")
         if self.local_window < 16 or self.local_stride < 1:
             raise ValueError("local_window must be >= 16 and local_stride >= 1")
         if not (self.min_amplitude > 0):
             raise ValueError(f"min_amplitude must be > 0, got {self.min_amplitude}")
         if not (self.margin >= 0 and math.isfinite(self.margin)):
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not (self.period_temperature >= 0 and math.isfinite(self.period_temperature)):
+            raise ValueError(f"period_temperature must be >= 0, got {self.period_temperature}")
         if not (0 < self.local_top <= 1):
             raise ValueError(f"local_top must be in (0, 1], got {self.local_top}")
         if not (self.local_weight >= 0 and math.isfinite(self.local_weight)):
@@ -103,57 +106,67 @@ class GridConfig:
 
 @dataclass
 class CombTables:
-    """Gather indices and weights that read comb teeth and their rings from a power spectrum."""
+    """Gather indices and weights that read comb teeth and their rings from a spectrum.
+
+    One row per (period, tooth); a tooth shared by two periods' combs has a row in each.
+    """
 
     index: torch.Tensor      # (T, K) long, flat index into the (h, w//2+1) half spectrum
-    peak_w: torch.Tensor     # (T, K) tooth weights (sum 1 per tooth)
+    peak_w: torch.Tensor     # (T, K) tooth weights (1 on an exact bin; see sigma_bins)
     ring_w: torch.Tensor     # (T, K) neighbour weights (sum 1 per tooth)
-    window: torch.Tensor     # (h, w) separable Hann window
+    row_coef: torch.Tensor   # (T, K) complex: smooth-component coefficient of the row jump
+    col_coef: torch.Tensor   # (T, K) complex: smooth-component coefficient of the column jump
+    col_index: torch.Tensor  # (T, K) long, column of each bin (0..w//2)
+    row_index: torch.Tensor  # (T, K) long, row of each bin (0..h-1)
+    group: torch.Tensor      # (n_periods, T) averaging matrix: tooth scores -> period scores
     eps: float               # power of a just-visible grid (floor of both energies)
     teeth: int = field(default=0)
 
 
-def _comb_points(h: int, w: int, periods_px: Sequence[float], max_harm: int) -> list[tuple[float, float]]:
-    """Fractional (row, col) bin positions of the 2-D comb in the rfft2 half plane."""
+def _comb_points(h: int, w: int, period_px: float, max_harm: int) -> list[tuple[float, float]]:
+    """Fractional (row, col) bin positions of one period's 2-D comb in the rfft2 half plane."""
     pts = set()
-    for p in periods_px:
-        for a in range(-max_harm, max_harm + 1):
-            for b in range(0, max_harm + 1):
-                if b == 0 and a <= 0:
-                    continue  # DC and the conjugate half of the column axis
-                u, v = a * h / p, b * w / p
-                # drop teeth at or past Nyquist (aliased by the resize; degenerate at Nyquist)
-                if abs(u) > h / 2 - 1 or v > w / 2 - 1:
-                    continue
-                pts.add((round(u, 6), round(v, 6)))
+    for a in range(-max_harm, max_harm + 1):
+        for b in range(0, max_harm + 1):
+            if b == 0 and a <= 0:
+                continue  # DC and the conjugate half of the column axis
+            u, v = a * h / period_px, b * w / period_px
+            # drop teeth at or past Nyquist (aliased by the resize; degenerate at Nyquist)
+            if abs(u) > h / 2 - 1 or v > w / 2 - 1:
+                continue
+            pts.add((round(u, 6), round(v, 6)))
     return sorted(pts)
 
 
 def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
-                  ring: tuple[float, float], device, dtype) -> CombTables | None:
-    pts = _comb_points(h, w, periods_px, cfg.max_harm)
-    if not pts:
+                  device, dtype) -> CombTables | None:
+    combs = [_comb_points(h, w, p, cfg.max_harm) for p in periods_px]
+    rows = [(i, pt) for i, pts in enumerate(combs) for pt in pts]
+    if not rows:
         return None
-    r_in, r_out = ring
-    R = int(math.ceil(r_out))
-    core = max(1.0, min(2.5 * cfg.sigma_bins, r_in - 0.5))
+    r_in, r_out = cfg.ring
+    R = int(math.ceil(r_out)) + 1
     offs = torch.arange(-R, R + 1, dtype=torch.float64)
     du, dv = torch.meshgrid(offs, offs, indexing="ij")
     du, dv = du.reshape(-1), dv.reshape(-1)                          # (K,)
-    P = torch.tensor(pts, dtype=torch.float64)                        # (T, 2)
+    P = torch.tensor([pt for _, pt in rows], dtype=torch.float64)     # (T, 2)
     cu, cv = P[:, :1], P[:, 1:]
     bu, bv = torch.round(cu) + du, torch.round(cv) + dv               # (T, K) absolute bins
-    # Distances (in bins) from each bin to its own tooth and to the nearest tooth of the comb,
-    # so a ring never counts another tooth's energy as "background".
+    # Chebyshev distances (bins) from each bin to its own tooth and to the nearest tooth of
+    # the union comb (conjugates included: the spectrum is Hermitian), so a ring never
+    # counts another tooth's energy as "background".
     d_own = torch.maximum((bu - cu).abs(), (bv - cv).abs())
+    allp = torch.tensor(sorted({pt for pts in combs for pt in pts}), dtype=torch.float64)
+    allp = torch.cat([allp, -allp], 0)
+    d_any = torch.maximum((bu[..., None] - allp[:, 0]).abs(),
+                          (bv[..., None] - allp[:, 1]).abs()).amin(-1)
+    # With whole periods in the (periodic) image a tooth is one exact bin (weight 1). A
+    # fractional tooth (image not cropped to whole periods) spreads over the bins within 1 bin:
+    # they are summed with a Gaussian weight, so no energy is double-counted by the ring.
     g = torch.exp(-((bu - cu) ** 2 + (bv - cv) ** 2) / (2 * cfg.sigma_bins ** 2))
-    peak = torch.where(d_own <= core, g, torch.zeros_like(g))
-    # nearest tooth, considering the conjugate teeth as well (the spectrum is Hermitian)
-    allp = torch.cat([P, -P], 0)
-    d_any = torch.maximum((bu[..., None] - allp[:, 0]).abs(), (bv[..., None] - allp[:, 1]).abs()).amin(-1)
-    ring_w = ((d_own >= r_in) & (d_own <= r_out) & (d_any >= r_in)).double()
-    # DC-safe: low frequencies (< 2 bins) hold the window-leaked mean and the image's
-    # large-scale shading, never a grid; leave them out of both sums.
+    peak = torch.where(d_own < 1 - 1e-6, g, torch.zeros_like(g))
+    ring_w = ((d_own >= r_in - 1e-6) & (d_own <= r_out + 1e-6) & (d_any >= r_in - 1e-6)).double()
+    # DC-safe: low frequencies (< 2 bins) hold the image's large-scale shading, never a grid.
     radius = torch.sqrt((bu / max(h, 1)) ** 2 + (bv / max(w, 1)) ** 2) * max(h, w)
     low = radius < 2.0
     peak = peak.masked_fill(low, 0.0)
@@ -161,23 +174,38 @@ def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
     ok = (peak.sum(1) > 0) & (ring_w.sum(1) > 0)
     if not bool(ok.any()):
         return None
+    period_of = torch.tensor([i for i, _ in rows])[ok]
     peak, ring_w, bu, bv = peak[ok], ring_w[ok], bu[ok], bv[ok]
-    peak = peak / peak.sum(1, keepdim=True)
     ring_w = ring_w / ring_w.sum(1, keepdim=True)
-    # Map any (row, col) to the stored half spectrum using P(u, v) = P(-u, -v), periodic in both.
+    # Map any (row, col) to the stored half spectrum using X(u, v) = conj X(-u, -v).
     iu = bu.long() % h
     iv = bv.long() % w
     flip = iv > w // 2
     iu = torch.where(flip, (-iu) % h, iu)
     iv = torch.where(flip, (w - iv) % w, iv)
     index = iu * (w // 2 + 1) + iv
-    win = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
-                      torch.hann_window(w, periodic=False, dtype=torch.float64))
-    # A sinusoid of amplitude A on an exact bin has |X| = A/2 * sum(window).
-    eps = float((cfg.min_amplitude / 2 * win.sum()) ** 2)
+    # Periodic + smooth decomposition (Moisan 2011): the smooth component's spectrum is
+    # S = (A[v] (1 - e^{2pi i u/h}) + B[u] (1 - e^{2pi i v/w})) / (2cos(2pi u/h) + 2cos(2pi v/w) - 4)
+    # with A, B the 1-D FFTs of the boundary jumps (last row - first row, last col - first col).
+    tu = 2 * math.pi * iu.double() / h
+    tv = 2 * math.pi * iv.double() / w
+    den = 2 * torch.cos(tu) + 2 * torch.cos(tv) - 4
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    row_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tu)) / safe)
+    col_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tv)) / safe)
+    present = sorted(set(period_of.tolist()))
+    group = torch.zeros(len(present), len(period_of), dtype=torch.float64)
+    for gi, pi in enumerate(present):
+        sel = period_of == pi
+        group[gi, sel] = 1.0 / float(sel.sum())
+    # A sinusoid of amplitude A on an exact bin has |X| = A/2 * h * w (no window).
+    eps = float((cfg.min_amplitude / 2 * h * w) ** 2)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     return CombTables(index=index.to(device), peak_w=peak.to(device, dtype),
-                      ring_w=ring_w.to(device, dtype), window=win.to(device, dtype),
-                      eps=eps, teeth=int(ok.sum()))
+                      ring_w=ring_w.to(device, dtype), row_coef=row_coef.to(device, cdtype),
+                      col_coef=col_coef.to(device, cdtype), col_index=iv.to(device),
+                      row_index=iu.to(device), group=group.to(device, dtype), eps=eps,
+                      teeth=int(ok.sum()))
 
 
 def _eval_geometry(h: int, w: int, cfg: GridConfig) -> tuple[int, int, float, int]:
@@ -224,38 +252,52 @@ class GridPenalty:
 
     # -- cached tables -------------------------------------------------------------
     def tables(self, h: int, w: int, scale: float, kind: str, device, dtype) -> CombTables | None:
-        """Gather tables for an (h, w) spectrum; ``scale`` = eval px per input px."""
+        """Gather tables for an (h, w) image; ``scale`` = eval px per input px.
+
+        ``kind`` ("global" / "local") only separates the cache entries.
+        """
         key = (kind, h, w, round(scale, 6), str(device), dtype)
         if key not in self._cache:
-            cfg = self.config
-            periods_px = [p * scale for p in cfg.periods]
-            if kind == "global":
-                ring = cfg.ring
-            else:
-                # windows are small: teeth of the combined comb sit a few bins apart, so the
-                # ring is the band half-way between neighbouring teeth.
-                spacing = w / max(periods_px)
-                ring = (max(1.0, spacing / 2 - 0.5), max(1.5, spacing / 2 + 0.5))
-            self._cache[key] = _build_tables(h, w, periods_px, cfg, ring, device, dtype)
+            periods_px = [p * scale for p in self.config.periods]
+            self._cache[key] = _build_tables(h, w, periods_px, self.config, device, dtype)
         return self._cache[key]
 
     # -- scores ------------------------------------------------------------------------
     def _contrast(self, lum: torch.Tensor, tab: CombTables) -> torch.Tensor:
-        """(N,h,w) luminance -> (N,T) log contrast of each comb tooth over its ring."""
+        """(N,h,w) luminance -> (N,T) log contrast of each comb tooth over its ring.
+
+        The spectrum is that of the image's periodic component (periodic + smooth
+        decomposition), so no window is needed: the image borders leave no cross in the
+        spectrum and an exactly periodic grid puts all its energy in one bin per tooth.
+        """
         x = lum - lum.mean(dim=(-2, -1), keepdim=True)   # exact invariance to brightness shifts
-        spec = torch.fft.rfft2(x * tab.window, norm="backward")
-        # gather the few bins the comb reads before squaring: the full power spectrum is
-        # never formed (this, not the FFT, dominated the time and memory of the backward)
-        flat = torch.view_as_real(spec).reshape(spec.shape[0], -1, 2)
-        picked = flat[:, tab.index.reshape(-1)]                              # (N, T*K, 2)
-        vals = picked.pow(2).sum(-1).reshape(spec.shape[0], *tab.index.shape)  # (N,T,K) power
+        N = x.shape[0]
+        spec = torch.view_as_real(torch.fft.rfft2(x, norm="backward")).reshape(N, -1, 2)
+        jump_rows = torch.fft.rfft(x[:, -1, :] - x[:, 0, :], dim=-1)   # (N, w//2+1)
+        jump_cols = torch.fft.fft(x[:, :, -1] - x[:, :, 0], dim=-1)    # (N, h)
+        # gather only the few bins the comb reads: the full power spectrum is never formed
+        # (this, not the FFT, dominated the time and memory of the backward)
+        T, K = tab.index.shape
+        u = spec[:, tab.index.reshape(-1)]                                  # (N, T*K, 2)
+        smooth = (jump_rows[:, tab.col_index.reshape(-1)] * tab.row_coef.reshape(-1)
+                  + jump_cols[:, tab.row_index.reshape(-1)] * tab.col_coef.reshape(-1))
+        vals = (u - torch.view_as_real(smooth)).pow(2).sum(-1).reshape(N, T, K)  # power
         e_peak = (vals * tab.peak_w).sum(-1)
         e_ring = (vals * tab.ring_w).sum(-1)
         return torch.log((e_peak + tab.eps) / (e_ring + tab.eps))
 
-    def _score(self, contrast: torch.Tensor) -> torch.Tensor:
-        """(..., T) tooth contrasts -> (...) evidence: mean excess over the noise margin."""
-        return torch.relu(contrast - self.config.margin).mean(-1)
+    def _score(self, contrast: torch.Tensor, tab: CombTables) -> torch.Tensor:
+        """(N, T) tooth contrasts -> (N,) evidence.
+
+        Per period: mean over its comb's teeth of the excess over the noise margin; then a
+        soft maximum over the periods, so a grid that lights a few teeth of one comb is not
+        diluted by the teeth of the other periods.
+        """
+        per_period = torch.relu(contrast - self.config.margin) @ tab.group.T   # (N, n_periods)
+        t = self.config.period_temperature
+        if t == 0 or per_period.shape[-1] == 1:
+            return per_period.amax(-1)
+        return (torch.softmax(per_period / t, dim=-1) * per_period).sum(-1)
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Images -> evaluated luminance (B,h,w) (resized, cropped to whole periods), scale."""
@@ -282,7 +324,7 @@ class GridPenalty:
         out: dict[str, torch.Tensor] = {}
         if cfg.mode in ("global", "combined"):
             tab = self.tables(h, w, scale, "global", lum.device, lum.dtype)
-            out["global"] = self._score(self._contrast(lum, tab)) if tab is not None else zero
+            out["global"] = self._score(self._contrast(lum, tab), tab) if tab is not None else zero
         if cfg.mode in ("local", "combined"):
             L, S = cfg.local_window, cfg.local_stride
             if min(h, w) < L:
@@ -294,7 +336,7 @@ class GridPenalty:
                 tiles = lum[:, None].unfold(2, L, S).unfold(3, L, S)  # (B,1,nh,nw,L,L)
                 n_tiles = tiles.shape[2] * tiles.shape[3]
                 c = self._contrast(tiles.reshape(B * n_tiles, L, L), tab)
-                per_window = self._score(c).reshape(B, n_tiles)
+                per_window = self._score(c, tab).reshape(B, n_tiles)
                 out["local"] = _top_mean(per_window, cfg.local_top)
         return out
 
@@ -333,9 +375,10 @@ def grid_penalty_terms(images: torch.Tensor, **options) -> dict[str, torch.Tenso
 
 def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 0.5,
                      tau: float = 0.0, eval_resize: int | None = 512, mode: str = "combined",
-                     extra_periods: Sequence[float] = (8, 32), ring: Sequence[float] = (2.0, 5.0),
-                     local_window: int = 128, local_stride: int = 64, min_amplitude: float = 2e-4,
-                     margin: float = 0.5, local_top: float = 0.25, local_weight: float = 0.5):
+                     extra_periods: Sequence[float] = (8, 32), ring: Sequence[float] = (1.0, 1.5),
+                     local_window: int = 128, local_stride: int = 64, min_amplitude: float = 5e-5,
+                     margin: float = 0.5, local_top: float = 0.25, local_weight: float = 0.5,
+                     period_temperature: float = 0.05):
     """Anti-grid reward: ``fn(images, inputs, prompts) -> (-penalty[B], metrics)``.
 
     ``extra_periods=()`` restricts the comb to ``period`` alone. Metrics (batch means):
@@ -346,7 +389,8 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
         eval_resize=eval_resize, mode=mode, extra_periods=tuple(float(p) for p in extra_periods),
         ring=tuple(float(r) for r in ring), local_window=int(local_window),
         local_stride=int(local_stride), min_amplitude=float(min_amplitude), margin=float(margin),
-        local_top=float(local_top), local_weight=float(local_weight)))
+        local_top=float(local_top), local_weight=float(local_weight),
+        period_temperature=float(period_temperature)))
 
     def grid_reward(images, inputs=None, prompts=None):
         pen, terms = penalty(images)
