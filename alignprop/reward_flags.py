@@ -33,7 +33,8 @@ INTERNVL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 # importing the VLM module; tests/test_config.py checks they stay equal).
 INTERNVL_OBJECTIVES = ("expected", "margin")
 INTERNVL_CALIBRATIONS = ("none", "pmi_null")
-DEFAULT_CRISPNESS_FLOOR = 1.0e-3  # = rewards.anchors.DEFAULT_CRISPNESS_FLOOR
+DEFAULT_CRISPNESS_FLOOR = 1.0e-4  # = rewards.anchors.DEFAULT_CRISPNESS_FLOOR (a test checks)
+DEFAULT_GRID_SIGMA_BINS = 0.5  # = rewards.grid.make_grid_reward default (a test checks)
 DEFAULT_INTERNVL = "OpenGVLab/InternVL3-14B-hf"
 
 
@@ -58,12 +59,16 @@ class RewardFlags:
             "2x2 patchify).")
     grid_ratio_max_harm: int = _f(3, "Number of harmonics of the grid frequency penalised.")
     grid_ratio_sigma_bins: float = _f(
-        0.8, "Width (in FFT bins) of the Gaussian window around each harmonic peak.")
+        DEFAULT_GRID_SIGMA_BINS,
+        "Gaussian weight, in FFT bins, of a comb tooth that falls between bins (used only "
+        "when the image cannot be cropped to whole periods).")
     grid_eval_resize: int = _f(
-        512, "Images are resized to this side before the FFT so the period is measured on "
-             "a fixed grid; 0 keeps the native size.")
+        512, "Images whose long side exceeds this are downscaled to it before the FFT (the "
+             "comb follows the scale); smaller images are never upscaled. 0 keeps the "
+             "native size.")
     grid_tau: float = _f(
-        0.0, "Dead zone of the grid penalty: energy ratios below tau cost nothing.")
+        0.0, "Dead zone on the grid score: scores below tau cost nothing (clean photos "
+             "score about 0.06-0.33, synthetic 0.5-4%% grids 1.9 on average).")
     grid_mode: str = _f(
         "combined", "Grid penalty spectrum: 'global' (whole image), 'local' (tiles) or "
                     "'combined' (both).", GRID_MODES)

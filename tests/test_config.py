@@ -159,3 +159,20 @@ def test_lpips_resolution_32_is_the_smallest_that_lpips_accepts():
         RewardFlags(similarity_backend="lpips", lpips_resolution=16)
     with pytest.raises(ValueError, match=">= 32"):
         make_lpips_reward(resolution=31, pretrained=False)
+
+
+def test_reward_flag_defaults_follow_the_reward_modules():
+    """The flags' defaults are the reward modules' own defaults (tuned on the benchmark)."""
+    import inspect
+
+    from alignprop import reward_flags
+    from rewards import anchors, grid
+
+    grid_defaults = inspect.signature(grid.make_grid_reward).parameters
+    flags = reward_flags.RewardFlags()
+    assert flags.grid_ratio_sigma_bins == grid_defaults["sigma_bins"].default
+    assert flags.grid_ratio_period == grid_defaults["period"].default
+    assert flags.grid_ratio_max_harm == grid_defaults["max_harm"].default
+    assert flags.grid_eval_resize == grid_defaults["eval_resize"].default
+    assert flags.grid_mode == grid_defaults["mode"].default
+    assert flags.crispness_floor == anchors.DEFAULT_CRISPNESS_FLOOR
