@@ -151,8 +151,18 @@ class RewardFlags:
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
     internvl_answer_scale: Optional[str] = _f(
-        None, "Answer tokens/values of the rating scale (see rewards/vlm.py); default is the "
-              "task's built-in scale.")
+        None, "Answer tokens/values of the rating scale for every InternVL term: 'digits' "
+              "(0..9), 'qalign' (excellent..bad), 'yesno' or 'word=value,...' (see "
+              "rewards/vlm_prompts.py); default is each task's built-in scale. The per-term "
+              "flags below override it.")
+    aesthetic_answer_scale: Optional[str] = _f(
+        None, "Answer scale of the InternVL aesthetic term (overrides --internvl_answer_scale).")
+    style_answer_scale: Optional[str] = _f(
+        None, "Answer scale of the InternVL style term (overrides --internvl_answer_scale).")
+    content_answer_scale: Optional[str] = _f(
+        None, "Answer scale of the InternVL content term (overrides --internvl_answer_scale).")
+    sharpness_answer_scale: Optional[str] = _f(
+        None, "Answer scale of the InternVL sharpness term (overrides --internvl_answer_scale).")
     aesthetic_prompt: Optional[str] = _f(None, "Question asked for the InternVL aesthetic reward.")
     aesthetic_prompt_file: Optional[str] = _f(None, "File holding --aesthetic_prompt.")
     style_prompt: Optional[str] = _f(None, "Question asked for the InternVL style reward.")
@@ -189,7 +199,7 @@ class RewardFlags:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"--{f.name} must be a finite number, got {value}")
-            if (f.name.endswith(("_weight", "_scale")) and f.name != "internvl_answer_scale"
+            if (f.name.endswith(("_weight", "_scale")) and not f.name.endswith("_answer_scale")
                     and value < 0):
                 raise ValueError(f"--{f.name} must be >= 0 (a penalty is already negated), "
                                  f"got {value}")
@@ -288,8 +298,9 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
                 "trust_remote_code": flags.trust_remote_code, **extra}
-        if flags.internvl_answer_scale is not None:
-            opts["answer_scale"] = flags.internvl_answer_scale
+        scale = getattr(flags, f"{prompt_key}_answer_scale") or flags.internvl_answer_scale
+        if scale is not None:
+            opts["answer_scale"] = scale
         prompt = getattr(flags, f"{prompt_key}_prompt")
         prompt_file = getattr(flags, f"{prompt_key}_prompt_file")
         if prompt is not None:

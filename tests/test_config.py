@@ -176,3 +176,23 @@ def test_reward_flag_defaults_follow_the_reward_modules():
     assert flags.grid_eval_resize == grid_defaults["eval_resize"].default
     assert flags.grid_mode == grid_defaults["mode"].default
     assert flags.crispness_floor == anchors.DEFAULT_CRISPNESS_FLOOR
+
+
+def test_per_term_answer_scale_overrides_the_shared_one():
+    """--<term>_answer_scale reaches that term's factory; the others keep the shared scale."""
+    from alignprop.reward_flags import RewardFlags, build_reward_from_flags, reward_specs
+
+    flags = RewardFlags(aesthetic_model_type="internvl", sharpness_backend="internvl",
+                        internvl_model_id="tiny", internvl_answer_scale="digits",
+                        aesthetic_answer_scale="qalign",
+                        aesthetic_prompt="How good is this photo? Answer excellent, good, fair, "
+                                         "poor or bad.")
+    specs = {s["term"]: s for s in reward_specs(flags, device="cpu")}
+    assert specs["aesthetic"]["answer_scale"] == "qalign"
+    assert specs["sharpness"]["answer_scale"] == "digits"
+    reward = build_reward_from_flags(flags, device="cpu")
+    fns = {t.name: t.fn for t in reward.terms}
+    assert fns["aesthetic"].answer_scale.words[0] == "excellent"
+    assert list(fns["sharpness"].answer_scale.words) == [str(i) for i in range(10)]
+    scores, _ = reward(torch.rand(1, 3, 64, 64), None, ["p"])
+    assert torch.isfinite(scores).all()
