@@ -438,14 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list(folder: Path, what: str, recursive: bool) -> list[Path]:
-    from rewards.images import list_images
+    from rewards.images import IMAGE_EXTENSIONS, list_images
 
     try:
         paths = list_images(folder, recursive=recursive)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UsageError(f"{what}: {exc}") from None
     if not paths:
-        raise UsageError(f"{what}: no images found in {folder} (extensions: .png .jpg .jpeg .webp .bmp .tif)")
+        raise UsageError(f"{what}: no images found in {folder} "
+                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
     return paths
 
 

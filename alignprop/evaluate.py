@@ -526,7 +526,8 @@ def parse_diversity_dirs(values: list[str]) -> dict[str, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from alignprop.diversity import build_metric, folder_diversity, group_seed_outputs
-    from alignprop.generate import read_prompts, resolve_device_dtype
+    from alignprop.generate import read_prompts
+    from rewards.hub import resolve_device_dtype
 
     flags, args = parse_args(argv)
     device, _ = resolve_device_dtype(args.device, "float32")

@@ -37,6 +37,7 @@ import torch
 
 from alignprop._cli import UserError, run_cli
 from alignprop.models import DEFAULT_MODEL
+from rewards.hub import resolve_device_dtype
 
 MULTIPLE = 16  # FLUX: VAE downsamples 8x, the transformer patchifies 2x2
 ADAPTER = "lora"
@@ -295,15 +296,6 @@ def run_pipeline(pipe, images: torch.Tensor, prompts: list[str], seeds: list[int
     return out.float().clamp(0, 1).cpu()
 
 
-def resolve_device_dtype(device: str, dtype: str) -> tuple[str, torch.dtype]:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    return device, {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                    "float16": torch.float16}[dtype]
-
-
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -504,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_html(out_dir / "contact_sheet.html", columns, rows, "alignprop.generate", [note])
     if "png" in sheets:
         write_png(out_dir / "contact_sheet.png", columns, rows, max_rows=args.contact_sheet_rows)
-    log = {"args": vars(args), "device": device, "dtype": str(dtype).replace("torch.", ""),
+    log = {"args": vars(args), "device": str(device), "dtype": str(dtype).replace("torch.", ""),
            "lora_layers": n_layers, "generated": len(written), "inputs": len(done),
            "skipped": [{"file": str(p), "reason": r} for p, r in skipped],
            "seconds": {"load": round(load_s, 2), "generate": round(gen_s, 2)},

@@ -263,11 +263,10 @@ def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
 def _internvl_dtype(flags: RewardFlags, device) -> str:
     if flags.internvl_dtype != "auto":
         return flags.internvl_dtype
-    import torch
+    from rewards.hub import resolve_device_dtype
 
-    on_cuda = (str(device).startswith("cuda") if device is not None
-               else torch.cuda.is_available())
-    return "bfloat16" if on_cuda else "float32"
+    # Kept as a name: the specs are logged in run_config.json.
+    return str(resolve_device_dtype(device, "auto")[1]).removeprefix("torch.")
 
 
 def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .base import Metrics, check_images
 from .hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
-                  resolve_device_dtype, resolve_weight_file)
+                  resolve_device_dtype, resolve_weight_file, torch_hub_checkpoint)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -215,10 +215,6 @@ def tiny_siglip_vision_config():
                               num_attention_heads=2, image_size=32, patch_size=8)
 
 
-def _torch_hub_checkpoint(filename: str) -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
-
-
 def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretrained: bool = True,
                               trust_remote_code: bool = False, device=None, dtype="float32",
                               seed: int = 0):
@@ -244,7 +240,7 @@ def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretr
                               dtype, trust_remote_code)
         head = AestheticV25Head(vision.config.hidden_size)
         path = _head_file(model_path, None, V25_HEAD_FILE, "the aesthetic predictor v2.5 head",
-                          "model_path=", default_cache=_torch_hub_checkpoint(V25_HEAD_FILE),
+                          "model_path=", default_cache=torch_hub_checkpoint(V25_HEAD_FILE),
                           url=V25_HEAD_URL)
         _load_head(head, path, strip=("layers.",))
     else:

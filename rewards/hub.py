@@ -36,16 +36,19 @@ def model_unavailable(what: str, source: str, flag: str, exc: BaseException | No
 
 
 def resolve_device_dtype(device=None, dtype="float32"):
-    """Turn the common ``device`` / ``dtype`` factory options into torch objects.
+    """Turn the common ``device`` / ``dtype`` options into torch objects.
 
-    ``device=None`` means CUDA when available, else CPU; ``dtype`` may be a
-    string ("float32", "bfloat16", "float16") or a ``torch.dtype``.
+    ``device=None`` or ``"auto"`` means CUDA when available, else CPU; ``dtype`` may be a
+    string ("float32", "bfloat16", "float16", or "auto" = bfloat16 on CUDA, float32
+    elsewhere) or a ``torch.dtype``.
     """
     import torch
 
-    if device is None:
+    if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
         names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                  "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -55,6 +58,13 @@ def resolve_device_dtype(device=None, dtype="float32"):
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating torch.dtype or its name, got {dtype!r}")
     return device, dtype
+
+
+def torch_hub_checkpoint(filename: str) -> str:
+    """Where torch hub / torchvision cache a downloaded checkpoint (follows TORCH_HOME)."""
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
 def resolve_weight_file(source, filename: str, what: str, flag: str, default_cache: str | None = None,

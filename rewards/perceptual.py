@@ -20,14 +20,14 @@ have stored it). ``pretrained=False`` keeps the random backbone (tests only).
 """
 from __future__ import annotations
 
-import os
 import re
 
 import torch
 import torch.nn.functional as F
 
 from .base import Metrics, check_images
-from .hub import ModelUnavailableError, load_state_dict_file, resolve_device_dtype, resolve_weight_file
+from .hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
+                  resolve_weight_file, torch_hub_checkpoint)
 
 # net -> torchvision weight URL of the ImageNet backbone that lpips uses.
 BACKBONE_URLS = {
@@ -35,11 +35,6 @@ BACKBONE_URLS = {
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
     "squeeze": "https://download.pytorch.org/models/squeezenet1_1-b8a52dc0.pth",
 }
-
-
-def torch_hub_checkpoint(filename: str) -> str:
-    """Where torch hub / torchvision cache a downloaded checkpoint (follows TORCH_HOME)."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
 def _load_backbone(lp, net: str, backbone_path) -> None:

@@ -40,3 +40,16 @@ def test_composite_rejects_bad_shapes_and_duplicates():
 def test_zero_weight_terms_are_skipped_and_names_checked():
     with pytest.raises(ValueError, match="without 'name'"):
         build_rewards([{"weight": 1.0}])
+
+
+def test_device_dtype_resolution_is_shared_and_strict():
+    """One resolver serves rewards, generate, evaluate and the InternVL flags."""
+    from rewards.hub import resolve_device_dtype
+
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    device, dtype = resolve_device_dtype("auto", "auto")
+    assert device.type == expected_device
+    assert dtype == (torch.bfloat16 if expected_device == "cuda" else torch.float32)
+    assert resolve_device_dtype("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        resolve_device_dtype("cpu", "float64x")
