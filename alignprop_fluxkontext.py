@@ -7,37 +7,31 @@
     python alignprop_fluxkontext.py --help
 
 The flags are documented in --help and in docs/training.md; the loop lives in
-alignprop/trainer.py. This file only parses flags and turns expected failures
+alignprop/trainer.py. This file only parses flags; rewards/cli.py turns expected failures
 (bad flags, missing data, missing models, rewards not available) into one-line
-errors instead of tracebacks.
+errors and exit code 2 instead of tracebacks (ALIGNPROP_DEBUG=1 shows them).
 """
 from __future__ import annotations
 
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    from alignprop.config import MissingDependencyError, parse_config
-    from alignprop.data import DataError
-    from alignprop.reward_flags import RewardBuildError
-    from rewards.hub import ModelUnavailableError
+def _main(argv: list[str] | None) -> int:
+    from alignprop.config import parse_config
 
-    try:
-        train_cfg, reward_flags = parse_config(argv)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    train_cfg, reward_flags = parse_config(argv)
     from alignprop.trainer import train
 
-    try:
-        result = train(train_cfg, reward_flags)
-    except (DataError, RewardBuildError, ModelUnavailableError, MissingDependencyError,
-            FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = train(train_cfg, reward_flags)
     if result.interrupted:
         return 143 if result.interrupted == "SIGTERM" else 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rewards.cli import run_cli
+
+    return run_cli(_main, argv, "alignprop_fluxkontext.py")
 
 
 if __name__ == "__main__":

@@ -23,16 +23,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from rewards.cli import UserError as UsageError  # printed as one line, exit code 2
+
 GRID_KINDS = ("lines", "sinusoid", "tile")
 # Natural photos bundled with scikit-image (offline). brick/text/page/grass/gravel are the
 # natural periodic-ish textures a grid detector must not confuse with a VAE grid.
 DEMO_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
                "immunohistochemistry", "moon", "stereo_motorcycle", "retina", "rocket", "page",
                "text", "brick", "grass", "gravel", "clock", "cell")
-
-
-class UsageError(Exception):
-    """A user mistake (bad folder, bad flag): printed as one line, exit code 2."""
 
 
 # --------------------------------------------------------------------------------------
@@ -477,6 +475,12 @@ def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rewards.cli import run_cli
+
+    return run_cli(_main, argv, "benchmark_anti_periodic.py")
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.brightness_band < 0:
@@ -487,39 +491,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.crispness_floor is None:
         args.crispness_floor = DEFAULT_CRISPNESS_FLOOR
-    try:
-        if args.demo:
-            out = args.out_dir
-            clean_dir, art_dir = out / "clean", out / "artifacts"
-            t0 = time.perf_counter()
-            clean = write_demo_photos(clean_dir)
-            synthesize(clean, art_dir, args.synth_periods, args.synth_amplitudes, args.synth_kinds,
-                       args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress)
-            args.out = args.out or out / "per_image.csv"
-            args.summary_out = args.summary_out or out / "summary.csv"
-            args.plot = args.plot or out / "roc.png"
-            run_benchmark(args, art_dir, clean_dir)
-            print(f"demo written to {out} in {time.perf_counter() - t0:.1f} s "
-                  f"(per-image CSV, summary CSV, ROC plot)")
-            return 0
-        if args.synthesize_from is not None or args.synth_out is not None:
-            if args.synthesize_from is None or args.synth_out is None:
-                raise UsageError("--synthesize_from and --synth_out go together")
-            clean = _list(args.synthesize_from, "--synthesize_from", args.recursive)
-            manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
-                                  args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
-                                  not args.no_progress)
-            print(f"wrote {len(manifest)} artifact images to {args.synth_out}")
-            if args.artifacts_dir is None and args.clean_dir is None:
-                return 0
-        if args.artifacts_dir is None or args.clean_dir is None:
-            raise UsageError("give --artifacts_dir and --clean_dir (or --demo, or --synthesize_from "
-                             "with --synth_out)")
-        run_benchmark(args, args.artifacts_dir, args.clean_dir)
+    if args.demo:
+        out = args.out_dir
+        clean_dir, art_dir = out / "clean", out / "artifacts"
+        t0 = time.perf_counter()
+        clean = write_demo_photos(clean_dir)
+        synthesize(clean, art_dir, args.synth_periods, args.synth_amplitudes, args.synth_kinds,
+                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress)
+        args.out = args.out or out / "per_image.csv"
+        args.summary_out = args.summary_out or out / "summary.csv"
+        args.plot = args.plot or out / "roc.png"
+        run_benchmark(args, art_dir, clean_dir)
+        print(f"demo written to {out} in {time.perf_counter() - t0:.1f} s "
+              f"(per-image CSV, summary CSV, ROC plot)")
         return 0
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.synthesize_from is not None or args.synth_out is not None:
+        if args.synthesize_from is None or args.synth_out is None:
+            raise UsageError("--synthesize_from and --synth_out go together")
+        clean = _list(args.synthesize_from, "--synthesize_from", args.recursive)
+        manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
+                              args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
+                              not args.no_progress)
+        print(f"wrote {len(manifest)} artifact images to {args.synth_out}")
+        if args.artifacts_dir is None and args.clean_dir is None:
+            return 0
+    if args.artifacts_dir is None or args.clean_dir is None:
+        raise UsageError("give --artifacts_dir and --clean_dir (or --demo, or --synthesize_from "
+                         "with --synth_out)")
+    run_benchmark(args, args.artifacts_dir, args.clean_dir)
+    return 0
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import io
 import json
 import math
 import sys
-import warnings
 from pathlib import Path
+
+from rewards.cli import UserError  # printed as one line, exit code 2
 
 TASK_HELP = ("single: rate each image 0..9; sharpness; artifact (9 = clean); similarity: style of "
              "two images (or each image vs --reference); content-similarity: same subject/identity; "
@@ -74,10 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust_remote_code", action="store_true",
                    help="allow custom code from the checkpoint (only if you trust it)")
     return p
-
-
-class UserError(Exception):
-    """A problem with the command line or the inputs: printed without a traceback, exit 2."""
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
@@ -146,6 +143,7 @@ def heatmap(image, grad):
 def run(args) -> list[dict]:
     import torch
 
+    from rewards.hub import ModelUnavailableError
     from rewards.images import load_image
     from rewards.vlm import make_internvl_reward
 
@@ -161,15 +159,20 @@ def run(args) -> list[dict]:
     has_ref = bool(args.reference)
     groups = group_files(expand_paths(args.paths), args.task, has_ref)
 
+    if args.device == "auto":  # the original's default: CUDA when there is one
+        args.device = None
     dtype = args.dtype
     if dtype == "auto":
         dtype = "bfloat16" if (torch.cuda.is_available() and args.device != "cpu") else "float32"
-    reward = make_internvl_reward(
-        task=args.task, model_id=args.model_id, dtype=dtype, device=args.device,
-        prompt=args.prompt, prompt_file=args.prompt_file, answer_scale=args.answer_scale,
-        objective=args.objective, calibration=args.calibration, temperature=args.temperature,
-        entropy_bonus=args.entropy_bonus, max_tiles=args.max_tiles,
-        trust_remote_code=args.trust_remote_code)
+    try:
+        reward = make_internvl_reward(
+            task=args.task, model_id=args.model_id, dtype=dtype, device=args.device,
+            prompt=args.prompt, prompt_file=args.prompt_file, answer_scale=args.answer_scale,
+            objective=args.objective, calibration=args.calibration, temperature=args.temperature,
+            entropy_bonus=args.entropy_bonus, max_tiles=args.max_tiles,
+            trust_remote_code=args.trust_remote_code)
+    except ModelUnavailableError as exc:  # name this command's flag, not the trainer's
+        raise exc.for_cli({exc.flag: "--model_id"} if exc.flag else {}) from None
     ref = load_image(args.reference) if has_ref else None
     # which slot the fixed reference fills: similarity -> image 2, triplet -> image 1
     ref_slot = 1 if args.task in ("similarity", "content-similarity") else 0
@@ -248,24 +251,17 @@ def render(rows: list[dict], fmt: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {message}", file=sys.stderr)
-
-    warnings.showwarning = show
-    from rewards.hub import ModelUnavailableError
-    from rewards.images import ImageLoadError
-
-    try:
-        rows = run(args)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError,
-            ImageLoadError, ModelUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rows = run(args)
     print(render(rows, args.format))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rewards.cli import run_cli
+
+    return run_cli(_main, argv, "internvl_scorer.py")
 
 
 if __name__ == "__main__":

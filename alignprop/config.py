@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from rewards.cli import UserError
+
 from .reward_flags import RewardFlags, reward_specs
 
 DEFAULT_PROMPT = "Make this photo sharper and more beautiful; keep the same scene."
@@ -34,7 +36,7 @@ TRUNCATION = ("fixed", "random")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
-class MissingDependencyError(RuntimeError):
+class MissingDependencyError(UserError):
     """A flag needs an optional package that is not installed (wandb, bitsandbytes)."""
 
 

@@ -14,21 +14,22 @@ exactly the images it would have seen.
 """
 from __future__ import annotations
 
-import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from rewards.cli import UserError
 from rewards.images import ImageLoadError, list_images, load_image, resize_to
+
+from .prompts import draw, lookup, read_prompt_file
 
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """The training data cannot be used (missing/empty folder, no readable image)."""
 
 
@@ -65,9 +66,9 @@ class ImageFolder:
                             f"read")
         self.skipped = [p for p, _ in bad]
         self.height, self.width = height, width
-        self.prompts = _read_prompts(prompt_file, prompt)
+        self.prompts = read_prompt_file(prompt_file) if prompt_file is not None else [prompt]
         mapping = self.prompts if isinstance(self.prompts, dict) else {}
-        self.items = [Item(p, mapping.get(p.name, prompt)) for p in good]
+        self.items = [Item(p, lookup(mapping, p.name) or prompt) for p in good]
         self.seed = seed
 
     def __len__(self) -> int:
@@ -82,29 +83,12 @@ class ImageFolder:
     def prompt_for(self, index: int, sample_number: int) -> str:
         """Prompt of the ``sample_number``-th sample (image ``index``); deterministic."""
         if isinstance(self.prompts, list):
-            return random.Random(self.seed * 1_000_003 + sample_number).choice(self.prompts)
+            return draw(self.prompts, self.seed, sample_number)
         return self.items[index].prompt
 
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as (3, H, W) in [0, 1] at the training size."""
         return resize_to(load_image(self.items[index].path), self.height, self.width, mode="crop")
-
-
-def _read_prompts(prompt_file: str | Path | None, default: str) -> list[str] | dict[str, str]:
-    if prompt_file is None:
-        return [default]
-    p = Path(prompt_file).expanduser()
-    if p.suffix.lower() == ".json":
-        data = json.loads(p.read_text())
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise DataError(f"--prompt_file {p}: a .json prompt file must map image file names "
-                            f"to instructions")
-        return {Path(k).name: v.strip() for k, v in data.items()}
-    lines = [ln.strip() for ln in p.read_text().splitlines()]
-    lines = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not lines:
-        raise DataError(f"--prompt_file {p} holds no prompt (one per line; # starts a comment)")
-    return lines
 
 
 class SampleStream:

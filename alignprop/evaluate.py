@@ -91,10 +91,8 @@ class EvalArgs:
         "help": "Side images are resized to before the diversity distance."})
     lpips_pretrained: bool = field(default=True, metadata={
         "help": "Load LPIPS' ImageNet backbone for --diversity_metric lpips (false: random "
-                "backbone, only for tests; the --lpips_net flag picks the net)."})
-    lpips_backbone: Optional[str] = field(default=None, metadata={
-        "help": "torchvision weight file of the LPIPS backbone (e.g. alexnet-owt-7be5be79.pth) "
-                "or its folder; default: torch hub's cache ($TORCH_HOME/hub/checkpoints)."})
+                "backbone, only for tests; --lpips_net picks the net, --lpips_backbone its "
+                "weights)."})
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -173,7 +171,9 @@ def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
             try:
                 term = build_rewards([spec]).terms[0]
             except (NotImplementedError, ModelUnavailableError, ValueError, TypeError) as exc:
-                msg = f"reward term {spec['term']!r} ({spec['name']}): {exc}"
+                from alignprop.reward_flags import cli_model_error
+
+                msg = f"reward term {spec['term']!r} ({spec['name']}): {cli_model_error(exc, spec)}"
                 if role == "check":
                     print(f"warning: hacking-check {msg}; not scored", file=sys.stderr)
                     continue
@@ -574,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             group_seed_outputs(folder)
         dist = build_metric(args.diversity_metric, net=flags.lpips_net,
                             pretrained=args.lpips_pretrained, device=device,
-                            backbone_path=args.lpips_backbone)
+                            backbone_path=flags.lpips_backbone)  # reward flag: one LPIPS
         for label, folder in div_dirs.items():
             diversity[label] = folder_diversity(folder, dist, args.diversity_resolution)
             diversity[label]["metric"] = args.diversity_metric

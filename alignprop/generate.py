@@ -92,39 +92,28 @@ def image_size(path: Path) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- prompts
 def read_prompts(prompt: str | None, prompt_file: str | None,
-                 names: Sequence[str]) -> dict[str, str]:
-    """Prompt per input file name.
+                 names: Sequence[str], seed: int = 0) -> dict[str, str]:
+    """Prompt per input file name; ``--prompt_file`` means what it means in training.
 
-    ``--prompt_file`` is either a text file (its whole content is the prompt) or a
-    ``.json`` object mapping file names or stems to prompts; names it lacks use
-    ``--prompt``.
+    A text file holds one instruction per line (each input draws one, reproducibly
+    from ``seed``); a ``.json`` object maps file names or stems to instructions and
+    names it lacks use ``--prompt``. See :mod:`alignprop.prompts`.
     """
+    from alignprop.prompts import prompt_for, read_prompt_file
+
     if prompt is not None and not prompt.strip():
         raise UserError("--prompt is empty")
     if prompt_file is None:
         if prompt is None:
             raise UserError("give the edit instruction with --prompt or --prompt_file")
         return {n: prompt for n in names}
-    path = Path(prompt_file).expanduser()
-    if not path.is_file():
-        raise UserError(f"--prompt_file: file not found: {prompt_file}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() != ".json":
-        if prompt is not None:
-            raise UserError("give --prompt or a text --prompt_file, not both")
-        if not text.strip():
-            raise UserError(f"--prompt_file {prompt_file} is empty")
-        return {n: text.strip() for n in names}
-    try:
-        table = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--prompt_file {prompt_file} is not valid JSON: {exc}") from None
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-        raise UserError(f"--prompt_file {prompt_file} must be a JSON object "
-                        '{"file name or stem": "prompt", ...}')
+    prompts = read_prompt_file(prompt_file)
+    if isinstance(prompts, list) and prompt is not None:
+        raise UserError("give --prompt or a text --prompt_file (one instruction per line), not "
+                        "both; a .json --prompt_file may be combined with a default --prompt")
     out, missing = {}, []
-    for n in names:
-        p = table.get(n, table.get(Path(n).stem, prompt))
+    for i, n in enumerate(names):
+        p = prompt_for(prompts, prompt, n, seed, i)
         if p is None or not p.strip():
             missing.append(n)
         else:
@@ -312,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--base_dir", default=None, help="Folder for the base-model outputs "
                     "(default: OUTPUT_DIR/base).")
     io.add_argument("--prompt", default=None, help="Edit instruction applied to every image.")
-    io.add_argument("--prompt_file", default=None, help="Text file holding the instruction, or a "
+    io.add_argument("--prompt_file", default=None, help="As in training: a text file with one "
+                    "instruction per line (each image draws one, reproducibly from --seed), or a "
                     ".json object {file name or stem: prompt} for per-image prompts (names it "
                     "lacks use --prompt).")
     io.add_argument("--output_format", default="png", choices=["png", "jpg", "webp", "same"],
@@ -424,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clash:
         raise UserError(f"inputs {', '.join(clash[0])} would write the same output name; rename "
                         "them or use --output_format same")
-    prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths])
+    prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)

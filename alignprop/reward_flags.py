@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from rewards.cli import UserError
+
 AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5")
 SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content")
 SHARPNESS_BACKENDS = ("none", "internvl")
@@ -97,6 +99,17 @@ class RewardFlags:
                 "'v2.5' (SigLIP aesthetic predictor v2.5) or 'none'.", AESTHETIC_BACKENDS)
     aesthetic_reward_scale: float = _f(
         1.0, "Weight of the aesthetic reward (used when --aesthetic_model_type is not none).")
+    aesthetic_head: Optional[str] = _f(
+        None, "Weights of the aesthetic head: a file (.pth read without unpickling objects, or "
+              ".safetensors), a folder holding it, or a hub repo id. Default: "
+              "trl-lib/ddpo-aesthetic-predictor (aesthetic_scorer) or torch hub's cache of "
+              "aesthetic_predictor_v2_5.pth (v2.5).")
+    aesthetic_clip_model: Optional[str] = _f(
+        None, "CLIP model of --aesthetic_model_type aesthetic_scorer: hub id or local folder "
+              "(default openai/clip-vit-large-patch14).")
+    aesthetic_encoder: Optional[str] = _f(
+        None, "SigLIP model of --aesthetic_model_type v2.5: hub id or local folder (default "
+              "google/siglip-so400m-patch14-384).")
 
     # ---------------------------------------------------------------- similarity to input
     similarity_backend: str = _f(
@@ -109,6 +122,9 @@ class RewardFlags:
     lpips_net: str = _f("alex", "LPIPS backbone for --similarity_backend lpips.", LPIPS_NETS)
     lpips_resolution: int = _f(
         256, "Side the images are resized to (differentiably) before LPIPS (>= 32).")
+    lpips_backbone: Optional[str] = _f(
+        None, "torchvision ImageNet weights of the --lpips_net trunk (e.g. alexnet-owt-7be5be79.pth"
+              ", or a folder holding it); default: torch hub's cache (follows TORCH_HOME).")
     face_weights: Optional[str] = _f(
         None, "Path to the VGGFace2 InceptionResnetV1 state dict for --similarity_backend "
               "face (needed offline; downloaded by facenet-pytorch otherwise).")
@@ -314,15 +330,18 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
             **internvl("single", "aesthetic"))
     elif aesthetic == "aesthetic_scorer":
         add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code)
+            trust_remote_code=flags.trust_remote_code,
+            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head))
     elif aesthetic == "v2.5":
         add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code)
+            trust_remote_code=flags.trust_remote_code,
+            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head))
 
     similarity = flags.similarity_backend
     if similarity == "lpips":
         add("similarity", "lpips", flags.image_reward_scale, net=flags.lpips_net,
-            resolution=flags.lpips_resolution, device=device)
+            resolution=flags.lpips_resolution, device=device,
+            **_given(backbone_path=flags.lpips_backbone))
     elif similarity == "face":
         add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
             device=device)
@@ -343,6 +362,34 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
             aide_resume=flags.aide_resume, device=device,
             trust_remote_code=flags.trust_remote_code)
     return specs
+
+
+def _given(**options: Any) -> dict:
+    """Only the options the user set (the factories keep their own defaults otherwise)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+# Factory keyword named in a ModelUnavailableError -> the flag that reaches it, per
+# registry name; errors are renamed with ModelUnavailableError.for_cli so a CLI user is
+# told which FLAG takes a local path, never a Python argument.
+FACTORY_FLAGS: dict[str, dict[str, str]] = {
+    "lpips": {"backbone_path=": "--lpips_backbone"},
+    "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
+    "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
+    "face": {"weights_path=": "--face_weights"},
+}
+
+
+def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_model_id"):
+    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged)."""
+    from rewards.hub import ModelUnavailableError
+
+    if not isinstance(exc, ModelUnavailableError):
+        return exc
+    names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
+    if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
+        names[exc.flag] = model_flag
+    return exc.for_cli(names)
 
 
 def build_reward_from_flags(flags: RewardFlags, device: Any = None):
@@ -369,7 +416,8 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
         except NotImplementedError as exc:
             raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
         except ModelUnavailableError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r}: {exc}") from exc
+            raise RewardBuildError(f"reward term {spec['term']!r}: "
+                                   f"{cli_model_error(exc, spec)}") from exc
         except (ValueError, TypeError, FileNotFoundError) as exc:
             raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
     from rewards.base import CompositeReward
@@ -377,7 +425,7 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
     return CompositeReward(built)
 
 
-class RewardBuildError(RuntimeError):
+class RewardBuildError(UserError):
     """A reward selected by the flags could not be built; the message says which and why."""
 
 

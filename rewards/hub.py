@@ -10,7 +10,24 @@ import os
 
 
 class ModelUnavailableError(RuntimeError):
-    """A model or weight file could not be loaded; the message says how to fix it."""
+    """A model or weight file could not be loaded; the message says how to fix it.
+
+    ``flag`` is the option the message tells the user to pass a local path with. The
+    factories name their own keyword (``backbone_path=``); a command renames it to the
+    command-line flag that reaches that keyword with :meth:`for_cli`, so a CLI user is
+    never told to pass a Python argument.
+    """
+
+    def __init__(self, message: str, flag: str | None = None):
+        super().__init__(message)
+        self.flag = flag
+
+    def for_cli(self, flags: dict[str, str]) -> "ModelUnavailableError":
+        """The same error with ``self.flag`` replaced by ``flags[self.flag]`` (if listed)."""
+        new = flags.get(self.flag or "")
+        if not new:
+            return self
+        return ModelUnavailableError(str(self).replace(self.flag, new), new)
 
 
 def offline() -> bool:
@@ -32,7 +49,7 @@ def model_unavailable(what: str, source: str, flag: str, exc: BaseException | No
     )
     if hint:
         msg += " " + hint
-    return ModelUnavailableError(msg)
+    return ModelUnavailableError(msg, flag)
 
 
 def resolve_device_dtype(device=None, dtype="float32"):
@@ -86,7 +103,7 @@ def resolve_weight_file(source, filename: str, what: str, flag: str, default_cac
             f"Could not load {what}: {filename} is not at {where!r} and nothing is downloaded "
             f"here{' (HF_HUB_OFFLINE=1)' if offline() else ''}. On a machine with network access "
             f"{get}, then put it at {where!r} (the cache folder follows TORCH_HOME) or pass its "
-            f"path with {flag}."
+            f"path with {flag}.", flag
         )
     source = os.fspath(source)
     if os.path.isfile(source):
@@ -97,13 +114,13 @@ def resolve_weight_file(source, filename: str, what: str, flag: str, default_cac
             return candidate
         raise ModelUnavailableError(
             f"Could not load {what}: directory {source!r} has no {filename}. Pass the weight "
-            f"file itself with {flag}."
+            f"file itself with {flag}.", flag
         )
     looks_like_repo = source.count("/") == 1 and not source.startswith((".", "/", "~"))
     if not looks_like_repo:
         raise ModelUnavailableError(
             f"Could not load {what}: {source!r} is neither an existing file or directory nor a "
-            f"Hugging Face repo id (owner/name). Pass a local path with {flag}."
+            f"Hugging Face repo id (owner/name). Pass a local path with {flag}.", flag
         )
     try:
         from huggingface_hub import hf_hub_download

@@ -1,0 +1,99 @@
+"""One way for every command to turn an expected failure into one line and exit code 2.
+
+Used by ``alignprop_fluxkontext.py``, ``internvl_scorer.py``,
+``benchmark_anti_periodic.py`` and the ``python -m alignprop.*`` commands. It lives on
+the ``rewards/`` side so the scorer and the benchmark need nothing from ``alignprop/``.
+
+A user mistake (a missing folder, a bad flag value, a model that cannot be loaded, a
+reward that cannot be built) ends the program with ONE line on stderr,
+``<prog>: error: <message>``, and exit code 2 — the same status argparse uses for
+unknown flags. Programming errors keep their traceback (exit code 1).
+``ALIGNPROP_DEBUG=1`` shows the traceback of an expected failure too.
+
+Errors raised inside ``alignprop/`` that mean "the user asked for something
+impossible" subclass :class:`UserError`, so this module needs no list of them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+DEBUG_ENV = "ALIGNPROP_DEBUG"
+
+
+class UserError(ValueError):
+    """A problem the user can fix from the command line; printed as one line, exit code 2."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "the user asked for something impossible"."""
+    from rewards.hub import ModelUnavailableError
+    from rewards.images import ImageLoadError
+
+    # ValueError covers UserError and every validation error of the flag dataclasses;
+    # NotImplementedError is what the reward registry raises for a missing module.
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+            PermissionError, ModelUnavailableError, ImageLoadError, NotImplementedError)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (multi-line messages are joined)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def report(prog: str, exc: BaseException) -> int:
+    """Print ``prog: error: message`` on stderr; return the exit code for it."""
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def _one_line_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {' '.join(str(message).split())}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None,
+            prog: str) -> int:
+    """Call ``main(argv)``; turn expected failures into one line and exit code 2.
+
+    ``main`` returns its exit code (None counts as 0). Warnings are printed as one
+    ``warning: ...`` line each unless debugging.
+    """
+    debug = debug_enabled()
+    if not debug:
+        _one_line_warnings()
+    try:
+        rc = main(argv)
+    except user_error_types() as exc:
+        if debug:  # developers: see where it came from
+            raise
+        return report(prog, exc)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    return 0 if rc is None else int(rc)
+
+
+def parse_bool(value: str | bool) -> bool:
+    """argparse ``type=`` for true/false flags written as values (``--x false``)."""
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "no", "n", "off"):
+        return False
+    raise UserError(f"expected true or false, got {value!r}")
+
+
+__all__ = ["UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
+           "debug_enabled", "EXIT_USER_ERROR"]
