@@ -27,7 +27,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "crispness": ("rewards.anchors", "make_crispness_floor",
                   "hinge penalty when Sobel gradient energy falls below a floor, negated"),
     "internvl": ("rewards.vlm", "make_internvl_reward",
-                 "InternVL token-probability score for a text question (promptable)"),
+                 "VLM token-probability score for a text question (promptable; any supported "
+                 "family, default model InternVL3)"),
+    "vlm": ("rewards.vlm", "make_vlm_reward",
+            "same as 'internvl': a VLM (InternVL3, Qwen2.5-VL, Qwen3-VL) read as token "
+            "probabilities"),
     "lpips": ("rewards.perceptual", "make_lpips_reward",
               "LPIPS similarity to the input image (1 - distance)"),
     "face": ("rewards.face", "make_face_identity_reward",

@@ -1,4 +1,8 @@
-"""Promptable InternVL reward: a rating question read as next-token probabilities.
+"""Promptable VLM reward: a rating question read as next-token probabilities.
+
+Family-neutral: InternVL3, Qwen2.5-VL and Qwen3-VL (and any family with an adapter in
+:mod:`rewards.vlm_families`) share everything here; the adapter only says how pixels are
+preprocessed, how an image placeholder expands and where the answer is read.
 
 The model sees the task's images and a question ("Rate ... from 0 to 9. Answer with a single
 digit."). At the position of the answer we read the log-probabilities of the answer tokens
@@ -19,8 +23,8 @@ Pair/triplet are debiased against position bias by scoring both orders of the tw
 in one batched forward: ``score = (E(A,B) + 1 - E(B,A)) / 2`` (margin: sigmoid of the mean of the
 two order margins), so ``score(A,B) + score(B,A) = 1`` exactly (with ``entropy_bonus=0``).
 
-Gradients flow from the score through the frozen model and the torch preprocessing
-(:func:`rewards.internvl_model.preprocess`) to the image pixels.
+Gradients flow from the score through the frozen model and the family's torch preprocessing
+(``bundle.family.prepare``) to the image pixels.
 
 The prompt is exposed for logging: ``reward.prompt`` (the question), ``reward.prompt_template``
 (the full chat-formatted text, image placeholders unexpanded), ``reward.answer_scale`` and
@@ -36,7 +40,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .internvl_model import DEFAULT_MODEL_ID, InternVLBundle, load_internvl, preprocess
+from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
 from .vlm_prompts import (COMPARATIVE_TASKS, TASK_IMAGES, TASKS, AnswerScale, image_labels,
                           resolve_prompt)
 
@@ -105,20 +109,39 @@ class ScoreOutput:
     orders: list[str] = field(default_factory=list)   # "AB" / "BA" for comparative tasks
 
 
-class InternVLReward:
+@dataclass
+class SlotPixels:
+    """One image slot of a batch, preprocessed by the family adapter (differentiable).
+
+    ``pixels`` has a leading dimension R (rows of the batch); ``layout`` (hashable, the same for
+    every row) decides how many image tokens the slot takes: InternVL's tile count, Qwen-VL's
+    (t, h, w) patch grid.
+    """
+
+    pixels: torch.Tensor
+    layout: Any
+
+    @property
+    def shape(self):       # rows first, like the tensors this replaces
+        return self.pixels.shape
+
+
+class VLMReward:
     """Callable reward ``fn(images, inputs, prompts) -> (scores[B], metrics)`` for one task.
 
     Attributes the trainer can log/save: ``task``, ``prompt`` (question text),
     ``prompt_template`` (full chat text with image placeholders), ``answer_scale``
     (:class:`AnswerScale`), ``describe()`` (dict). ``num_forwards`` counts model forwards
-    (including the cached pmi_null ones) for cost accounting.
+    (including the cached pmi_null ones) for cost accounting. ``image_options``: the family's
+    image options (InternVL ``max_tiles``; Qwen-VL ``min_pixels``/``max_pixels``).
     """
 
-    def __init__(self, task: str, bundle: InternVLBundle, prompt: str, answer_scale: AnswerScale,
+    def __init__(self, task: str, bundle: VLMBundle, prompt: str, answer_scale: AnswerScale,
                  answer_prefix: str = "", objective: str = "expected", calibration: str = "none",
                  temperature: float = 1.0, entropy_bonus: float = 0.0,
                  reference: torch.Tensor | None = None, reference_source: str | None = None,
-                 max_tiles: int = 1):
+                 max_tiles: int | None = None, min_pixels: int | None = None,
+                 max_pixels: int | None = None):
         self.task = _check_choice("task", task, TASKS)
         self.objective = _check_choice("objective", objective, OBJECTIVES)
         self.calibration = _check_choice("calibration", calibration, CALIBRATIONS)
@@ -127,15 +150,16 @@ class InternVLReward:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
         if not (isinstance(entropy_bonus, (int, float)) and math.isfinite(entropy_bonus)):
             raise ValueError(f"entropy_bonus must be a finite number, got {entropy_bonus!r}")
-        if int(max_tiles) < 1:
-            raise ValueError(f"max_tiles must be >= 1, got {max_tiles!r}")
         self.bundle = bundle
+        self.family = bundle.family
+        self.image_options = self.family.check_image_options(
+            {"max_tiles": max_tiles, "min_pixels": min_pixels, "max_pixels": max_pixels})
         self.prompt = prompt
         self.answer_scale = answer_scale
         self.answer_prefix = answer_prefix
         self.temperature = float(temperature)
         self.entropy_bonus = float(entropy_bonus)
-        self.max_tiles = int(max_tiles)
+        self.max_tiles = int(self.image_options.get("max_tiles", 1))
         self.reference = reference
         self.reference_source = reference_source
         self.n_images = TASK_IMAGES[task]
@@ -156,23 +180,24 @@ class InternVLReward:
         content.append({"type": "text", "text": self.prompt})
         text = self.bundle.processor.apply_chat_template(
             [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
-        image_token = self.bundle.processor.image_token
+        image_token = self.family.image_token(self.bundle.processor)
         if text.count(image_token) != self.n_images:
             raise ValueError(
                 f"the chat template of {self.bundle.model_id!r} produced {text.count(image_token)} "
                 f"image placeholders for {self.n_images} images")
         return text + self.answer_prefix
 
-    def input_ids(self, tiles: Sequence[int]) -> torch.Tensor:
-        """(1, L) token ids with each image placeholder expanded as the processor does."""
-        key = tuple(tiles)
+    def input_ids(self, layouts: Sequence[Any]) -> torch.Tensor:
+        """(1, L) token ids with each image placeholder expanded as the processor does.
+
+        ``layouts[k]``: image k's layout (InternVL: tile count; Qwen-VL: (t, h, w) grid).
+        """
+        key = tuple(layouts)
         if key not in self._ids_cache:
-            proc = self.bundle.processor
-            parts = self.prompt_template.split(proc.image_token)
+            parts = self.prompt_template.split(self.family.image_token(self.bundle.processor))
             text = parts[0]
-            for n, part in zip(tiles, parts[1:]):
-                text += (proc.start_image_token + proc.image_token * (proc.image_seq_length * n)
-                         + proc.end_image_token + part)
+            for layout, part in zip(layouts, parts[1:]):
+                text += self.family.placeholder(self.bundle, layout) + part
             ids = self.bundle.tokenizer(text, return_tensors="pt")["input_ids"]
             self._ids_cache[key] = ids
         return self._ids_cache[key]
@@ -180,42 +205,48 @@ class InternVLReward:
     def describe(self) -> dict[str, Any]:
         """JSON-able description (saved with a run, shown in logs)."""
         return {
-            "task": self.task, "model_id": self.bundle.model_id, "prompt": self.prompt,
+            "task": self.task, "model_id": self.bundle.model_id, "family": self.family.name,
+            "prompt": self.prompt,
             "answer_scale": self.answer_scale.describe(), "answer_prefix": self.answer_prefix,
             "prompt_template": self.prompt_template, "objective": self.objective,
             "calibration": self.calibration, "temperature": self.temperature,
             "entropy_bonus": self.entropy_bonus, "max_tiles": self.max_tiles,
+            **{k: v for k, v in self.image_options.items() if k != "max_tiles"},
             "reference": self.reference_source, "dtype": str(self.bundle.dtype).replace("torch.", ""),
         }
 
     # ------------------------------------------------------------------ model access
-    def _tiles(self, x: torch.Tensor) -> torch.Tensor:
-        """(R,3,H,W) in [0,1] -> normalised tiles (R, T, 3, th, tw), differentiable."""
-        b = self.bundle
-        pv = preprocess(x.to(b.device), b, self.max_tiles)
-        return pv.view(x.shape[0], -1, *pv.shape[1:])
+    def _prepare(self, x: torch.Tensor) -> SlotPixels:
+        """(R,3,H,W) in [0,1] -> the family's model inputs for this slot, differentiable."""
+        pixels, layout = self.family.prepare(self.bundle, x, self.image_options)
+        return SlotPixels(pixels, layout)
 
-    def _forward(self, slot_tiles: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Answer log-probs (R, K); ``slot_tiles[k]`` holds slot k's tiles (R, T_k, 3, th, tw)."""
+    _tiles = _prepare       # the name before families existed
+
+    def model_kwargs(self, slots: Sequence[SlotPixels]) -> dict[str, Any]:
+        """Everything the model's forward takes for these slots (rows = ``slots[k].pixels``)."""
         b = self.bundle
-        tiles = [t.shape[1] for t in slot_tiles]
-        # the model consumes tiles in text order: row 0 slot 0, row 0 slot 1, ..., row 1 slot 0
-        pixel_values = torch.cat(list(slot_tiles), dim=1).flatten(0, 1).to(b.dtype)
-        r = slot_tiles[0].shape[0]
-        ids = self.input_ids(tiles).to(b.device).expand(r, -1)
-        out = b.model(input_ids=ids, attention_mask=torch.ones_like(ids),
-                      pixel_values=pixel_values, logits_to_keep=1)
+        layouts = [s.layout for s in slots]
+        r = slots[0].pixels.shape[0]
+        ids = self.input_ids(layouts).to(b.device).expand(r, -1)
+        kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
+        kwargs.update(self.family.model_inputs(b, ids, [s.pixels for s in slots], layouts))
+        return kwargs
+
+    def _forward(self, slots: Sequence[SlotPixels]) -> torch.Tensor:
+        """Answer log-probs (R, K) of one model forward; ``slots[k]``: image slot k."""
+        out = self.bundle.model(**self.model_kwargs(slots), logits_to_keep=1)
         self.num_forwards += 1
-        logp = out.logits[:, -1].float().log_softmax(-1)                   # (R, V)
+        logp = out.logits[:, self.family.answer_index].float().log_softmax(-1)    # (R, V)
         return torch.stack([logp[:, t].logsumexp(-1) for t in self.answer_ids], dim=-1)
 
     def null_logprobs(self, sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Answer log-probs (K,) for neutral gray images of these sizes; cached."""
-        key = (self.prompt_template, tuple(sizes), self.max_tiles)
+        key = (self.prompt_template, tuple(sizes), tuple(sorted(self.image_options.items())))
         if key not in self._null_cache:
             gray = [torch.full((1, 3, h, w), NULL_GRAY) for h, w in sizes]
             with torch.no_grad():   # a constant: the calibration offset carries no gradient
-                self._null_cache[key] = self._forward([self._tiles(g) for g in gray])[0].detach()
+                self._null_cache[key] = self._forward([self._prepare(g) for g in gray])[0].detach()
         return self._null_cache[key]
 
     def _readout(self, logp: torch.Tensor, sizes) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,15 +279,16 @@ class InternVLReward:
             swapped[i], swapped[j] = slots[j], slots[i]
             orders.append(swapped)
         sizes = [[tuple(x.shape[-2:]) for x in order] for order in orders]
-        tiles = [[self._tiles(x) for x in order] for order in orders]
-        counts = [[t.shape[1] for t in order] for order in tiles]
-        if len(orders) == 2 and counts[0] == counts[1]:
+        prepared = [[self._prepare(x) for x in order] for order in orders]
+        layouts = [[s.layout for s in order] for order in prepared]
+        if len(orders) == 2 and layouts[0] == layouts[1]:
             # both orders through the model in ONE batched forward: rows 0..B-1 are (A, B),
             # rows B..2B-1 are (B, A); same token sequence, so no padding is needed
-            joined = [torch.cat([tiles[0][k], tiles[1][k]]) for k in range(self.n_images)]
+            joined = [SlotPixels(torch.cat([prepared[0][k].pixels, prepared[1][k].pixels]),
+                                 layouts[0][k]) for k in range(self.n_images)]
             logps = list(self._forward(joined).split(bsz))
-        else:   # tiling gave the two orders different token counts: one forward each
-            logps = [self._forward(order) for order in tiles]
+        else:   # the two compared images take different token counts: one forward each
+            logps = [self._forward(order) for order in prepared]
 
         reads = [self._readout(lp, s) for lp, s in zip(logps, sizes)]
         probs = [r[2] for r in reads]
@@ -331,20 +363,26 @@ def _load_reference(reference: Any) -> tuple[torch.Tensor, str]:
     raise TypeError(f"reference must be an image path or a tensor, got {type(reference).__name__}")
 
 
-def make_internvl_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
-                         dtype: Any = "bfloat16", device: Any = None, prompt: str | None = None,
-                         prompt_file: str | Path | None = None, answer_scale: Any = None,
-                         objective: str = "expected", calibration: str = "none",
-                         temperature: float = 1.0, entropy_bonus: float = 0.0,
-                         reference: Any = None, trust_remote_code: bool = False,
-                         max_tiles: int = 1) -> InternVLReward:
-    """Build the InternVL reward for ``task`` (see module doc). Higher score is better.
+def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
+                    dtype: Any = "bfloat16", device: Any = None, prompt: str | None = None,
+                    prompt_file: str | Path | None = None, answer_scale: Any = None,
+                    objective: str = "expected", calibration: str = "none",
+                    temperature: float = 1.0, entropy_bonus: float = 0.0,
+                    reference: Any = None, trust_remote_code: bool = False,
+                    max_tiles: int = 1, min_pixels: int | None = None,
+                    max_pixels: int | None = None, model_flag: str = MODEL_FLAG) -> VLMReward:
+    """Build the VLM reward for ``task`` (see module doc). Higher score is better.
 
-    ``model_id``: hub id (``-hf`` format), local directory or ``"tiny"``; the loaded model is
-    shared with every other reward using the same (model_id, dtype, device).
+    ``model_id``: hub id or local directory of any supported family (InternVL3 ``-hf``,
+    Qwen2.5-VL, Qwen3-VL; the family is read from its config.json), or a tiny model name
+    (``tiny``, ``tiny-qwen2.5-vl``, ``tiny-qwen3-vl``); the loaded model is shared with every
+    other reward using the same (model_id, dtype, device). ``model_flag`` is the flag named in
+    the error when the model cannot be found.
     ``reference``: image path or (3,H,W) tensor: for ``similarity`` / ``content-similarity`` it
     replaces ``inputs`` as the second image; required for ``triplet``.
-    ``max_tiles``: 1 = one tile per image (cheapest); >1 = InternVL dynamic tiling + thumbnail.
+    ``max_tiles`` (InternVL): 1 = one tile per image (cheapest); >1 = dynamic tiling + thumbnail.
+    ``min_pixels`` / ``max_pixels`` (Qwen-VL): the pixel budget of the dynamic resolution
+    (default: the checkpoint's processor's).
     """
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
@@ -356,18 +394,24 @@ def make_internvl_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
             raise ValueError(f"reference is used by tasks similarity, content-similarity and "
                              f"triplet, not by {task!r}")
         ref, ref_source = _load_reference(reference)
-    bundle = load_internvl(model_id, dtype=dtype, device=device,
-                           trust_remote_code=trust_remote_code)
-    return InternVLReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
-                          calibration=calibration, temperature=temperature,
-                          entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,
-                          max_tiles=max_tiles)
+    bundle = load_vlm(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                      flag=model_flag)
+    return VLMReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
+                     calibration=calibration, temperature=temperature,
+                     entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,
+                     max_tiles=max_tiles, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
-def describe_prompt(reward: InternVLReward) -> dict[str, Any]:
-    """The prompt and options of a built InternVL reward (for logs and run metadata)."""
+# the names before the reward became family-neutral (same objects)
+InternVLReward = VLMReward
+make_internvl_reward = make_vlm_reward
+
+
+def describe_prompt(reward: VLMReward) -> dict[str, Any]:
+    """The prompt and options of a built VLM reward (for logs and run metadata)."""
     return reward.describe()
 
 
-__all__ = ["CALIBRATIONS", "OBJECTIVES", "TASKS", "InternVLReward", "ScoreOutput",
-           "describe_prompt", "find_answer_tokens", "make_internvl_reward"]
+__all__ = ["CALIBRATIONS", "OBJECTIVES", "TASKS", "InternVLReward", "ScoreOutput", "SlotPixels",
+           "VLMReward", "describe_prompt", "find_answer_tokens", "make_internvl_reward",
+           "make_vlm_reward"]

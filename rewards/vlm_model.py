@@ -1,0 +1,235 @@
+"""Loading vision-language models for the token-probability reward, whatever their family.
+
+One entry point, :func:`load_vlm`, takes
+
+* a hub id (e.g. ``OpenGVLab/InternVL3-14B-hf``, ``Qwen/Qwen2.5-VL-7B-Instruct``,
+  ``Qwen/Qwen3-VL-8B-Instruct``) or a local directory holding such a checkpoint: the family is
+  read from ``config.json`` (``model_type``), never guessed from the name;
+* a built-in tiny model name (``tiny`` / ``tiny-internvl``, ``tiny-qwen2.5-vl``,
+  ``tiny-qwen3-vl``): the family's real transformers classes with a few-thousand-parameter random
+  model from a fixed seed and a tokenizer built locally, so every code path of a real
+  checkpoint runs offline in seconds,
+
+and returns a :class:`VLMBundle` (model + processor + the family adapter + the image numbers the
+adapter read from the processor). Bundles are cached per ``(model_id, dtype, device,
+trust_remote_code)`` so several reward terms share one copy of a large model, and two different
+models (say InternVL for style and Qwen for content) can be loaded side by side.
+
+Everything family-specific (model class, tiny config, differentiable preprocessing, how an image
+placeholder expands) lives in one adapter module per family under :mod:`rewards.vlm_families`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .hub import model_unavailable
+
+DEFAULT_MODEL_ID = "OpenGVLab/InternVL3-14B-hf"
+MODEL_FLAG = "--model_id (internvl_scorer.py) / --internvl_model_id or --qwen_model_id (training)"
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: Any) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16' (or a torch.dtype) -> torch.dtype; clear error otherwise."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).lower().replace("torch.", "")
+    if key not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: float32, bfloat16, float16")
+    return _DTYPES[key]
+
+
+def resolve_device(device: Any) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class VLMBundle:
+    """A loaded VLM with what the reward needs to build its inputs itself.
+
+    ``spec`` holds the numbers the family adapter read from the processor (tile size, patch
+    size, pixel budget, mean/std, ...); its fields are also readable as attributes of the bundle
+    (``bundle.tile_size`` for InternVL, ``bundle.patch_size`` for Qwen-VL).
+    """
+
+    model: Any                 # the family's *ForConditionalGeneration, eval, frozen
+    processor: Any             # the family's processor (tokenizer + image processor + chat template)
+    model_id: str
+    dtype: torch.dtype
+    device: torch.device
+    family: Any                # the adapter (rewards.vlm_families.VLMFamily)
+    spec: Any                  # family-specific image numbers (a dataclass)
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    def __getattr__(self, name: str):
+        # only reached for names the dataclass does not have: delegate to the family's spec
+        if name in ("spec", "__setstate__", "__getstate__"):
+            raise AttributeError(name)
+        try:
+            return getattr(self.spec, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__} ({self.family.name}) has no attribute "
+                                 f"{name!r}") from None
+
+
+# --------------------------------------------------------------------------- cache
+_CACHE: dict[tuple, VLMBundle] = {}
+_LOCK = threading.Lock()
+
+
+def load_vlm(model_id: str = DEFAULT_MODEL_ID, dtype: Any = "bfloat16", device: Any = None,
+             trust_remote_code: bool = False, flag: str = MODEL_FLAG) -> VLMBundle:
+    """Return the (shared) bundle for ``model_id``; loads it on first use.
+
+    Raises :class:`rewards.hub.ModelUnavailableError` (naming ``flag``) when the checkpoint cannot
+    be found, and ``ValueError`` when it is not a vision-language model of a supported family.
+    """
+    from .vlm_families import family_for_tiny
+
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    tiny = family_for_tiny(model_id)
+    local = Path(str(model_id)).expanduser()
+    key_id = model_id if tiny is not None else str(local) if local.exists() else model_id
+    key = (key_id, torch_dtype, str(dev), bool(trust_remote_code))
+    with _LOCK:
+        if key not in _CACHE:
+            if tiny is not None:
+                family = tiny
+                model, processor = family.build_tiny()
+            else:
+                family, model, processor = _load_pretrained(key_id, torch_dtype, trust_remote_code,
+                                                            flag)
+            model = model.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
+            _CACHE[key] = VLMBundle(model=model, processor=processor, model_id=model_id,
+                                    dtype=torch_dtype, device=dev, family=family,
+                                    spec=family.image_spec(model, processor))
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    """Drop every cached model (frees memory; the next load reads the checkpoint again)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def read_config(model_id: str, trust_remote_code: bool = False, flag: str = MODEL_FLAG):
+    """``AutoConfig`` of a hub id / local dir, with the project's one-line errors."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise ValueError(
+                f"{model_id!r} needs custom code; the reward uses transformers' built-in classes: "
+                f"use a checkpoint in transformers format (e.g. OpenGVLab/InternVL3-14B-hf, "
+                f"Qwen/Qwen2.5-VL-7B-Instruct) or pass --trust_remote_code if you trust it") from None
+        raise model_unavailable("vision-language model", model_id, flag, exc) from None
+
+
+def check_vision_config(config, model_id: str):
+    """The family adapter for ``config`` (from its ``model_type``); refuse anything else."""
+    from .vlm_families import family_for_model_type, supported_families
+
+    model_type = getattr(config, "model_type", "?")
+    if getattr(config, "vision_config", None) is None:
+        raise ValueError(
+            f"model {model_id!r} (model_type={model_type!r}) has no vision_config: it is not a "
+            f"vision-language model. Pass a checkpoint of a supported family "
+            f"({supported_families()}) in transformers format, or a tiny model name.")
+    family = family_for_model_type(model_type)
+    if family is None:
+        raise ValueError(
+            f"model {model_id!r} has model_type={model_type!r}; the VLM reward supports "
+            f"{supported_families()} in transformers format (for InternVL the '-hf' checkpoints, "
+            f"e.g. OpenGVLab/InternVL3-14B-hf)")
+    return family
+
+
+def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool, flag: str):
+    from transformers import AutoProcessor
+
+    config = read_config(model_id, trust_remote_code, flag)
+    family = check_vision_config(config, model_id)
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
+        model = family.model_class().from_pretrained(model_id, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise model_unavailable(f"{family.name} model", model_id, flag, exc) from None
+    return family, model, processor
+
+
+# --------------------------------------------------------------------------- tiny tokenizers
+def build_tiny_tokenizer(words: tuple[str, ...], specials: tuple[str, ...],
+                         named_specials: dict[str, str], chat_template: str,
+                         eos_token: str = "<|im_end|>", pad_token: str = "<|endoftext|>"):
+    """Byte-level BPE over the 256 byte symbols + merges for digits/answer words (local, no files).
+
+    Digits and ``words`` become single tokens with and without a leading space, so the
+    answer-token lookup is exercised the same way as on a real BPE vocabulary. ``specials`` are
+    added as special tokens; ``named_specials`` become tokenizer attributes (``image_token``...).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    merges = []
+
+    def add_word(word: str):
+        # left-to-right merge chain: ((w0 w1) w2) ... ; each intermediate becomes a token
+        cur = word[0]
+        for ch in word[1:]:
+            pair = (cur, ch)
+            cur = cur + ch
+            if cur not in vocab:
+                vocab[cur] = len(vocab)
+                merges.append(pair)
+
+    for d in "0123456789":
+        add_word("\u0120" + d)        # "Ġ7" = " 7"
+    for w in words:
+        add_word(w)
+        # " word" = one merge of "Ġ" with the finished word (a chain Ġ+w0+... would lose to
+        # the word's own lower-ranked merges and never complete)
+        vocab["\u0120" + w] = len(vocab)
+        merges.append(("\u0120", w))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token,
+                                   extra_special_tokens=dict(named_specials))
+    fast.add_special_tokens({"extra_special_tokens": list(specials)},
+                            replace_extra_special_tokens=False)
+    fast.chat_template = chat_template
+    fast.padding_side = "left"
+    return fast
+
+
+def padded_vocab(tokenizer, multiple: int = 64) -> int:
+    """Embedding rows for a tiny model: the tokenizer's size rounded up (as real models do)."""
+    return ((len(tokenizer) + multiple - 1) // multiple) * multiple
+
+
+__all__ = ["DEFAULT_MODEL_ID", "MODEL_FLAG", "VLMBundle", "build_tiny_tokenizer",
+           "check_vision_config", "clear_cache", "load_vlm", "padded_vocab", "read_config",
+           "resolve_device", "resolve_dtype"]
