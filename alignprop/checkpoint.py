@@ -1,27 +1,57 @@
-"""Checkpoints: atomic, rotated, resumable.
+"""Checkpoints: atomic, rotated, exactly resumable, and free of pickle.
 
 A checkpoint is ``<output_dir>/checkpoints/checkpoint-<step:06d>/`` holding
 
-* accelerate's state (optimizer, LR scheduler, RNG states of every rank, grad scaler),
-* the LoRA as diffusers ``pytorch_lora_weights.safetensors`` (written by the save
-  hook the trainer registers, instead of the full transformer state dict),
-* ``trainer_state.json``: global step, samples consumed, epoch, skipped steps.
+* ``pytorch_lora_weights.safetensors``: the LoRA in diffusers format,
+* ``optimizer.safetensors`` + ``optimizer.json``: every tensor of the optimizer's
+  state dict, and the JSON layout that puts them back where they were,
+* ``scheduler.json``: the LR scheduler's state dict (plain numbers),
+* ``grad_scaler.json``: the fp16 grad scaler, when there is one,
+* ``rng_state_<rank>.json``: python, numpy and torch (CPU and CUDA) RNG states of each rank,
+* ``trainer_state.json``: global step, samples consumed, epoch, skipped steps, LoRA rank.
 
-It is written into ``.tmp-checkpoint-<step>`` and renamed when complete, so a
-crash never leaves a half-written folder under a real checkpoint name and
-``--resume_from latest`` only ever sees complete ones.
+Why our own format: accelerate's ``save_state`` pickles registered objects
+(``custom_checkpoint_N.pkl``), RNG states and the optimizer, and its ``load_state``
+unpickles them with ``weights_only=False``, so resuming from a checkpoint someone
+else made could run their code. Here every file is read with ``json`` or
+``safetensors``; neither can construct an object, so loading runs no code. Files
+that an older version wrote with pickle (``*.pkl``, ``*.bin``) are never opened.
+
+The folder is written as ``.tmp-checkpoint-<step>`` and renamed when complete, so
+a crash (or a full disk) never leaves a half-written folder under a real
+checkpoint name and ``--resume_from latest`` only ever sees complete ones.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import re
 import shutil
 from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+OPTIMIZER = "optimizer"      # optimizer.json (+ optimizer.safetensors)
+SCHEDULER = "scheduler"      # scheduler.json (+ scheduler.safetensors if it holds tensors)
+SCALER = "grad_scaler"
+RNG = "rng_state_{rank}"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# What accelerate's save_state wrote (and unpickled on load). Never read.
+_PICKLED = (".pkl", ".bin", ".pt", ".pth")
 
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (missing, corrupt, pickled, or for another model)."""
+
+
+# --------------------------------------------------------------------- locating
 
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
@@ -57,26 +87,175 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
 
 
 def read_state(path: str | Path) -> dict:
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    """``trainer_state.json`` of a checkpoint folder; one-line error naming the file."""
+    f = Path(path) / STATE_FILE
+    try:
+        state = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{f}: corrupt or truncated checkpoint file ({_short(exc)})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int) \
+            or not isinstance(state.get("samples_seen"), int):
+        raise CheckpointError(f"{f}: not a trainer state (needs integer global_step and "
+                              f"samples_seen)")
+    return state
 
+
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+# --------------------------------------------------------------------- pickle-free state files
+# A state dict (nested dicts / lists / tuples of numbers, strings and tensors) is
+# stored as JSON in which each tensor is replaced by {"__tensor__": key}, the tensors
+# themselves going to a safetensors file. Dicts are stored as [key, value] pairs so
+# integer keys (optimizer parameter ids) stay integers; tuples are marked so they
+# come back as tuples (random.setstate needs them).
+
+def _encode(obj: Any, tensors: dict, prefix: str) -> Any:
+    if isinstance(obj, torch.Tensor):
+        key = prefix or "t"
+        tensors[key] = obj.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        for k in obj:
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"cannot store a key of type {type(k).__name__} without pickle")
+        return {"__dict__": [[k, _encode(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
+                             for k, v in obj.items()]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, tensors, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint without pickle "
+                    f"(at {prefix or 'top level'})")
+
+
+def _decode(obj: Any, tensors: dict, where: Path) -> Any:
+    if isinstance(obj, list):
+        return [_decode(v, tensors, where) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            try:
+                return tensors[obj["__tensor__"]]
+            except (KeyError, TypeError):
+                raise CheckpointError(f"{where}: refers to tensor {obj['__tensor__']!r} that its "
+                                      f".safetensors file does not hold") from None
+        if set(obj) == {"__tuple__"}:
+            return tuple(_decode(v, tensors, where) for v in obj["__tuple__"])
+        if set(obj) == {"__dict__"}:
+            return {k: _decode(v, tensors, where) for k, v in obj["__dict__"]}
+        raise CheckpointError(f"{where}: unexpected entry {sorted(obj)[:3]}")
+    return obj
+
+
+def write_state_files(directory: Path, name: str, state: Any) -> list[Path]:
+    """Write ``state`` as ``<name>.json`` (+ ``<name>.safetensors`` if it holds tensors)."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    layout = _encode(state, tensors, "")
+    written = []
+    if tensors:
+        f = directory / f"{name}.safetensors"
+        save_file(tensors, str(f))
+        written.append(f)
+    f = directory / f"{name}.json"
+    f.write_text(json.dumps({"format": 1, "state": layout}))
+    written.append(f)
+    return written
+
+
+def read_state_files(directory: Path, name: str) -> Any:
+    """Inverse of :func:`write_state_files`; one-line :class:`CheckpointError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    jf = directory / f"{name}.json"
+    if not jf.is_file():
+        raise CheckpointError(f"{jf}: missing from the checkpoint")
+    try:
+        layout = json.loads(jf.read_text())["state"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{jf}: corrupt or truncated checkpoint file ({_short(exc)})") from None
+    tensors: dict = {}
+    tf = directory / f"{name}.safetensors"
+    if tf.is_file():
+        try:
+            tensors = load_file(str(tf))
+        except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{tf}: corrupt or truncated checkpoint file "
+                                  f"({_short(exc)})") from None
+    return _decode(layout, tensors, jf)
+
+
+# --------------------------------------------------------------------- RNG
+
+def rng_state() -> dict:
+    """This process's python, numpy and torch RNG states, as JSON-able numbers."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state().tolist()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+# --------------------------------------------------------------------- save / load
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
-                    total_limit: int | None = None) -> Path:
-    """Save the accelerate state + trainer state atomically; every rank must call this."""
+                    total_limit: int | None = None, *, model=None, optimizer=None,
+                    scheduler=None, save_model=None) -> Path:
+    """Save LoRA, optimizer, scheduler, RNG and trainer state atomically; every rank calls this.
+
+    ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
+    writer); rank 0 writes everything except the RNG state, which each rank writes.
+    """
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".tmp-checkpoint-{step:06d}"
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))  # each rank writes its RNG state; main writes the rest
+    write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+    if main:
+        if save_model is not None:
+            save_model(tmp)
+        if optimizer is not None:
+            write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
+        if scheduler is not None:
+            write_state_files(tmp, SCHEDULER, scheduler.state_dict())
+        if getattr(accelerator, "scaler", None) is not None:
+            write_state_files(tmp, SCALER, accelerator.scaler.state_dict())
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if main:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # same step saved twice (e.g. signal right after a save)
             old = root / f".old-checkpoint-{step:06d}"
+            if old.exists():
+                shutil.rmtree(old)
             os.replace(final, old)
             shutil.rmtree(old)
         os.replace(tmp, final)
@@ -87,5 +266,66 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     return final
 
 
-__all__ = ["save_checkpoint", "resolve_resume", "list_checkpoints", "read_state",
-           "checkpoint_root", "STATE_FILE"]
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a folder without our pickle-free files before anything is loaded."""
+    path = Path(path)
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLED)
+    needed = [LORA_FILE, f"{OPTIMIZER}.json", f"{SCHEDULER}.json", STATE_FILE]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing and pickled:
+        raise CheckpointError(
+            f"{path}: written in the old pickled format ({', '.join(pickled[:3])}); it is not "
+            f"loaded because unpickling a file can run code. Start a new run, or load only its "
+            f"LoRA ({LORA_FILE}) with --lora_path where a command takes one")
+    if missing:
+        raise CheckpointError(f"{path}: incomplete checkpoint, missing {', '.join(missing)}")
+    if pickled:
+        logger.warning("%s: ignoring %s (pickle files are never loaded)", path, ", ".join(pickled))
+
+
+def load_checkpoint(accelerator, path: str | Path, *, optimizer=None, scheduler=None,
+                    load_model=None) -> dict:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns its trainer state.
+
+    ``load_model(directory)`` restores the trainable weights. Only JSON and safetensors
+    files are read, so a crafted checkpoint cannot run code.
+    """
+    path = Path(path)
+    check_checkpoint(path)
+    state = read_state(path)
+    if load_model is not None:
+        load_model(path)
+    if optimizer is not None:
+        opt_state = read_state_files(path, OPTIMIZER)
+        try:
+            optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / (OPTIMIZER + '.json')}: does not fit this run's "
+                                  f"optimizer ({_short(exc)})") from None
+    if scheduler is not None:
+        sched_state = read_state_files(path, SCHEDULER)
+        try:
+            scheduler.load_state_dict(sched_state)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{path / (SCHEDULER + '.json')}: does not fit this run's LR "
+                                  f"scheduler ({_short(exc)})") from None
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and (path / f"{SCALER}.json").is_file():
+        scaler.load_state_dict(read_state_files(path, SCALER))
+    rng_name = RNG.format(rank=accelerator.process_index)
+    if (path / f"{rng_name}.json").is_file():
+        rng = read_state_files(path, rng_name)
+        try:
+            set_rng_state(rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path / (rng_name + '.json')}: not an RNG state "
+                                  f"({_short(exc)})") from None
+    else:  # resuming on more processes than the run was saved with
+        logger.warning("%s: no RNG state for process %d; it keeps its fresh seed", path,
+                       accelerator.process_index)
+    return state
+
+
+__all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "resolve_resume",
+           "list_checkpoints", "read_state", "checkpoint_root", "write_state_files",
+           "read_state_files", "CheckpointError", "STATE_FILE", "LORA_FILE"]

@@ -66,12 +66,31 @@ def save_lora(transformer, directory: str | Path, dtype: torch.dtype | None = No
 
 
 def load_lora_into(transformer, directory: str | Path) -> None:
-    """Load a diffusers-format LoRA file into the adapter already on ``transformer``."""
+    """Load a diffusers-format LoRA file into the adapter already on ``transformer``.
+
+    Only ``pytorch_lora_weights.safetensors`` is read (never a pickled ``.bin``); a
+    corrupt file or a LoRA of another rank is a one-line ``ValueError`` naming it.
+    """
     from diffusers import FluxKontextPipeline
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    state = FluxKontextPipeline.lora_state_dict(str(directory))
+    file = Path(directory) / LORA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: LoRA file missing")
+    try:
+        raw = load_file(str(file))
+    except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{file}: corrupt or truncated LoRA file "
+                         f"({' '.join(str(exc).split())[:200]})") from None
+    rank = transformer.peft_config[ADAPTER].r
+    file_ranks = sorted({v.shape[0] for k, v in raw.items() if "lora_A" in k and v.ndim == 2})
+    if file_ranks and file_ranks != [rank]:
+        raise ValueError(f"{file}: LoRA rank {'/'.join(map(str, file_ranks))} in the file, but "
+                         f"--lora_rank is {rank}; resume with --lora_rank {file_ranks[0]}")
+    state = FluxKontextPipeline.lora_state_dict(raw)
     state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     state = convert_unet_state_dict_to_peft(state)
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import read_state, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import MissingDependencyError, TrainConfig, config_dict
 from .data import ImageFolder, SampleStream, load_batch
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
@@ -214,28 +214,16 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                                  num_training_steps=total_steps)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
     # The LR scheduler is stepped by us once per optimizer step (not prepared, so it
-    # is not stepped once per process); it is still saved with the checkpoint.
-    accelerator.register_for_checkpointing(lr_scheduler)
+    # is not stepped once per process). It is saved by our checkpoint code, never
+    # registered with accelerate: accelerate pickles registered objects and unpickles
+    # them on load_state, which would let a crafted checkpoint run code.
     bare = accelerator.unwrap_model(transformer)
 
-    # Checkpoints hold the LoRA in diffusers format instead of the whole transformer.
-    # (``models`` here is the accelerator's own list: pop only from ``weights``.)
-    def save_hook(models, weights, ckpt_dir):
-        for i in reversed(range(len(models))):
-            if accelerator.unwrap_model(models[i]) is bare:
-                if main:
-                    save_lora(bare, ckpt_dir)
-                if weights:
-                    weights.pop(i)
+    def save_model(ckpt_dir):  # checkpoints hold the LoRA, not the whole transformer
+        save_lora(bare, ckpt_dir)
 
-    def load_hook(models, ckpt_dir):
-        for i in reversed(range(len(models))):
-            if accelerator.unwrap_model(models[i]) is bare:
-                load_lora_into(bare, ckpt_dir)
-                models.pop(i)
-
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
+    def load_model(ckpt_dir):
+        load_lora_into(bare, ckpt_dir)
 
     sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, bare.config,
                              cfg.image_height, cfg.image_width, cfg.sample_num_steps,
@@ -245,8 +233,8 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     global_step, skipped_total, position = 0, 0, 0
     resume_dir = resolve_resume(cfg.resume_from, out_dir)
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = read_state(resume_dir)
+        state = load_checkpoint(accelerator, resume_dir, optimizer=optimizer,
+                                scheduler=lr_scheduler, load_model=load_model)
         global_step, position = state["global_step"], state["samples_seen"]
         skipped_total = state.get("skipped_steps", 0)
         if state.get("world_size", world) * state.get("train_batch_size", per_device) != micro_global:
@@ -285,9 +273,10 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     def checkpoint_now() -> Path:
         state = {"global_step": global_step, "samples_seen": stream.position,
                  "epoch": stream.epoch, "skipped_steps": skipped_total, "world_size": world,
-                 "train_batch_size": per_device, "seed": cfg.seed}
+                 "train_batch_size": per_device, "seed": cfg.seed, "lora_rank": cfg.lora_rank}
         return save_checkpoint(accelerator, out_dir, global_step, state,
-                               cfg.checkpoints_total_limit)
+                               cfg.checkpoints_total_limit, optimizer=optimizer,
+                               scheduler=lr_scheduler, save_model=save_model)
 
     with _StopFlag() as stop:
         while global_step < total_steps:

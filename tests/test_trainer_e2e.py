@@ -90,8 +90,9 @@ def test_checkpoints_rotate_and_are_complete(run_a):
     assert ckpts == ["checkpoint-000006", "checkpoint-000008"]  # limit 2, no temp folders
     for name in ckpts:
         files = {p.name for p in (out / "checkpoints" / name).iterdir()}
-        assert {"pytorch_lora_weights.safetensors", "optimizer.bin", "trainer_state.json",
-                "random_states_0.pkl"} <= files
+        assert files == {"pytorch_lora_weights.safetensors", "optimizer.safetensors",
+                         "optimizer.json", "scheduler.json", "trainer_state.json",
+                         "rng_state_0.json"}  # safetensors/JSON only: nothing to unpickle
         assert "model.safetensors" not in files  # LoRA only, never the frozen transformer
     state = json.loads((out / "checkpoints" / "checkpoint-000006" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and state["samples_seen"] == 12
@@ -131,15 +132,29 @@ def test_lora_reloads_into_fresh_pipeline_and_changes_output(run_a, photos):
 
 
 def test_resume_continues_exactly(run_a, tmp_path):
-    """Resuming from step 6 reproduces steps 7-8: same step count, optimizer, data, noise."""
+    """Resuming from step 6 reproduces steps 7-8: same step count, optimizer, data, noise.
+
+    The checkpoint also carries the pickle files accelerate's load_state would have
+    unpickled, crafted to create a file when unpickled: resuming must not run them.
+    """
+    import io
+
     out, _ = run_a
     resumed = tmp_path / "resumed"
-    shutil.copytree(out / "checkpoints" / "checkpoint-000006",
-                    resumed / "checkpoints" / "checkpoint-000006")
+    ckpt = resumed / "checkpoints" / "checkpoint-000006"
+    shutil.copytree(out / "checkpoints" / "checkpoint-000006", ckpt)
+    marker = tmp_path / "code_ran"
+    buf = io.BytesIO()
+    torch.save(_Plant(marker), buf)  # a torch pickle, as accelerate writes them
+    crafted = buf.getvalue()
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin",
+                 "scheduler.bin"):
+        (ckpt / name).write_bytes(crafted)
     proc = _launch(["--data_dir", _photos_of(out), "--output_dir", str(resumed),
                     "--max_train_steps", "8", "--save_freq", "0", "--resume_from", "latest"]
                    + COMMON)
     assert "resumed from" in proc.stderr + proc.stdout
+    assert not marker.exists(), "a pickle in the checkpoint was unpickled"
     assert [r["step"] for r in _rows(resumed)] == [7, 8]
     a = _rows(out)
     b = _rows(resumed)
@@ -150,6 +165,16 @@ def test_resume_continues_exactly(run_a, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-4, atol=1e-6)
+
+
+class _Plant:
+    """Unpickling this creates ``path`` (a stand-in for any code a crafted pickle runs)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
 
 
 def _photos_of(out):
@@ -167,7 +192,7 @@ def test_two_processes_keep_identical_lora(photos, tmp_path):
     assert summary["world_size"] == 2 and summary["global_step"] == 2
     assert summary["lora_max_rank_difference"] == 0.0
     ckpt = out / "checkpoints" / "checkpoint-000002"
-    assert (ckpt / "random_states_0.pkl").is_file() and (ckpt / "random_states_1.pkl").is_file()
+    assert (ckpt / "rng_state_0.json").is_file() and (ckpt / "rng_state_1.json").is_file()
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert state["samples_seen"] == 4  # 1 per rank x 2 ranks x 2 steps
 
