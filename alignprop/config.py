@@ -56,8 +56,9 @@ class TrainConfig:
     # ---------------------------------------------------------------- model
     pretrained_model: str = _f(
         "black-forest-labs/FLUX.1-Kontext-dev",
-        "FLUX.1 Kontext pipeline: a hub id, a local diffusers directory, or 'tiny' (built-in "
-        "random-weight model with the same classes, for tests and the CPU demo).",
+        "FLUX.1 Kontext pipeline: a hub id, a local diffusers directory, 'tiny' (built-in "
+        "random-weight model with the same classes, for speed tests) or 'tiny-photo' (the same "
+        "tiny model pretrained on bundled photos: keeps and edits photos; the CPU demo).",
         aliases=["--pretrained_model_name_or_path"])
     revision: Optional[str] = _f(None, "Hub revision of --pretrained_model.")
     variant: Optional[str] = _f(None, "Weights variant of --pretrained_model (e.g. 'fp16').")

@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="At most this many rows in the PNG contact sheet (the HTML has all).")
     model = p.add_argument_group("model")
     model.add_argument("--pretrained_model", default=DEFAULT_MODEL, help="FLUX Kontext pipeline: "
-                       "hub id, local diffusers folder, or 'tiny' (built-in test model).")
+                       "hub id, local diffusers folder, 'tiny' (built-in random test model) or "
+                       "'tiny-photo' (built-in tiny model pretrained on photos).")
     model.add_argument("--revision", default=None, help="Hub revision of --pretrained_model.")
     model.add_argument("--variant", default=None, help="Weight variant of --pretrained_model "
                        "(e.g. fp16).")

@@ -1,4 +1,7 @@
-"""Load the Kontext pipeline (hub id, local directory, or the built-in tiny model).
+"""Load the Kontext pipeline (hub id, local directory, or the built-in tiny models).
+
+``tiny-photo`` is the same tiny model with weights pretrained on bundled photos
+(see :mod:`alignprop.tiny_photo`).
 
 The tiny model uses the same classes as FLUX.1 Kontext (FluxTransformer2DModel,
 AutoencoderKL, CLIPTextModel, T5EncoderModel, CLIP and T5 tokenizers) with small
@@ -19,6 +22,9 @@ from rewards.hub import model_unavailable
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
 TINY = "tiny"
 TINY_SEED = 0
+# Same classes, weights pretrained on bundled photos (alignprop/tiny_photo.py): keeps and
+# edits photos, for demos and tests where the image must mean something.
+TINY_PHOTO = "tiny-photo"
 
 
 # --------------------------------------------------------------------------- tokenizers
@@ -138,9 +144,13 @@ def build_tiny_pipeline(dtype: torch.dtype = torch.float32):
 def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
                           revision: str | None = None, variant: str | None = None,
                           flag: str = "--pretrained_model"):
-    """Load a FluxKontextPipeline from ``tiny``, a hub id, or a local diffusers directory."""
+    """Load a FluxKontextPipeline from ``tiny``, ``tiny-photo``, a hub id, or a local directory."""
     if pretrained == TINY:
         return build_tiny_pipeline(dtype)
+    if pretrained == TINY_PHOTO:
+        from .tiny_photo import load_tiny_photo_pipeline
+
+        return load_tiny_photo_pipeline(dtype)
     from diffusers import FluxKontextPipeline
 
     local = Path(pretrained).expanduser()

@@ -27,7 +27,18 @@ def _sampler(pipe, transformer=None, steps=STEPS):
                           guidance_scale=2.5)
 
 
-def test_parity_with_diffusers_pipeline(pipe):
+@pytest.fixture(scope="module", params=["tiny", "tiny-photo"])
+def any_pipe(request, pipe):
+    # the random model and the pretrained one (different configs, trained weights)
+    if request.param == "tiny":
+        return pipe
+    from alignprop.models import load_kontext_pipeline
+
+    return load_kontext_pipeline(request.param)
+
+
+def test_parity_with_diffusers_pipeline(any_pipe):
+    pipe = any_pipe
     images = _inputs()
     ref = pipe(image=images, prompt=PROMPTS, height=H, width=W, num_inference_steps=STEPS,
                guidance_scale=2.5, generator=torch.Generator().manual_seed(3), output_type="pt",
