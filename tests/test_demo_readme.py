@@ -1,0 +1,44 @@
+"""The demo's reward terms and the README's demo figures (from the committed run summary)."""
+import json
+from pathlib import Path
+
+import torch
+
+from alignprop.demo import (SSIM_FLOOR, colourfulness, demo_checks, readme_line,
+                            structure_error)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _photo():
+    from alignprop.pretrain_tiny import held_out_photos
+
+    return held_out_photos(32)
+
+
+def test_colourfulness_ranks_vivid_above_grey():
+    x = _photo()
+    grey = x.mean(1, keepdim=True).expand_as(x)
+    vivid = (x + 0.5 * (x - x.mean(1, keepdim=True))).clamp(0, 1)
+    assert (colourfulness(vivid) > colourfulness(x)).all()
+    assert (colourfulness(x) > colourfulness(grey) + 0.05).all()
+
+
+def test_structure_ignores_tone_but_sees_content():
+    x = _photo()
+    brighter = (x * 0.8 + 0.15).clamp(0, 1)
+    shuffled = x.flip(-1).flip(-2)
+    assert structure_error(brighter, x).max() < 0.05
+    assert (structure_error(shuffled, x) > 0.5).all()
+
+
+def test_readme_demo_figures_are_what_the_demo_printed():
+    # media/demo_summary.json is written by `python -m alignprop.demo --media_dir media`
+    # (the run that made media/demo_grid.png); the README must quote it exactly.
+    summary = json.loads((ROOT / "media" / "demo_summary.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert readme_line(summary) in readme, readme_line(summary)
+    assert demo_checks(summary) == summary["checks"] and all(summary["checks"].values())
+    assert summary["ssim_floor"] == SSIM_FLOOR
+    assert any("psnr" in k and "base" in k for k in summary)
+    assert f"{summary['train_seconds']:.0f} s" in readme
