@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: venv demo demo-grid test bench clean
+.PHONY: venv demo demo-grid tiny-photo test bench clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,11 @@ demo: $(STAMP)
 # Anti-grid benchmark on a synthetic artifact set made from bundled photos.
 demo-grid: $(STAMP)
 	$(PY) benchmark_anti_periodic.py --demo --out_dir outputs/anti_grid_demo
+
+# Re-create the pretrained tiny model shipped in alignprop/assets/tiny-photo (CPU, ~15 min;
+# writes to outputs/, never over the shipped weights). See docs/tiny_photo.md.
+tiny-photo: $(STAMP)
+	$(PY) -m alignprop.pretrain_tiny --output_dir outputs/tiny-photo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -1,0 +1,35 @@
+"""README's anti-grid table is what `make demo-grid` measured (media/anti_grid_per_image.csv)."""
+import csv
+import re
+from pathlib import Path
+
+from benchmark_anti_periodic import roc_auc
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = {"grid": "`grid` (default, combined)", "grid_global": "global term only",
+        "grid_local": "local term only"}
+GROUPS = (("all", lambda n: True), ("p=8", lambda n: "_p8_" in n),
+          ("p=16", lambda n: "_p16_" in n), ("p=32", lambda n: "_p32_" in n),
+          ("amp 0.5%", lambda n: "_a0.5_" in n), ("1%", lambda n: "_a1_" in n),
+          ("2%", lambda n: "_a2_" in n), ("4%", lambda n: "_a4_" in n),
+          ("JPEG q=90", lambda n: n.endswith(".jpg")))
+
+
+def test_anti_grid_table_matches_the_benchmark_output():
+    with open(ROOT / "media" / "anti_grid_per_image.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    art = [r for r in rows if r["label"] == "artifact"]
+    clean = [r for r in rows if r["label"] == "clean"]
+    assert (len(art), len(clean)) == (432, 18)
+    readme = (ROOT / "README.md").read_text()
+    for key, label in ROWS.items():
+        neg = [float(r[key]) for r in clean]
+        cells = [f"{roc_auc([float(r[key]) for r in art if keep(r['file'])], neg):.3f}"
+                 for _, keep in GROUPS]
+        line = next(ln for ln in readme.splitlines() if ln.startswith(f"| {label} |"))
+        stated = [c.strip().strip("*") for c in line.strip("|").split("|")[1:]]
+        assert stated == cells, (label, stated, cells)
+    mean_art = sum(float(r["grid"]) for r in art) / len(art)
+    mean_clean = sum(float(r["grid"]) for r in clean) / len(clean)
+    assert f"Mean penalty {mean_art:.2f} on artifacts vs {mean_clean:.2f} on clean" in readme
+    assert re.search(r"From `make demo-grid`", readme)
