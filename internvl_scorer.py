@@ -77,8 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Most pixels loaded for one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
+BATCH_PIXELS = 16 * 1024 * 1024
+
+
+def pixel_count(path: Path) -> int:
+    """Width x height from the image header (0 if unreadable: loading will report it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # PIL raises many types for broken files; load_image names the problem
+        return 0
+
+
 def expand_paths(paths: list[str]) -> list[Path]:
-    from rewards.images import IMAGE_EXTENSIONS, list_images
+    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
 
     files: list[Path] = []
     for raw in paths:
@@ -86,7 +101,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
         if path.is_dir():
             found = list_images(path)
             if not found:
-                raise UserError(f"folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise UserError(f"folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})"
+                                f"{unsupported_note(path)}")
             files.extend(found)
         elif path.exists():
             files.append(path)
@@ -144,7 +160,8 @@ def run(args) -> list[dict]:
     import torch
 
     from rewards.hub import ModelUnavailableError
-    from rewards.images import load_image
+    from rewards.cli import one_line
+    from rewards.images import ImageLoadError, load_image
     from rewards.vlm import make_internvl_reward
 
     if args.batch_size < 1:
@@ -158,6 +175,12 @@ def run(args) -> list[dict]:
                         f"not {args.task!r}")
     has_ref = bool(args.reference)
     groups = group_files(expand_paths(args.paths), args.task, has_ref)
+    if args.viz_grads:  # heatmaps never land among (or over) the images being scored
+        from rewards.paths import check_outputs_spare_inputs, check_writable_dir
+
+        check_outputs_spare_inputs({"--viz_grads": args.viz_grads}, {
+            f"the folder of input {f.name}": f.parent for g in groups for f in g})
+        check_writable_dir("--viz_grads", args.viz_grads)
 
     if args.device == "auto":  # the original's default: CUDA when there is one
         args.device = None
@@ -182,16 +205,38 @@ def run(args) -> list[dict]:
     words = reward.answer_scale.words
     viz = Path(args.viz_grads) if args.viz_grads else None
 
-    cache: dict[Path, torch.Tensor] = {}
-
-    def image(path: Path) -> torch.Tensor:
-        if path not in cache:
-            cache[path] = load_image(path)
-        return cache[path]
-
     rows: list[dict] = []
-    for start in range(0, len(groups), args.batch_size):
-        chunk = list(enumerate(groups[start:start + args.batch_size], start))
+    skipped: list[tuple[Path, str]] = []
+    def batches():
+        """(samples, their images) at most --batch_size samples or BATCH_PIXELS pixels at a
+        time. Only one batch's images are in memory (freed when the next one starts), so
+        peak memory does not grow with the number of images scored. A file that cannot be
+        read skips its sample, as the other commands skip it, and is listed at the end."""
+        chunk, images, pixels = [], {}, 0
+        for gi, files in enumerate(groups):
+            size = sum(pixel_count(f) for f in files)  # from the file headers: nothing decoded
+            if chunk and pixels + size > BATCH_PIXELS:
+                yield chunk, images
+                chunk, images, pixels = [], {}, 0
+            try:
+                loaded = {f: images.get(f) if f in images else load_image(f) for f in files}
+            except (ImageLoadError, OSError) as exc:
+                skipped.append((files[0] if len(files) == 1 else files, one_line(exc)))
+                continue
+            images.update(loaded)
+            del loaded
+            chunk.append((gi, files))
+            pixels += size
+            if len(chunk) >= args.batch_size or pixels >= BATCH_PIXELS:
+                yield chunk, images
+                chunk, images, pixels = [], {}, 0
+        if chunk:
+            yield chunk, images
+
+    for chunk, cache in batches():
+        def image(path: Path) -> torch.Tensor:
+            return cache[path]
+
         # images of different sizes cannot share a batch tensor: one call per size signature
         by_shape: dict[tuple, list] = {}
         for gi, files in chunk:
@@ -231,6 +276,15 @@ def run(args) -> list[dict]:
                         dest = viz / f"{gi:04d}_{k + 1}_{f.stem}.png"
                         save_image(heatmap(x[bi], x.grad[bi]), dest)
                 rows.append((gi, row))
+        del cache, by_shape, chunk, slots, full, out
+    for what, reason in skipped:
+        shown = what if isinstance(what, Path) else " ".join(map(str, what))
+        print(f"skipped {shown}: {reason}", file=sys.stderr)
+    if not rows:
+        raise UserError(f"no sample could be scored: {len(skipped)} skipped ({skipped[0][1]})")
+    if skipped:
+        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} with unreadable images "
+              f"(listed above)", file=sys.stderr)
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from rewards.cli import UserError
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -47,7 +49,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 _PICKLED = (".pkl", ".bin", ".pt", ".pth")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be used (missing, corrupt, pickled, or for another model)."""
 
 
@@ -86,6 +88,90 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     return path
 
 
+def check_new_run_dir(output_dir: str | Path) -> None:
+    """Refuse to start a new run (no ``--resume_from``) in a folder holding another run.
+
+    Otherwise the new run would append to the old ``metrics.jsonl`` and sit beside the
+    old checkpoints, and a later ``--resume_from latest`` could resume the wrong run.
+    """
+    out = Path(output_dir)
+    found = []
+    ckpts = list_checkpoints(out)
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint(s), last {ckpts[-1].name}")
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.jsonl")
+    if (out / "run_summary.json").is_file():
+        found.append("run_summary.json")
+    if found:
+        raise UserError(f"--output_dir {out} already holds a run ({'; '.join(found)}); a new run "
+                        f"is refused there: continue that run with --resume_from latest, or "
+                        f"choose a new --output_dir")
+
+
+def preflight(cfg) -> Path | None:
+    """Path checks of a training config, before any slow import; returns the resume folder."""
+    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
+    from rewards.paths import check_writable_dir
+
+    try:
+        found = list_images(cfg.data_dir)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UserError(f"--data_dir: {exc}") from None
+    if not found:
+        raise UserError(f"--data_dir {cfg.data_dir} holds no images (looked for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}){unsupported_note(cfg.data_dir)}")
+    resume_dir = resolve_resume(cfg.resume_from, cfg.output_dir)
+    if resume_dir is None:
+        check_new_run_dir(cfg.output_dir)
+    else:  # a checkpoint that cannot be resumed is found now, not after the model loads
+        check_checkpoint(resume_dir)
+        read_state(resume_dir)
+        ranks = lora_ranks(resume_dir / LORA_FILE)
+        if ranks and ranks != [cfg.lora_rank]:
+            raise CheckpointError(
+                f"{resume_dir / LORA_FILE}: the checkpoint's LoRA has rank "
+                f"{'/'.join(map(str, ranks))} but --lora_rank is {cfg.lora_rank}; resume with "
+                f"--lora_rank {ranks[0]}")
+    check_writable_dir("--output_dir", cfg.output_dir)
+    return resume_dir
+
+
+def lora_ranks(file: Path) -> list[int]:
+    """Ranks of the LoRA in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return sorted({f.get_slice(k).get_shape()[0] for k in f.keys()
+                           if "lora_A" in k and len(f.get_slice(k).get_shape()) == 2})
+    except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: corrupt or truncated checkpoint file "
+                              f"({_short(exc)})") from None
+
+
+def set_aside_later_checkpoints(output_dir: str | Path, step: int) -> list[Path]:
+    """After resuming at ``step``, move checkpoints of later steps out of ``latest``'s way.
+
+    They belong to the abandoned continuation; they go to ``checkpoints/superseded-<step>/``
+    (kept, not deleted) so ``--resume_from latest`` only sees this run's line.
+    """
+    later = [d for d in list_checkpoints(output_dir) if int(_NAME.match(d.name).group(1)) > step]
+    if not later:
+        return []
+    dest = checkpoint_root(output_dir) / f"superseded-{step:06d}"
+    dest.mkdir(exist_ok=True)
+    moved = []
+    for d in later:
+        target = dest / d.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(d, target)
+        moved.append(target)
+    return moved
+
+
 def read_state(path: str | Path) -> dict:
     """``trainer_state.json`` of a checkpoint folder; one-line error naming the file."""
     f = Path(path) / STATE_FILE
@@ -101,7 +187,9 @@ def read_state(path: str | Path) -> dict:
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    from rewards.hub import brief
+
+    return brief(" ".join(str(exc).split())) or type(exc).__name__
 
 
 # --------------------------------------------------------------------- pickle-free state files
@@ -224,34 +312,50 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
                     total_limit: int | None = None, *, model=None, optimizer=None,
-                    scheduler=None, save_model=None) -> Path:
+                    scheduler=None, save_model=None, barrier: bool = True) -> Path:
     """Save LoRA, optimizer, scheduler, RNG and trainer state atomically; every rank calls this.
 
     ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
     writer); rank 0 writes everything except the RNG state, which each rank writes.
+    ``barrier=False`` (after an unexpected error, when the other ranks may not be
+    listening): only the main process writes, its own RNG state included.
     """
+    from safetensors import SafetensorError
+
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".tmp-checkpoint-{step:06d}"
     main = accelerator.is_main_process
+    if not barrier:
+        if not main:
+            return final
+        accelerator = _NoBarrier(accelerator)
+    try:
+        if main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+        if main:
+            if save_model is not None:
+                save_model(tmp)
+            if optimizer is not None:
+                write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
+            if scheduler is not None:
+                write_state_files(tmp, SCHEDULER, scheduler.state_dict())
+            if getattr(accelerator, "scaler", None) is not None:
+                write_state_files(tmp, SCALER, accelerator.scaler.state_dict())
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    except (OSError, SafetensorError) as exc:  # full disk, quota ...: keep the earlier ones
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = list_checkpoints(output_dir)
+        raise CheckpointError(
+            f"could not save checkpoint {final} ({getattr(exc, 'strerror', None) or _short(exc)}); the earlier "
+            f"checkpoints are intact ({earlier[-1].name if earlier else 'none yet'})") from None
     if main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
-    if main:
-        if save_model is not None:
-            save_model(tmp)
-        if optimizer is not None:
-            write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
-        if scheduler is not None:
-            write_state_files(tmp, SCHEDULER, scheduler.state_dict())
-        if getattr(accelerator, "scaler", None) is not None:
-            write_state_files(tmp, SCALER, accelerator.scaler.state_dict())
-    accelerator.wait_for_everyone()
-    if main:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # same step saved twice (e.g. signal right after a save)
             old = root / f".old-checkpoint-{step:06d}"
             if old.exists():
@@ -264,6 +368,18 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+class _NoBarrier:
+    """The accelerator seen by a main process saving alone (no collective calls)."""
+
+    def __init__(self, accelerator):
+        self.is_main_process = True
+        self.process_index = accelerator.process_index
+        self.scaler = getattr(accelerator, "scaler", None)
+
+    def wait_for_everyone(self):
+        pass
 
 
 def check_checkpoint(path: str | Path) -> None:
@@ -327,5 +443,6 @@ def load_checkpoint(accelerator, path: str | Path, *, optimizer=None, scheduler=
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "resolve_resume",
+           "check_new_run_dir", "set_aside_later_checkpoints", "preflight",
            "list_checkpoints", "read_state", "checkpoint_root", "write_state_files",
            "read_state_files", "CheckpointError", "STATE_FILE", "LORA_FILE"]

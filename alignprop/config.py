@@ -127,13 +127,17 @@ class TrainConfig:
         aliases=["--max_steps"])
     # ---------------------------------------------------------------- output
     output_dir: str = _f("outputs/alignprop", "Where the LoRA, checkpoints, logs, image grids "
-                                              "and metrics.jsonl are written.")
+                                              "and metrics.jsonl are written. A folder that "
+                                              "already holds a run is refused unless "
+                                              "--resume_from continues it (one run per folder).")
     save_freq: int = _f(100, "Checkpoint every this many optimizer steps (0 = only at the end).")
     checkpoints_total_limit: Optional[int] = _f(
         None, "Keep at most this many checkpoints (oldest deleted first).")
     resume_from: Optional[str] = _f(
         None, "Resume from a checkpoint folder or 'latest' (newest in "
-              "<output_dir>/checkpoints).", aliases=["--resume_from_checkpoint"])
+              "<output_dir>/checkpoints). Resuming from an older checkpoint drops the "
+              "metrics.jsonl rows past it and moves later checkpoints to "
+              "checkpoints/superseded-<step>/.", aliases=["--resume_from_checkpoint"])
     log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
                                       "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
     tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")
@@ -254,13 +258,24 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"--config: preset file not found: {path}")
-    text = p.read_text()
-    if p.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        text = p.read_text()
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError, JSONDecodeError, UnicodeDecodeError, OSError
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        elif isinstance(exc, json.JSONDecodeError):
+            where = f" at line {exc.lineno}, column {exc.colno}"
+        what = getattr(exc, "problem", None) or getattr(exc, "msg", None) or type(exc).__name__
+        raise ValueError(f"--config {path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}"
+                         f"{where} ({' '.join(str(what).split())})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -271,6 +286,44 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"--config {path}: unknown flag(s) {unknown}; see --help for the list")
     return data
+
+
+def _typed_preset(parser, preset: dict[str, Any], path) -> dict[str, Any]:
+    """Check and convert preset values the way the command line converts them.
+
+    argparse applies ``type=`` only to strings it parses, never to defaults, so without
+    this ``max_train_steps: 1.7`` or a list where one value belongs would slip through.
+    """
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in preset.items():
+        action = actions.get(key)
+        if action is None or value is None:
+            out[key] = value
+            continue
+        many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if isinstance(value, dict) or (isinstance(value, list) and not many):
+            raise ValueError(f"--config {path}: {key} takes one value, got a "
+                             f"{type(value).__name__} ({value!r})")
+        values = value if isinstance(value, list) else [value]
+        converted = []
+        for v in values:
+            if action.type is not None:
+                if isinstance(v, float) and action.type is int:
+                    raise ValueError(f"--config {path}: {key} must be an integer, got {v!r}")
+                if isinstance(v, bool) and action.type in (int, float):
+                    raise ValueError(f"--config {path}: {key} must be a number, got {v!r}")
+                try:
+                    v = action.type(v if isinstance(v, str) else str(v))
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                    raise ValueError(f"--config {path}: {key}: invalid value {v!r} "
+                                     f"({' '.join(str(exc).split())})") from None
+            if action.choices is not None and v not in action.choices:
+                raise ValueError(f"--config {path}: {key} must be one of "
+                                 f"{list(action.choices)}, got {v!r}")
+            converted.append(v)
+        out[key] = converted if isinstance(value, list) else converted[0]
+    return out
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
@@ -284,7 +337,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     known, _ = pre.parse_known_args(argv)
     parser = _parser()
     if known.config:
-        preset = load_preset(known.config)
+        preset = _typed_preset(parser, load_preset(known.config), known.config)
         # Presets become parser defaults, so anything on the command line wins.
         parser.set_defaults(**preset)
     train, rewards, _extra = parser.parse_args_into_dataclasses(
