@@ -23,9 +23,14 @@ from typing import Any, Optional
 
 from rewards.cli import UserError
 
-AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5")
-SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content")
-SHARPNESS_BACKENDS = ("none", "internvl")
+# VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
+# --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
+# Qwen2.5-VL, Qwen3-VL; read from its config.json), so two VLMs can serve different terms.
+VLM_BACKENDS = ("internvl", "qwen")
+AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5", "qwen")
+SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-content")
+SHARPNESS_BACKENDS = ("none", "internvl", "qwen")
+STYLE_BACKENDS = VLM_BACKENDS
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
@@ -38,6 +43,7 @@ INTERNVL_CALIBRATIONS = ("none", "pmi_null")
 DEFAULT_CRISPNESS_FLOOR = 1.0e-4  # = rewards.anchors.DEFAULT_CRISPNESS_FLOOR (a test checks)
 DEFAULT_GRID_SIGMA_BINS = 0.5  # = rewards.grid.make_grid_reward default (a test checks)
 DEFAULT_INTERNVL = "OpenGVLab/InternVL3-14B-hf"
+DEFAULT_QWEN = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
@@ -94,9 +100,10 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- aesthetic
     aesthetic_model_type: str = _f(
-        "none", "Aesthetic reward backend: 'internvl' (VLM rating, promptable with "
-                "--aesthetic_prompt), 'aesthetic_scorer' (LAION MLP on CLIP ViT-L/14), "
-                "'v2.5' (SigLIP aesthetic predictor v2.5) or 'none'.", AESTHETIC_BACKENDS)
+        "none", "Aesthetic reward backend: 'internvl' / 'qwen' (VLM rating by the model of "
+                "--internvl_model_id / --qwen_model_id, promptable with --aesthetic_prompt), "
+                "'aesthetic_scorer' (LAION MLP on CLIP ViT-L/14), 'v2.5' (SigLIP aesthetic "
+                "predictor v2.5) or 'none'.", AESTHETIC_BACKENDS)
     aesthetic_reward_scale: float = _f(
         1.0, "Weight of the aesthetic reward (used when --aesthetic_model_type is not none).")
     aesthetic_head: Optional[str] = _f(
@@ -114,8 +121,9 @@ class RewardFlags:
     # ---------------------------------------------------------------- similarity to input
     similarity_backend: str = _f(
         "none", "Similarity-to-the-input-image reward (content preservation): 'lpips' "
-                "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' "
-                "(VLM asked whether the edit kept the content) or 'none'.", SIMILARITY_BACKENDS)
+                "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' / "
+                "'qwen-content' (VLM asked whether the edit kept the content) or 'none'.",
+        SIMILARITY_BACKENDS)
     image_reward_scale: float = _f(
         1.0, "Weight of the similarity-to-input term chosen by --similarity_backend (the "
              "name comes from the original project: it scales the *image* similarity reward).")
@@ -131,14 +139,18 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- sharpness
     sharpness_backend: str = _f(
-        "none", "Sharpness reward backend: 'internvl' (VLM asked how sharp the image is, "
-                "promptable with --sharpness_prompt) or 'none'.", SHARPNESS_BACKENDS)
+        "none", "Sharpness reward backend: 'internvl' / 'qwen' (VLM asked how sharp the "
+                "image is, promptable with --sharpness_prompt) or 'none'.", SHARPNESS_BACKENDS)
     sharpness_reward_scale: float = _f(1.0, "Weight of the sharpness reward.")
 
     # ---------------------------------------------------------------- style
     style_reference: Optional[str] = _f(
-        None, "Path of a style reference image; when set, the InternVL style-similarity "
-              "reward compares every output with it (prompt: --style_prompt).")
+        None, "Path of a style reference image; when set, the VLM style-similarity "
+              "reward compares every output with it (prompt: --style_prompt; model: "
+              "--style_backend).")
+    style_backend: str = _f(
+        "internvl", "Which VLM judges style when --style_reference is set: 'internvl' "
+                    "(--internvl_model_id) or 'qwen' (--qwen_model_id).", STYLE_BACKENDS)
     style_reward_scale: float = _f(1.0, "Weight of the style-similarity reward.")
 
     # ---------------------------------------------------------------- photorealism
@@ -151,10 +163,21 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- InternVL (shared)
     internvl_model_id: str = _f(
-        DEFAULT_INTERNVL, "InternVL model for every VLM reward: a hub id, a local directory, "
-                          "or 'tiny' (built-in random-weight model for tests).")
+        DEFAULT_INTERNVL, "VLM of the 'internvl' backends: a hub id or local directory of "
+                          "any supported family (InternVL3 -hf, Qwen2.5-VL, Qwen3-VL; the "
+                          "family is read from its config.json), or a built-in tiny model "
+                          "('tiny', 'tiny-qwen2.5-vl', 'tiny-qwen3-vl'; random weights, tests).")
     internvl_dtype: str = _f(
-        "auto", "InternVL weights dtype; 'auto' = bfloat16 on CUDA, float32 on CPU.",
+        "auto", "Weights dtype of --internvl_model_id; 'auto' = bfloat16 on CUDA, float32 on CPU.",
+        INTERNVL_DTYPES)
+    qwen_model_id: str = _f(
+        DEFAULT_QWEN, "VLM of the 'qwen' backends (--aesthetic_model_type qwen, "
+                      "--similarity_backend qwen-content, --sharpness_backend qwen, "
+                      "--style_backend qwen): hub id, local directory or tiny name, any "
+                      "supported family (read from its config.json). Terms naming the same "
+                      "model share one loaded copy.")
+    qwen_dtype: str = _f(
+        "auto", "Weights dtype of --qwen_model_id; 'auto' = bfloat16 on CUDA, float32 on CPU.",
         INTERNVL_DTYPES)
     internvl_objective: str = _f(
         "expected", "How the answer-token probabilities become a score: 'expected' = expected "
@@ -205,6 +228,8 @@ class RewardFlags:
                             ("grid_mode", GRID_MODES),
                             ("lpips_net", LPIPS_NETS),
                             ("internvl_dtype", INTERNVL_DTYPES),
+                            ("qwen_dtype", INTERNVL_DTYPES),
+                            ("style_backend", STYLE_BACKENDS),
                             ("internvl_objective", INTERNVL_OBJECTIVES),
                             ("internvl_calibration", INTERNVL_CALIBRATIONS)):
             value = getattr(self, name)
@@ -263,7 +288,7 @@ class RewardFlags:
 
     # ------------------------------------------------------------------ helpers
     def uses_internvl(self) -> bool:
-        """True when any enabled term needs the InternVL model."""
+        """True when any enabled term needs a VLM (of either backend)."""
         return any(s["name"] == "internvl" for s in reward_specs(self))
 
 
@@ -276,9 +301,10 @@ def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
         raise ValueError(f"{flag}: {what}: {path}" + (f" ({why})" if why else ""))
 
 
-def _internvl_dtype(flags: RewardFlags, device) -> str:
-    if flags.internvl_dtype != "auto":
-        return flags.internvl_dtype
+def _internvl_dtype(flags: RewardFlags, device, backend: str = "internvl") -> str:
+    dtype = getattr(flags, f"{backend}_dtype")
+    if dtype != "auto":
+        return dtype
     from rewards.hub import resolve_device_dtype
 
     # Kept as a name: the specs are logged in run_config.json.
@@ -306,9 +332,11 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     add("crispness", "crispness", flags.crispness_weight, floor=flags.crispness_floor,
         eval_resize=flags.crispness_eval_resize)
 
-    def internvl(task: str, prompt_key: str, **extra: Any) -> dict:
-        opts = {"task": task, "model_id": flags.internvl_model_id,
-                "dtype": _internvl_dtype(flags, device), "device": device,
+    def internvl(task: str, prompt_key: str, backend: str = "internvl", **extra: Any) -> dict:
+        # one registry reward for every VLM; the backend only picks the model (and its flag)
+        opts = {"task": task, "model_id": getattr(flags, f"{backend}_model_id"),
+                "model_flag": f"--{backend}_model_id",
+                "dtype": _internvl_dtype(flags, device, backend), "device": device,
                 "objective": flags.internvl_objective,
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
@@ -325,9 +353,9 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         return opts
 
     aesthetic = flags.aesthetic_model_type
-    if aesthetic == "internvl":
+    if aesthetic in VLM_BACKENDS:
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
-            **internvl("single", "aesthetic"))
+            **internvl("single", "aesthetic", aesthetic))
     elif aesthetic == "aesthetic_scorer":
         add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
             trust_remote_code=flags.trust_remote_code,
@@ -345,17 +373,18 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     elif similarity == "face":
         add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
             device=device)
-    elif similarity == "internvl-content":
+    elif similarity in ("internvl-content", "qwen-content"):
         add("similarity", "internvl", flags.image_reward_scale,
-            **internvl("content-similarity", "content"))
+            **internvl("content-similarity", "content", similarity.removesuffix("-content")))
 
-    if flags.sharpness_backend == "internvl":
+    if flags.sharpness_backend in VLM_BACKENDS:
         add("sharpness", "internvl", flags.sharpness_reward_scale,
-            **internvl("sharpness", "sharpness"))
+            **internvl("sharpness", "sharpness", flags.sharpness_backend))
 
     if flags.style_reference is not None:
         add("style", "internvl", flags.style_reward_scale,
-            **internvl("similarity", "style", reference=flags.style_reference))
+            **internvl("similarity", "style", flags.style_backend,
+                       reference=flags.style_reference))
 
     if flags.photo_backend == "aide":
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
@@ -388,7 +417,7 @@ def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_mo
         return exc
     names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
     if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
-        names[exc.flag] = model_flag
+        names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
     return exc.for_cli(names)
 
 
@@ -430,4 +459,5 @@ class RewardBuildError(UserError):
 
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "build_reward_from_flags",
-           "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS"]
+           "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
+           "STYLE_BACKENDS", "VLM_BACKENDS"]
