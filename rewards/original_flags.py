@@ -169,6 +169,31 @@ TABLE: tuple[OriginalFlag, ...] = (
        "Kontext-dev is guidance-distilled (one forward per step, no classifier-free guidance), "
        "so there is no negative prompt; say what you want in --prompt", default="None"),
     _t("--push_to_hub", "convert", "(refused unless false)", NO_HUB_UPLOAD, default="False"),
+    # ------------------------------------------------------------- benchmark_anti_periodic.py
+    _b("--artifacts_dir", "same", "--artifacts_dir", default="artifact"),
+    _b("--clean_dir", "same", "--clean_dir", default="no_artifact"),
+    _b("--resize", "alias", "--eval_resize",
+       "long side the images are scaled to (never up); the comb follows the scale", default="512"),
+    _b("--period", "same", "--period", default="16"),
+    _b("--max_harm", "same", "--max_harm", "our default is 3", default="6"),
+    _b("--sigma_bins", "same", "--sigma_bins", "our default is 0.5", default="2.0"),
+    _b("--window", "alias", "--local_window", default="128"),
+    _b("--hop", "alias", "--local_stride", "our default is 64", default="32"),
+    _b("--edge_penalty", "same", "--edge_penalty", default="8.0"),
+    _b("--template_16", "same", "--template_16", default="None"),
+    _b("--tau", "same", "--tau", default="None"),
+    _b("--combo_mode", "same", "--combo_mode", default="ratio"),
+    _b("--w_local", "same", "--w_local", default="0.2"),
+    _b("--tau_global", "same", "--tau_global", default="None"),
+    _b("--tau_local", "same", "--tau_local", default="None"),
+    _b("--selective_top_p", "same", "--selective_top_p", default="0.35"),
+    _b("--selective_coverage_alpha", "same", "--selective_coverage_alpha", default="0.5"),
+    _b("--proj_harmonics", "same", "--proj_harmonics", default='"1,2,3"'),
+    _b("--proj_top_p", "same", "--proj_top_p", default="0.35"),
+    _b("--no_proj_detach_norm", "same", "--no_proj_detach_norm", default="off"),
+    _b("--out", "same", "--out", "written by default", default="anti_periodic_per_image.csv"),
+    _b("--summary_out", "same", "--summary_out", "written by default",
+       default="anti_periodic_summary.csv"),
 )
 
 

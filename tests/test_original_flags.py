@@ -254,3 +254,77 @@ def test_original_brightness_measure_is_linear_light_with_linear_hinge():
     ours = build_reward_from_flags(RewardFlags(brightness_anchor_weight=1.0, brightness_target=0.5,
                                                brightness_band=0.06), device="cpu")
     assert ours(gray, gray, None)[0].item() == 0.0  # gamma luma 0.5 is inside the band
+
+
+# ---------------------------------------------------------------------------- benchmark
+BENCH = {
+    "--artifacts_dir": (["A"], {"artifacts_dir": "A"}),
+    "--clean_dir": (["C"], {"clean_dir": "C"}),
+    "--resize": (["256"], {"eval_resize": 256}),
+    "--period": (["16"], {"period": 16.0}),
+    "--max_harm": (["6"], {"max_harm": 6}),
+    "--sigma_bins": (["2.0"], {"sigma_bins": 2.0}),
+    "--window": (["128"], {"local_window": 128}),
+    "--hop": (["32"], {"local_stride": 32}),
+    "--edge_penalty": (["8.0"], {"edge_penalty": 8.0}),
+    "--template_16": (["t.png"], {"template_16": "t.png"}),
+    "--tau": (["0.1"], {"tau": 0.1}),
+    "--combo_mode": (["abs"], {"combo_mode": "abs"}),
+    "--w_local": (["0.2"], {"w_local": 0.2}),
+    "--tau_global": (["0.1"], {"tau_global": 0.1}),
+    "--tau_local": (["0.2"], {"tau_local": 0.2}),
+    "--selective_top_p": (["0.35"], {"selective_top_p": 0.35}),
+    "--selective_coverage_alpha": (["0.5"], {"selective_coverage_alpha": 0.5}),
+    "--proj_harmonics": (["1,2,3"], {"proj_harmonics": "1,2,3"}),
+    "--proj_top_p": (["0.35"], {"proj_top_p": 0.35}),
+    "--no_proj_detach_norm": ([], {"no_proj_detach_norm": True}),
+    "--out": (["x.csv"], {"out": "x.csv"}),
+    "--summary_out": (["s.csv"], {"summary_out": "s.csv"}),
+}
+
+
+def test_bench_list_matches_the_table():
+    assert set(BENCH) == {f.name for f in table("benchmark")}
+
+
+@pytest.mark.parametrize("flag", sorted(BENCH))
+def test_every_original_benchmark_flag(flag):
+    from pathlib import Path
+
+    import benchmark_anti_periodic as bench
+
+    values, expect = BENCH[flag]
+    args = bench.build_parser().parse_args([flag, *values])
+    for attr, want in expect.items():
+        got = getattr(args, attr)
+        assert (str(got) if isinstance(got, Path) else got) == want, (flag, attr, got)
+
+
+def test_original_readme_benchmark_command_writes_both_files_with_baselines(tmp_path, monkeypatch,
+                                                                            capsys):
+    """`python benchmark_anti_periodic.py --artifacts_dir ./artifacts --clean_dir ./clean_images
+    --out results.csv` (the original README's): per-image CSV + the summary, old and new columns."""
+    import csv
+
+    import benchmark_anti_periodic as bench
+    from rewards.images import save_image
+
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    tile = (((xx % 16) < 2) | ((yy % 16) < 2)).float() * 0.1
+    for i in range(3):
+        base = torch.rand(3, 8, 8, generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+        save_image(base, tmp_path / "clean_images" / f"c{i}.png")
+        save_image((base * 0.9 + tile).clamp(0, 1), tmp_path / "artifacts" / f"a{i}.png")
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--artifacts_dir", "./artifacts", "--clean_dir", "./clean_images",
+                       "--out", "results.csv", "--no_progress"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    summary = {r["penalty"]: r for r in csv.DictReader(open(tmp_path / "anti_periodic_summary.csv"))}
+    baselines = ["fft_global", "local", "local_adaptive", "combo", "guard_dc_safe",
+                 "selective_local", "proj_cosine", "amp_hinge", "original_trainer"]
+    assert len(rows) == 6 and all(c in rows[0] for c in ["grid"] + baselines)
+    for name in ["grid"] + baselines:
+        assert 0.0 <= float(summary[name]["auc"]) <= 1.0, name
+    assert float(summary["grid"]["auc"]) == 1.0
+    assert float(summary["fft_global"]["auc"]) > 0.5  # the old measure sees this strong grid too
