@@ -56,7 +56,9 @@ class RewardFlags:
     # ---------------------------------------------------------------- FFT anti-grid
     grid_ratio_weight: float = _f(
         0.0, "Weight of the FFT anti-periodic (grid artifact) penalty; 0 disables it. "
-             "The reward is -weight * penalty (periodic energy ratio at the grid period).")
+             "The reward is -weight * penalty (periodic energy ratio at the grid period). "
+             "Not the original project's measure: on bundled photos with 1-2%% grids an "
+             "original weight W moves the reward like W x 0.035 here (docs/original_flags.md).")
     grid_ratio_period: int = _f(
         16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
             "2x2 patchify).")
@@ -88,7 +90,10 @@ class RewardFlags:
     brightness_measure: str = _f(
         "luma", "'luma': mean gamma-encoded Rec.709 luma, squared hinge outside the band "
                 "(ours); 'original': mean linear-light luminance, linear hinge (the original "
-                "project's anchor, so its weights keep their meaning).", BRIGHTNESS_MEASURES)
+                "project's anchor, so its targets and weights keep their meaning). On bundled "
+                "photos an original target of 0.45 is luma 0.66 here, and original weight 1 "
+                "pulls like ours x13-x63 (0.10-0.02 past the band); docs/original_flags.md.",
+        BRIGHTNESS_MEASURES)
     crispness_floor: float = _f(
         DEFAULT_CRISPNESS_FLOOR,
         "Floor on the Tenengrad (mean squared Sobel gradient of luminance in [0,1], measured "
