@@ -1,7 +1,9 @@
 """Questions and answer scales for the InternVL reward: the prompt is the user's.
 
 Every task has a built-in default question (``DEFAULT_PROMPTS``) and answer scale; users replace
-the question with ``prompt=`` / ``prompt_file=`` and the scale with ``answer_scale=``.
+the question with ``prompt=`` / ``prompt_file=`` and the scale with ``answer_scale=``. A
+``prompt`` that is the name of a preset (``rewards/prompt_presets.py``: ``studio``,
+``eyes_skin``, ``photoshoot``, ``same_subject``, ...) stands for that preset's question.
 
 Answer scales
 -------------
@@ -202,6 +204,14 @@ def resolve_prompt(task: str, prompt: str | None, prompt_file: str | Path | None
             answer_scale = data.get("answer_scale")
     if prompt is not None and not str(prompt).strip():
         raise ValueError("prompt is empty")
+    if prompt_file is None and prompt is not None:
+        from .prompt_presets import check_task, preset  # a preset's name: its question
+
+        named = preset(prompt)
+        if named is not None:
+            check_task(named, task)
+            prompt = named.prompt
+            answer_scale = named.answer_scale if answer_scale is None else answer_scale
     question = str(prompt).strip() if prompt is not None else DEFAULT_PROMPTS[task]
     scale = parse_answer_scale(answer_scale, task)
     check_answer_instruction(question, scale)
