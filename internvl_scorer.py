@@ -8,6 +8,9 @@ Examples::
     python internvl_scorer.py out/ --task similarity --reference style.jpg
     python internvl_scorer.py ref.jpg a.jpg b.jpg --task triplet    # is a closer to ref than b?
     python internvl_scorer.py x.png --model_id tiny --viz_grads heat/   # offline demo
+    python internvl_scorer.py x.png --prompt studio --print_layer_probs  # a preset; layer trace
+    python internvl_scorer.py x.png --task artifact --artifact_ref1 g1.png --artifact_ref2 g2.png
+    python internvl_scorer.py --list_prompts
 
 Images are taken in the order given (folders expand to their sorted image files) and grouped by
 the task: 1 per sample for single/sharpness/artifact (and similarity/content-similarity with
@@ -75,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_tiles", type=int, default=1,
                    help="1 = one tile per image; >1 = InternVL dynamic tiling (more tokens)")
     p.add_argument("--batch_size", type=int, default=8, help="samples per model forward (>= 1)")
+    p.add_argument("--margin_temp", type=float, default=1.0,
+                   help="margin objective: sigmoid(margin / margin_temp) (> 0)")
+    p.add_argument("--artifact_ref1", default=None,
+                   help="task artifact: first example image of the artifact, shown before each "
+                        "rated image (with --artifact_ref2)")
+    p.add_argument("--artifact_ref2", default=None, help="task artifact: second example image")
+    t = p.add_argument_group("layer tracing (the answer read through the LM head at every layer)")
+    t.add_argument("--trace_layers", action="store_true",
+                   help="add, per sample, the first layer whose answer is the final answer "
+                        "(columns layers, answer_from_layer)")
+    t.add_argument("--print_layer_logprobs", action="store_true",
+                   help="print per sample a table of the answer log-probs after every layer, "
+                        "with their mean change to the final layer (implies --trace_layers)")
+    t.add_argument("--print_layer_probs", action="store_true",
+                   help="print per sample a table of the answer probabilities after every layer, "
+                        "argmax and mean |p - p_final| (implies --trace_layers)")
     p.add_argument("--print_probs", action="store_true",
                    help="also print the answer probabilities (per order for pair/triplet)")
     p.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format")
@@ -232,6 +251,12 @@ def run(args) -> list[dict]:
         raise UserError("give image files or folders to score (or --list_prompts)")
     groups = group_files(expand_paths(args.paths), args.task, has_ref)
     viz = check_viz_args(args)
+    if not (math.isfinite(args.margin_temp) and args.margin_temp > 0):
+        raise UserError(f"--margin_temp must be a positive number, got {args.margin_temp}")
+    refs = [r for r in (args.artifact_ref1, args.artifact_ref2) if r]
+    if refs and (len(refs) != 2 or args.task != "artifact"):
+        raise UserError("--artifact_ref1 and --artifact_ref2 go together, with --task artifact")
+    trace = args.trace_layers or args.print_layer_logprobs or args.print_layer_probs
 
     if args.device == "auto":  # the original's default: CUDA when there is one
         args.device = None
@@ -244,7 +269,8 @@ def run(args) -> list[dict]:
             prompt=args.prompt, prompt_file=args.prompt_file, answer_scale=args.answer_scale,
             objective=args.objective, calibration=args.calibration, temperature=args.temperature,
             entropy_bonus=args.entropy_bonus, max_tiles=args.max_tiles,
-            trust_remote_code=args.trust_remote_code)
+            trust_remote_code=args.trust_remote_code, margin_temp=args.margin_temp,
+            artifact_refs=refs)
     except ModelUnavailableError as exc:  # name this command's flag, not the trainer's
         raise exc.for_cli({exc.flag: "--model_id"} if exc.flag else {}) from None
     ref = load_image(args.reference) if has_ref else None
@@ -278,6 +304,9 @@ def run(args) -> list[dict]:
             full = list(slots)
             if ref is not None:
                 full.insert(ref_slot, ref[None].expand(len(items), -1, -1, -1))
+            if reward.examples:  # the artifact's two example images come first
+                full = [e.expand(len(items), -1, -1, -1) for e in reward.examples] + full
+            traces = reward.trace_layers(full) if trace else None
             if viz is None:
                 with torch.no_grad():
                     out = reward.score_slots(full)
@@ -298,6 +327,12 @@ def run(args) -> list[dict]:
                         tag = f"{out.orders[oi]} " if out.orders else ""
                         for w, pv in zip(words, probs[bi].tolist()):
                             row[f"{tag}p({w})"] = pv
+                if traces is not None:
+                    layers = [t[bi].tolist() for t in traces]   # per order: (L+1, K)
+                    row["layers"] = len(layers[0]) - 1
+                    row["answer_from_layer"] = answer_from_layer(layers[0])
+                    row["_layers"] = {"orders": out.orders or [""], "logprobs": layers,
+                                      "words": list(words)}
                 if viz is not None:
                     from rewards.images import save_image
 
@@ -309,9 +344,53 @@ def run(args) -> list[dict]:
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 
+def answer_from_layer(logprobs: list[list[float]]) -> int:
+    """First layer from which the argmax answer stays the final layer's argmax."""
+    final = max(range(len(logprobs[-1])), key=logprobs[-1].__getitem__)
+    first = len(logprobs) - 1
+    for li in range(len(logprobs) - 1, -1, -1):
+        if max(range(len(logprobs[li])), key=logprobs[li].__getitem__) != final:
+            break
+        first = li
+    return first
+
+
+def layer_tables(row: dict, probs: bool, logprobs: bool) -> str:
+    """Per-layer tables of one sample (layer 0 = embeddings, last = the final layer)."""
+    import math as _m
+
+    info = row["_layers"]
+    words = info["words"]
+    label = ", ".join(str(v) for k, v in row.items() if not k.startswith("_")
+                      and k not in ("score", "layers", "answer_from_layer"))
+    out = []
+    for order, lp in zip(info["orders"], info["logprobs"]):
+        tag = f" order {order}" if order else ""
+        head = "  layer | " + " ".join(f"{w[:8]:>8}" for w in words)
+        if logprobs:
+            out.append(f"{label}{tag}: answer log-probs per layer (d = mean |lp - lp_final|)")
+            out.append(head + " |        d")
+            for li, v in enumerate(lp):
+                d = sum(abs(a - b) for a, b in zip(v, lp[-1])) / len(v)
+                out.append(f"  {li:>5} | " + " ".join(f"{x:8.3f}" for x in v) + f" | {d:8.4f}")
+        if probs:
+            pf = [_m.exp(x) for x in lp[-1]]
+            out.append(f"{label}{tag}: answer probabilities per layer (d = mean |p - p_final|)")
+            out.append(head + " |   argmax |        d")
+            for li, v in enumerate(lp):
+                p = [_m.exp(x) for x in v]
+                arg = words[max(range(len(p)), key=p.__getitem__)]
+                d = sum(abs(a - b) for a, b in zip(p, pf)) / len(p)
+                out.append(f"  {li:>5} | " + " ".join(f"{x:8.3f}" for x in p)
+                           + f" | {arg[:8]:>8} | {d:8.4f}")
+    return "\n".join(out)
+
+
 def render(rows: list[dict], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(rows, indent=2)
+        return json.dumps([{("layer_logprobs" if k == "_layers" else k): v for k, v in r.items()}
+                           for r in rows], indent=2)
+    rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
     keys = list(rows[0])
     if fmt == "csv":
         buf = io.StringIO()
@@ -335,6 +414,11 @@ def _main(argv: list[str] | None) -> int:
         return 0
     rows = run(args)
     print(render(rows, args.format))
+    if (args.print_layer_probs or args.print_layer_logprobs) and args.format != "json":
+        tables = "\n\n".join(layer_tables(r, args.print_layer_probs, args.print_layer_logprobs)
+                               for r in rows)
+        # csv stays machine-readable on stdout: the tables go to stderr there
+        print("\n" + tables, file=sys.stdout if args.format == "table" else sys.stderr)
     return 0
 
 

@@ -54,34 +54,28 @@ def _minmax(values: Sequence[str]) -> tuple[int, int]:
     return lo, hi
 
 
+def _refuse_when(bad, flag: OriginalFlag):
+    """A check for _Store: refuse ``flag`` (one line, its reason) when ``bad(value)``."""
+    def check(value):
+        if bad(value):
+            raise UserError(refusal(flag))
+    return check
+
+
 def _converters() -> dict:
-    def refuse_if(bad):
-        def check(value, _flag):
-            if bad(value):
-                raise UserError(refusal(_flag))
-        return check
-
-    def use_lora(group, flag):
-        _bool_flag(group, flag, check=lambda v: refuse_if(lambda x: not x)(v, flag))
-
-    def push_to_hub(group, flag):
-        _bool_flag(group, flag, check=lambda v: refuse_if(lambda x: x)(v, flag))
+    """Original flag -> function(group, flag) adding it to the parser's original-flags group."""
+    def harmless_value(bad):  # e.g. --use_lora true is what we do; false is refused
+        return lambda group, flag: _bool_flag(group, flag, check=_refuse_when(bad, flag))
 
     def sample_eta(group, flag):
         group.add_argument(flag.name, dest="original_sample_eta", action=_Store, type=float,
-                           check=lambda v: refuse_if(lambda x: x != 0)(v, flag),
+                           check=_refuse_when(lambda eta: eta != 0, flag),
                            help=f"refused unless 0: {flag.note}")
-
-    def debug_images(group, flag):
-        _bool_flag(group, flag)
 
     def text(group, flag):
         group.add_argument(flag.name, dest=f"original_{flag.dest}", action=_Store,
                            metavar="DIR" if flag.name == "--logdir" else "NAME",
                            help=f"-> {flag.ours}" + (f": {flag.note}" if flag.note else ""))
-
-    def trunc_rand(group, flag):
-        _bool_flag(group, flag)
 
     def trunc_timestep(group, flag):
         group.add_argument(flag.name, dest="original_truncated_backprop_timestep", action=_Store,
@@ -92,9 +86,11 @@ def _converters() -> dict:
                            action=_Store, nargs="+", convert=_minmax, metavar="N",
                            help=f"-> {flag.ours}: {flag.note}")
 
-    return {"--use_lora": use_lora, "--push_to_hub": push_to_hub, "--sample_eta": sample_eta,
-            "--debug_images": debug_images, "--exp_name": text, "--run_name": text,
-            "--logdir": text, "--truncated_backprop_rand": trunc_rand,
+    return {"--use_lora": harmless_value(lambda on: not on),
+            "--push_to_hub": harmless_value(lambda on: on),
+            "--sample_eta": sample_eta, "--debug_images": _bool_flag,
+            "--exp_name": text, "--run_name": text, "--logdir": text,
+            "--truncated_backprop_rand": _bool_flag,
             "--truncated_backprop_timestep": trunc_timestep,
             "--truncated_rand_backprop_minmax": trunc_minmax}
 

@@ -70,6 +70,13 @@ DEFAULT_PROMPTS = {
         "Image 2 or Image 3? Answer with 2 or 3."),
 }
 
+# task "artifact" with two example images of the artifact (artifact_refs) shown first
+ARTIFACT_EXAMPLES_PROMPT = (
+    "Image 1 and Image 2 are examples of an unwanted artifact (for instance a grid, mesh or "
+    "tiling pattern, moire, banding, or a repeated texture of dots or lines over the picture). "
+    "How free of that kind of artifact is Image 3? Rate on a scale from 0 to 9, where 0 is "
+    "covered by such artifacts and 9 is completely clean. Answer with a single digit.")
+
 PRESET_SCALES = {
     "digits": [(str(i), float(i)) for i in range(10)],
     "qalign": [("excellent", 4.0), ("good", 3.0), ("fair", 2.0), ("poor", 1.0), ("bad", 0.0)],
@@ -236,7 +243,9 @@ def check_answer_instruction(question: str, scale: AnswerScale) -> bool:
     return True
 
 
-def image_labels(task: str) -> list[str]:
-    """Text placed before each image in the user turn (the questions refer to these names)."""
-    n = TASK_IMAGES[task]
+def image_labels(task: str, n: int | None = None) -> list[str]:
+    """Text placed before each image in the user turn (the questions refer to these names).
+
+    ``n`` overrides the task's image count (task ``artifact`` with two example images: 3)."""
+    n = TASK_IMAGES[task] if n is None else n
     return [""] if n == 1 else [f"Image {i + 1}:" for i in range(n)]

@@ -328,3 +328,150 @@ def test_original_readme_benchmark_command_writes_both_files_with_baselines(tmp_
         assert 0.0 <= float(summary[name]["auc"]) <= 1.0, name
     assert float(summary["grid"]["auc"]) == 1.0
     assert float(summary["fft_global"]["auc"]) > 0.5  # the old measure sees this strong grid too
+
+
+# ---------------------------------------------------------------------------- scorer
+SCORER = {
+    "inputs": (None, {"paths": ["a.png"]}),
+    "--task": (["artifact"], {"task": "artifact"}),
+    "--objective": (["margin"], {"objective": "margin"}),
+    "--device": (["auto"], {"device": "auto"}),
+    "--dtype": (["bf16"], {"dtype": "bf16"}),
+    "--batch_size": (["4"], {"batch_size": 4}),
+    "--model_id": (["tiny"], {"model_id": "tiny"}),
+    "--temperature": (["0.5"], {"temperature": 0.5}),
+    "--margin_temp": (["2.0"], {"margin_temp": 2.0}),
+    "--entropy_coef": (["0.1"], {"entropy_bonus": 0.1}),
+    "--calibration": (["pmi_null"], {"calibration": "pmi_null"}),
+    "--print_probs": ([], {"print_probs": True}),
+    "--trace_layers": ([], {"trace_layers": True}),
+    "--print_layer_logprobs": ([], {"print_layer_logprobs": True}),
+    "--print_layer_probs": ([], {"print_layer_probs": True}),
+    "--artifact_ref1": (["g1.png"], {"artifact_ref1": "g1.png"}),
+    "--artifact_ref2": (["g2.png"], {"artifact_ref2": "g2.png"}),
+    "--viz_grads": ([], {"viz_grads": True}),
+    "--viz_outdir": (["debug_images"], {"viz_outdir": "debug_images"}),
+    "--viz_alpha": (["0.6"], {"viz_alpha": 0.6}),
+    "--viz_norm": (["log"], {"viz_norm": "log"}),
+    "--viz_pmin": (["2"], {"viz_pmin": 2.0}),
+    "--viz_pmax": (["98"], {"viz_pmax": 98.0}),
+    "--viz_log_alpha": (["10"], {"viz_log_alpha": 10.0}),
+    "--viz_blur": (["1.5"], {"viz_blur": 1.5}),
+}
+
+
+def test_scorer_list_matches_the_table():
+    assert set(SCORER) == {f.name for f in table("scorer")}
+
+
+@pytest.mark.parametrize("flag", sorted(SCORER))
+def test_every_original_scorer_flag(flag):
+    import internvl_scorer
+
+    values, expect = SCORER[flag]
+    argv = ["a.png"] + ([flag, *values] if values is not None else [])
+    args = internvl_scorer.build_parser().parse_args(argv)
+    for attr, want in expect.items():
+        assert getattr(args, attr) == want, (flag, attr)
+
+
+@pytest.fixture(scope="module")
+def tiny_vlm_pics(tmp_path_factory):
+    from rewards.images import save_image
+
+    d = tmp_path_factory.mktemp("pics")
+    g = torch.Generator().manual_seed(1)
+    for name in ("a", "b", "g1", "g2"):
+        save_image(torch.rand(3, 32, 32, generator=g), d / f"{name}.png")
+    return d
+
+
+def test_layer_trace_ends_at_the_distribution_that_is_scored(tiny_vlm_pics):
+    from rewards.images import load_image
+    from rewards.vlm import make_vlm_reward
+
+    x = torch.stack([load_image(tiny_vlm_pics / n) for n in ("a.png", "b.png")])
+    single = make_vlm_reward("single", model_id="tiny", dtype="float32", device="cpu")
+    (trace,) = single.trace_layers([x])
+    out = single.score_slots([x])
+    n_layers = single.bundle.model.config.text_config.num_hidden_layers
+    assert trace.shape == (2, n_layers + 1, 10)
+    torch.testing.assert_close(trace[:, -1], out.logprobs[0].log_softmax(-1), atol=1e-5, rtol=1e-4)
+    pair = make_vlm_reward("pair", model_id="tiny", dtype="float32", device="cpu")
+    assert [t.shape for t in pair.trace_layers([x[:1], x[1:]])] == [(1, n_layers + 1, 2)] * 2
+
+
+def test_margin_temp_divides_the_margin(tiny_vlm_pics):
+    from rewards.images import load_image
+    from rewards.vlm import make_vlm_reward
+
+    x = load_image(tiny_vlm_pics / "a.png")[None]
+    s = [make_vlm_reward("single", model_id="tiny", dtype="float32", device="cpu",
+                         objective="margin", margin_temp=t).score_slots([x]).scores for t in (1, 4)]
+    torch.testing.assert_close(torch.logit(s[1]), torch.logit(s[0]) / 4, atol=1e-5, rtol=1e-4)
+
+
+def test_artifact_task_with_two_example_images(tiny_vlm_pics, capsys):
+    import internvl_scorer
+    from rewards.vlm import make_vlm_reward
+
+    with_refs = make_vlm_reward("artifact", model_id="tiny", dtype="float32", device="cpu",
+                                calibration="pmi_null",
+                                artifact_refs=[tiny_vlm_pics / "g1.png", tiny_vlm_pics / "g2.png"])
+    assert with_refs.n_images == 3 and "Image 3" in with_refs.prompt
+    assert with_refs.prompt_template.count("Image 1:") == 1
+    assert with_refs.describe()["artifact_refs"] == [str(tiny_vlm_pics / "g1.png"),
+                                                      str(tiny_vlm_pics / "g2.png")]
+    with pytest.raises(ValueError, match="artifact"):
+        make_vlm_reward("single", model_id="tiny", dtype="float32", device="cpu",
+                        artifact_refs=[tiny_vlm_pics / "g1.png", tiny_vlm_pics / "g2.png"])
+    argv = [str(tiny_vlm_pics / "a.png"), "--model_id", "tiny", "--task", "artifact",
+            "--artifact_ref1", str(tiny_vlm_pics / "g1.png"), "--artifact_ref2",
+            str(tiny_vlm_pics / "g2.png"), "--format", "csv", "--print_layer_probs"]
+    assert internvl_scorer.main(argv) == 0
+    captured = capsys.readouterr()
+    header, row = captured.out.strip().splitlines()
+    assert header == "image,score,layers,answer_from_layer"
+    assert "answer probabilities per layer" in captured.err  # csv stays clean on stdout
+    assert internvl_scorer.main(argv[:5] + ["--artifact_ref1", "x.png"]) == 2
+    assert "go together" in capsys.readouterr().err
+
+
+def test_prompt_presets_by_name_in_training_and_scorer(tiny_vlm_pics, capsys, files):
+    import internvl_scorer
+    from alignprop.config import parse_config
+    from alignprop.reward_flags import build_reward_from_flags
+    from rewards.prompt_presets import PRESETS
+
+    assert internvl_scorer.main(["--list_prompts"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in ("studio", "eyes_skin", "photoshoot", "same_subject"))
+    assert "0 to 9" in PRESETS["studio"].prompt  # each preset states its answer scale
+    _, flags = parse_config(["--data_dir", files["data"], "--aesthetic_model_type", "internvl",
+                             "--aesthetic_prompt", "studio", "--internvl_model_id", "tiny",
+                             "--crispness_weight", "0"])
+    reward = build_reward_from_flags(flags, device="cpu")
+    assert reward.terms[0].fn.prompt == PRESETS["studio"].prompt
+    assert internvl_scorer.main([str(tiny_vlm_pics / "a.png"), "--model_id", "tiny",
+                                 "--prompt", "photoshoot"]) == 2
+    assert "written for task 'similarity'" in capsys.readouterr().err
+
+
+def test_original_readme_scorer_commands(tiny_vlm_pics, capsys, monkeypatch):
+    """The original README's four scorer examples, unchanged but for --model_id tiny."""
+    import shlex
+
+    import internvl_scorer
+
+    monkeypatch.chdir(tiny_vlm_pics)
+    for name in ("image1.jpg", "img1.jpg", "img2.jpg", "ref.jpg", "test.jpg", "blurry.jpg"):
+        (tiny_vlm_pics / name).write_bytes((tiny_vlm_pics / "a.png").read_bytes())
+    examples = ["python internvl_scorer.py image1.jpg --task single",
+                "python internvl_scorer.py img1.jpg img2.jpg --task pair",
+                "python internvl_scorer.py ref.jpg test.jpg --task similarity",
+                "python internvl_scorer.py blurry.jpg --task sharpness"]
+    for line in examples:
+        argv = shlex.split(line)[2:] + ["--model_id", "tiny"]
+        assert internvl_scorer.main(argv) == 0, line
+        out = capsys.readouterr().out.strip().splitlines()
+        assert len(out) == 2 and 0.0 <= float(out[1].split()[-1]) <= 1.0, out
