@@ -26,6 +26,9 @@ import torch
 from rewards.cli import UserError as UsageError  # printed as one line, exit code 2
 
 GRID_KINDS = ("lines", "sinusoid", "tile")
+# The original benchmark's file names; both files are written unless --demo chooses others.
+DEFAULT_OUT = Path("anti_periodic_per_image.csv")
+DEFAULT_SUMMARY = Path("anti_periodic_summary.csv")
 # Natural photos bundled with scikit-image (offline). brick/text/page/grass/gravel are the
 # natural periodic-ish textures a grid detector must not confuse with a VAE grid.
 DEMO_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
@@ -186,7 +189,43 @@ def build_penalties(args) -> dict:
                 "crispness": crispness_penalty(x, floor=args.crispness_floor,
                                                eval_resize=args.crispness_resize).item()}
 
-    return {"grid": grid_all, "anchors": anchors}
+    penalties = {"grid": grid_all, "anchors": anchors}
+    if not getattr(args, "no_baselines", False):
+        penalties["original"] = original_baselines(args)
+    return penalties
+
+
+def original_baselines(args):
+    """The original project's loss variants (rewards/grid_original.py) as one penalty fn."""
+    from rewards.grid_original import BaselineConfig, baseline_penalties, parse_harmonics
+    from rewards.images import load_image
+
+    try:
+        cfg = BaselineConfig(
+            period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins,
+            resize=args.eval_resize or None, window=args.local_window, hop=args.local_stride,
+            edge_penalty=args.edge_penalty, combo_mode=args.combo_mode, w_local=args.w_local,
+            tau_global=args.tau_global, tau_local=args.tau_local,
+            selective_top_p=args.selective_top_p,
+            selective_coverage_alpha=args.selective_coverage_alpha,
+            proj_harmonics=parse_harmonics(args.proj_harmonics), proj_top_p=args.proj_top_p,
+            proj_detach_norm=not args.no_proj_detach_norm, tau=args.tau)
+    except ValueError as exc:
+        raise UsageError(f"baseline options: {exc}") from None
+    template = None
+    if args.template_16 is not None:
+        template = luminance_of(load_image(args.template_16))
+
+    def baselines(x):
+        return baseline_penalties(x[0], cfg, template)
+
+    return baselines
+
+
+def luminance_of(image: torch.Tensor) -> torch.Tensor:
+    from rewards.grid import luminance
+
+    return luminance(image[None])[0]
 
 
 def score_folder(paths: Sequence[Path], label: str, penalties: dict, progress: bool = True,
@@ -214,8 +253,10 @@ PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "brightness", "crispness
 
 
 def summarise(rows: list[dict]) -> list[dict]:
+    from rewards.grid_original import COLUMNS as BASELINES
+
     out = []
-    for name in PENALTY_COLUMNS:
+    for name in PENALTY_COLUMNS + tuple(c for c in BASELINES if c in rows[0]):
         art = [r[name] for r in rows if r["label"] == "artifact"]
         cln = [r[name] for r in rows if r["label"] == "clean"]
         m_a, m_c = float(np.mean(art)), float(np.mean(cln))
@@ -235,10 +276,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def format_table(summary: list[dict]) -> str:
-    lines = [f"{'penalty':<12} {'n_art':>6} {'n_clean':>7} {'mean_art':>10} {'mean_clean':>10} "
+    lines = [f"{'penalty':<16} {'n_art':>6} {'n_clean':>7} {'mean_art':>10} {'mean_clean':>10} "
              f"{'ratio':>8} {'ROC-AUC':>8}"]
     for s in summary:
-        lines.append(f"{s['penalty']:<12} {s['n_artifact']:>6} {s['n_clean']:>7} "
+        lines.append(f"{s['penalty']:<16} {s['n_artifact']:>6} {s['n_clean']:>7} "
                      f"{s['mean_artifact']:>10.4g} {s['mean_clean']:>10.4g} {s['ratio']:>8.3g} "
                      f"{s['auc']:>8.4f}")
     return "\n".join(lines)
@@ -360,6 +401,13 @@ def _amplitude(s: str) -> float:
     return v
 
 
+def _unit_float(s: str) -> float:
+    v = _finite_float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
 def _jpeg_q(s: str) -> int:
     v = int(s)
     if not (0 <= v <= 100):
@@ -372,8 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("folders")
     io.add_argument("--artifacts_dir", type=Path, help="folder of images with grid artifacts (positives)")
     io.add_argument("--clean_dir", type=Path, help="folder of clean images (negatives)")
-    io.add_argument("--out", type=Path, help="per-image CSV (every penalty's value)")
-    io.add_argument("--summary_out", type=Path, help="summary CSV (means, ratio, ROC-AUC per penalty)")
+    io.add_argument("--out", type=Path, default=None,
+                    help=f"per-image CSV, every penalty's value (default: {DEFAULT_OUT}; with "
+                         "--demo: OUT_DIR/per_image.csv)")
+    io.add_argument("--summary_out", type=Path, default=None,
+                    help=f"summary CSV: means, ratio, ROC-AUC per penalty (default: "
+                         f"{DEFAULT_SUMMARY}; with --demo: OUT_DIR/summary.csv)")
     io.add_argument("--plot", type=Path, help="write a ROC + histogram PNG here")
     io.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
     io.add_argument("--no_progress", action="store_true", help="hide the progress bars")
@@ -421,6 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--local_weight", type=_nonneg_float, default=0.5,
                    help="combined = global + local_weight * local (default 0.5)")
 
+    b = p.add_argument_group(
+        "the original project's penalties as baseline columns (rewards/grid_original.py; they "
+        "use --period, --max_harm, --sigma_bins, --eval_resize, --local_window/--local_stride "
+        "and --tau too)")
+    b.add_argument("--no_baselines", action="store_true",
+                   help="skip the baseline columns (fft_global ... original_trainer); faster")
+    b.add_argument("--edge_penalty", type=_nonneg_float, default=8.0,
+                   help="local_adaptive: window weight 1/(1 + edge_penalty * mean Sobel magnitude)")
+    b.add_argument("--template_16", type=Path, default=None,
+                   help="image of one grid tile (e.g. 16x16) for the template column (default: "
+                        "no template column)")
+    b.add_argument("--combo_mode", default="ratio", choices=["ratio", "abs"],
+                   help="combo: comb/background ratios (Hann-windowed) or absolute energies")
+    b.add_argument("--w_local", type=_nonneg_float, default=0.2, help="combo = global + w_local * local")
+    b.add_argument("--tau_global", type=_finite_float, default=0.0, help="combo: hinge of the global part")
+    b.add_argument("--tau_local", type=_finite_float, default=0.0, help="combo: hinge of the local part")
+    b.add_argument("--selective_top_p", type=_fraction, default=0.35,
+                   help="selective_local: mean over this top fraction of windows")
+    b.add_argument("--selective_coverage_alpha", type=_unit_float, default=0.5,
+                   help="selective_local = (1 - alpha) * top mean + alpha * share of windows "
+                        "above the margin")
+    b.add_argument("--proj_harmonics", default="1,2,3",
+                   help="proj_cosine / amp_hinge: harmonics of --period, comma-separated")
+    b.add_argument("--proj_top_p", type=_fraction, default=0.35,
+                   help="proj_cosine: mean over this top fraction of windows")
+    b.add_argument("--no_proj_detach_norm", action="store_true",
+                   help="proj_cosine: let gradients flow through the profile norm (values unchanged)")
+
     a = p.add_argument_group("anchors (rewards.anchors)")
     a.add_argument("--brightness_target", type=_finite_float, default=0.45, help="mean luma target")
     a.add_argument("--brightness_band", type=_finite_float, default=0.08, help="half-width of the zero band")
@@ -434,6 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled scikit-image photos -> synthetic artifacts -> benchmark, in --out_dir")
     d.add_argument("--out_dir", type=Path, default=Path("outputs/anti_grid_demo"),
                    help="demo output folder (default outputs/anti_grid_demo)")
+    from rewards.original_flags import add_original_flags
+
+    add_original_flags(p, "benchmark")  # --resize, --window, --hop under their old names
     return p
 
 
@@ -475,6 +558,8 @@ def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
         write_csv(args.out, rows)
     if args.summary_out:
         write_csv(args.summary_out, summary)
+        print(f"wrote {args.out} (per image) and {args.summary_out} (summary)"
+              if args.out else f"wrote {args.summary_out}")
     if args.plot:
         plot(rows, args.plot, title=f"{len(rows_a)} artifact vs {len(rows_c)} clean images")
     print(format_table(summary))
@@ -532,6 +617,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.artifacts_dir is None or args.clean_dir is None:
         raise UsageError("give --artifacts_dir and --clean_dir (or --demo, or --synthesize_from "
                          "with --synth_out)")
+    args.out = args.out or DEFAULT_OUT                  # the original's names, written by default
+    args.summary_out = args.summary_out or DEFAULT_SUMMARY
     run_benchmark(args, args.artifacts_dir, args.clean_dir)
     return 0
 

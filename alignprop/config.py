@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -141,6 +142,10 @@ class TrainConfig:
     log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
                                       "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
     tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")
+    tracker_run_name: Optional[str] = _f(None, "Run name shown by the tracker (wandb run name).")
+    tracker_kwargs: Optional[str] = _f(
+        None, "JSON object of extra tracker init arguments per tracker, e.g. "
+              "'{\"wandb\": {\"entity\": \"me\", \"tags\": [\"kontext\"]}}'.")
     log_image_freq: int = _f(
         50, "Every this many steps, write an input|output grid PNG and log it (0 = never).")
     log_freq: int = _f(1, "Log scalars every this many steps.")
@@ -208,11 +213,26 @@ class TrainConfig:
                                  f"(image name -> prompt) file, got {p.name}")
         if not self.prompt.strip():
             raise ValueError("--prompt must not be empty")
+        if self.tracker_kwargs is not None:
+            self.tracker_init_kwargs()  # refuse bad JSON before step 0
         if (self.resume_from not in (None, "latest")
                 and not Path(self.resume_from).expanduser().is_dir()):
             raise ValueError(f"--resume_from: checkpoint folder not found: {self.resume_from}")
 
     # ------------------------------------------------------------------ derived values
+    def tracker_init_kwargs(self) -> dict[str, dict]:
+        """--tracker_kwargs as {tracker name: {argument: value}} (ValueError when malformed)."""
+        if not self.tracker_kwargs:
+            return {}
+        try:
+            data = json.loads(self.tracker_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--tracker_kwargs is not valid JSON: {exc}") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError("--tracker_kwargs must be a JSON object {tracker: {argument: value}}"
+                             ", e.g. '{\"wandb\": {\"entity\": \"me\"}}'")
+        return data
+
     def target_modules(self) -> list[str]:
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
@@ -240,6 +260,8 @@ def _parser():
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser((TrainConfig, RewardFlags),
+                              usage="alignprop_fluxkontext.py --data_dir DIR [reward flags] "
+                                    "[training flags] [--config PRESET]  (all listed below)",
                               description="AlignProp: fine-tune a FLUX.1 Kontext LoRA by "
                                           "backpropagating differentiable rewards through the "
                                           "sampler.")
@@ -282,7 +304,9 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"--config {path}: expected a mapping of flag: value, got "
                          f"{type(data).__name__}")
     data = {str(k).lstrip("-"): v for k, v in data.items()}
-    unknown = sorted(set(data) - _known_flags())
+    from .original_compat import original_names
+
+    unknown = sorted(set(data) - _known_flags() - original_names())
     if unknown:
         raise ValueError(f"--config {path}: unknown flag(s) {unknown}; see --help for the list")
     return data
@@ -335,13 +359,23 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
+    from .original_compat import add_train_original_flags, apply_original, preset_tokens
+
     parser = _parser()
+    add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
+    args = list(argv) if argv is not None else sys.argv[1:]
+    preset: dict[str, Any] = {}
     if known.config:
-        preset = _typed_preset(parser, load_preset(known.config), known.config)
-        # Presets become parser defaults, so anything on the command line wins.
-        parser.set_defaults(**preset)
-    train, rewards, _extra = parser.parse_args_into_dataclasses(
-        args=list(argv) if argv is not None else None, look_for_args_file=False)
+        preset = load_preset(known.config)
+        # Presets become parser defaults, so anything on the command line wins; the
+        # original's flag names in a preset go in front of the command line for the same
+        # reason. Our own keys are checked and converted as the command line would.
+        ours, tokens = preset_tokens(preset)
+        parser.set_defaults(**_typed_preset(parser, ours, known.config))
+        args = tokens + args
+    train, rewards, *extra = parser.parse_args_into_dataclasses(
+        args=args, look_for_args_file=False)
+    train, rewards = apply_original(train, rewards, extra[0] if extra else None, args, preset)
     check_combination(train, rewards)
     return train, rewards
 

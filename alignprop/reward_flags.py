@@ -33,6 +33,7 @@ SHARPNESS_BACKENDS = ("none", "internvl", "qwen")
 STYLE_BACKENDS = VLM_BACKENDS
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
+BRIGHTNESS_MEASURES = ("luma", "original")
 LPIPS_NETS = ("alex", "vgg", "squeeze")
 LPIPS_MIN_RESOLUTION = 32  # = the smallest size rewards/perceptual.py accepts
 INTERNVL_DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -61,7 +62,9 @@ class RewardFlags:
     # ---------------------------------------------------------------- FFT anti-grid
     grid_ratio_weight: float = _f(
         0.0, "Weight of the FFT anti-periodic (grid artifact) penalty; 0 disables it. "
-             "The reward is -weight * penalty (periodic energy ratio at the grid period).")
+             "The reward is -weight * penalty (periodic energy ratio at the grid period). "
+             "Not the original project's measure: on bundled photos with 1-2%% grids an "
+             "original weight W moves the reward like W x 0.035 here (docs/original_flags.md).")
     grid_ratio_period: int = _f(
         16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
             "2x2 patchify).")
@@ -88,7 +91,15 @@ class RewardFlags:
         0.08, "Half-width of the free band around --brightness_target; luminance outside "
               "target +/- band is penalised (hinge).")
     brightness_anchor_weight: float = _f(
-        0.0, "Weight of the brightness anchor penalty; 0 disables it.")
+        0.0, "Weight of the brightness anchor penalty; 0 disables it. Moving an original "
+             "preset over: see --brightness_measure and docs/original_flags.md.")
+    brightness_measure: str = _f(
+        "luma", "'luma': mean gamma-encoded Rec.709 luma, squared hinge outside the band "
+                "(ours); 'original': mean linear-light luminance, linear hinge (the original "
+                "project's anchor, so its targets and weights keep their meaning). On bundled "
+                "photos an original target of 0.45 is luma 0.66 here, and original weight 1 "
+                "pulls like ours x13-x63 (0.10-0.02 past the band); docs/original_flags.md.",
+        BRIGHTNESS_MEASURES)
     crispness_floor: float = _f(
         DEFAULT_CRISPNESS_FLOOR,
         "Floor on the Tenengrad (mean squared Sobel gradient of luminance in [0,1], measured "
@@ -96,7 +107,11 @@ class RewardFlags:
         "least this crisp cost nothing.")
     crispness_eval_resize: int = _f(
         512, "Long side images are resized to before measuring crispness (0 = native size).")
-    crispness_weight: float = _f(0.0, "Weight of the crispness floor penalty; 0 disables it.")
+    crispness_weight: Optional[float] = _f(
+        None, "Weight of the crispness floor penalty; 0 disables it. Default: 0.2 in training "
+              "when another reward term is on (the original's crispness_anchor_weight "
+              "default; the floor only costs images flatter than --crispness_floor), 0 "
+              "elsewhere.")
 
     # ---------------------------------------------------------------- aesthetic
     aesthetic_model_type: str = _f(
@@ -111,6 +126,9 @@ class RewardFlags:
               ".safetensors), a folder holding it, or a hub repo id. Default: "
               "trl-lib/ddpo-aesthetic-predictor (aesthetic_scorer) or torch hub's cache of "
               "aesthetic_predictor_v2_5.pth (v2.5).")
+    aesthetic_head_filename: Optional[str] = _f(
+        None, "File name of the head inside --aesthetic_head when that is a hub repo or a "
+              "folder (default aesthetic-model.pth / aesthetic_predictor_v2_5.pth).")
     aesthetic_clip_model: Optional[str] = _f(
         None, "CLIP model of --aesthetic_model_type aesthetic_scorer: hub id or local folder "
               "(default openai/clip-vit-large-patch14).")
@@ -149,9 +167,15 @@ class RewardFlags:
               "reward compares every output with it (prompt: --style_prompt; model: "
               "--style_backend).")
     style_backend: str = _f(
-        "internvl", "Which VLM judges style when --style_reference is set: 'internvl' "
-                    "(--internvl_model_id) or 'qwen' (--qwen_model_id).", STYLE_BACKENDS)
-    style_reward_scale: float = _f(1.0, "Weight of the style-similarity reward.")
+        "internvl", "Which VLM judges style when --style_reference is set as a separate term: "
+                    "'internvl' (--internvl_model_id) or 'qwen' (--qwen_model_id). When the style "
+                    "question replaces a VLM aesthetic term, it uses that term's VLM.",
+        STYLE_BACKENDS)
+    style_reward_scale: Optional[float] = _f(
+        None, "Weight of a SEPARATE style-similarity term. Unset (default) with a VLM "
+              "--aesthetic_model_type (internvl, qwen): the style question REPLACES the aesthetic "
+              "question at --aesthetic_reward_scale (the original's meaning of "
+              "--style_reference); set it to keep both terms. Unset otherwise: 1.0.")
 
     # ---------------------------------------------------------------- photorealism
     photo_backend: str = _f(
@@ -184,8 +208,9 @@ class RewardFlags:
                     "rating under the answer distribution, 'margin' = log-odds of the best vs "
                     "the worst answer (see rewards/vlm.py).", INTERNVL_OBJECTIVES)
     internvl_calibration: str = _f(
-        "none", "Calibration of the answer probabilities: 'none' or 'pmi_null' (subtract the "
-                "answer log-probs for a neutral gray image; see rewards/vlm.py).",
+        "pmi_null", "Calibration of the answer probabilities: 'pmi_null' (default, as every "
+                    "InternVL term of the original: subtract the answer log-probs for a "
+                    "neutral gray image, cached) or 'none'; see rewards/vlm.py.",
         INTERNVL_CALIBRATIONS)
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
@@ -226,6 +251,7 @@ class RewardFlags:
                             ("sharpness_backend", SHARPNESS_BACKENDS),
                             ("photo_backend", PHOTO_BACKENDS),
                             ("grid_mode", GRID_MODES),
+                            ("brightness_measure", BRIGHTNESS_MEASURES),
                             ("lpips_net", LPIPS_NETS),
                             ("internvl_dtype", INTERNVL_DTYPES),
                             ("qwen_dtype", INTERNVL_DTYPES),
@@ -241,7 +267,7 @@ class RewardFlags:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"--{f.name} must be a finite number, got {value}")
             if (f.name.endswith(("_weight", "_scale")) and not f.name.endswith("_answer_scale")
-                    and value < 0):
+                    and value is not None and value < 0):
                 raise ValueError(f"--{f.name} must be >= 0 (a penalty is already negated), "
                                  f"got {value}")
         if not 0.0 <= self.brightness_target <= 1.0:
@@ -327,9 +353,11 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     add("grid", "grid", flags.grid_ratio_weight, period=flags.grid_ratio_period,
         max_harm=flags.grid_ratio_max_harm, sigma_bins=flags.grid_ratio_sigma_bins,
         tau=flags.grid_tau, eval_resize=flags.grid_eval_resize, mode=flags.grid_mode)
+    original_brightness = {"hinge": "linear", "space": "linear"}
     add("brightness", "brightness", flags.brightness_anchor_weight,
-        target=flags.brightness_target, band=flags.brightness_band)
-    add("crispness", "crispness", flags.crispness_weight, floor=flags.crispness_floor,
+        target=flags.brightness_target, band=flags.brightness_band,
+        **(original_brightness if flags.brightness_measure == "original" else {}))
+    add("crispness", "crispness", flags.crispness_weight or 0.0, floor=flags.crispness_floor,
         eval_resize=flags.crispness_eval_resize)
 
     def internvl(task: str, prompt_key: str, backend: str = "internvl", **extra: Any) -> dict:
@@ -353,17 +381,23 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         return opts
 
     aesthetic = flags.aesthetic_model_type
-    if aesthetic in VLM_BACKENDS:
+    # The original's --style_reference: with a VLM aesthetic, the style question takes the
+    # aesthetic term's place, weight and VLM. --style_reward_scale keeps both terms.
+    style_replaces = (aesthetic in VLM_BACKENDS and flags.style_reference is not None
+                      and flags.style_reward_scale is None)
+    if aesthetic in VLM_BACKENDS and not style_replaces:
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
             **internvl("single", "aesthetic", aesthetic))
     elif aesthetic == "aesthetic_scorer":
         add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
             trust_remote_code=flags.trust_remote_code,
-            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head))
+            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
     elif aesthetic == "v2.5":
         add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
             trust_remote_code=flags.trust_remote_code,
-            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head))
+            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
 
     similarity = flags.similarity_backend
     if similarity == "lpips":
@@ -382,9 +416,11 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
             **internvl("sharpness", "sharpness", flags.sharpness_backend))
 
     if flags.style_reference is not None:
-        add("style", "internvl", flags.style_reward_scale,
-            **internvl("similarity", "style", flags.style_backend,
-                       reference=flags.style_reference))
+        style_weight = (flags.aesthetic_reward_scale if style_replaces
+                        else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
+        style_backend = aesthetic if style_replaces else flags.style_backend
+        add("style", "internvl", style_weight,
+            **internvl("similarity", "style", style_backend, reference=flags.style_reference))
 
     if flags.photo_backend == "aide":
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,

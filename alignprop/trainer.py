@@ -261,7 +261,12 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                "skipped_unreadable": [str(p) for p in folder.skipped]}
         (out_dir / "run_config.json").write_text(json.dumps(run, indent=2, default=str))
         if log_with:
-            init_kwargs = {"wandb": configure_wandb(out_dir)} if log_with == "wandb" else {}
+            init_kwargs = cfg.tracker_init_kwargs()  # --tracker_kwargs (the original's too)
+            if log_with == "wandb":
+                wandb_kw = {**configure_wandb(out_dir), **init_kwargs.get("wandb", {})}
+                if cfg.tracker_run_name:
+                    wandb_kw.setdefault("name", cfg.tracker_run_name)
+                init_kwargs["wandb"] = wandb_kw
             accelerator.init_trackers(cfg.tracker_project_name,
                                       config=tracker_config(config_dict(cfg, reward_flags)),
                                       init_kwargs=init_kwargs)

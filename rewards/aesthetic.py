@@ -165,7 +165,8 @@ def tiny_clip_vision_config():
 
 def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14", head_path=None,
                                 pretrained: bool = True, trust_remote_code: bool = False,
-                                device=None, dtype="float32", seed: int = 0):
+                                device=None, dtype="float32", seed: int = 0,
+                                head_filename: str | None = None):
     """LAION aesthetic score (AVA 1-10 scale) of ``images``; ``inputs`` are ignored.
 
     Args:
@@ -174,6 +175,8 @@ def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14
         head_path: the aesthetic MLP: a file (.pth read with weights_only, or
             .safetensors), a directory holding ``aesthetic-model.pth``, or a hub
             repo id; default ``trl-lib/ddpo-aesthetic-predictor``.
+        head_filename: the head's file name inside that directory or repo (default
+            ``aesthetic-model.pth``; the original's --hf_hub_aesthetic_model_filename).
         pretrained: False builds a tiny random CLIP + random head (``seed``), for tests.
         trust_remote_code: passed to ``from_pretrained`` (off unless asked).
     Metric: ``aesthetic`` (batch mean score).
@@ -186,7 +189,7 @@ def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14
                               "the CLIP vision model of the LAION aesthetic scorer", "clip_model=",
                               dtype, trust_remote_code)
         head = LaionAestheticHead(vision.config.projection_dim)
-        path = _head_file(head_path, LAION_HEAD_REPO, LAION_HEAD_FILE,
+        path = _head_file(head_path, LAION_HEAD_REPO, head_filename or LAION_HEAD_FILE,
                           "the LAION aesthetic head", "head_path=")
         _load_head(head, path)
     else:
@@ -217,7 +220,7 @@ def tiny_siglip_vision_config():
 
 def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretrained: bool = True,
                               trust_remote_code: bool = False, device=None, dtype="float32",
-                              seed: int = 0):
+                              seed: int = 0, head_filename: str | None = None):
     """Aesthetic Predictor V2.5 score (1-10 scale) of ``images``; ``inputs`` are ignored.
 
     Args:
@@ -239,8 +242,9 @@ def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretr
                               "the SigLIP vision model of aesthetic predictor v2.5", "encoder=",
                               dtype, trust_remote_code)
         head = AestheticV25Head(vision.config.hidden_size)
-        path = _head_file(model_path, None, V25_HEAD_FILE, "the aesthetic predictor v2.5 head",
-                          "model_path=", default_cache=torch_hub_checkpoint(V25_HEAD_FILE),
+        filename = head_filename or V25_HEAD_FILE
+        path = _head_file(model_path, None, filename, "the aesthetic predictor v2.5 head",
+                          "model_path=", default_cache=torch_hub_checkpoint(filename),
                           url=V25_HEAD_URL)
         _load_head(head, path, strip=("layers.",))
     else:

@@ -17,7 +17,12 @@ and turn them into a score in [0, 1]:
   same prompt and image count/size (pointwise mutual information), removing the model's prior
   for, e.g., "7". Computed once per (prompt, image sizes) and cached;
 * ``temperature`` divides the (calibrated) log-probs before renormalising;
-* ``entropy_bonus`` adds ``bonus * H(p) / log K`` (keeps the answer distribution from collapsing).
+* ``entropy_bonus`` adds ``bonus * H(p) / log K`` (keeps the answer distribution from collapsing);
+* ``margin_temp`` softens (> 1) or sharpens (< 1) the margin objective: ``sigmoid(margin / T)``.
+
+Task ``artifact`` can show two example images of the artifact before the rated image
+(``artifact_refs``); :meth:`VLMReward.trace_layers` reads the answer distribution after every
+layer through the LM head (a debugging aid, any family).
 
 Pair/triplet are debiased against position bias by scoring both orders of the two compared images
 in one batched forward: ``score = (E(A,B) + 1 - E(B,A)) / 2`` (margin: sigmoid of the mean of the
@@ -41,8 +46,8 @@ from typing import Any, Sequence
 import torch
 
 from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
-from .vlm_prompts import (COMPARATIVE_TASKS, TASK_IMAGES, TASKS, AnswerScale, image_labels,
-                          resolve_prompt)
+from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
+                          AnswerScale, image_labels, resolve_prompt)
 
 OBJECTIVES = ("expected", "margin")
 CALIBRATIONS = ("none", "pmi_null")
@@ -141,8 +146,14 @@ class VLMReward:
                  temperature: float = 1.0, entropy_bonus: float = 0.0,
                  reference: torch.Tensor | None = None, reference_source: str | None = None,
                  max_tiles: int | None = None, min_pixels: int | None = None,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, margin_temp: float = 1.0,
+                 examples: Sequence[torch.Tensor] = (), example_sources: Sequence[str] = ()):
         self.task = _check_choice("task", task, TASKS)
+        if not (isinstance(margin_temp, (int, float)) and math.isfinite(margin_temp)
+                and margin_temp > 0):
+            raise ValueError(f"margin_temp must be a positive number, got {margin_temp!r}")
+        if examples and (task != "artifact" or len(examples) != 2):
+            raise ValueError("two example images (artifact_refs) go with task 'artifact' only")
         self.objective = _check_choice("objective", objective, OBJECTIVES)
         self.calibration = _check_choice("calibration", calibration, CALIBRATIONS)
         if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
@@ -162,7 +173,11 @@ class VLMReward:
         self.max_tiles = int(self.image_options.get("max_tiles", 1))
         self.reference = reference
         self.reference_source = reference_source
-        self.n_images = TASK_IMAGES[task]
+        self.margin_temp = float(margin_temp)
+        # the artifact task may show two example images of the artifact first (Images 1, 2)
+        self.examples = [e.float() for e in examples]
+        self.example_sources = list(example_sources)
+        self.n_images = TASK_IMAGES[task] + len(self.examples)
         self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words)
         self._values = torch.tensor(answer_scale.normalised_values(), dtype=torch.float32)
         self.prompt_template = self._render_template()
@@ -173,7 +188,7 @@ class VLMReward:
     # ------------------------------------------------------------------ prompt text
     def _render_template(self) -> str:
         content: list[dict] = []
-        for label in image_labels(self.task):
+        for label in image_labels(self.task, self.n_images):
             if label:
                 content.append({"type": "text", "text": label})
             content.append({"type": "image"})
@@ -213,6 +228,7 @@ class VLMReward:
             "entropy_bonus": self.entropy_bonus, "max_tiles": self.max_tiles,
             **{k: v for k, v in self.image_options.items() if k != "max_tiles"},
             "reference": self.reference_source, "dtype": str(self.bundle.dtype).replace("torch.", ""),
+            "margin_temp": self.margin_temp, "artifact_refs": self.example_sources or None,
         }
 
     # ------------------------------------------------------------------ model access
@@ -245,6 +261,8 @@ class VLMReward:
         key = (self.prompt_template, tuple(sizes), tuple(sorted(self.image_options.items())))
         if key not in self._null_cache:
             gray = [torch.full((1, 3, h, w), NULL_GRAY) for h, w in sizes]
+            # example images are part of the question, not of the answer: they stay
+            gray[:len(self.examples)] = [e.cpu() for e in self.examples]
             with torch.no_grad():   # a constant: the calibration offset carries no gradient
                 self._null_cache[key] = self._forward([self._prepare(g) for g in gray])[0].detach()
         return self._null_cache[key]
@@ -301,12 +319,12 @@ class VLMReward:
             # order BA is read from the other image's point of view: 1 - E, -margin
             expected = 0.5 * (reads[0][0] + 1.0 - reads[1][0])
             margin = 0.5 * (reads[0][1] - reads[1][1])
-        score = expected if self.objective == "expected" else torch.sigmoid(margin)
+        score = expected if self.objective == "expected" else torch.sigmoid(margin / self.margin_temp)
         if self.entropy_bonus:
             score = score + self.entropy_bonus * entropy
         metrics = {
             "expected": expected.detach().mean().item(),
-            "margin": torch.sigmoid(margin.detach()).mean().item(),
+            "margin": torch.sigmoid(margin.detach() / self.margin_temp).mean().item(),
             "entropy": entropy.detach().mean().item(),
             "p_best": torch.stack([p[:, self.answer_scale.best] for p in probs]).mean().item(),
         }
@@ -316,6 +334,48 @@ class VLMReward:
         return ScoreOutput(scores=score, probs=[p.detach() for p in probs],
                            logprobs=[lp.detach() for lp in logps], metrics=metrics,
                            orders=["AB", "BA"][:len(orders)] if len(orders) == 2 else [])
+
+    # ------------------------------------------------------------------ layer tracing
+    @torch.no_grad()
+    def trace_layers(self, slots: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Answer log-probs after every layer, read through the LM head ("logit lens").
+
+        Returns, per order (one, or "AB"/"BA" for pair/triplet), a (B, L+1, K) tensor: row 0
+        is the embeddings, row L the final layer (the distribution :meth:`score_slots` reads,
+        before calibration and temperature); intermediate hidden states go through the
+        language model's final norm first, as the last one already has. Log-probs are
+        renormalised over the K answers. Family-neutral: it needs only the model's output
+        embeddings and its decoder's ``norm``. A debugging aid: one forward with every hidden
+        state kept, no gradients.
+        """
+        model = self.bundle.model
+        head = model.get_output_embeddings()
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+        norm = getattr(decoder, "norm", None)
+        if head is None:
+            raise ValueError(f"{self.bundle.model_id!r} exposes no LM head to read layers through")
+        orders = [list(slots)]
+        if self.task in COMPARATIVE_TASKS:
+            i, j = (0, 1) if self.task == "pair" else (1, 2)
+            swapped = list(slots)
+            swapped[i], swapped[j] = slots[j], slots[i]
+            orders.append(swapped)
+        traces = []
+        for order in orders:
+            prepared = [self._prepare(x) for x in order]
+            out = model(**self.model_kwargs(prepared), output_hidden_states=True)
+            self.num_forwards += 1
+            hidden = out.hidden_states
+            rows = []
+            for li, h in enumerate(hidden):
+                h = h[:, self.family.answer_index]
+                if norm is not None and li < len(hidden) - 1:
+                    h = norm(h)
+                logp = head(h).float().log_softmax(-1)
+                ans = torch.stack([logp[:, t].logsumexp(-1) for t in self.answer_ids], dim=-1)
+                rows.append(ans.log_softmax(-1))
+            traces.append(torch.stack(rows, dim=1))
+        return traces
 
     def slots_for(self, images: torch.Tensor, inputs: torch.Tensor | None) -> list[torch.Tensor]:
         """The images the model sees for this task, in order, from the reward's arguments."""
@@ -333,6 +393,9 @@ class VLMReward:
                                  "call score_slots([reference, images, inputs])")
             return self.reference.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
 
+        if self.examples:
+            return [e.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
+                    for e in self.examples] + [images]
         if self.n_images == 1:
             return [images]
         if self.task in ("similarity", "content-similarity"):
@@ -370,7 +433,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                     temperature: float = 1.0, entropy_bonus: float = 0.0,
                     reference: Any = None, trust_remote_code: bool = False,
                     max_tiles: int = 1, min_pixels: int | None = None,
-                    max_pixels: int | None = None, model_flag: str = MODEL_FLAG) -> VLMReward:
+                    max_pixels: int | None = None, model_flag: str = MODEL_FLAG,
+                    margin_temp: float = 1.0, artifact_refs: Sequence[Any] = ()) -> VLMReward:
     """Build the VLM reward for ``task`` (see module doc). Higher score is better.
 
     ``model_id``: hub id or local directory of any supported family (InternVL3 ``-hf``,
@@ -383,11 +447,21 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     ``max_tiles`` (InternVL): 1 = one tile per image (cheapest); >1 = dynamic tiling + thumbnail.
     ``min_pixels`` / ``max_pixels`` (Qwen-VL): the pixel budget of the dynamic resolution
     (default: the checkpoint's processor's).
+    ``margin_temp``: the margin objective is ``sigmoid(margin / margin_temp)``.
+    ``artifact_refs``: two example images (paths or (3,H,W) tensors) of the artifact, shown
+    before the rated image in task ``artifact`` (the default question then refers to them).
     """
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
     _check_choice("calibration", calibration, CALIBRATIONS)
+    if artifact_refs and len(artifact_refs) != 2:
+        raise ValueError(f"artifact_refs takes two example images, got {len(artifact_refs)}")
+    if artifact_refs and task != "artifact":
+        raise ValueError(f"artifact_refs go with task 'artifact', not {task!r}")
+    if artifact_refs and prompt is None and prompt_file is None:
+        prompt = ARTIFACT_EXAMPLES_PROMPT
     question, scale, prefix = resolve_prompt(task, prompt, prompt_file, answer_scale)
+    examples = [_load_reference(r) for r in artifact_refs]
     ref, ref_source = None, None
     if reference is not None:
         if task not in ("similarity", "content-similarity", "triplet"):
@@ -399,7 +473,9 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     return VLMReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
                      calibration=calibration, temperature=temperature,
                      entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,
-                     max_tiles=max_tiles, min_pixels=min_pixels, max_pixels=max_pixels)
+                     max_tiles=max_tiles, min_pixels=min_pixels, max_pixels=max_pixels,
+                     margin_temp=margin_temp, examples=[e for e, _ in examples],
+                     example_sources=[src for _, src in examples])
 
 
 # the names before the reward became family-neutral (same objects)

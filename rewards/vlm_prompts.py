@@ -1,7 +1,9 @@
 """Questions and answer scales for the InternVL reward: the prompt is the user's.
 
 Every task has a built-in default question (``DEFAULT_PROMPTS``) and answer scale; users replace
-the question with ``prompt=`` / ``prompt_file=`` and the scale with ``answer_scale=``.
+the question with ``prompt=`` / ``prompt_file=`` and the scale with ``answer_scale=``. A
+``prompt`` that is the name of a preset (``rewards/prompt_presets.py``: ``studio``,
+``eyes_skin``, ``photoshoot``, ``same_subject``, ...) stands for that preset's question.
 
 Answer scales
 -------------
@@ -67,6 +69,13 @@ DEFAULT_PROMPTS = {
         "Image 1 is a style reference. Which candidate is closer in artistic style to Image 1: "
         "Image 2 or Image 3? Answer with 2 or 3."),
 }
+
+# task "artifact" with two example images of the artifact (artifact_refs) shown first
+ARTIFACT_EXAMPLES_PROMPT = (
+    "Image 1 and Image 2 are examples of an unwanted artifact (for instance a grid, mesh or "
+    "tiling pattern, moire, banding, or a repeated texture of dots or lines over the picture). "
+    "How free of that kind of artifact is Image 3? Rate on a scale from 0 to 9, where 0 is "
+    "covered by such artifacts and 9 is completely clean. Answer with a single digit.")
 
 PRESET_SCALES = {
     "digits": [(str(i), float(i)) for i in range(10)],
@@ -202,6 +211,14 @@ def resolve_prompt(task: str, prompt: str | None, prompt_file: str | Path | None
             answer_scale = data.get("answer_scale")
     if prompt is not None and not str(prompt).strip():
         raise ValueError("prompt is empty")
+    if prompt_file is None and prompt is not None:
+        from .prompt_presets import check_task, preset  # a preset's name: its question
+
+        named = preset(prompt)
+        if named is not None:
+            check_task(named, task)
+            prompt = named.prompt
+            answer_scale = named.answer_scale if answer_scale is None else answer_scale
     question = str(prompt).strip() if prompt is not None else DEFAULT_PROMPTS[task]
     scale = parse_answer_scale(answer_scale, task)
     check_answer_instruction(question, scale)
@@ -226,7 +243,9 @@ def check_answer_instruction(question: str, scale: AnswerScale) -> bool:
     return True
 
 
-def image_labels(task: str) -> list[str]:
-    """Text placed before each image in the user turn (the questions refer to these names)."""
-    n = TASK_IMAGES[task]
+def image_labels(task: str, n: int | None = None) -> list[str]:
+    """Text placed before each image in the user turn (the questions refer to these names).
+
+    ``n`` overrides the task's image count (task ``artifact`` with two example images: 3)."""
+    n = TASK_IMAGES[task] if n is None else n
     return [""] if n == 1 else [f"Image {i + 1}:" for i in range(n)]

@@ -39,23 +39,48 @@ def original_command(data_dir, ref):
             "--brightness_anchor_weight 10 --train_gradient_accumulation_steps 4").split()
 
 
-def test_original_command_parses_to_the_right_rewards(data_dir, ref):
+def test_original_command_parses_to_the_original_objective(data_dir, ref):
+    """The original README's command, unchanged: the original's terms, weights and calibration."""
     train, flags = parse_config(original_command(data_dir, ref)
                                 + ["--pretrained_model", "tiny", "--internvl_model_id", "tiny"])
     assert (train.mixed_precision, train.lora_rank, train.log_with) == ("bf16", 32, "wandb")
     assert (train.sample_num_steps, train.train_gradient_accumulation_steps) == (5, 4)
     assert train.num_epochs == 1_000_000 and train.train_learning_rate == 1e-4
     specs = {s["term"]: s for s in reward_specs(flags)}
-    assert set(specs) == {"grid", "brightness", "aesthetic", "similarity", "sharpness", "style"}
+    # the style reference REPLACES the single-image aesthetic, at --aesthetic_reward_scale
+    assert set(specs) == {"grid", "brightness", "crispness", "style", "similarity", "sharpness"}
+    assert specs["style"]["weight"] == 6 and specs["style"]["task"] == "similarity"
+    assert specs["style"]["reference"] == str(ref)
     assert specs["similarity"]["weight"] == 1.5
     assert specs["similarity"]["task"] == "content-similarity"
-    assert specs["aesthetic"]["weight"] == 6 and specs["aesthetic"]["task"] == "single"
     assert specs["sharpness"]["weight"] == 2 and specs["sharpness"]["task"] == "sharpness"
-    assert specs["style"]["reference"] == str(ref) and specs["style"]["task"] == "similarity"
+    assert specs["crispness"]["weight"] == 0.2  # the original's crispness_anchor_weight default
     assert specs["brightness"] == {"name": "brightness", "term": "brightness", "weight": 10.0,
                                    "target": 0.45, "band": 0.08}
     assert specs["grid"]["period"] == 16 and specs["grid"]["sigma_bins"] == 0.8
-    assert all(s["model_id"] == "tiny" for s in specs.values() if s["name"] == "internvl")
+    vlm = [s for s in specs.values() if s["name"] == "internvl"]
+    assert len(vlm) == 3 and all(s["model_id"] == "tiny" for s in vlm)
+    assert all((s["calibration"], s["objective"], s["temperature"]) == ("pmi_null", "expected", 1.0)
+               for s in vlm)
+
+
+def test_style_reward_scale_keeps_both_terms(data_dir, ref):
+    _, flags = parse_config(["--data_dir", str(data_dir), "--aesthetic_model_type", "internvl",
+                             "--aesthetic_reward_scale", "6", "--style_reference", str(ref),
+                             "--style_reward_scale", "2"])
+    specs = {s["term"]: s for s in reward_specs(flags)}
+    assert (specs["aesthetic"]["weight"], specs["aesthetic"]["task"]) == (6, "single")
+    assert (specs["style"]["weight"], specs["style"]["task"]) == (2, "similarity")
+
+
+def test_crispness_default_guards_training_only_beside_another_term(data_dir):
+    _, flags = parse_config(["--data_dir", str(data_dir), "--grid_ratio_weight", "1"])
+    assert flags.crispness_weight == 0.2
+    _, flags = parse_config(["--data_dir", str(data_dir), "--grid_ratio_weight", "1",
+                             "--crispness_weight", "0"])
+    assert "crispness" not in {s["term"] for s in reward_specs(flags)}
+    # evaluation and Python users: unset means off
+    assert "crispness" not in {s["term"] for s in reward_specs(RewardFlags(grid_ratio_weight=1))}
 
 
 def test_preset_with_command_line_override(tmp_path, data_dir):

@@ -253,7 +253,8 @@ def test_original_command_runs_with_wandb_offline(photos, tmp_path):
     lora = load_file(out / "pytorch_lora_weights.safetensors")
     assert lora and all(k.startswith("transformer.") for k in lora)
     run = json.loads((out / "run_config.json").read_text())
-    assert {t["term"] for t in run["rewards"]} == {"grid", "brightness", "aesthetic",
+    # the original's objective: the style question in place of the aesthetic one (issue 10)
+    assert {t["term"] for t in run["rewards"]} == {"grid", "brightness", "crispness",
                                                    "similarity", "sharpness", "style"}
     assert run["config"]["mixed_precision"] == "bf16" and run["config"]["lora_rank"] == 32
     # wandb's offline run: the binary history file and the logged image grid.
@@ -262,4 +263,4 @@ def test_original_command_runs_with_wandb_offline(photos, tmp_path):
     assert list(runs[0].glob("run-*.wandb"))
     assert list((runs[0] / "files" / "media" / "images").glob("*.png"))
     row = _rows(out)[0]
-    assert all(f"train/{t}" in row for t in ("grid", "brightness", "aesthetic", "style"))
+    assert all(f"train/{t}" in row for t in ("grid", "brightness", "crispness", "style"))

@@ -56,12 +56,16 @@ def test_folder_single_csv_and_gradient_heatmaps(pics, tmp_path):
     assert all(0.0 <= float(line.split(",")[1]) <= 1.0 for line in lines[1:])
     from PIL import Image
     files = sorted(p.name for p in heat.iterdir())
-    assert files == ["0000_1_a.png", "0001_1_b.jpg".replace(".jpg", ".png"), "0002_1_c.png"]
-    # heatmaps keep each image's own size and are not the plain image
-    assert Image.open(heat / "0001_1_b.png").size == (90, 60)
-    diff = np.abs(np.asarray(Image.open(heat / "0000_1_a.png"), dtype=float)
-                  - np.asarray(Image.open(pics / "a.png").convert("RGB"), dtype=float))
-    assert diff.mean() > 5
+    assert files == sorted(f"{stem}_{kind}.png" for stem in ("0000_1_a", "0001_1_b", "0002_1_c")
+                           for kind in ("input", "grad", "overlay"))
+    # input, gradient and overlay per image, each at the image's own size
+    assert Image.open(heat / "0001_1_b_overlay.png").size == (90, 60)
+    inp = np.asarray(Image.open(heat / "0000_1_a_input.png"), dtype=float)
+    assert np.abs(inp - np.asarray(Image.open(pics / "a.png").convert("RGB"), dtype=float)).max() <= 1
+    over = np.asarray(Image.open(heat / "0000_1_a_overlay.png"), dtype=float)
+    assert np.abs(over - inp).mean() > 5
+    grad = np.asarray(Image.open(heat / "0000_1_a_grad.png"), dtype=float)
+    assert grad.std() > 1 and (grad[..., 0] == grad[..., 1]).all()  # a gray gradient map
 
 
 @pytest.mark.slow
