@@ -493,11 +493,13 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
 
             from rewards.aesthetic import AestheticV25Head, LaionAestheticHead
 
+            from transformers.initialization import no_init_weights
+
             if name == "aesthetic_scorer":   # openai/clip-vit-large-patch14 vision tower
                 cfg = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                                        num_attention_heads=16, image_size=224, patch_size=14,
                                        projection_dim=768, hidden_act="quick_gelu")
-                with tr.label("weights: CLIP ViT-L/14 + LAION head"):
+                with tr.label("weights: CLIP ViT-L/14 + LAION head"), no_init_weights():
                     model = torch.nn.ModuleDict({"v": CLIPVisionModelWithProjection(cfg),
                                                  "h": LaionAestheticHead(768)})
                 size = 224
@@ -505,7 +507,8 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
                 cfg = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304,
                                          num_hidden_layers=27, num_attention_heads=16,
                                          image_size=384, patch_size=14)
-                with tr.label("weights: SigLIP so400m + v2.5 head"):
+                # (random init skipped: SigLIP's truncated normal reads values, fakes have none)
+                with tr.label("weights: SigLIP so400m + v2.5 head"), no_init_weights():
                     model = torch.nn.ModuleDict({"v": SiglipVisionModel(cfg),
                                                  "h": AestheticV25Head(1152)})
                 size = 384
