@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -558,6 +558,12 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
         est.notes.append("--mixed_precision not given: estimated for bf16 (accelerate's config "
                          "decides at launch)")
     tr = Tracker()
+
+    def amp():
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast("cpu", dtype=dtype)   # CPU autocast stands in for CUDA's
+
     old_default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -639,8 +645,11 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                 with tr.label("activations: VAE decode"):
                     return orig_decode(tokens)
             sampler.decode = decode
-            out = sampler.sample(inputs, text, backprop_steps=1, image_tokens=image_tokens,
-                                 generator=torch.Generator().manual_seed(0))
+            # the trainer samples under accelerator.autocast(): bf16/fp16 matmuls, so peft's
+            # fp32 LoRA branch keeps low-precision copies of its inputs, not fp32 ones
+            with amp():
+                out = sampler.sample(inputs, text, backprop_steps=1, image_tokens=image_tokens,
+                                     generator=torch.Generator().manual_seed(0))
             out = out.float()
 
             # ------------------------------------------------------- rewards
@@ -682,7 +691,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                 tokens = (sampler.latent_h // 2) * (sampler.latent_w // 2)
                 x = torch.randn(b, tokens, transformer.config.in_channels, dtype=dtype)
                 img_ids = torch.zeros(2 * tokens, 3, dtype=dtype)
-                with tr.label("activations: one more backpropagated step"):
+                with tr.label("activations: one more backpropagated step"), amp():
                     v = transformer(hidden_states=torch.cat([x, image_tokens], 1),
                                     timestep=torch.full((b,), 0.5, dtype=dtype),
                                     guidance=torch.full((b,), cfg.guidance_scale),
