@@ -5,6 +5,7 @@
         --brightness_anchor_weight 10 --grid_ratio_weight 1 [flags]
     python alignprop_fluxkontext.py --config preset.yaml --max_train_steps 100
     python alignprop_fluxkontext.py --help
+    python alignprop_fluxkontext.py <training flags> --estimate   # fits? cost? (no weights, no GPU)
 
 The flags are documented in --help and in docs/training.md; the loop lives in
 alignprop/trainer.py. This file only parses flags; rewards/cli.py turns expected failures
@@ -20,6 +21,11 @@ def _main(argv: list[str] | None) -> int:
     from alignprop.config import parse_config
 
     train_cfg, reward_flags = parse_config(argv)
+    if train_cfg.estimate:  # a dry run at real size: needs no data, weights or output folder
+        from alignprop.estimate import estimate_training
+
+        print(estimate_training(train_cfg, reward_flags).report())
+        return 0
     # Paths first (seconds, not minutes): the data folder, the checkpoint to resume,
     # and an --output_dir that is writable and not another run's folder.
     from alignprop.checkpoint import preflight

@@ -149,6 +149,12 @@ class TrainConfig:
     log_image_freq: int = _f(
         50, "Every this many steps, write an input|output grid PNG and log it (0 = never).")
     log_freq: int = _f(1, "Log scalars every this many steps.")
+    # ---------------------------------------------------------------- dry run
+    estimate: bool = _f(
+        False, "Do not train: build every model of this run at its real size without weights "
+               "(no download, no GPU), trace one optimizer step and print parameters, FLOPs, time "
+               "at 40%% of H100/A100/L40S/RTX 4090 peaks, peak memory by part and a verdict for "
+               "24/40/48/80/141 GB GPUs (see docs/scale.md).")
 
     def __post_init__(self) -> None:
         self.validate()

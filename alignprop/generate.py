@@ -350,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
                      "(images of the same output size are batched together).")
     gen.add_argument("--no_base", action="store_true", help="Skip the base-model outputs (the "
                      "contact sheet then shows input | LoRA).")
+    p.add_argument("--estimate", action="store_true", help="Do not generate: build the pipeline "
+                   "at its real size without weights and trace one call at the largest output "
+                   "size of --input_dir; print parameters, FLOPs, time per call at 40%% of GPU "
+                   "peaks and peak memory per GPU size (docs/scale.md). Nothing is written.")
     return p
+
+
+def estimate(args, jobs) -> int:
+    """``--estimate``: one traced pipeline call at the largest planned size (no weights)."""
+    from alignprop.estimate import estimate_generate
+
+    if not jobs:
+        raise UserError(f"--input_dir {args.input_dir}: no readable image to size the estimate")
+    h, w = max((j.size for j in jobs), key=lambda s: s[0] * s[1])
+    dtype = {"float32": torch.float32, "float16": torch.float16}.get(args.dtype, torch.bfloat16)
+    est = estimate_generate(args.pretrained_model, h, w, args.num_steps, args.batch_size, dtype,
+                            args.max_sequence_length, args.guidance_scale)
+    print(est.report())
+    return 0
 
 
 def validate(args) -> list[str]:
@@ -436,6 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_writable_dir(flag, f)
     prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
+    if args.estimate:
+        return estimate(args, jobs)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     t0 = time.time()

@@ -13,7 +13,14 @@ as the pipeline (tests/test_sampler.py checks max |diff| <= 1e-4 in fp32):
   set to 1;
 * schedule: ``sigmas = linspace(1, 1/N, N)`` shifted by the scheduler with the
   resolution-dependent ``mu`` (dynamic shifting), Euler flow-matching steps
-  ``x <- x + (sigma_next - sigma) * v`` computed in fp32;
+  ``x <- x + (sigma_next - sigma) * v`` with diffusers' arithmetic by default
+  (``FlowMatchEulerDiscreteScheduler.step``: the product ``dt * v`` is taken in
+  the model dtype, e.g. bf16, then added to the fp32 latents and rounded back),
+  or the whole update in fp32 with ``euler_fp32=True`` (slightly more accurate
+  in bf16, identical in fp32);
+* the input image is mapped to [-1, 1] in fp32 and only then cast to the model
+  dtype, as the pipeline's image processor does. With both, the bf16 sampler
+  equals the bf16 pipeline too (tests/test_sampler.py);
 * guidance-distilled sampling: FLUX.1 Kontext-dev embeds the guidance scale
   (one forward per step, no classifier-free guidance batch).
 
@@ -110,7 +117,8 @@ class KontextSampler:
     """
 
     def __init__(self, transformer, vae, scheduler, transformer_config, height: int, width: int,
-                 num_steps: int, guidance_scale: float = 2.5, dtype: torch.dtype = torch.float32):
+                 num_steps: int, guidance_scale: float = 2.5, dtype: torch.dtype = torch.float32,
+                 euler_fp32: bool = False):
         self.transformer = transformer
         self.vae = vae.requires_grad_(False)  # decoded with grad, never trained
         self.scheduler = scheduler
@@ -129,6 +137,9 @@ class KontextSampler:
         self.num_steps = num_steps
         self.guidance_scale = guidance_scale
         self.dtype = dtype
+        # False: diffusers' Euler arithmetic (parity with FluxKontextPipeline in any dtype);
+        # True: dt * v in fp32 too (differs from the pipeline only when dtype is not fp32).
+        self.euler_fp32 = bool(euler_fp32)
         self.timesteps, self.sigmas = self._schedule()
 
     # ------------------------------------------------------------------ schedule
@@ -153,7 +164,8 @@ class KontextSampler:
         if images.shape[-2:] != (self.height, self.width):
             raise ValueError(f"input images are {tuple(images.shape[-2:])}, expected "
                              f"{(self.height, self.width)}; resize them first (data.py does)")
-        x = images.to(device=self.vae.device, dtype=self.dtype) * 2.0 - 1.0
+        # [0,1] -> [-1,1] in fp32, then cast: the pipeline's image processor does the same.
+        x = (images.to(device=self.vae.device, dtype=torch.float32) * 2.0 - 1.0).to(self.dtype)
         latents = self.vae.encode(x).latent_dist.mode()
         latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         return _pack(latents)
@@ -208,9 +220,14 @@ class KontextSampler:
                     encoder_hidden_states=text.prompt_embeds, txt_ids=text.text_ids,
                     img_ids=img_ids, return_dict=False)[0]
                 velocity = velocity[:, : latents.shape[1]]
-                # Euler step in fp32 like FlowMatchEulerDiscreteScheduler.step.
-                latents = (latents.float() + (sigmas[i + 1] - sigmas[i]) * velocity.float()
-                           ).to(velocity.dtype)
+                # Euler step. FlowMatchEulerDiscreteScheduler.step upcasts the latents to
+                # fp32 but multiplies the 0-dim fp32 ``dt`` by the velocity in the
+                # velocity's dtype (bf16 under bf16), then adds in fp32 and casts back;
+                # the same expression here gives the same bits. euler_fp32 also takes the
+                # product in fp32.
+                dt = sigmas[i + 1] - sigmas[i]
+                step = dt * (velocity.float() if self.euler_fp32 else velocity)
+                latents = (latents.float() + step).to(velocity.dtype)
         with torch.set_grad_enabled(grad_on and k > 0):
             out = self.decode(latents)
         return (out, latents) if return_latents else out

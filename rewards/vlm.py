@@ -61,27 +61,45 @@ def _check_choice(name: str, value: str, valid: Sequence[str]) -> str:
 
 
 # --------------------------------------------------------------------------- answer tokens
-def find_answer_tokens(tokenizer, words: Sequence[str]) -> list[list[int]]:
-    """Token ids that start each answer, with and without a leading space.
+def find_answer_tokens(tokenizer, words: Sequence[str], context: str | None = None
+                       ) -> list[list[int]]:
+    """Token ids that start each answer: as written, with a leading space, and capitalised.
 
-    A BPE vocabulary may hold "7" and " 7" as different tokens, and which one the model emits
-    depends on the text before it; the probabilities of both are summed. An answer that is
-    several tokens long is read by its first token, which must then be unique to that answer
-    (otherwise a clear error: e.g. "10" starts like "1").
+    A BPE vocabulary may hold "7" and " 7", "yes" and "Yes" as different tokens, and which one
+    the model emits depends on the text before it; the probabilities of all of them are summed.
+    ``context`` is the text the answer follows (the chat template up to the assistant turn):
+    each form is then tokenised after it, exactly as the model sees it. On Qwen2.5's real
+    vocabulary, "excellent" right after the assistant prefix's newline is two tokens
+    ("ex" + "cellent") while "Excellent" and " excellent" are one each: only single-token
+    forms are read. An answer with no single-token form is read by its first token, which
+    must then be unique to that answer (otherwise a clear error: e.g. "10" starts like "1"),
+    and a warning says so.
     """
     ids: list[list[int]] = []
     multi = []
+    prefix_ids = tokenizer.encode(context, add_special_tokens=False) if context else []
+
+    def tokens_of(text: str) -> list[int]:
+        if not context:
+            return tokenizer.encode(text, add_special_tokens=False)
+        full = tokenizer.encode(context + text, add_special_tokens=False)
+        if full[:len(prefix_ids)] == prefix_ids:
+            return full[len(prefix_ids):]
+        return tokenizer.encode(text, add_special_tokens=False)   # merged across the boundary
+
     for word in words:
         found: list[int] = []
         firsts: list[int] = []
-        for text in (word, " " + word):
-            toks = tokenizer.encode(text, add_special_tokens=False)
+        forms = dict.fromkeys([word, " " + word, word[:1].upper() + word[1:],
+                               " " + word[:1].upper() + word[1:]])
+        for text in forms:
+            toks = tokens_of(text)
             if not toks:
                 continue
             if len(toks) == 1:
                 found.append(toks[0])
-            elif tokenizer.decode(toks[:1]).strip():      # first token is not bare whitespace
-                firsts.append(toks[0])
+            elif text in (word, " " + word) and tokenizer.decode(toks[:1]).strip():
+                firsts.append(toks[0])       # first token is not bare whitespace
         if not found:
             found, multi = firsts, multi + [word]
         if not found:
@@ -178,9 +196,11 @@ class VLMReward:
         self.examples = [e.float() for e in examples]
         self.example_sources = list(example_sources)
         self.n_images = TASK_IMAGES[task] + len(self.examples)
-        self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words)
         self._values = torch.tensor(answer_scale.normalised_values(), dtype=torch.float32)
         self.prompt_template = self._render_template()
+        # the answer tokens as the model sees them: right after the assistant prefix
+        self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words,
+                                             context=self.prompt_template)
         self._ids_cache: dict[tuple[int, ...], torch.Tensor] = {}
         self._null_cache: dict[tuple, torch.Tensor] = {}
         self.num_forwards = 0

@@ -146,3 +146,45 @@ def test_size_must_fit_the_latent_grid(pipe):
     with pytest.raises(ValueError, match="multiple of 4"):
         KontextSampler(pipe.transformer, pipe.vae, pipe.scheduler, pipe.transformer.config,
                        30, 32, 2)
+
+
+def _bf16_pair(steps, euler_fp32=False):
+    """(ours, pipeline) images of the tiny pipeline run entirely in bf16."""
+    pipe = build_tiny_pipeline(dtype=torch.bfloat16)
+    images = _inputs()
+    ref = pipe(image=images, prompt=PROMPTS, height=H, width=W, num_inference_steps=steps,
+               guidance_scale=2.5, generator=torch.Generator().manual_seed(3), output_type="pt",
+               max_area=H * W, _auto_resize=False).images
+    text = stack_prompt_embeds(encode_prompts(pipe, PROMPTS, "cpu"), PROMPTS)
+    sampler = KontextSampler(pipe.transformer, pipe.vae, pipe.scheduler, pipe.transformer.config,
+                             H, W, steps, guidance_scale=2.5, dtype=torch.bfloat16,
+                             euler_fp32=euler_fp32)
+    with torch.no_grad():
+        ours = sampler.sample(images, text, generator=torch.Generator().manual_seed(3))
+    return ours.float(), ref.float()
+
+
+@pytest.mark.parametrize("steps", [4, 8])
+def test_bf16_parity_with_diffusers_pipeline(steps):
+    """Default arithmetic = the pipeline's (fp32 image mapping, dt * v in bf16): same bits."""
+    ours, ref = _bf16_pair(steps)
+    assert ref.std().item() > 1e-3
+    assert (ours - ref).abs().max().item() == 0.0
+
+
+def test_bf16_euler_fp32_switch_differs_from_the_pipeline_only_slightly():
+    """euler_fp32=True keeps the update in fp32: not bit-equal to diffusers in bf16, but close."""
+    ours, ref = _bf16_pair(8, euler_fp32=True)
+    diff = (ours - ref).abs().max().item()
+    assert 0.0 < diff < 0.1
+
+
+def test_euler_fp32_is_the_identity_switch_in_fp32(pipe):
+    text = stack_prompt_embeds(encode_prompts(pipe, PROMPTS, "cpu"), PROMPTS)
+    outs = []
+    for flag in (False, True):
+        s = KontextSampler(pipe.transformer, pipe.vae, pipe.scheduler, pipe.transformer.config,
+                           H, W, STEPS, euler_fp32=flag)
+        with torch.no_grad():
+            outs.append(s.sample(_inputs(), text, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(outs[0], outs[1])

@@ -1,0 +1,177 @@
+"""Memory and FLOP accounting of a traced run, for real-size models without weights.
+
+:class:`Tracker` is a ``TorchDispatchMode``: every storage an op creates is recorded with
+the label that was current at the time (``tracker.label("weights: transformer")``) and
+forgotten when the storage is freed (a weak reference's finalizer). Live bytes per label and
+the peak (with the per-label breakdown at that moment) are what a caching-free device
+allocator would see. Run it on top of ``FakeTensorMode`` and nothing is allocated: a 12B
+transformer and a 14B VLM are traced on a laptop CPU.
+
+torch's own ``MemTracker`` refuses modules with frozen parameters (it hooks gradients), which
+is every model here, hence this small tracker.
+
+FLOPs are counted per op with torch's FLOP formulas (``torch.utils.flop_counter``), split into
+forward / backward / recompute: an op running inside ``loss.backward()`` with grad mode ON is
+a gradient-checkpointing recompute (the engine runs backward ops with grad mode off).
+CPU's fused attention kernel has no formula in torch, so one is registered here (the same
+as for the CUDA flash kernel).
+"""
+from __future__ import annotations
+
+import weakref
+from collections import defaultdict
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+aten = torch.ops.aten
+
+
+def _register_cpu_attention_flops() -> None:
+    from torch.utils import flop_counter as fc
+
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is not None and fwd not in fc.flop_registry:
+        @fc.register_flop_formula(fwd)
+        def _fwd(query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_flop_count(query, key, value)
+    if bwd is not None and bwd not in fc.flop_registry:
+        @fc.register_flop_formula(bwd)
+        def _bwd(grad_out, query, key, value, *args, out_val=None, **kwargs) -> int:
+            return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+_register_cpu_attention_flops()
+
+
+class Tracker(TorchDispatchMode):
+    """Live storage bytes by label, their peak, and FLOPs by phase (see module doc)."""
+
+    def __init__(self):
+        super().__init__()
+        from torch.utils.flop_counter import flop_registry
+
+        self._flops_of = flop_registry
+        self._label = "other"
+        self._phase = "forward"
+        self._live: dict[int, tuple[str, int]] = {}      # id(storage) -> (label, bytes)
+        self.by_label: dict[str, int] = defaultdict(int)
+        self.total = 0
+        self.peak = 0
+        self.peak_at: dict[str, int] = {}
+        self.peak_where = ""
+        self.flops: dict[str, int] = defaultdict(int)
+        self.flops_by_label: dict[str, int] = defaultdict(int)
+
+    # ------------------------------------------------------------------ context
+    @contextmanager
+    def label(self, name: str):
+        """Storages created inside are charged to ``name``."""
+        old, self._label = self._label, name
+        try:
+            yield
+        finally:
+            self._label = old
+
+    @contextmanager
+    def phase(self, name: str):
+        """FLOPs inside are counted as ``name`` ('forward' or 'backward')."""
+        old, self._phase = self._phase, name
+        try:
+            yield
+        finally:
+            self._phase = old
+
+    def reset_peak(self) -> None:
+        self.peak = self.total
+        self.peak_at = {k: v for k, v in self.by_label.items() if v}
+        self.peak_where = self._label
+
+    def live(self) -> dict[str, int]:
+        return {k: v for k, v in self.by_label.items() if v}
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _free(self, key: int) -> None:
+        label, nbytes = self._live.pop(key, (None, 0))
+        if label is not None:
+            self.by_label[label] -= nbytes
+            self.total -= nbytes
+
+    def track(self, t: torch.Tensor) -> None:
+        """Record ``t``'s storage if it is new (also used for tensors made outside ops)."""
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):
+            return
+        key = id(st)
+        if key in self._live:
+            return
+        nbytes = int(st.nbytes())
+        self._live[key] = (self._label, nbytes)
+        self.by_label[self._label] += nbytes
+        self.total += nbytes
+        weakref.finalize(st, self._free, key)
+        if self.total > self.peak:
+            self.peak = self.total
+            self.peak_at = {k: v for k, v in self.by_label.items() if v}
+            self.peak_where = self._label
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if packet in self._flops_of:
+            n = int(self._flops_of[packet](*args, **kwargs, out_val=out))
+            phase = self._phase
+            if phase == "backward" and torch.is_grad_enabled():
+                phase = "recompute"
+            self.flops[phase] += n
+            self.flops_by_label[self._label] += n
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        return out
+
+
+@contextmanager
+def fake_mode():
+    """A FakeTensorMode that accepts the odd real tensor (tokenizer ids, scheduler constants).
+
+    ``Module.to(dtype)`` on fake parameters swaps tensors, which fake tensors refuse (the mode
+    keeps weak references to them; peft casts its adapters this way): inside, a refused swap
+    falls back to ``param.data = new``, which is what ``Module._apply`` does for real tensors.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    original = torch.utils.swap_tensors
+
+    def swap(t1, t2):
+        try:
+            return original(t1, t2)
+        except RuntimeError:
+            t1.data = t2.data
+
+    torch.utils.swap_tensors = swap
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            yield mode
+    finally:
+        torch.utils.swap_tensors = original
+
+
+def param_counts(module: torch.nn.Module) -> dict[str, int]:
+    """total / frozen / trainable parameter counts (shared tensors counted once)."""
+    seen, total, train = set(), 0, 0
+    for p in module.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        train += p.numel() if p.requires_grad else 0
+    return {"total": total, "frozen": total - train, "trainable": train}
+
+
+__all__ = ["Tracker", "fake_mode", "param_counts"]

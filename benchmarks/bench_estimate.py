@@ -1,0 +1,152 @@
+"""Check ``--estimate`` against a measured training step of the built-in tiny models (CPU).
+
+For each configuration, one real optimizer step of the tiny FLUX Kontext + tiny InternVL
+rewards runs on the CPU (fp32; AdamW warm from a first step, as the estimate assumes) and its
+peak memory is measured independently of the estimator: torch.profiler's allocator events
+(every CPU allocation and free during the step) on top of the bytes live when the step starts
+(weights, LoRA, AdamW state: every storage of the models and the optimizer, counted once).
+Its FLOPs are counted with torch's FlopCounterMode. The estimator traces the same flags with
+fake tensors. Printed: estimated vs measured peak and FLOPs, and their ratio.
+
+    PYTHONPATH=. python benchmarks/bench_estimate.py        # ~2 min on a 2-core CPU
+
+Figures in docs/scale.md come from this command.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+
+import torch
+
+CASES = [  # (name, extra training flags)
+    ("64 px, K=1", ["--image_height", "64", "--image_width", "64", "--backprop_steps", "1"]),
+    ("256 px, K=1", ["--image_height", "256", "--image_width", "256", "--backprop_steps", "1"]),
+    ("256 px, K=2", ["--image_height", "256", "--image_width", "256", "--backprop_steps", "2"]),
+    ("256 px, K=2, checkpointing", ["--image_height", "256", "--image_width", "256",
+                                    "--backprop_steps", "2", "--gradient_checkpointing"]),
+]
+BASE = ["--pretrained_model", "tiny", "--internvl_model_id", "tiny", "--mixed_precision", "no",
+        "--internvl_dtype", "float32",
+        "--sample_num_steps", "4", "--lora_rank", "8", "--aesthetic_model_type", "internvl",
+        "--similarity_backend", "internvl-content", "--log_with", "none"]
+
+
+def _live_bytes(*objs) -> int:
+    """Bytes of every distinct storage held by these modules / optimizer (params, buffers, state)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            key = st.data_ptr()
+            if key not in seen and st.nbytes():
+                seen.add(key)
+                total += st.nbytes()
+
+    for o in objs:
+        if isinstance(o, torch.nn.Module):
+            for t in list(o.parameters()) + list(o.buffers()):
+                add(t)
+                add(t.grad)
+        elif isinstance(o, torch.optim.Optimizer):
+            for state in o.state.values():
+                for t in state.values():
+                    add(t)
+    return total
+
+
+def measured_step(argv: list[str]) -> tuple[int, float]:
+    """(peak bytes, FLOPs) of one real optimizer step with these flags."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from alignprop.config import parse_config
+    from alignprop.lora import add_lora
+    from alignprop.models import build_tiny_pipeline
+    from alignprop.reward_flags import build_reward_from_flags
+    from alignprop.sampler import KontextSampler, encode_prompts, stack_prompt_embeds
+    from rewards.internvl_model import clear_cache
+
+    cfg, flags = parse_config(argv)
+    torch.manual_seed(0)
+    pipe = build_tiny_pipeline()
+    text = stack_prompt_embeds(encode_prompts(pipe, [cfg.prompt], "cpu"), [cfg.prompt])
+    pipe.text_encoder = pipe.text_encoder_2 = None
+    clear_cache()
+    reward = build_reward_from_flags(flags, device="cpu")
+    transformer = pipe.transformer
+    lora = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules())
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    opt = torch.optim.AdamW(lora, lr=1e-4)
+    sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, transformer.config,
+                             cfg.image_height, cfg.image_width, cfg.sample_num_steps,
+                             cfg.guidance_scale)
+    k = cfg.k_range()[1]
+    inputs = torch.rand(1, 3, cfg.image_height, cfg.image_width)
+
+    def step():
+        out = sampler.sample(inputs, text, backprop_steps=k,
+                             generator=torch.Generator().manual_seed(0))
+        r, _ = reward(out.float(), inputs, [cfg.prompt])
+        (-r.mean()).backward()
+        del out, r
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()                                   # warm: AdamW state exists, as in the estimate
+    gc.collect()
+    vlm_models = {id(m): m for t in getattr(reward, "terms", [])
+                  for m in [getattr(getattr(t.fn, "bundle", None), "model", None)] if m is not None}
+    base = _live_bytes(transformer, pipe.vae, opt, *vlm_models.values())
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    cur = peak = 0
+    for _, b in events:
+        cur += b
+        peak = max(peak, cur)
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return base + peak, float(fc.get_total_flops())
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="all", help="comma-separated case numbers (0-based) or all")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from alignprop.config import parse_config
+    from alignprop.estimate import estimate_training
+
+    data = tempfile.mkdtemp()
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(os.path.join(data, "a.png"))
+    picks = range(len(CASES)) if args.cases == "all" else [int(c) for c in args.cases.split(",")]
+    print(f"{'case':<30} {'estimated MB':>13} {'measured MB':>12} {'ratio':>6} "
+          f"{'est. GFLOP':>11} {'meas. GFLOP':>12} {'ratio':>6}")
+    rows = []
+    for i in picks:
+        name, extra = CASES[i]
+        argv_i = BASE + ["--data_dir", data] + extra
+        est = estimate_training(*parse_config(argv_i))
+        peak, flops = measured_step(argv_i)
+        ratio, fratio = est.peak_bytes / peak, est.total_flops / flops
+        rows.append((name, est.peak_bytes, peak, ratio, est.total_flops, flops, fratio))
+        print(f"{name:<30} {est.peak_bytes / 1e6:13.2f} {peak / 1e6:12.2f} {ratio:6.3f} "
+              f"{est.total_flops / 1e9:11.3f} {flops / 1e9:12.3f} {fratio:6.3f}", flush=True)
+    worst = max(abs(r[3] - 1) for r in rows)
+    print(f"worst memory deviation: {worst:.1%}")
+    return 0 if worst <= 0.10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

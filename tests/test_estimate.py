@@ -1,0 +1,120 @@
+"""``--estimate``: the dry run of training and generate (tiny models; real sizes are in
+tests/test_full_size_shapes.py, the check against a measured step in benchmarks/bench_estimate.py)."""
+import json
+
+import pytest
+import torch
+
+import alignprop_fluxkontext
+from alignprop import generate
+from alignprop.estimate import GPU_SIZES_GB, Estimate, estimate_training, kontext_configs
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    from PIL import Image
+
+    d = tmp_path / "images"
+    d.mkdir()
+    Image.new("RGB", (48, 40), (120, 90, 60)).save(d / "a.png")
+    return d
+
+
+def _train_flags(data_dir, tmp_path, *extra):
+    return ["--data_dir", str(data_dir), "--pretrained_model", "tiny", "--internvl_model_id",
+            "tiny", "--image_height", "32", "--image_width", "32", "--sample_num_steps", "3",
+            "--aesthetic_model_type", "internvl", "--grid_ratio_weight", "1",
+            "--output_dir", str(tmp_path / "out"), "--log_with", "none", *extra]
+
+
+def test_training_estimate_prints_breakdown_and_verdicts_and_writes_nothing(
+        data_dir, tmp_path, capsys):
+    rc = alignprop_fluxkontext.main(_train_flags(data_dir, tmp_path, "--backprop_steps", "2",
+                                                 "--estimate"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    for text in ("parameters (total / frozen / trainable)", "FLOPs per optimizer step",
+                 "H100 SXM", "A100", "L40S", "RTX 4090", "peak device memory",
+                 "weights: transformer", "activations: VAE decode",
+                 "activations: reward aesthetic (internvl)", "AdamW state",
+                 "--use_8bit_adam", "K=2: peak and FLOPs extrapolated"):
+        assert text in out, text
+    for gb in GPU_SIZES_GB:
+        assert f"{gb} GB: fits" in out
+    assert not (tmp_path / "out").exists()
+
+
+def test_estimate_grows_with_k_and_shrinks_with_checkpointing(data_dir, tmp_path):
+    from alignprop.config import parse_config
+
+    def est(*extra):
+        return estimate_training(*parse_config(_train_flags(data_dir, tmp_path, *extra)))
+
+    k1, k3 = est("--backprop_steps", "1"), est("--backprop_steps", "3")
+    assert k3.peak_bytes > k1.peak_bytes
+    assert k3.flops["backward"] == pytest.approx(3 * k1.flops["backward"], rel=0.15)
+    assert k1.flops.get("recompute", 0) == 0
+    ck = est("--backprop_steps", "1", "--gradient_checkpointing")
+    assert ck.flops["recompute"] > 0
+    act = lambda e: sum(v for k, v in e.breakdown.items() if "transformer (backprop" in k)
+    assert act(ck) < act(k1)
+
+
+def test_verdict_thresholds():
+    e = Estimate("x")
+    e.peak_bytes = int(20e9)
+    assert e.verdict(24) == "fits" and e.verdict(141) == "fits"
+    e.peak_bytes = int(23.5e9)
+    assert e.verdict(24) == "tight"
+    e.peak_bytes = int(30e9)
+    assert e.verdict(24) == "no" and e.verdict(40) == "fits"
+
+
+def test_generate_estimate(data_dir, tmp_path, capsys):
+    rc = generate.cli(["--input_dir", str(data_dir), "--output_dir", str(tmp_path / "gen"),
+                       "--pretrained_model", "tiny", "--prompt", "brighter", "--num_steps", "3",
+                       "--estimate"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "generate, built-in tiny model, 48x32" in out and "141 GB:" in out
+    assert not (tmp_path / "gen").exists()
+
+
+def test_a_local_directory_config_is_read(tmp_path):
+    from alignprop.models import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    root = tmp_path / "kontext"
+    for part in ("transformer", "vae", "scheduler"):
+        getattr(pipe, part).save_config(root / part)
+    for part in ("text_encoder", "text_encoder_2"):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(getattr(pipe, part).config.to_json_string())
+    cfg, source = kontext_configs(str(root))
+    assert cfg["transformer"]["num_layers"] == 1 and str(root) in source
+
+
+def test_unknown_model_is_one_clear_error(data_dir, tmp_path, capsys):
+    flags = _train_flags(data_dir, tmp_path, "--estimate")
+    flags[flags.index("tiny")] = "someone/other-kontext"
+    rc = alignprop_fluxkontext.main(flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and "--pretrained_model 'someone/other-kontext': no shipped configuration" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_shipped_kontext_config_builds_the_published_size():
+    cfg, _ = kontext_configs("black-forest-labs/FLUX.1-Kontext-dev")
+    from diffusers import FluxTransformer2DModel
+
+    from alignprop.fakemem import fake_mode, param_counts
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with fake_mode():
+            t = FluxTransformer2DModel.from_config(
+                {k: v for k, v in cfg["transformer"].items() if not k.startswith("_")})
+    finally:
+        torch.set_default_dtype(old)
+    assert param_counts(t)["total"] == pytest.approx(11.9e9, rel=0.01)
+    assert json.dumps(cfg)  # plain JSON
