@@ -36,9 +36,11 @@ import torch
 from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from .config import MissingDependencyError, TrainConfig, config_dict
 from .data import ImageFolder, SampleStream, load_batch
+from .distributed import grad_norm as total_grad_norm
+from .distributed import is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
                             log_image_grid, tracker_config)
-from .lora import LORA_FILE, add_lora, load_lora_into, save_lora
+from .lora import LORA_FILE, add_lora, load_lora_into, lora_state_dict, save_lora
 from .reward_flags import RewardFlags, build_reward_from_flags
 from .sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 
@@ -148,7 +150,6 @@ def lora_rank_difference(accelerator, params) -> float:
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
           accelerator=None) -> TrainResult:
     """Run AlignProp training; ``reward_fn`` overrides the flags' reward (tests, demo)."""
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
@@ -157,11 +158,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     out_dir = Path(cfg.output_dir)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
-        # Launched on several processes without CUDA: accelerate only picks its
-        # multi-CPU (gloo) backend when told the run is on CPU.
-        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        accelerator = Accelerator(
-            cpu=cpu_ddp, mixed_precision=cfg.mixed_precision, log_with=log_with,
+        # DDP, FSDP2 (accelerate config) or one process; gloo when there is no GPU.
+        accelerator = make_accelerator(
+            mixed_precision=cfg.mixed_precision, log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                 logging_dir=str(out_dir / "logs")))
     main = accelerator.is_main_process
@@ -213,6 +212,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=total_steps)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # FSDP2 swaps every parameter for a sharded DTensor one: take the LoRA again.
+    lora_params = trainable_parameters(transformer)
+    sharded = is_sharded(accelerator)
     # The LR scheduler is stepped by us once per optimizer step (not prepared, so it
     # is not stepped once per process). It is saved by our checkpoint code, never
     # registered with accelerate: accelerate pickles registered objects and unpickles
@@ -220,7 +222,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     bare = accelerator.unwrap_model(transformer)
 
     def save_model(ckpt_dir):  # checkpoints hold the LoRA, not the whole transformer
-        save_lora(bare, ckpt_dir)
+        state = lora_state_dict(bare)  # every rank calls it: gathers the shards under FSDP
+        if main:
+            save_lora(bare, ckpt_dir, state=state)
 
     def load_model(ckpt_dir):
         load_lora_into(bare, ckpt_dir)
@@ -247,7 +251,7 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run = {"config": config_dict(cfg, reward_flags), "rewards": _describe_reward(reward_fn),
-               "world_size": world, "images": len(folder),
+               "world_size": world, "sharded": sharded, "images": len(folder),
                "skipped_unreadable": [str(p) for p in folder.skipped]}
         (out_dir / "run_config.json").write_text(json.dumps(run, indent=2, default=str))
         if log_with:
@@ -312,8 +316,7 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                 if cfg.max_grad_norm > 0:
                     grad_norm = float(accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm))
                 else:
-                    grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                        [p.grad.norm() for p in lora_params if p.grad is not None])))
+                    grad_norm = total_grad_norm(lora_params)
                 if accelerator.scaler is None and not math.isfinite(grad_norm):
                     skip_reason = "non-finite gradient norm"
                 else:
@@ -368,13 +371,15 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
 
     # ---------------------------------------------------------------- export
     accelerator.wait_for_everyone()
-    rank_diff = lora_rank_difference(accelerator, lora_params)
+    # Sharded: one copy of each weight exists, there is nothing to compare.
+    rank_diff = 0.0 if sharded else lora_rank_difference(accelerator, lora_params)
     if rank_diff > 0:
         warnings.warn(f"LoRA weights differ across processes (max |diff| of checksums "
                       f"{rank_diff:.3g}); the run is not data-parallel consistent", RuntimeWarning)
     lora_path = None
+    lora_state = lora_state_dict(bare)  # gathers the shards under FSDP: every rank calls
     if main:
-        lora_path = save_lora(bare, out_dir)
+        lora_path = save_lora(bare, out_dir, state=lora_state)
         # Prove the file loads the way users will load it (diffusers' own reader).
         from diffusers import FluxKontextPipeline
 

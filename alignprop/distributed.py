@@ -1,0 +1,91 @@
+"""Several processes: data-parallel (DDP) or sharded (FSDP2), both through accelerate.
+
+The engine is accelerate's; this module only configures it and handles what a LoRA
+trainer needs on top:
+
+* :func:`make_accelerator` -- the ``Accelerator`` for the launch at hand. Under an FSDP
+  config on a machine without GPUs (our CPU tests) accelerate 1.15 silently falls back to
+  DDP on gloo; we switch its state to FSDP the way its own ``__init__`` does on GPUs, so
+  the CPU tests run accelerate's FSDP2 code and never an unsharded stand-in.
+* :func:`trainable_parameters` -- the LoRA parameters *after* ``prepare`` (FSDP2 replaces
+  every parameter by a sharded ``DTensor`` one).
+* :func:`full_tensor` / :func:`full_state` -- gather sharded tensors into whole ones
+  (a collective: every rank must call them), so the LoRA is saved once, complete, in
+  diffusers format, and checkpoints do not depend on the number of processes.
+* :func:`grad_norm` -- the global gradient norm of sharded or replicated gradients.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+
+
+def _fsdp_requested() -> bool:
+    # `accelerate launch --config_file <fsdp config>` / `--use_fsdp` export this.
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def make_accelerator(**kwargs):
+    """``Accelerator(**kwargs)`` for this launch (DDP, FSDP2, or one process).
+
+    Several processes without CUDA: accelerate picks its gloo backend only when told
+    the run is on CPU (``cpu=True``), and it then ignores an FSDP config; we re-enable
+    FSDP on that process group (accelerate's own FSDP2 code works on gloo + CPU).
+    """
+    from accelerate import Accelerator, PartialState
+    from accelerate.utils import DistributedType
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu_multi = not torch.cuda.is_available() and world > 1
+    accelerator = Accelerator(cpu=cpu_multi, **kwargs)
+    if cpu_multi and _fsdp_requested():
+        from accelerate.utils import FullyShardedDataParallelPlugin
+
+        state = accelerator.state
+        plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables of the launch
+        if plugin.fsdp_version != 2:
+            raise ValueError("on CPU only FSDP2 is supported (fsdp_version: 2 in the config)")
+        if state.mixed_precision != "no":
+            plugin.set_mixed_precision(state.mixed_precision)
+        state.fsdp_plugin = plugin
+        state.distributed_type = DistributedType.FSDP
+        # As accelerate does: every later AcceleratorState() copies the partial state.
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return accelerator
+
+
+def is_sharded(accelerator) -> bool:
+    """True under FSDP2 (parameters are DTensor shards after ``prepare``)."""
+    return bool(getattr(accelerator, "is_fsdp2", False))
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters that train (the LoRA), as the prepared model holds them now."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor behind ``t`` (all-gathered if sharded; every rank must call)."""
+    if hasattr(t, "full_tensor"):  # torch.distributed.tensor.DTensor
+        return t.full_tensor()
+    return t
+
+
+def full_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{name: whole tensor on CPU}`` of a (possibly sharded) state dict; collective."""
+    return {k: full_tensor(v).detach().cpu().contiguous() for k, v in state.items()}
+
+
+def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
+    """L2 norm of all gradients, whole-model (sharded gradients reduced across ranks)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params if p.grad is not None]
+    if not norms:
+        return 0.0
+    total = torch.linalg.vector_norm(torch.stack([full_tensor(n) for n in norms]))
+    return float(total)
+
+
+__all__ = ["make_accelerator", "is_sharded", "trainable_parameters", "full_tensor",
+           "full_state", "grad_norm"]
