@@ -87,5 +87,66 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
     return float(total)
 
 
+
+
+# --------------------------------------------------------------------------- frozen modules
+def find_modules(obj, _seen=None, _depth=0) -> list[torch.nn.Module]:
+    """The top-level ``nn.Module`` objects a reward holds (attributes, closures, lists).
+
+    Rewards are callables built by factories (closures or small classes); this finds the
+    models inside them without the rewards package having to expose them.
+    """
+    seen = set() if _seen is None else _seen
+    if id(obj) in seen or _depth > 6 or obj is None:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.nn.Module):
+        return [obj]
+    if isinstance(obj, (str, bytes, int, float, bool, torch.Tensor, type)):
+        return []
+    found: list[torch.nn.Module] = []
+    children: list = []
+    if isinstance(obj, dict):
+        children = list(obj.values())
+    elif isinstance(obj, (list, tuple, set)):
+        children = list(obj)
+    else:
+        closure = getattr(obj, "__closure__", None)
+        if closure:
+            for cell in closure:
+                try:
+                    children.append(cell.cell_contents)
+                except ValueError:  # empty cell
+                    pass
+        if hasattr(obj, "__dict__") and not callable(getattr(obj, "__self__", None)):
+            children.extend(vars(obj).values())
+    for child in children:
+        found.extend(find_modules(child, seen, _depth + 1))
+    return found
+
+
+def shard_frozen(module: torch.nn.Module) -> int:
+    """Shard a frozen model over all processes with FSDP2 (each layer one unit).
+
+    The layer classes are the model's own ``_no_split_modules`` (transformers models
+    declare them); the rest of the model is the root unit. Returns the number of units.
+    Every process must then run the model's forward the same number of times.
+    """
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if isinstance(module, FSDPModule):
+        return 0
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or [])
+    layers = [(n, m) for n, m in module.named_modules() if n and type(m).__name__ in names]
+    # outermost matches only (a layer inside a layer stays in its parent's unit)
+    layers = [(n, m) for n, m in layers if not any(n.startswith(o + ".") for o, _ in layers)]
+    for _, m in reversed(layers):  # bottom-up, as FSDP2 expects
+        fully_shard(m)
+    fully_shard(module)
+    return len(layers) + 1
+
+
 __all__ = ["make_accelerator", "is_sharded", "trainable_parameters", "full_tensor",
-           "full_state", "grad_norm"]
+           "full_state", "grad_norm", "find_modules", "shard_frozen"]

@@ -153,7 +153,7 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    from .models import load_kontext_pipeline
+    from .models import load_kontext_pipeline, place_reward, reward_device
 
     out_dir = Path(cfg.output_dir)
     log_with = check_tracker(cfg.log_with)
@@ -199,8 +199,13 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+    # --reward_device: the reward models on this process's device, another one, or sharded.
+    r_device = reward_device(cfg.reward_device, device, accelerator.local_process_index,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if reward_fn is None:
-        reward_fn = build_reward_from_flags(reward_flags, device=device)
+        reward_fn = build_reward_from_flags(reward_flags, device=r_device)
+    reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
+                             sharded_run=is_sharded(accelerator))
 
     transformer = pipe.transformer
     lora_params = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules(),
