@@ -88,6 +88,63 @@ def grad_norm(params: Iterable[torch.nn.Parameter]) -> float:
 
 
 
+# --------------------------------------------------------------------------- checkpoints
+# A checkpoint holds whole tensors in the layout of a one-process run (the optimizer state
+# keyed by parameter index, as ``torch.optim.Optimizer.state_dict()`` gives it). So it does
+# not depend on how many processes wrote it or whether they sharded: any run can resume it.
+
+def distribute_like(full: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``full`` cut the way ``param`` is sharded (unchanged if ``param`` is a plain tensor).
+
+    Every process holds ``full`` (each read the same file), so no data is sent.
+    """
+    if not hasattr(param, "device_mesh"):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    if tuple(full.shape) != tuple(param.shape):
+        raise ValueError(f"shape {tuple(full.shape)} does not fit the parameter's "
+                         f"{tuple(param.shape)}")
+    return distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
+                             src_data_rank=None)
+
+
+def shard_like_model(model: torch.nn.Module, state: dict[str, torch.Tensor],
+                     adapter: str = "default") -> dict[str, torch.Tensor]:
+    """Whole LoRA tensors (peft keys, without the adapter name) cut like ``model``'s
+    sharded parameters, so ``load_state_dict`` can copy them; unchanged if not sharded."""
+    params = {n.replace(f".{adapter}.", "."): p for n, p in model.named_parameters()
+              if hasattr(p, "device_mesh")}
+    if not params:
+        return state
+    return {k: distribute_like(v.to(params[k].dtype), params[k]) if k in params else v
+            for k, v in state.items()}
+
+
+def optimizer_state_full(optimizer) -> dict:
+    """``optimizer.state_dict()`` with every sharded tensor whole, on CPU; collective."""
+    state = optimizer.state_dict()
+    # A fixed order: full_tensor() is a collective that every rank must call alike.
+    state["state"] = {i: {k: full_tensor(v).detach().cpu() if isinstance(v, torch.Tensor) else v
+                          for k, v in sorted(s.items())}
+                      for i, s in sorted(state["state"].items())}
+    return state
+
+
+def load_optimizer_state_full(optimizer, state: dict) -> None:
+    """Inverse of :func:`optimizer_state_full`: whole tensors cut to this run's shards."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = sum(len(g["params"]) for g in state.get("param_groups", []))
+    if len(params) != saved:
+        raise ValueError(f"the checkpoint's optimizer has {saved} parameters, this run's "
+                         f"has {len(params)}")
+    cut = {}
+    for i, s in state["state"].items():
+        p = params[int(i)]
+        cut[i] = {k: distribute_like(v, p) if isinstance(v, torch.Tensor) and v.ndim else v
+                  for k, v in s.items()}
+    optimizer.load_state_dict({**state, "state": cut})
+
 
 # --------------------------------------------------------------------------- frozen modules
 def find_modules(obj, _seen=None, _depth=0) -> list[torch.nn.Module]:
@@ -149,4 +206,5 @@ def shard_frozen(module: torch.nn.Module) -> int:
 
 
 __all__ = ["make_accelerator", "is_sharded", "trainable_parameters", "full_tensor",
-           "full_state", "grad_norm", "find_modules", "shard_frozen"]
+           "full_state", "grad_norm", "distribute_like", "shard_like_model", "optimizer_state_full",
+           "load_optimizer_state_full", "find_modules", "shard_frozen"]

@@ -87,6 +87,8 @@ def load_lora_into(transformer, directory: str | Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from .distributed import shard_like_model
+
     file = Path(directory) / LORA_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file}: LoRA file missing")
@@ -103,6 +105,7 @@ def load_lora_into(transformer, directory: str | Path) -> None:
     state = FluxKontextPipeline.lora_state_dict(raw)
     state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     state = convert_unet_state_dict_to_peft(state)
+    state = shard_like_model(transformer, state, ADAPTER)  # no-op unless FSDP-sharded
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
