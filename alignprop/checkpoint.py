@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from .distributed import load_optimizer_state_full, optimizer_state_full
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -229,6 +231,9 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
 
     ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
     writer); rank 0 writes everything except the RNG state, which each rank writes.
+    Sharded runs (FSDP2): ``save_model`` is called on every rank (it gathers the LoRA
+    shards, a collective) and writes on rank 0 only; the optimizer state is gathered whole
+    too, so the files are those of a one-process run and any number of processes resumes.
     """
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{step:06d}"
@@ -240,11 +245,12 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+    if save_model is not None and (main or getattr(accelerator, "is_fsdp2", False)):
+        save_model(tmp)
+    opt_state = optimizer_state_full(optimizer) if optimizer is not None else None  # collective
     if main:
-        if save_model is not None:
-            save_model(tmp)
-        if optimizer is not None:
-            write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
+        if opt_state is not None:
+            write_state_files(tmp, OPTIMIZER, opt_state)
         if scheduler is not None:
             write_state_files(tmp, SCHEDULER, scheduler.state_dict())
         if getattr(accelerator, "scaler", None) is not None:
@@ -298,7 +304,7 @@ def load_checkpoint(accelerator, path: str | Path, *, optimizer=None, scheduler=
     if optimizer is not None:
         opt_state = read_state_files(path, OPTIMIZER)
         try:
-            optimizer.load_state_dict(opt_state)
+            load_optimizer_state_full(optimizer, opt_state)  # cut to this run's shards
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path / (OPTIMIZER + '.json')}: does not fit this run's "
                                   f"optimizer ({_short(exc)})") from None

@@ -188,7 +188,10 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     pipe = load_kontext_pipeline(cfg.pretrained_model, dtype=weight_dtype,
                                  revision=cfg.revision, variant=cfg.variant)
     pipe.vae.to(device).requires_grad_(False)
-    pipe.transformer.to(device)
+    if not is_sharded(accelerator):
+        pipe.transformer.to(device)
+    # else it stays in host RAM: FSDP2 moves each block's shard to the card as it wraps
+    # it, so no card ever holds the whole 24 GB transformer.
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.to(device).requires_grad_(False)
     # Text embeddings once, then free the encoders (T5-XXL alone is ~9 GB in bf16).

@@ -5,6 +5,7 @@ the same tiny run under DDP is the reference the sharded LoRA must equal.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,56 @@ def test_sharded_lora_loads_in_diffusers(fsdp_run, photos):
     tuned = pipe(generator=torch.Generator().manual_seed(0), **kw).images
     assert (tuned - base).abs().max() > 1e-3
 
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_resumes_exactly(fsdp_run, photos, tmp_path):
+    """FSDP2 run resumed from its step-1 checkpoint reproduces step 2 (LoRA, AdamW, data)."""
+    out, _ = fsdp_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out / "checkpoints" / "checkpoint-000001",
+                    resumed / "checkpoints" / "checkpoint-000001")
+    proc = _launch(["--data_dir", str(photos), "--output_dir", str(resumed), "--save_freq", "0",
+                    "--gradient_checkpointing", "--reward_device", "shard",
+                    "--resume_from", "latest"] + COMMON, "fsdp")
+    assert "resumed from" in proc.stdout + proc.stderr
+    rows = [json.loads(r) for r in (resumed / "metrics.jsonl").read_text().splitlines()]
+    first = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2]
+    assert rows[0]["train/reward"] == pytest.approx(first[1]["train/reward"], rel=1e-5)
+    a = load_file(out / "pytorch_lora_weights.safetensors")
+    b = load_file(resumed / "pytorch_lora_weights.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_sharded_checkpoint_loads_into_one_process(fsdp_run):
+    """The sharded run's checkpoint holds whole tensors: a one-process (non-sharded) model
+    and AdamW take its LoRA and optimizer state as they are."""
+    from alignprop.checkpoint import read_state_files
+    from alignprop.distributed import load_optimizer_state_full
+    from alignprop.lora import add_lora, load_lora_into, lora_state_dict
+    from alignprop.models import build_tiny_pipeline
+
+    out, _ = fsdp_run
+    ckpt = out / "checkpoints" / "checkpoint-000001"
+    assert {"rng_state_0.json", "rng_state_1.json", "optimizer.json", "optimizer.safetensors",
+            "pytorch_lora_weights.safetensors"} <= {p.name for p in ckpt.iterdir()}
+    assert not [p for p in ckpt.iterdir() if p.suffix in (".bin", ".pkl", ".pt")]
+    transformer = build_tiny_pipeline().transformer
+    params = add_lora(transformer, 4, None, TARGETS)
+    load_lora_into(transformer, ckpt)
+    saved = load_file(ckpt / "pytorch_lora_weights.safetensors")
+    mine = lora_state_dict(transformer)
+    assert len(mine) == len(saved)
+    for key, value in mine.items():
+        torch.testing.assert_close(value, saved["transformer." + key])
+    opt = torch.optim.AdamW(params, lr=3e-2)
+    load_optimizer_state_full(opt, read_state_files(ckpt, "optimizer"))
+    for p in params:  # whole moments (not one rank's half), stepped once
+        assert opt.state[p]["exp_avg"].shape == p.shape and float(opt.state[p]["step"]) == 1
+    assert any(opt.state[p]["exp_avg"].abs().max() > 0 for p in params)
 
 # --------------------------------------------------------------------------- reward placement
 def test_placed_reward_gives_the_same_scores_and_gradients():
