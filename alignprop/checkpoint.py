@@ -36,6 +36,8 @@ import torch
 
 from rewards.cli import UserError
 
+from .distributed import load_optimizer_state_full, optimizer_state_full
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -318,7 +320,11 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
     writer); rank 0 writes everything except the RNG state, which each rank writes.
     ``barrier=False`` (after an unexpected error, when the other ranks may not be
-    listening): only the main process writes, its own RNG state included.
+    listening): only the main process writes, its own RNG state included; a sharded run
+    cannot save then (gathering its shards needs every rank) and says so.
+    Sharded runs (FSDP2): ``save_model`` is called on every rank (it gathers the LoRA
+    shards, a collective) and writes on rank 0 only; the optimizer state is gathered whole
+    too, so the files are those of a one-process run and any number of processes resumes.
     """
     from safetensors import SafetensorError
 
@@ -326,7 +332,13 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".tmp-checkpoint-{step:06d}"
     main = accelerator.is_main_process
+    sharded = bool(getattr(accelerator, "is_fsdp2", False))
     if not barrier:
+        if sharded:
+            logger.warning("not saving a checkpoint after the error: a sharded (FSDP) run "
+                           "needs every process to gather its state; resume from the last "
+                           "checkpoint")
+            return final
         if not main:
             return final
         accelerator = _NoBarrier(accelerator)
@@ -337,11 +349,14 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+        if save_model is not None and (main or sharded):  # gathering shards is collective
+            save_model(tmp)
+        opt_state = None
+        if optimizer is not None and (main or sharded):
+            opt_state = optimizer_state_full(optimizer)  # collective when sharded
         if main:
-            if save_model is not None:
-                save_model(tmp)
-            if optimizer is not None:
-                write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
+            if opt_state is not None:
+                write_state_files(tmp, OPTIMIZER, opt_state)
             if scheduler is not None:
                 write_state_files(tmp, SCHEDULER, scheduler.state_dict())
             if getattr(accelerator, "scaler", None) is not None:
@@ -414,7 +429,7 @@ def load_checkpoint(accelerator, path: str | Path, *, optimizer=None, scheduler=
     if optimizer is not None:
         opt_state = read_state_files(path, OPTIMIZER)
         try:
-            optimizer.load_state_dict(opt_state)
+            load_optimizer_state_full(optimizer, opt_state)  # cut to this run's shards
         except (ValueError, KeyError, TypeError, RuntimeError) as exc:
             raise CheckpointError(f"{path / (OPTIMIZER + '.json')}: does not fit this run's "
                                   f"optimizer ({_short(exc)})") from None

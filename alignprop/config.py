@@ -95,6 +95,13 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(
         False, "Recompute transformer block activations in backward (less memory, ~30%% "
                "more time per backpropagated step).")
+    reward_device: str = _f(
+        "replicate",
+        "Where the frozen reward models live: 'replicate' (a copy on every process's device), "
+        "'shard' (split across the processes with FSDP2, like the transformer; needs an FSDP "
+        "launch), 'dedicated' (process r of P on a machine scores on GPU P + r: launch P "
+        "processes on 2P GPUs), or a device name such as 'cuda:1'. Generated pixels cross "
+        "devices with their gradients.")
     # ---------------------------------------------------------------- LoRA
     lora_rank: int = _f(16, "LoRA rank (width of the low-rank update).")
     lora_alpha: Optional[float] = _f(None, "LoRA alpha (scale = alpha / rank); default = rank.")
@@ -200,6 +207,9 @@ class TrainConfig:
             raise ValueError(f"--lora_dropout must be < 1, got {self.lora_dropout}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
+        from .models import check_reward_device
+
+        check_reward_device(self.reward_device)
         if not self.target_modules():
             raise ValueError("--lora_target_modules is empty")
         for name in ("save_freq", "log_image_freq", "lr_warmup_steps"):

@@ -39,18 +39,28 @@ def add_lora(transformer, rank: int, alpha: float | None, target_modules: list[s
 
 
 def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
-    """peft state dict of the adapter (keys without the adapter name), on CPU."""
+    """peft state dict of the adapter (keys without the adapter name), whole, on CPU.
+
+    Under FSDP2 the LoRA weights are shards: they are all-gathered here, so every
+    process must call this (and one of them writes the result).
+    """
     from peft.utils import get_peft_model_state_dict
 
-    return {k: v.detach().cpu().contiguous()
-            for k, v in get_peft_model_state_dict(transformer).items()}
+    from .distributed import full_state
+
+    return full_state(get_peft_model_state_dict(transformer))
 
 
-def save_lora(transformer, directory: str | Path, dtype: torch.dtype | None = None) -> Path:
-    """Write the adapter of ``transformer`` as diffusers ``pytorch_lora_weights.safetensors``."""
+def save_lora(transformer, directory: str | Path, dtype: torch.dtype | None = None,
+              state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter of ``transformer`` as diffusers ``pytorch_lora_weights.safetensors``.
+
+    ``state`` is the adapter's :func:`lora_state_dict` when already gathered (sharded runs).
+    """
     from diffusers import FluxKontextPipeline
 
-    state = lora_state_dict(transformer)
+    if state is None:
+        state = lora_state_dict(transformer)
     if dtype is not None:
         state = {k: v.to(dtype) for k, v in state.items()}
     directory = Path(directory)
@@ -79,6 +89,8 @@ def load_lora_into(transformer, directory: str | Path) -> None:
 
     from rewards.hub import brief
 
+    from .distributed import shard_like_model
+
     file = Path(directory) / LORA_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file}: LoRA file missing")
@@ -95,6 +107,7 @@ def load_lora_into(transformer, directory: str | Path) -> None:
     state = FluxKontextPipeline.lora_state_dict(raw)
     state = {k[len("transformer."):]: v for k, v in state.items() if k.startswith("transformer.")}
     state = convert_unet_state_dict_to_peft(state)
+    state = shard_like_model(transformer, state, ADAPTER)  # no-op unless FSDP-sharded
     result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:

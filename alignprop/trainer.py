@@ -36,9 +36,11 @@ import torch
 from .checkpoint import load_checkpoint, preflight, save_checkpoint, set_aside_later_checkpoints
 from .config import MissingDependencyError, TrainConfig, config_dict
 from .data import ImageFolder, SampleStream, load_batch
+from .distributed import grad_norm as total_grad_norm
+from .distributed import is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
                             log_image_grid, tracker_config, truncate_metrics)
-from .lora import LORA_FILE, add_lora, load_lora_into, save_lora
+from .lora import LORA_FILE, add_lora, load_lora_into, lora_state_dict, save_lora
 from .reward_flags import RewardFlags, build_reward_from_flags
 from .sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 
@@ -148,11 +150,10 @@ def lora_rank_difference(accelerator, params) -> float:
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
           accelerator=None) -> TrainResult:
     """Run AlignProp training; ``reward_fn`` overrides the flags' reward (tests, demo)."""
-    from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
 
-    from .models import load_kontext_pipeline
+    from .models import load_kontext_pipeline, place_reward, reward_device
 
     out_dir = Path(cfg.output_dir)
     # Before anything slow: which checkpoint (if any), and whether --output_dir can take
@@ -160,11 +161,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     resume_dir = preflight(cfg)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
-        # Launched on several processes without CUDA: accelerate only picks its
-        # multi-CPU (gloo) backend when told the run is on CPU.
-        cpu_ddp = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-        accelerator = Accelerator(
-            cpu=cpu_ddp, mixed_precision=cfg.mixed_precision, log_with=log_with,
+        # DDP, FSDP2 (accelerate config) or one process; gloo when there is no GPU.
+        accelerator = make_accelerator(
+            mixed_precision=cfg.mixed_precision, log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                 logging_dir=str(out_dir / "logs")))
     main = accelerator.is_main_process
@@ -192,7 +191,10 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     pipe = load_kontext_pipeline(cfg.pretrained_model, dtype=weight_dtype,
                                  revision=cfg.revision, variant=cfg.variant)
     pipe.vae.to(device).requires_grad_(False)
-    pipe.transformer.to(device)
+    if not is_sharded(accelerator):
+        pipe.transformer.to(device)
+    # else it stays in host RAM: FSDP2 moves each block's shard to the card as it wraps
+    # it, so no card ever holds the whole 24 GB transformer.
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.to(device).requires_grad_(False)
     # Text embeddings once, then free the encoders (T5-XXL alone is ~9 GB in bf16).
@@ -203,8 +205,13 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
+    # --reward_device: the reward models on this process's device, another one, or sharded.
+    r_device = reward_device(cfg.reward_device, device, accelerator.local_process_index,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if reward_fn is None:
-        reward_fn = build_reward_from_flags(reward_flags, device=device)
+        reward_fn = build_reward_from_flags(reward_flags, device=r_device)
+    reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
+                             sharded_run=is_sharded(accelerator))
 
     transformer = pipe.transformer
     lora_params = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules(),
@@ -216,6 +223,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                  num_training_steps=total_steps)
     transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # FSDP2 swaps every parameter for a sharded DTensor one: take the LoRA again.
+    lora_params = trainable_parameters(transformer)
+    sharded = is_sharded(accelerator)
     # The LR scheduler is stepped by us once per optimizer step (not prepared, so it
     # is not stepped once per process). It is saved by our checkpoint code, never
     # registered with accelerate: accelerate pickles registered objects and unpickles
@@ -223,7 +233,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     bare = accelerator.unwrap_model(transformer)
 
     def save_model(ckpt_dir):  # checkpoints hold the LoRA, not the whole transformer
-        save_lora(bare, ckpt_dir)
+        state = lora_state_dict(bare)  # every rank calls it: gathers the shards under FSDP
+        if main:
+            save_lora(bare, ckpt_dir, state=state)
 
     def load_model(ckpt_dir):
         load_lora_into(bare, ckpt_dir)
@@ -257,7 +269,7 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         run = {"config": config_dict(cfg, reward_flags), "rewards": _describe_reward(reward_fn),
-               "world_size": world, "images": len(folder),
+               "world_size": world, "sharded": sharded, "images": len(folder),
                "skipped_unreadable": [str(p) for p in folder.skipped]}
         (out_dir / "run_config.json").write_text(json.dumps(run, indent=2, default=str))
         if log_with:
@@ -338,9 +350,8 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                 if skip_reason is None:
                     if cfg.max_grad_norm > 0:
                         grad_norm = float(accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm))
-                    else:
-                        grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                            [p.grad.norm() for p in lora_params if p.grad is not None])))
+                    else:  # sharded LoRA: the norm of the whole gradient, not of this shard
+                        grad_norm = total_grad_norm(lora_params)
                     if accelerator.scaler is None and not math.isfinite(grad_norm):
                         skip_reason = "non-finite gradient norm"
                     else:
@@ -419,13 +430,15 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
 
     # ---------------------------------------------------------------- export
     accelerator.wait_for_everyone()
-    rank_diff = lora_rank_difference(accelerator, lora_params)
+    # Sharded: one copy of each weight exists, there is nothing to compare.
+    rank_diff = 0.0 if sharded else lora_rank_difference(accelerator, lora_params)
     if rank_diff > 0:
         warnings.warn(f"LoRA weights differ across processes (max |diff| of checksums "
                       f"{rank_diff:.3g}); the run is not data-parallel consistent", RuntimeWarning)
     lora_path = None
+    lora_state = lora_state_dict(bare)  # gathers the shards under FSDP: every rank calls
     if main:
-        lora_path = save_lora(bare, out_dir)
+        lora_path = save_lora(bare, out_dir, state=lora_state)
         # Prove the file loads the way users will load it (diffusers' own reader).
         from diffusers import FluxKontextPipeline
 
