@@ -12,7 +12,8 @@ The dataclass works with :class:`transformers.HfArgumentParser` (every field has
 message that names the flag and the valid values.
 
 Term names (what is logged as ``reward/<term>``): ``grid``, ``brightness``,
-``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``.
+``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``,
+``preference``.
 """
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ from rewards.cli import UserError
 # Qwen2.5-VL, Qwen3-VL; read from its config.json), so two VLMs can serve different terms.
 VLM_BACKENDS = ("internvl", "qwen")
 AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5", "qwen")
-SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-content")
+SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-content", "dreamsim")
+PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
 SHARPNESS_BACKENDS = ("none", "internvl", "qwen")
-STYLE_BACKENDS = VLM_BACKENDS
+STYLE_BACKENDS = VLM_BACKENDS + ("dreamsim",)
+DREAMSIM_TYPES = ("open_clip_vitb32", "clip_vitb32")  # = rewards.perceptual.DREAMSIM_TYPES
+HPSV2_VERSIONS = ("v2.1", "v2.0")
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
 BRIGHTNESS_MEASURES = ("luma", "original")
@@ -140,8 +144,8 @@ class RewardFlags:
     similarity_backend: str = _f(
         "none", "Similarity-to-the-input-image reward (content preservation): 'lpips' "
                 "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' / "
-                "'qwen-content' (VLM asked whether the edit kept the content) or 'none'.",
-        SIMILARITY_BACKENDS)
+                "'qwen-content' (VLM asked whether the edit kept the content), 'dreamsim' (1 - "
+                "DreamSim distance; needs --dreamsim_dir) or 'none'.", SIMILARITY_BACKENDS)
     image_reward_scale: float = _f(
         1.0, "Weight of the similarity-to-input term chosen by --similarity_backend (the "
              "name comes from the original project: it scales the *image* similarity reward).")
@@ -155,6 +159,35 @@ class RewardFlags:
         None, "Path to the VGGFace2 InceptionResnetV1 state dict for --similarity_backend "
               "face (needed offline; downloaded by facenet-pytorch otherwise).")
 
+    dreamsim_dir: Optional[str] = _f(
+        None, "Folder of the unzipped DreamSim checkpoint (e.g. open_clip_vitb32_pretrain.pth.tar "
+              "and open_clip_vitb32_single_lora/) for the dreamsim similarity/style rewards.")
+    dreamsim_type: str = _f(
+        "open_clip_vitb32", "DreamSim model: 'open_clip_vitb32' or 'clip_vitb32' (the package's "
+                            "ensemble/DINO types fetch code through torch.hub and are refused).",
+        DREAMSIM_TYPES)
+
+    # ---------------------------------------------------------------- human preference
+    preference_backend: str = _f(
+        "none", "Human-preference reward of the output for the prompt: 'imagereward' "
+                "(ImageReward, BLIP), 'hpsv2' (HPS v2/v2.1, OpenCLIP ViT-H/14), 'pickscore' "
+                "(PickScore, CLIP ViT-H/14) or 'none'. Scored against the edit prompt, or "
+                "--preference_prompt.", PREFERENCE_BACKENDS)
+    preference_reward_scale: float = _f(1.0, "Weight of the human-preference reward.")
+    preference_model: Optional[str] = _f(
+        None, "Weights of the preference model: local file/folder or hub id (defaults: "
+              "THUDM/ImageReward's ImageReward.pt, xswu/HPSv2's HPS_v2.1_compressed.pt, "
+              "yuvalkirstain/PickScore_v1).")
+    preference_tokenizer: Optional[str] = _f(
+        None, "Tokenizer folder of the preference model: bert-base-uncased for imagereward; "
+              "a CLIP tokenizer for pickscore (default: CLIP's vocabulary shipped with "
+              "open_clip). hpsv2 always uses OpenCLIP's shipped tokenizer.")
+    preference_prompt: Optional[str] = _f(
+        None, "Fixed caption the preference model scores every output against (default: "
+              "each sample's edit prompt).")
+    hpsv2_version: str = _f("v2.1", "HPS checkpoint version for --preference_backend hpsv2.",
+                            HPSV2_VERSIONS)
+
     # ---------------------------------------------------------------- sharpness
     sharpness_backend: str = _f(
         "none", "Sharpness reward backend: 'internvl' / 'qwen' (VLM asked how sharp the "
@@ -163,14 +196,14 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- style
     style_reference: Optional[str] = _f(
-        None, "Path of a style reference image; when set, the VLM style-similarity "
-              "reward compares every output with it (prompt: --style_prompt; model: "
-              "--style_backend).")
+        None, "Path of a style reference image; when set, the style-similarity reward "
+              "compares every output with it (prompt: --style_prompt; model: --style_backend).")
     style_backend: str = _f(
-        "internvl", "Which VLM judges style when --style_reference is set as a separate term: "
-                    "'internvl' (--internvl_model_id) or 'qwen' (--qwen_model_id). When the style "
-                    "question replaces a VLM aesthetic term, it uses that term's VLM.",
-        STYLE_BACKENDS)
+        "internvl", "Who judges style when --style_reference is set as a separate term: "
+                    "'internvl' (--internvl_model_id) or 'qwen' (--qwen_model_id), a VLM asked "
+                    "whether the two images share a style, or 'dreamsim' (1 - DreamSim distance "
+                    "to the reference; needs --dreamsim_dir). When the style question replaces "
+                    "a VLM aesthetic term, it uses that term's VLM.", STYLE_BACKENDS)
     style_reward_scale: Optional[float] = _f(
         None, "Weight of a SEPARATE style-similarity term. Unset (default) with a VLM "
               "--aesthetic_model_type (internvl, qwen): the style question REPLACES the aesthetic "
@@ -250,12 +283,15 @@ class RewardFlags:
                             ("similarity_backend", SIMILARITY_BACKENDS),
                             ("sharpness_backend", SHARPNESS_BACKENDS),
                             ("photo_backend", PHOTO_BACKENDS),
+                            ("preference_backend", PREFERENCE_BACKENDS),
+                            ("style_backend", STYLE_BACKENDS),
+                            ("dreamsim_type", DREAMSIM_TYPES),
+                            ("hpsv2_version", HPSV2_VERSIONS),
                             ("grid_mode", GRID_MODES),
                             ("brightness_measure", BRIGHTNESS_MEASURES),
                             ("lpips_net", LPIPS_NETS),
                             ("internvl_dtype", INTERNVL_DTYPES),
                             ("qwen_dtype", INTERNVL_DTYPES),
-                            ("style_backend", STYLE_BACKENDS),
                             ("internvl_objective", INTERNVL_OBJECTIVES),
                             ("internvl_calibration", INTERNVL_CALIBRATIONS)):
             value = getattr(self, name)
@@ -304,6 +340,11 @@ class RewardFlags:
             _require_file(self.style_reference, "--style_reference",
                           "the style reward compares every output with this image")
         _require_file(self.face_weights, "--face_weights")
+        if self.preference_tokenizer and self.preference_backend == "hpsv2":
+            raise ValueError("--preference_tokenizer does not apply to hpsv2 (it uses OpenCLIP's "
+                             "shipped tokenizer)")
+        if self.dreamsim_dir is not None and not Path(self.dreamsim_dir).expanduser().is_dir():
+            raise ValueError(f"--dreamsim_dir: folder not found: {self.dreamsim_dir}")
         if self.photo_backend == "aide" and self.photo_reward_scale > 0:
             if not self.aide_repo or not self.aide_resume:
                 raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
@@ -410,6 +451,9 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     elif similarity in ("internvl-content", "qwen-content"):
         add("similarity", "internvl", flags.image_reward_scale,
             **internvl("content-similarity", "content", similarity.removesuffix("-content")))
+    elif similarity == "dreamsim":
+        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, device=device)
 
     if flags.sharpness_backend in VLM_BACKENDS:
         add("sharpness", "internvl", flags.sharpness_reward_scale,
@@ -419,13 +463,26 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         style_weight = (flags.aesthetic_reward_scale if style_replaces
                         else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
         style_backend = aesthetic if style_replaces else flags.style_backend
-        add("style", "internvl", style_weight,
-            **internvl("similarity", "style", style_backend, reference=flags.style_reference))
+        if style_backend == "dreamsim":
+            add("style", "dreamsim", style_weight, model_dir=flags.dreamsim_dir,
+                dreamsim_type=flags.dreamsim_type, reference=flags.style_reference, device=device)
+        else:
+            add("style", "internvl", style_weight,
+                **internvl("similarity", "style", style_backend, reference=flags.style_reference))
 
     if flags.photo_backend == "aide":
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
             aide_resume=flags.aide_resume, device=device,
             trust_remote_code=flags.trust_remote_code)
+    if flags.preference_backend != "none":
+        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
+        if flags.preference_model is not None:
+            opts["model_path"] = flags.preference_model
+        if flags.preference_tokenizer is not None:
+            opts["tokenizer"] = flags.preference_tokenizer
+        if flags.preference_backend == "hpsv2":
+            opts["version"] = flags.hpsv2_version
+        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
     return specs
 
 
@@ -442,6 +499,9 @@ FACTORY_FLAGS: dict[str, dict[str, str]] = {
     "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
     "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
     "face": {"weights_path=": "--face_weights"},
+    "dreamsim": {"model_dir=": "--dreamsim_dir"},
+    **{name: {"model_path=": "--preference_model", "tokenizer=": "--preference_tokenizer"}
+       for name in ("imagereward", "hpsv2", "pickscore")},
 }
 
 
@@ -473,7 +533,8 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
         raise RewardBuildError(
             "no reward is enabled: set at least one of --grid_ratio_weight, "
             "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend")
+            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
+            "--preference_backend")
     built = []
     for spec in specs:
         try:
@@ -496,4 +557,4 @@ class RewardBuildError(UserError):
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "build_reward_from_flags",
            "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
-           "STYLE_BACKENDS", "VLM_BACKENDS"]
+           "PREFERENCE_BACKENDS", "STYLE_BACKENDS", "VLM_BACKENDS"]
