@@ -9,8 +9,9 @@ trained at 64x64 on six bundled photos, with gradients through the last sampling
 steps, toward a *brighter, more colourful* look while keeping the content:
 
 * ``brightness``  -- mean luma toward :data:`BRIGHTNESS_TARGET` (the project's anchor);
-* ``colourfulness`` -- spread of the opponent colours (Hasler & Suesstrunk's std part) up
-  to :data:`COLOURFULNESS_TARGET`, with no global colour cast (``cast``);
+* ``colourfulness`` -- every pixel's opponent colours (rg, yb) :data:`SATURATION_GAIN` times
+  the input's around the image mean (``saturation_error``), with no global colour cast
+  (``cast``); the summary reports the spread of the opponent colours (``colourfulness``);
 * ``structure``   -- the output's standardised luma and colour maps must stay the input's
   (content kept; brightness, contrast and saturation are free to change);
 * guards: the FFT anti-grid penalty, the crispness floor and a penalty on periodic
@@ -56,8 +57,8 @@ BACKPROP_STEPS = 2
 MAX_SEQUENCE_LENGTH = 64
 BRIGHTNESS_TARGET = 0.60
 BRIGHTNESS_WEIGHT = 100.0
-COLOURFULNESS_TARGET = 0.30
-COLOURFULNESS_WEIGHT = 400.0
+SATURATION_GAIN = 1.6
+COLOURFULNESS_WEIGHT = 2000.0
 CAST_WEIGHT = 300.0
 STRUCTURE_WEIGHT = 20.0
 GRID_WEIGHT = 2.0
@@ -111,6 +112,23 @@ def colourfulness(images: torch.Tensor) -> torch.Tensor:
     """
     rg, yb = _opponent(images)
     return (rg.var(1, unbiased=False) + yb.var(1, unbiased=False) + 1e-8).sqrt()
+
+
+def saturation_error(images: torch.Tensor, inputs: torch.Tensor,
+                     gain: float = None) -> torch.Tensor:
+    """[B] per-pixel distance of the output's opponent colours from the input's times ``gain``.
+
+    Around each image's own mean (the mean is ``colour_cast``'s business): every pixel's
+    colour should be the input's, ``gain`` times as saturated. A per-pixel target leaves
+    no room for a colourful stripe or texture elsewhere: a colourfulness hinge (one number
+    per image) was met by painting a red bar along the bottom rows.
+    """
+    gain = SATURATION_GAIN if gain is None else gain
+    err = 0
+    for c, c0 in zip(_opponent(images), _opponent(inputs)):
+        d = (c - c.mean(1, keepdim=True)) - gain * (c0 - c0.mean(1, keepdim=True))
+        err = err + (d ** 2).mean(1)
+    return err
 
 
 def colour_cast(images: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -172,7 +190,7 @@ def demo_reward(base_reward):
 
         scores, metrics = base_reward(up(images), up(inputs), prompts)
         colour = colourfulness(images)
-        colour_pen = (COLOURFULNESS_TARGET - colour).clamp_min(0) ** 2
+        colour_pen = saturation_error(images, inputs)
         cast = colour_cast(images, inputs)
         structure = structure_error(images, inputs)
         lattice = lattice_share(images)
@@ -181,6 +199,7 @@ def demo_reward(base_reward):
         metrics = dict(metrics)
         metrics.update({
             "colourfulness/value": float(colour.detach().mean()),
+            "saturation/error": float(colour_pen.detach().mean()),
             "colourfulness/weighted": -COLOURFULNESS_WEIGHT * float(colour_pen.detach().mean()),
             "cast/value": float(cast.detach().mean()),
             "cast/weighted": -CAST_WEIGHT * float(cast.detach().mean()),
@@ -325,7 +344,7 @@ def main(argv=None) -> int:
         "mean_luma_input": _luma(inputs),
         "mean_luma_before": r_before["brightness/mean_luma"],
         "mean_luma_after": r_after["brightness/mean_luma"],
-        "colourfulness_target": COLOURFULNESS_TARGET,
+        "saturation_gain": SATURATION_GAIN,
         "colourfulness_before": r_before["colourfulness/value"],
         "colourfulness_after": r_after["colourfulness/value"],
         "colour_cast_after": r_after["cast/value"],

@@ -374,10 +374,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True,
                         help="Folder for the weights and manifest.json (the shipped model lives "
                              f"in alignprop/assets/{NAME}).")
-    parser.add_argument("--vae_steps", type=int, default=1400, help="VAE optimizer steps.")
+    parser.add_argument("--vae_steps", type=int, default=2800, help="VAE optimizer steps.")
     parser.add_argument("--vae_batch", type=int, default=16, help="VAE batch size.")
     parser.add_argument("--vae_lr", type=float, default=2e-3)
-    parser.add_argument("--transformer_steps", type=int, default=900,
+    parser.add_argument("--transformer_steps", type=int, default=1200,
                         help="Transformer optimizer steps.")
     parser.add_argument("--transformer_batch", type=int, default=8)
     parser.add_argument("--transformer_lr", type=float, default=2e-3)
