@@ -357,7 +357,9 @@ def save_assets(pipe, out: Path, manifest: dict) -> dict:
     for name in COMPONENTS:
         path = out / f"{name}.safetensors"
         tmp = out / f".{name}.safetensors.tmp"
-        save_model(getattr(pipe, name), str(tmp), metadata={"model": NAME, "component": name})
+        # No metadata of ours: safetensors writes a metadata map in hash order, so extra keys
+        # made the bytes (and sha256) differ between runs with identical tensors.
+        save_model(getattr(pipe, name), str(tmp))
         os.chmod(tmp, 0o644)  # safetensors writes 0600; the shipped files are world-readable
         os.replace(tmp, path)
         files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}

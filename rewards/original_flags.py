@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from rewards.cli import UserError
 
@@ -294,11 +294,5 @@ def add_original_flags(parser: argparse.ArgumentParser, command: str,
     return group
 
 
-def check_names(command: str, names: Iterable[str]) -> list[str]:
-    """Original flags of ``command`` marked ``same`` that ``names`` (our flags) lacks."""
-    have = set(names)
-    return [f.name for f in table(command) if f.status == "same" and f.ours not in have]
-
-
 __all__ = ["OriginalFlag", "TABLE", "table", "add_original_flags", "RefuseAction", "refusal",
-           "check_names", "HELP_GROUP"]
+           "HELP_GROUP"]
