@@ -450,12 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for f in folders for p in paths for k in range(args.num_seeds)]
     check_no_overwrite(planned, paths, "--output_dir" if len(folders) == 1
                        else "--output_dir/--base_dir")
-    for flag, f in zip(("--output_dir", "--base_dir"), folders):
-        check_writable_dir(flag, f)
     prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
-    if args.estimate:
+    if args.estimate:  # a dry run writes nothing, so it needs no output folder
         return estimate(args, jobs)
+    for flag, f in zip(("--output_dir", "--base_dir"), folders):
+        check_writable_dir(flag, f)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     t0 = time.time()
