@@ -12,7 +12,8 @@ The dataclass works with :class:`transformers.HfArgumentParser` (every field has
 message that names the flag and the valid values.
 
 Term names (what is logged as ``reward/<term>``): ``grid``, ``brightness``,
-``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``.
+``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``,
+``preference``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ from typing import Any, Optional
 from rewards.cli import UserError
 
 AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5")
-SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content")
+SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "dreamsim")
+PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
+STYLE_BACKENDS = ("internvl", "dreamsim")
+DREAMSIM_TYPES = ("open_clip_vitb32", "clip_vitb32")  # = rewards.perceptual.DREAMSIM_TYPES
+HPSV2_VERSIONS = ("v2.1", "v2.0")
 SHARPNESS_BACKENDS = ("none", "internvl")
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
@@ -133,7 +138,8 @@ class RewardFlags:
     similarity_backend: str = _f(
         "none", "Similarity-to-the-input-image reward (content preservation): 'lpips' "
                 "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' "
-                "(VLM asked whether the edit kept the content) or 'none'.", SIMILARITY_BACKENDS)
+                "(VLM asked whether the edit kept the content), 'dreamsim' (1 - DreamSim "
+                "distance; needs --dreamsim_dir) or 'none'.", SIMILARITY_BACKENDS)
     image_reward_scale: float = _f(
         1.0, "Weight of the similarity-to-input term chosen by --similarity_backend (the "
              "name comes from the original project: it scales the *image* similarity reward).")
@@ -146,6 +152,35 @@ class RewardFlags:
     face_weights: Optional[str] = _f(
         None, "Path to the VGGFace2 InceptionResnetV1 state dict for --similarity_backend "
               "face (needed offline; downloaded by facenet-pytorch otherwise).")
+
+    dreamsim_dir: Optional[str] = _f(
+        None, "Folder of the unzipped DreamSim checkpoint (e.g. open_clip_vitb32_pretrain.pth.tar "
+              "and open_clip_vitb32_single_lora/) for the dreamsim similarity/style rewards.")
+    dreamsim_type: str = _f(
+        "open_clip_vitb32", "DreamSim model: 'open_clip_vitb32' or 'clip_vitb32' (the package's "
+                            "ensemble/DINO types fetch code through torch.hub and are refused).",
+        DREAMSIM_TYPES)
+
+    # ---------------------------------------------------------------- human preference
+    preference_backend: str = _f(
+        "none", "Human-preference reward of the output for the prompt: 'imagereward' "
+                "(ImageReward, BLIP), 'hpsv2' (HPS v2/v2.1, OpenCLIP ViT-H/14), 'pickscore' "
+                "(PickScore, CLIP ViT-H/14) or 'none'. Scored against the edit prompt, or "
+                "--preference_prompt.", PREFERENCE_BACKENDS)
+    preference_reward_scale: float = _f(1.0, "Weight of the human-preference reward.")
+    preference_model: Optional[str] = _f(
+        None, "Weights of the preference model: local file/folder or hub id (defaults: "
+              "THUDM/ImageReward's ImageReward.pt, xswu/HPSv2's HPS_v2.1_compressed.pt, "
+              "yuvalkirstain/PickScore_v1).")
+    preference_tokenizer: Optional[str] = _f(
+        None, "Tokenizer folder of the preference model: bert-base-uncased for imagereward; "
+              "a CLIP tokenizer for pickscore (default: CLIP's vocabulary shipped with "
+              "open_clip). hpsv2 always uses OpenCLIP's shipped tokenizer.")
+    preference_prompt: Optional[str] = _f(
+        None, "Fixed caption the preference model scores every output against (default: "
+              "each sample's edit prompt).")
+    hpsv2_version: str = _f("v2.1", "HPS checkpoint version for --preference_backend hpsv2.",
+                            HPSV2_VERSIONS)
 
     # ---------------------------------------------------------------- sharpness
     sharpness_backend: str = _f(
@@ -162,6 +197,10 @@ class RewardFlags:
               "--aesthetic_model_type internvl: the style question REPLACES the aesthetic "
               "question at --aesthetic_reward_scale (the original's meaning of "
               "--style_reference); set it to keep both terms. Unset otherwise: 1.0.")
+    style_backend: str = _f(
+        "internvl", "Style-similarity model for --style_reference: 'internvl' (VLM asked "
+                    "whether the two images share a style) or 'dreamsim' (1 - DreamSim "
+                    "distance to the reference; needs --dreamsim_dir).", STYLE_BACKENDS)
 
     # ---------------------------------------------------------------- photorealism
     photo_backend: str = _f(
@@ -225,6 +264,10 @@ class RewardFlags:
                             ("similarity_backend", SIMILARITY_BACKENDS),
                             ("sharpness_backend", SHARPNESS_BACKENDS),
                             ("photo_backend", PHOTO_BACKENDS),
+                            ("preference_backend", PREFERENCE_BACKENDS),
+                            ("style_backend", STYLE_BACKENDS),
+                            ("dreamsim_type", DREAMSIM_TYPES),
+                            ("hpsv2_version", HPSV2_VERSIONS),
                             ("grid_mode", GRID_MODES),
                             ("brightness_measure", BRIGHTNESS_MEASURES),
                             ("lpips_net", LPIPS_NETS),
@@ -277,6 +320,11 @@ class RewardFlags:
             _require_file(self.style_reference, "--style_reference",
                           "the style reward compares every output with this image")
         _require_file(self.face_weights, "--face_weights")
+        if self.preference_tokenizer and self.preference_backend == "hpsv2":
+            raise ValueError("--preference_tokenizer does not apply to hpsv2 (it uses OpenCLIP's "
+                             "shipped tokenizer)")
+        if self.dreamsim_dir is not None and not Path(self.dreamsim_dir).expanduser().is_dir():
+            raise ValueError(f"--dreamsim_dir: folder not found: {self.dreamsim_dir}")
         if self.photo_backend == "aide" and self.photo_reward_scale > 0:
             if not self.aide_repo or not self.aide_resume:
                 raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
@@ -354,7 +402,7 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     # The original's --style_reference: with the InternVL aesthetic, the style question
     # takes the aesthetic term's place and weight. --style_reward_scale keeps both.
     style_replaces = (aesthetic == "internvl" and flags.style_reference is not None
-                      and flags.style_reward_scale is None)
+                      and flags.style_reward_scale is None and flags.style_backend == "internvl")
     if aesthetic == "internvl" and not style_replaces:
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
             **internvl("single", "aesthetic"))
@@ -380,12 +428,19 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     elif similarity == "internvl-content":
         add("similarity", "internvl", flags.image_reward_scale,
             **internvl("content-similarity", "content"))
+    elif similarity == "dreamsim":
+        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, device=device)
 
     if flags.sharpness_backend == "internvl":
         add("sharpness", "internvl", flags.sharpness_reward_scale,
             **internvl("sharpness", "sharpness"))
 
-    if flags.style_reference is not None:
+    if flags.style_reference is not None and flags.style_backend == "dreamsim":
+        add("style", "dreamsim", 1.0 if flags.style_reward_scale is None
+            else flags.style_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, reference=flags.style_reference, device=device)
+    elif flags.style_reference is not None:
         style_weight = (flags.aesthetic_reward_scale if style_replaces
                         else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
         add("style", "internvl", style_weight,
@@ -395,6 +450,15 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
             aide_resume=flags.aide_resume, device=device,
             trust_remote_code=flags.trust_remote_code)
+    if flags.preference_backend != "none":
+        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
+        if flags.preference_model is not None:
+            opts["model_path"] = flags.preference_model
+        if flags.preference_tokenizer is not None:
+            opts["tokenizer"] = flags.preference_tokenizer
+        if flags.preference_backend == "hpsv2":
+            opts["version"] = flags.hpsv2_version
+        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
     return specs
 
 
@@ -442,7 +506,8 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
         raise RewardBuildError(
             "no reward is enabled: set at least one of --grid_ratio_weight, "
             "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend")
+            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
+            "--preference_backend")
     built = []
     for spec in specs:
         try:
@@ -464,4 +529,5 @@ class RewardBuildError(UserError):
 
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "build_reward_from_flags",
-           "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS"]
+           "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
+           "PREFERENCE_BACKENDS", "STYLE_BACKENDS"]

@@ -42,6 +42,14 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                       "SigLIP-based aesthetic predictor v2.5"),
     "aide": ("rewards.aide", "make_aide_reward",
              "AIDE photorealism probability"),
+    "imagereward": ("rewards.preference", "make_imagereward_reward",
+                    "ImageReward (BLIP) human-preference score for the prompt"),
+    "hpsv2": ("rewards.preference", "make_hpsv2_reward",
+              "HPSv2 / v2.1 (OpenCLIP ViT-H/14) human-preference score for the prompt"),
+    "pickscore": ("rewards.preference", "make_pickscore_reward",
+                  "PickScore (CLIP ViT-H/14) human-preference score for the prompt"),
+    "dreamsim": ("rewards.perceptual", "make_dreamsim_reward",
+                 "DreamSim similarity to the input (content) or a reference image (style)"),
 }
 
 

@@ -20,6 +20,7 @@ have stored it). ``pretrained=False`` keeps the random backbone (tests only).
 """
 from __future__ import annotations
 
+import os
 import re
 
 import torch
@@ -135,4 +136,154 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
         return 1.0 - dist, metrics
 
     reward.model = model  # exposed for inspection and tests
+    return reward
+
+
+# ================================================================ DreamSim
+# DreamSim (Fu et al. 2023): distance = 1 - cosine of embeddings from ViT backbones
+# fine-tuned (LoRA) on human similarity judgements; it weighs layout, pose and semantic
+# content, and less fine texture, than LPIPS does. We build the model with the ``dreamsim``
+# package's own classes (as ``dreamsim.dreamsim()`` does) but never download: the files of
+# its checkpoint zip must be in ``model_dir``. Types whose backbone comes from files only:
+DREAMSIM_TYPES = {
+    # type -> (backbone file, LoRA folder)
+    "open_clip_vitb32": ("open_clip_vitb32_pretrain.pth.tar", "open_clip_vitb32_single_lora"),
+    "clip_vitb32": ("clip_vitb32_pretrain.pth.tar", "clip_vitb32_single_lora"),
+}
+# The package's "ensemble" and DINO types fetch their DINO backbone code with torch.hub
+# from GitHub (running that repository's code), which we do not do.
+DREAMSIM_REFUSED = ("ensemble", "dino_vitb16", "dinov2_vitb14", "synclr_vitb16")
+DREAMSIM_FLAG = "--dreamsim_dir (model_dir=)"
+DREAMSIM_SIZE = 224  # the package's img_size
+
+
+def _tiny_dreamsim_backbone(patch_size: int = 32):
+    """A small random backbone shaped like DreamSim's CLIP-as-DINO ViT (for tests)."""
+    from functools import partial
+
+    from dreamsim.feature_extraction.vision_transformer import VisionTransformer
+
+    vit = VisionTransformer(patch_size=patch_size, embed_dim=32, depth=2, num_heads=2,
+                            qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-5))
+    vit.pos_drop = torch.nn.LayerNorm(32)
+    return vit, torch.randn(32, 16) / 32 ** 0.5
+
+
+def build_dreamsim_model(dreamsim_type: str = "open_clip_vitb32", model_dir=None,
+                         pretrained: bool = True, seed: int = 0):
+    """DreamSim's ``PerceptualModel`` with its LoRA, in eval mode, frozen.
+
+    ``pretrained`` loads the backbone and LoRA files of ``dreamsim_type`` from ``model_dir``
+    (the unzipped checkpoint of the ``dreamsim`` package); False builds a small random one.
+    """
+    import json
+
+    if dreamsim_type in DREAMSIM_REFUSED:
+        raise ValueError(
+            f"DreamSim type {dreamsim_type!r} loads its DINO backbone code through torch.hub "
+            f"from GitHub, which this project does not run; use one of {sorted(DREAMSIM_TYPES)}")
+    if dreamsim_type not in DREAMSIM_TYPES:
+        raise ValueError(f"unknown DreamSim type {dreamsim_type!r}; use one of "
+                         f"{sorted(DREAMSIM_TYPES)}")
+    backbone_file, lora_dir = DREAMSIM_TYPES[dreamsim_type]
+    if pretrained:
+        where = os.fspath(model_dir) if model_dir is not None else None
+        missing = [f for f in (backbone_file, lora_dir)
+                   if where is None or not os.path.exists(os.path.join(where, f))]
+        if missing:
+            raise ModelUnavailableError(
+                f"Could not load DreamSim {dreamsim_type}: {', '.join(missing)} not found in "
+                f"{where!r}. On a machine with network access download the package's checkpoint "
+                f"zip (dreamsim.config.dreamsim_weights[{dreamsim_type!r}]), unzip it and pass "
+                f"the folder with {DREAMSIM_FLAG}.")
+    import peft
+    from dreamsim.config import dreamsim_args
+    from dreamsim.feature_extraction.extractor import ViTExtractor
+    from dreamsim.model import PerceptualModel
+
+    cfg = dreamsim_args["model_config"][dreamsim_type]
+    torch.manual_seed(seed)
+    if pretrained:
+        model = PerceptualModel(**cfg, device="cpu", load_dir=os.fspath(model_dir),
+                                normalize_embeds=True)
+        with open(os.path.join(model_dir, lora_dir, "adapter_config.json")) as f:
+            adapter = json.load(f)
+        lora = peft.LoraConfig(**{k: adapter[k] for k in
+                                  ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")})
+        model = peft.get_peft_model(model, lora)
+        model = peft.PeftModel.from_pretrained(model.base_model.model,
+                                               os.path.join(model_dir, lora_dir))
+    else:
+        # The package builds its backbone inside ViTExtractor from files; hand it a small
+        # random one instead for the duration of the build.
+        original = ViTExtractor.create_model
+        ViTExtractor.create_model = staticmethod(lambda *a, **k: _tiny_dreamsim_backbone())
+        try:
+            model = PerceptualModel(**cfg, device="cpu", load_dir="", normalize_embeds=True)
+        finally:
+            ViTExtractor.create_model = original
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=4,
+                                                           target_modules=["qkv"]))
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0; random so the adapter matters
+                torch.nn.init.normal_(p, std=0.05)
+    return model.eval().requires_grad_(False)
+
+
+def make_dreamsim_reward(model_dir=None, dreamsim_type: str = "open_clip_vitb32", reference=None,
+                         pretrained: bool = True, device=None, dtype="float32", seed: int = 0):
+    """DreamSim similarity ``1 - distance`` of ``images`` to ``inputs`` (content) or to a
+    fixed ``reference`` image (style); 1 = identical.
+
+    Args:
+        model_dir: folder of the unzipped DreamSim checkpoint (holding e.g.
+            ``open_clip_vitb32_pretrain.pth.tar`` and ``open_clip_vitb32_single_lora/``).
+        dreamsim_type: "open_clip_vitb32" (default) or "clip_vitb32".
+        reference: a (3,H,W) / (1,3,H,W) tensor in [0,1] or an image path; when given every
+            image is compared with it instead of with ``inputs``.
+        pretrained: False builds a small random model (tests).
+    Images are resized (bicubic, antialiased, in torch) to 224 x 224 as the package's
+    preprocessing does; the model normalises them itself. Metric: ``distance``.
+    """
+    device, dtype = resolve_device_dtype(device, dtype)
+    model = build_dreamsim_model(dreamsim_type, model_dir, pretrained, seed).to(device=device,
+                                                                               dtype=dtype)
+    base = model.base_model.model if hasattr(model, "base_model") else model
+    for extractor in base.extractor_list:  # kept as plain attributes by the package
+        extractor.device = device
+        if torch.is_tensor(getattr(extractor, "proj", None)):
+            extractor.proj = extractor.proj.to(device=device, dtype=dtype)
+
+    def preprocess(x):
+        return F.interpolate(x, size=(DREAMSIM_SIZE, DREAMSIM_SIZE), mode="bicubic",
+                             align_corners=False, antialias=True).clamp(0, 1)
+
+    ref = None
+    if reference is not None:
+        if isinstance(reference, (str, os.PathLike)):
+            from .images import load_image
+
+            reference = load_image(reference)
+        ref = reference if reference.ndim == 4 else reference[None]
+        check_images(ref, "reference")
+        with torch.no_grad():
+            ref_embed = model.embed(preprocess(ref.to(device=device, dtype=dtype)))
+
+    def reward(images: torch.Tensor, inputs: torch.Tensor | None, prompts=None):
+        check_images(images)
+        e = model.embed(preprocess(images.to(device=device, dtype=dtype)))
+        if ref is not None:
+            other = ref_embed.expand_as(e)
+        else:
+            if inputs is None:
+                raise ValueError("the dreamsim reward compares with the input images (or a "
+                                 "reference image); inputs is None")
+            check_images(inputs, "inputs")
+            with torch.no_grad():
+                other = model.embed(preprocess(inputs.detach().to(device=device, dtype=dtype)))
+        dist = (1 - F.cosine_similarity(e, other, dim=-1)).float().reshape(len(images))
+        metrics: Metrics = {"distance": dist.detach().mean().item()}
+        return 1.0 - dist, metrics
+
+    reward.model, reward.preprocess = model, preprocess
     return reward
