@@ -475,6 +475,9 @@ FACTORY_FLAGS: dict[str, dict[str, str]] = {
     "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
     "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
     "face": {"weights_path=": "--face_weights"},
+    "dreamsim": {"model_dir=": "--dreamsim_dir"},
+    **{name: {"model_path=": "--preference_model", "tokenizer=": "--preference_tokenizer"}
+       for name in ("imagereward", "hpsv2", "pickscore")},
 }
 
 

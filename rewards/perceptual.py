@@ -153,7 +153,7 @@ DREAMSIM_TYPES = {
 # The package's "ensemble" and DINO types fetch their DINO backbone code with torch.hub
 # from GitHub (running that repository's code), which we do not do.
 DREAMSIM_REFUSED = ("ensemble", "dino_vitb16", "dinov2_vitb14", "synclr_vitb16")
-DREAMSIM_FLAG = "--dreamsim_dir (model_dir=)"
+DREAMSIM_FLAG = "model_dir="  # renamed to --dreamsim_dir by the commands
 DREAMSIM_SIZE = 224  # the package's img_size
 
 
@@ -195,7 +195,7 @@ def build_dreamsim_model(dreamsim_type: str = "open_clip_vitb32", model_dir=None
                 f"Could not load DreamSim {dreamsim_type}: {', '.join(missing)} not found in "
                 f"{where!r}. On a machine with network access download the package's checkpoint "
                 f"zip (dreamsim.config.dreamsim_weights[{dreamsim_type!r}]), unzip it and pass "
-                f"the folder with {DREAMSIM_FLAG}.")
+                f"the folder with {DREAMSIM_FLAG}.", DREAMSIM_FLAG)
     import peft
     from dreamsim.config import dreamsim_args
     from dreamsim.feature_extraction.extractor import ViTExtractor

@@ -57,9 +57,10 @@ HPSV2_ARCH = "ViT-H-14"
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
-# Training flags that take the local paths (quoted in errors; see alignprop/reward_flags.py).
-MODEL_FLAG = "--preference_model (model_path=)"
-TOKENIZER_FLAG = "--preference_tokenizer (tokenizer=)"
+# The keywords that take local paths, named in errors (commands rename them to their flags,
+# --preference_model / --preference_tokenizer, see alignprop/reward_flags.FACTORY_FLAGS).
+MODEL_FLAG = "model_path="
+TOKENIZER_FLAG = "tokenizer="
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -181,7 +182,8 @@ def convert_imagereward_state_dict(state: dict) -> dict:
                 if inner in block:
                     out[f"vision.encoder.layers.{parts[1]}.{block[inner]}.{parts[-1]}"] = value
                     continue
-            raise ModelUnavailableError(f"unexpected ImageReward vision key {key!r}")
+            raise ModelUnavailableError(f"unexpected ImageReward vision key {key!r}; pass "
+                                        f"ImageReward.pt with {MODEL_FLAG}", MODEL_FLAG)
         elif key.startswith("blip.text_encoder."):
             k = key[len("blip.text_encoder."):]
             if k.endswith("position_ids"):
@@ -253,7 +255,8 @@ def make_imagereward_reward(model_path=None, tokenizer=IMAGEREWARD_TOKENIZER, pr
         if missing or unexpected:
             raise ModelUnavailableError(
                 f"{path!r} is not an ImageReward checkpoint: missing {sorted(missing)[:3]}, "
-                f"unexpected {sorted(unexpected)[:3]}")
+                f"unexpected {sorted(unexpected)[:3]}; pass ImageReward.pt with {MODEL_FLAG}",
+                MODEL_FLAG)
     model = _freeze(model).to(device=device, dtype=dtype)
     size = vcfg.image_size
 
@@ -331,7 +334,8 @@ def make_hpsv2_reward(model_path=None, version: str = "v2.1", prompt=None, pretr
             model.load_state_dict(state)
         except RuntimeError as exc:
             raise ModelUnavailableError(f"{path!r} does not fit OpenCLIP {HPSV2_ARCH} "
-                                        f"({str(exc).splitlines()[0][:200]})") from None
+                                        f"({str(exc).splitlines()[0][:200]}); pass the HPS "
+                                        f"checkpoint with {MODEL_FLAG}", MODEL_FLAG) from None
     # OpenCLIP's own tokenizer; its BPE vocabulary ships inside the open_clip wheel.
     tok = open_clip.tokenize
     model = _freeze(model).to(device=device, dtype=dtype)

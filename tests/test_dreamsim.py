@@ -28,7 +28,12 @@ def _pil(x):
 
 @pytest.fixture
 def small_checkpoint(tmp_path, monkeypatch):
-    """The files of the package's open_clip_vitb32 zip, with a small random ViT."""
+    return write_small_checkpoint(tmp_path, monkeypatch)
+
+
+def write_small_checkpoint(tmp_path, monkeypatch):
+    """The files of the package's open_clip_vitb32 zip, with a small random ViT; the
+    package's ``vit_base`` is patched (via ``monkeypatch``) to build that small ViT."""
     import peft
     from dreamsim.feature_extraction import load_open_clip_as_dino as loader
     from dreamsim.feature_extraction.vision_transformer import VisionTransformer
@@ -102,7 +107,7 @@ def test_offline_errors_name_the_flag(tmp_path):
     with pytest.raises(ModelUnavailableError) as err:
         make_dreamsim_reward(model_dir=str(tmp_path), device="cpu")
     msg = str(err.value)
-    assert "open_clip_vitb32_pretrain.pth.tar" in msg and "--dreamsim_dir" in msg and "\n" not in msg
+    assert "open_clip_vitb32_pretrain.pth.tar" in msg and "model_dir=" in msg and "\n" not in msg
     with pytest.raises(ValueError, match="torch.hub"):
         make_dreamsim_reward(dreamsim_type="ensemble", device="cpu")
     with pytest.raises(ValueError, match="inputs is None"):

@@ -191,12 +191,12 @@ def test_missing_weights_name_the_flag(name, kwargs, needle, monkeypatch):
     with pytest.raises(ModelUnavailableError) as err:
         build_reward(name, device="cpu", **kwargs)
     msg = str(err.value)
-    assert needle in msg and "--preference_model" in msg and "\n" not in msg
+    assert needle in msg and "model_path=" in msg and "\n" not in msg
 
 
 def test_imagereward_missing_tokenizer_names_the_flag(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelUnavailableError, match="--preference_tokenizer"):
+    with pytest.raises(ModelUnavailableError, match="tokenizer="):
         make_imagereward_reward(pretrained=False, tokenizer=str(tmp_path / "nothing"))
 
 
