@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence
 
 from rewards.cli import UserError
 
+from .methods import MethodFlags
 from .reward_flags import RewardFlags, reward_specs
 
 DEFAULT_PROMPT = "Make this photo sharper and more beautiful; keep the same scene."
@@ -51,8 +52,10 @@ def _f(default: Any, help: str, choices: Sequence | None = None, aliases: Sequen
 
 
 @dataclass
-class TrainConfig:
-    """Training flags (see ``python alignprop_fluxkontext.py --help``)."""
+class TrainConfig(MethodFlags):
+    """Training flags (see ``python alignprop_fluxkontext.py --help``); the method flags
+    (``--method``, ``--draft_lv_n``, ``--base_consistency_weight`` ...) come from
+    :class:`alignprop.methods.MethodFlags`."""
 
     # ---------------------------------------------------------------- model
     pretrained_model: str = _f(
@@ -151,6 +154,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse missing/invalid values with a message naming the flag (ValueError)."""
+        self.validate_method()
         if not self.data_dir:
             raise ValueError("--data_dir is required: a folder of input images to edit")
         for name in ("image_height", "image_width"):

@@ -215,6 +215,54 @@ class KontextSampler:
             out = self.decode(latents)
         return (out, latents) if return_latents else out
 
+    # ------------------------------------------------------------------ single steps
+    # The peers' methods (alignprop/methods.py) need the sampler's pieces one at a time:
+    # the no-grad denoising up to a step, one velocity prediction with grad, the closed
+    # form of the clean latent. They call the transformer exactly as ``sample`` does.
+    def _ids_and_guidance(self, b: int, device):
+        h2, w2 = self.latent_h // 2, self.latent_w // 2
+        img_ids = torch.cat([_grid_ids(h2, w2, 0.0, device, self.dtype),
+                             _grid_ids(h2, w2, 1.0, device, self.dtype)])
+        guidance = (torch.full([1], self.guidance_scale, device=device, dtype=torch.float32)
+                    .expand(b) if self.guidance_embeds else None)
+        return img_ids, guidance
+
+    def velocity_at(self, latents: torch.Tensor, sigma: torch.Tensor | float,
+                    image_tokens: torch.Tensor, text: PromptEmbeds, transformer=None
+                    ) -> torch.Tensor:
+        """Flow velocity (B, L, C) predicted at noise level ``sigma`` (scalar or (B,)).
+
+        The model input is ``timestep = sigma`` (the sampler's ``timesteps / 1000``);
+        grad follows the caller's grad mode. ``transformer`` overrides the sampler's.
+        """
+        b, device = latents.shape[0], latents.device
+        img_ids, guidance = self._ids_and_guidance(b, device)
+        text = text.to(device=device, dtype=self.dtype)
+        sigma = torch.as_tensor(sigma, device=device, dtype=torch.float32)
+        timestep = sigma.expand(b) if sigma.ndim == 0 else sigma
+        v = (transformer or self.transformer)(
+            hidden_states=torch.cat([latents.to(self.dtype), image_tokens.to(self.dtype)], dim=1),
+            timestep=timestep.to(self.dtype), guidance=guidance,
+            pooled_projections=text.pooled_prompt_embeds, encoder_hidden_states=text.prompt_embeds,
+            txt_ids=text.text_ids, img_ids=img_ids, return_dict=False)[0]
+        return v[:, : latents.shape[1]]
+
+    def step_sigma(self, i: int) -> torch.Tensor:
+        """Noise level entering Euler step ``i`` (the sigma its timestep is made from)."""
+        return self.timesteps[i].float() / 1000
+
+    @torch.no_grad()
+    def denoise_to(self, noise: torch.Tensor, image_tokens: torch.Tensor, text: PromptEmbeds,
+                   stop: int) -> torch.Tensor:
+        """Run Euler steps 0..stop-1 without grad; returns the latents entering step ``stop``
+        (``stop = N``: the final clean latents, as ``sample`` would decode them)."""
+        latents = noise.to(dtype=self.dtype)
+        for i in range(stop):
+            v = self.velocity_at(latents, self.step_sigma(i), image_tokens, text)
+            latents = (latents.float() + (self.sigmas[i + 1] - self.sigmas[i]) * v.float()
+                       ).to(v.dtype)
+        return latents
+
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Packed latents -> images (B,3,H,W) in [0,1] (differentiable)."""
         latents = _unpack(tokens, self.latent_h, self.latent_w)

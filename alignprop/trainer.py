@@ -4,10 +4,12 @@ One optimizer step reads top to bottom::
 
     for each of A micro-batches (gradient accumulation):
         inputs (B,3,H,W) + prompts          <- SampleStream (deterministic, resumable)
-        outputs = sampler(inputs, text, K)  <- last K Euler steps + VAE decode carry grad
-        reward[B], metrics = reward_fn(outputs, inputs, prompts)
-        if any rank's reward is non-finite: skip the whole step (collective decision)
-        backward(-mean(reward) / A)         <- LoRA parameters only
+        loss, outputs, reward[B], metrics = method(batch, models)   <- alignprop/methods.py
+            alignprop: outputs = sampler(inputs, text, K) (last K Euler steps + VAE decode
+            carry grad), loss = -mean(reward_fn(outputs, inputs, prompts)); draft-lv / refl /
+            imagerefl: one grad step (see methods.py); + base consistency if asked
+        if any rank's loss is non-finite: skip the whole step (collective decision)
+        backward(loss / A)                  <- LoRA parameters only
     clip grad norm -> optimizer step -> LR schedule step
     log scalars / image grid; checkpoint every --save_freq; stop on SIGINT/SIGTERM
 
@@ -39,6 +41,7 @@ from .data import ImageFolder, SampleStream, load_batch
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
                             log_image_grid, tracker_config)
 from .lora import LORA_FILE, add_lora, load_lora_into, save_lora
+from .methods import Batch, Models, run_method
 from .reward_flags import RewardFlags, build_reward_from_flags
 from .sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 
@@ -145,6 +148,39 @@ def lora_rank_difference(accelerator, params) -> float:
     return float((everyone - everyone[0]).abs().max())
 
 
+def _consistency_lpips(cfg: TrainConfig, reward_flags: RewardFlags, device):
+    """LPIPS model of --base_consistency_metric lpips (None otherwise)."""
+    if cfg.base_consistency_weight <= 0 or cfg.base_consistency_metric != "lpips":
+        return None
+    from rewards.perceptual import build_lpips_model
+
+    return build_lpips_model(reward_flags.lpips_net, backbone_path=reward_flags.lpips_backbone
+                             ).to(device)
+
+
+def _paired_targets(cfg: TrainConfig, folder: ImageFolder):
+    """Loader of --imagerefl_target_dir images for a batch's picks (None without the flag).
+
+    Every training image must have its target (same file name): checked before training.
+    """
+    if cfg.method != "imagerefl" or cfg.imagerefl_target_dir is None:
+        return None
+    from rewards.images import load_image, resize_to
+
+    root = Path(cfg.imagerefl_target_dir).expanduser()
+    paths = [root / item.path.name for item in folder.items]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"--imagerefl_target_dir {root}: no target for {len(missing)} training "
+                         f"image(s), e.g. {missing[:3]} (targets need the same file names)")
+
+    def load(picks):
+        return torch.stack([resize_to(load_image(paths[i]), cfg.image_height, cfg.image_width,
+                                      mode="crop") for _, i in picks])
+
+    return load
+
+
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
           accelerator=None) -> TrainResult:
     """Run AlignProp training; ``reward_fn`` overrides the flags' reward (tests, demo)."""
@@ -193,7 +229,8 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.to(device).requires_grad_(False)
     # Text embeddings once, then free the encoders (T5-XXL alone is ~9 GB in bf16).
-    text_cache = encode_prompts(pipe, folder.all_prompts(), device, cfg.max_sequence_length)
+    text_cache = encode_prompts(pipe, folder.all_prompts() + cfg.extra_prompts(), device,
+                                cfg.max_sequence_length)
     text_cache = {p: e.to(device="cpu") for p, e in text_cache.items()}
     pipe.text_encoder = pipe.text_encoder_2 = None
     gc.collect()
@@ -228,6 +265,10 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, bare.config,
                              cfg.image_height, cfg.image_width, cfg.sample_num_steps,
                              cfg.guidance_scale, dtype=weight_dtype)
+    models = Models(sampler, reward_fn, bare, _consistency_lpips(cfg, reward_flags, device))
+    targets = _paired_targets(cfg, folder)
+    identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
+                     if cfg.extra_prompts() else None)
 
     # ---------------------------------------------------------------- resume
     global_step, skipped_total, position = 0, 0, 0
@@ -266,8 +307,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
         f"batch arithmetic: {per_device} image(s) per device x {world} process(es) x "
         f"{accum} accumulation step(s) = {step_global} images per optimizer step; "
         f"{len(folder)} training images -> {len(folder) / step_global:.2f} steps per epoch; "
-        f"{total_steps} steps in total; sampler {cfg.sample_num_steps} steps, gradient through "
-        f"the last {k_lo if k_lo == k_hi else f'U[{k_lo},{k_hi}]'}")
+        f"{total_steps} steps in total; sampler {cfg.sample_num_steps} steps, "
+        + (f"gradient through the last {k_lo if k_lo == k_hi else f'U[{k_lo},{k_hi}]'}"
+           if cfg.method == "alignprop" else f"method {cfg.method} (one grad step)"))
 
     # ---------------------------------------------------------------- loop
     from tqdm.auto import tqdm
@@ -298,16 +340,22 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                     _seed_for(cfg.seed, "noise", global_step, micro, rank))
                 # Gradients are all-reduced only on the last micro-batch of the step.
                 sync = micro == accum - 1 or world == 1
+                batch = Batch(inputs, prompts, text, noise_gen,
+                              _seed_for(cfg.seed, "method", global_step, micro, rank),
+                              global_step, k, identity_text=identity_text,
+                              targets=targets(picks) if targets else None)
                 with nullcontext() if sync else accelerator.no_sync(transformer):
                     with accelerator.autocast():
-                        outputs = sampler.sample(inputs, text, backprop_steps=k,
-                                                 generator=noise_gen)
-                    reward, metrics = reward_fn(outputs.float(), inputs, prompts)
-                    finite = torch.tensor([float(torch.isfinite(reward).all())], device=device)
+                        out = run_method(batch, models, cfg)
+                    outputs, metrics = out.outputs, out.metrics
+                    checked = out.reward if out.reward is not None else out.loss
+                    finite = torch.tensor([float(torch.isfinite(checked).all()
+                                                 and torch.isfinite(out.loss).all())],
+                                          device=device)
                     if accelerator.gather(finite).min().item() < 1:
                         skip_reason = "non-finite reward"
                         break  # every rank sees the same decision, so DDP stays in step
-                    loss = -reward.mean() / accum
+                    loss = out.loss / accum
                     accelerator.backward(loss)
                 for key, v in {"loss": loss.item() * accum, **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + float(v) / accum
@@ -343,7 +391,8 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
                                                       dtype=torch.float64), "mean")
                 local = dict(zip(names, vec.tolist()))
             log = {**local, "train/grad_norm": grad_norm,
-                   "train/lr": lr_scheduler.get_last_lr()[0], "train/backprop_steps": k,
+                   "train/lr": lr_scheduler.get_last_lr()[0],
+                   "train/backprop_steps": k if cfg.method == "alignprop" else 1,
                    "train/sec_per_step": time.perf_counter() - t0,
                    "train/epoch": stream.position / len(folder),
                    "train/skipped_steps": skipped_total}
