@@ -50,6 +50,25 @@ def _invert_attention_mask(self, mask):
     return (1.0 - ext) * torch.finfo(self.dtype).min
 
 
+def _fairscale_stub() -> None:
+    """BLIP's ViT imports fairscale's ``checkpoint_wrapper`` and uses it only with gradient
+    checkpointing on (never here). We do not install fairscale (unmaintained; its wheel also
+    installs a top-level ``benchmarks`` package that would shadow ours): the name is given a
+    stand-in that returns the module unchanged."""
+    try:
+        importlib.import_module("fairscale.nn.checkpoint.checkpoint_activations")
+        return
+    except ImportError:
+        pass
+    names = ("fairscale", "fairscale.nn", "fairscale.nn.checkpoint",
+             "fairscale.nn.checkpoint.checkpoint_activations")
+    for name in names:
+        module = types.ModuleType(name)
+        module.__path__ = []
+        sys.modules[name] = module
+    sys.modules[names[-1]].checkpoint_wrapper = lambda module, *args, **kwargs: module
+
+
 def imagereward_modules():
     """(ImageReward.ImageReward module, BLIP vit module, BLIP med module) of the package."""
     import transformers.modeling_utils as mu
@@ -61,6 +80,7 @@ def imagereward_modules():
     if not hasattr(mu, "find_pruneable_heads_and_indices"):
         mu.find_pruneable_heads_and_indices = _find_pruneable_heads_and_indices
     _stub_packages("ImageReward", ("ImageReward.models",))
+    _fairscale_stub()
     med = importlib.import_module("ImageReward.models.BLIP.med")
     # Its models call the transformers-4 ``init_weights()`` from __init__, which in
     # transformers 5 also ties weights through attributes ``post_init`` sets up; the old
