@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reference image: style reference for similarity/triplet (then images are "
                         "grouped without it); content reference for content-similarity")
     p.add_argument("--model_id", default=DEFAULT_MODEL_ID,
-                   help="InternVL checkpoint in transformers -hf format (hub id or local dir), or "
-                        "'tiny' for the built-in random model (offline demo)")
+                   help="VLM checkpoint (hub id or local dir) of a supported family: InternVL3 "
+                        "(-hf format), Qwen2.5-VL or Qwen3-VL, read from its config.json; or a "
+                        "built-in random tiny model for offline demos: 'tiny' (InternVL), "
+                        "'tiny-qwen2.5-vl', 'tiny-qwen3-vl'")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="model dtype (fp32/fp16/bf16 are the original's spellings); auto = "
                         "bfloat16 on GPU, float32 on CPU")
@@ -76,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--entropy_bonus", type=float, default=0.0,
                    help="adds bonus * normalised entropy of the answer distribution")
     p.add_argument("--max_tiles", type=int, default=1,
-                   help="1 = one tile per image; >1 = InternVL dynamic tiling (more tokens)")
+                   help="InternVL: 1 = one tile per image; >1 = dynamic tiling (more tokens)")
+    p.add_argument("--min_pixels", type=int, default=None,
+                   help="Qwen-VL: smallest image area after its dynamic resize (default: the "
+                        "checkpoint's processor's)")
+    p.add_argument("--max_pixels", type=int, default=None,
+                   help="Qwen-VL: largest image area after its dynamic resize; fewer pixels = "
+                        "fewer image tokens (default: the checkpoint's processor's)")
     p.add_argument("--batch_size", type=int, default=8, help="samples per model forward (>= 1)")
     p.add_argument("--margin_temp", type=float, default=1.0,
                    help="margin objective: sigmoid(margin / margin_temp) (> 0)")
@@ -269,6 +277,7 @@ def run(args) -> list[dict]:
             prompt=args.prompt, prompt_file=args.prompt_file, answer_scale=args.answer_scale,
             objective=args.objective, calibration=args.calibration, temperature=args.temperature,
             entropy_bonus=args.entropy_bonus, max_tiles=args.max_tiles,
+            min_pixels=args.min_pixels, max_pixels=args.max_pixels,
             trust_remote_code=args.trust_remote_code, margin_temp=args.margin_temp,
             artifact_refs=refs)
     except ModelUnavailableError as exc:  # name this command's flag, not the trainer's

@@ -24,13 +24,17 @@ from typing import Any, Optional
 
 from rewards.cli import UserError
 
-AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5")
-SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "dreamsim")
+# VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
+# --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
+# Qwen2.5-VL, Qwen3-VL; read from its config.json), so two VLMs can serve different terms.
+VLM_BACKENDS = ("internvl", "qwen")
+AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5", "qwen")
+SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "dreamsim", "qwen-content")
 PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
-STYLE_BACKENDS = ("internvl", "dreamsim")
+STYLE_BACKENDS = ("internvl", "dreamsim", "qwen")
 DREAMSIM_TYPES = ("open_clip_vitb32", "clip_vitb32")  # = rewards.perceptual.DREAMSIM_TYPES
 HPSV2_VERSIONS = ("v2.1", "v2.0")
-SHARPNESS_BACKENDS = ("none", "internvl")
+SHARPNESS_BACKENDS = ("none", "internvl", "qwen")
 PHOTO_BACKENDS = ("none", "aide")
 GRID_MODES = ("combined", "global", "local")
 BRIGHTNESS_MEASURES = ("luma", "original")
@@ -44,6 +48,7 @@ INTERNVL_CALIBRATIONS = ("none", "pmi_null")
 DEFAULT_CRISPNESS_FLOOR = 1.0e-4  # = rewards.anchors.DEFAULT_CRISPNESS_FLOOR (a test checks)
 DEFAULT_GRID_SIGMA_BINS = 0.5  # = rewards.grid.make_grid_reward default (a test checks)
 DEFAULT_INTERNVL = "OpenGVLab/InternVL3-14B-hf"
+DEFAULT_QWEN = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
@@ -114,8 +119,9 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- aesthetic
     aesthetic_model_type: str = _f(
-        "none", "Aesthetic reward backend: 'internvl' (VLM rating, promptable with "
-                "--aesthetic_prompt), 'aesthetic_scorer' (LAION MLP on CLIP ViT-L/14), "
+        "none", "Aesthetic reward backend: 'internvl' / 'qwen' (VLM rating by the model of "
+                "--internvl_model_id / --qwen_model_id, promptable with --aesthetic_prompt), "
+                "'aesthetic_scorer' (LAION MLP on CLIP ViT-L/14), "
                 "'v2.5' (SigLIP aesthetic predictor v2.5) or 'none'.", AESTHETIC_BACKENDS)
     aesthetic_reward_scale: float = _f(
         1.0, "Weight of the aesthetic reward (used when --aesthetic_model_type is not none).")
@@ -137,8 +143,8 @@ class RewardFlags:
     # ---------------------------------------------------------------- similarity to input
     similarity_backend: str = _f(
         "none", "Similarity-to-the-input-image reward (content preservation): 'lpips' "
-                "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' "
-                "(VLM asked whether the edit kept the content), 'dreamsim' (1 - DreamSim "
+                "(1 - LPIPS distance), 'face' (FaceNet identity cosine), 'internvl-content' / "
+                "'qwen-content' (VLM asked whether the edit kept the content), 'dreamsim' (1 - DreamSim "
                 "distance; needs --dreamsim_dir) or 'none'.", SIMILARITY_BACKENDS)
     image_reward_scale: float = _f(
         1.0, "Weight of the similarity-to-input term chosen by --similarity_backend (the "
@@ -184,7 +190,7 @@ class RewardFlags:
 
     # ---------------------------------------------------------------- sharpness
     sharpness_backend: str = _f(
-        "none", "Sharpness reward backend: 'internvl' (VLM asked how sharp the image is, "
+        "none", "Sharpness reward backend: 'internvl' / 'qwen' (VLM asked how sharp the image is, "
                 "promptable with --sharpness_prompt) or 'none'.", SHARPNESS_BACKENDS)
     sharpness_reward_scale: float = _f(1.0, "Weight of the sharpness reward.")
 
@@ -198,9 +204,11 @@ class RewardFlags:
               "question at --aesthetic_reward_scale (the original's meaning of "
               "--style_reference); set it to keep both terms. Unset otherwise: 1.0.")
     style_backend: str = _f(
-        "internvl", "Style-similarity model for --style_reference: 'internvl' (VLM asked "
-                    "whether the two images share a style) or 'dreamsim' (1 - DreamSim "
-                    "distance to the reference; needs --dreamsim_dir).", STYLE_BACKENDS)
+        "internvl", "Style-similarity model for --style_reference: 'internvl' / 'qwen' (VLM "
+                    "of --internvl_model_id / --qwen_model_id asked whether the two images "
+                    "share a style) or 'dreamsim' (1 - DreamSim distance to the reference; "
+                    "needs --dreamsim_dir). When the style question replaces a VLM aesthetic "
+                    "question, it is asked of the aesthetic term's VLM.", STYLE_BACKENDS)
 
     # ---------------------------------------------------------------- photorealism
     photo_backend: str = _f(
@@ -215,7 +223,16 @@ class RewardFlags:
         DEFAULT_INTERNVL, "InternVL model for every VLM reward: a hub id, a local directory, "
                           "or 'tiny' (built-in random-weight model for tests).")
     internvl_dtype: str = _f(
-        "auto", "InternVL weights dtype; 'auto' = bfloat16 on CUDA, float32 on CPU.",
+        "auto", "Weights dtype of --internvl_model_id; 'auto' = bfloat16 on CUDA, float32 on CPU.",
+        INTERNVL_DTYPES)
+    qwen_model_id: str = _f(
+        DEFAULT_QWEN, "VLM of the 'qwen' backends (--aesthetic_model_type qwen, "
+                      "--similarity_backend qwen-content, --sharpness_backend qwen, "
+                      "--style_backend qwen): hub id, local directory or tiny name, any "
+                      "supported family (read from its config.json). Terms naming the same "
+                      "model share one loaded copy.")
+    qwen_dtype: str = _f(
+        "auto", "Weights dtype of --qwen_model_id; 'auto' = bfloat16 on CUDA, float32 on CPU.",
         INTERNVL_DTYPES)
     internvl_objective: str = _f(
         "expected", "How the answer-token probabilities become a score: 'expected' = expected "
@@ -272,6 +289,7 @@ class RewardFlags:
                             ("brightness_measure", BRIGHTNESS_MEASURES),
                             ("lpips_net", LPIPS_NETS),
                             ("internvl_dtype", INTERNVL_DTYPES),
+                            ("qwen_dtype", INTERNVL_DTYPES),
                             ("internvl_objective", INTERNVL_OBJECTIVES),
                             ("internvl_calibration", INTERNVL_CALIBRATIONS)):
             value = getattr(self, name)
@@ -348,9 +366,10 @@ def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
         raise ValueError(f"{flag}: {what}: {path}" + (f" ({why})" if why else ""))
 
 
-def _internvl_dtype(flags: RewardFlags, device) -> str:
-    if flags.internvl_dtype != "auto":
-        return flags.internvl_dtype
+def _internvl_dtype(flags: RewardFlags, device, backend: str = "internvl") -> str:
+    dtype = getattr(flags, f"{backend}_dtype")
+    if dtype != "auto":
+        return dtype
     from rewards.hub import resolve_device_dtype
 
     # Kept as a name: the specs are logged in run_config.json.
@@ -380,9 +399,11 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     add("crispness", "crispness", flags.crispness_weight or 0.0, floor=flags.crispness_floor,
         eval_resize=flags.crispness_eval_resize)
 
-    def internvl(task: str, prompt_key: str, **extra: Any) -> dict:
-        opts = {"task": task, "model_id": flags.internvl_model_id,
-                "dtype": _internvl_dtype(flags, device), "device": device,
+    def internvl(task: str, prompt_key: str, backend: str = "internvl", **extra: Any) -> dict:
+        # one registry reward for every VLM; the backend only picks the model (and its flag)
+        opts = {"task": task, "model_id": getattr(flags, f"{backend}_model_id"),
+                "model_flag": f"--{backend}_model_id",
+                "dtype": _internvl_dtype(flags, device, backend), "device": device,
                 "objective": flags.internvl_objective,
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
@@ -399,13 +420,14 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         return opts
 
     aesthetic = flags.aesthetic_model_type
-    # The original's --style_reference: with the InternVL aesthetic, the style question
-    # takes the aesthetic term's place and weight. --style_reward_scale keeps both.
-    style_replaces = (aesthetic == "internvl" and flags.style_reference is not None
-                      and flags.style_reward_scale is None and flags.style_backend == "internvl")
-    if aesthetic == "internvl" and not style_replaces:
+    # The original's --style_reference: with a VLM aesthetic, the style question takes the
+    # aesthetic term's place, weight and VLM. --style_reward_scale keeps both.
+    style_replaces = (aesthetic in VLM_BACKENDS and flags.style_reference is not None
+                      and flags.style_reward_scale is None
+                      and flags.style_backend in VLM_BACKENDS)
+    if aesthetic in VLM_BACKENDS and not style_replaces:
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
-            **internvl("single", "aesthetic"))
+            **internvl("single", "aesthetic", aesthetic))
     elif aesthetic == "aesthetic_scorer":
         add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
             trust_remote_code=flags.trust_remote_code,
@@ -425,16 +447,16 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     elif similarity == "face":
         add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
             device=device)
-    elif similarity == "internvl-content":
+    elif similarity in ("internvl-content", "qwen-content"):
         add("similarity", "internvl", flags.image_reward_scale,
-            **internvl("content-similarity", "content"))
+            **internvl("content-similarity", "content", similarity.removesuffix("-content")))
     elif similarity == "dreamsim":
         add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
             dreamsim_type=flags.dreamsim_type, device=device)
 
-    if flags.sharpness_backend == "internvl":
+    if flags.sharpness_backend in VLM_BACKENDS:
         add("sharpness", "internvl", flags.sharpness_reward_scale,
-            **internvl("sharpness", "sharpness"))
+            **internvl("sharpness", "sharpness", flags.sharpness_backend))
 
     if flags.style_reference is not None and flags.style_backend == "dreamsim":
         add("style", "dreamsim", 1.0 if flags.style_reward_scale is None
@@ -444,7 +466,8 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         style_weight = (flags.aesthetic_reward_scale if style_replaces
                         else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
         add("style", "internvl", style_weight,
-            **internvl("similarity", "style", reference=flags.style_reference))
+            **internvl("similarity", "style", aesthetic if style_replaces else flags.style_backend,
+                       reference=flags.style_reference))
 
     if flags.photo_backend == "aide":
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
@@ -489,7 +512,7 @@ def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_mo
         return exc
     names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
     if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
-        names[exc.flag] = model_flag
+        names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
     return exc.for_cli(names)
 
 
