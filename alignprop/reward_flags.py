@@ -209,6 +209,12 @@ class RewardFlags:
               "--aesthetic_model_type (internvl, qwen): the style question REPLACES the aesthetic "
               "question at --aesthetic_reward_scale (the original's meaning of "
               "--style_reference); set it to keep both terms. Unset otherwise: 1.0.")
+    style_backend: str = _f(
+        "internvl", "Style-similarity model for --style_reference: 'internvl' / 'qwen' (VLM "
+                    "of --internvl_model_id / --qwen_model_id asked whether the two images "
+                    "share a style) or 'dreamsim' (1 - DreamSim distance to the reference; "
+                    "needs --dreamsim_dir). When the style question replaces a VLM aesthetic "
+                    "question, it is asked of the aesthetic term's VLM.", STYLE_BACKENDS)
 
     # ---------------------------------------------------------------- photorealism
     photo_backend: str = _f(
@@ -423,9 +429,10 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
 
     aesthetic = flags.aesthetic_model_type
     # The original's --style_reference: with a VLM aesthetic, the style question takes the
-    # aesthetic term's place, weight and VLM. --style_reward_scale keeps both terms.
+    # aesthetic term's place, weight and VLM. --style_reward_scale keeps both.
     style_replaces = (aesthetic in VLM_BACKENDS and flags.style_reference is not None
-                      and flags.style_reward_scale is None)
+                      and flags.style_reward_scale is None
+                      and flags.style_backend in VLM_BACKENDS)
     if aesthetic in VLM_BACKENDS and not style_replaces:
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
             **internvl("single", "aesthetic", aesthetic))
@@ -459,7 +466,11 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         add("sharpness", "internvl", flags.sharpness_reward_scale,
             **internvl("sharpness", "sharpness", flags.sharpness_backend))
 
-    if flags.style_reference is not None:
+    if flags.style_reference is not None and flags.style_backend == "dreamsim":
+        add("style", "dreamsim", 1.0 if flags.style_reward_scale is None
+            else flags.style_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, reference=flags.style_reference, device=device)
+    elif flags.style_reference is not None:
         style_weight = (flags.aesthetic_reward_scale if style_replaces
                         else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
         style_backend = aesthetic if style_replaces else flags.style_backend
