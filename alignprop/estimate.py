@@ -758,8 +758,9 @@ def _advice(est: Estimate, cfg, reward_flags, n_lora: int, uses_vlm: bool, per_s
         out.append(f"a smaller InternVL (--internvl_model_id OpenGVLab/InternVL3-8B-hf / -2B-hf / "
                    f"-1B-hf): its weights take {vw / GB:.1f} GB now, its activations "
                    f"{va / GB:.1f} GB; fewer InternVL terms also cut activations")
-        out.append(f"the VLM on a second GPU would free {(vw + va) / GB:.1f} GB on this one (not "
-                   f"a flag of this trainer yet)")
+        out.append(f"the reward models on a second GPU (--reward_device cuda:1, or dedicated / "
+                   f"shard with several GPUs: README, 'Scaling beyond one GPU') would free "
+                   f"{(vw + va) / GB:.1f} GB on this one")
     return out
 
 
