@@ -20,6 +20,11 @@ def _main(argv: list[str] | None) -> int:
     from alignprop.config import parse_config
 
     train_cfg, reward_flags = parse_config(argv)
+    # Paths first (seconds, not minutes): the data folder, the checkpoint to resume,
+    # and an --output_dir that is writable and not another run's folder.
+    from alignprop.checkpoint import preflight
+
+    preflight(train_cfg)
     from alignprop.trainer import train
 
     result = train(train_cfg, reward_flags)

@@ -432,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     syn = p.add_argument_group("synthesis (--synthesize_from DIR --synth_out DIR)")
     syn.add_argument("--synthesize_from", type=Path, help="clean photos to add grid artifacts to")
-    syn.add_argument("--synth_out", type=Path, help="where the synthetic artifact set is written")
+    syn.add_argument("--synth_out", type=Path,
+                     help="where the synthetic artifact set is written (not --synthesize_from: "
+                          "inputs are never written over)")
     syn.add_argument("--synth_periods", type=_positive_int, nargs="+", default=[8, 16, 32],
                      help="grid periods in px (default: 8 16 32)")
     syn.add_argument("--synth_amplitudes", type=_amplitude, nargs="+", default=[0.005, 0.01, 0.02, 0.04],
@@ -534,6 +536,11 @@ def _list(folder: Path, what: str, recursive: bool) -> list[Path]:
 def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
     art_paths = _list(artifacts_dir, "--artifacts_dir", args.recursive)
     clean_paths = _list(clean_dir, "--clean_dir", args.recursive)
+    from rewards.paths import check_no_overwrite
+
+    for flag in ("out", "summary_out", "plot"):  # a report never replaces an image it scores
+        if getattr(args, flag) is not None:
+            check_no_overwrite([getattr(args, flag)], art_paths + clean_paths, f"--{flag}")
     penalties = build_penalties(args)
     t0 = time.perf_counter()
     rows_a, fail_a = score_folder(art_paths, "artifact", penalties, not args.no_progress)
@@ -593,7 +600,13 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.synthesize_from is not None or args.synth_out is not None:
         if args.synthesize_from is None or args.synth_out is None:
             raise UsageError("--synthesize_from and --synth_out go together")
+        from rewards.paths import check_no_overwrite, check_outputs_spare_inputs
+
+        # The synthetic set never goes over or among the clean photos it is made from.
+        check_outputs_spare_inputs({"--synth_out": args.synth_out},
+                                   {"--synthesize_from": args.synthesize_from})
         clean = _list(args.synthesize_from, "--synthesize_from", args.recursive)
+        check_no_overwrite([args.synth_out / "manifest.csv"], clean, "--synth_out")
         manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
                               args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
                               not args.no_progress)

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from rewards.cli import UserError
+
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
@@ -47,7 +49,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 _PICKLED = (".pkl", ".bin", ".pt", ".pth")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint cannot be used (missing, corrupt, pickled, or for another model)."""
 
 
@@ -84,6 +86,65 @@ def resolve_resume(resume_from: str | None, output_dir: str | Path) -> Path | No
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume_from {path}: not a complete checkpoint (no {STATE_FILE})")
     return path
+
+
+def check_new_run_dir(output_dir: str | Path) -> None:
+    """Refuse to start a new run (no ``--resume_from``) in a folder holding another run.
+
+    Otherwise the new run would append to the old ``metrics.jsonl`` and sit beside the
+    old checkpoints, and a later ``--resume_from latest`` could resume the wrong run.
+    """
+    out = Path(output_dir)
+    found = []
+    ckpts = list_checkpoints(out)
+    if ckpts:
+        found.append(f"{len(ckpts)} checkpoint(s), last {ckpts[-1].name}")
+    metrics = out / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        found.append("metrics.jsonl")
+    if (out / "run_summary.json").is_file():
+        found.append("run_summary.json")
+    if found:
+        raise UserError(f"--output_dir {out} already holds a run ({'; '.join(found)}); a new run "
+                        f"is refused there: continue that run with --resume_from latest, or "
+                        f"choose a new --output_dir")
+
+
+def preflight(cfg) -> Path | None:
+    """Path checks of a training config, before any slow import; returns the resume folder."""
+    from rewards.images import list_images
+    from rewards.paths import check_writable_dir
+
+    try:
+        list_images(cfg.data_dir)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UserError(f"--data_dir: {exc}") from None
+    resume_dir = resolve_resume(cfg.resume_from, cfg.output_dir)
+    if resume_dir is None:
+        check_new_run_dir(cfg.output_dir)
+    check_writable_dir("--output_dir", cfg.output_dir)
+    return resume_dir
+
+
+def set_aside_later_checkpoints(output_dir: str | Path, step: int) -> list[Path]:
+    """After resuming at ``step``, move checkpoints of later steps out of ``latest``'s way.
+
+    They belong to the abandoned continuation; they go to ``checkpoints/superseded-<step>/``
+    (kept, not deleted) so ``--resume_from latest`` only sees this run's line.
+    """
+    later = [d for d in list_checkpoints(output_dir) if int(_NAME.match(d.name).group(1)) > step]
+    if not later:
+        return []
+    dest = checkpoint_root(output_dir) / f"superseded-{step:06d}"
+    dest.mkdir(exist_ok=True)
+    moved = []
+    for d in later:
+        target = dest / d.name
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(d, target)
+        moved.append(target)
+    return moved
 
 
 def read_state(path: str | Path) -> dict:
@@ -327,5 +388,6 @@ def load_checkpoint(accelerator, path: str | Path, *, optimizer=None, scheduler=
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "check_checkpoint", "resolve_resume",
+           "check_new_run_dir", "set_aside_later_checkpoints", "preflight",
            "list_checkpoints", "read_state", "checkpoint_root", "write_state_files",
            "read_state_files", "CheckpointError", "STATE_FILE", "LORA_FILE"]

@@ -131,13 +131,17 @@ class TrainConfig(MethodFlags):
         aliases=["--max_steps"])
     # ---------------------------------------------------------------- output
     output_dir: str = _f("outputs/alignprop", "Where the LoRA, checkpoints, logs, image grids "
-                                              "and metrics.jsonl are written.")
+                                              "and metrics.jsonl are written. A folder that "
+                                              "already holds a run is refused unless "
+                                              "--resume_from continues it (one run per folder).")
     save_freq: int = _f(100, "Checkpoint every this many optimizer steps (0 = only at the end).")
     checkpoints_total_limit: Optional[int] = _f(
         None, "Keep at most this many checkpoints (oldest deleted first).")
     resume_from: Optional[str] = _f(
         None, "Resume from a checkpoint folder or 'latest' (newest in "
-              "<output_dir>/checkpoints).", aliases=["--resume_from_checkpoint"])
+              "<output_dir>/checkpoints). Resuming from an older checkpoint drops the "
+              "metrics.jsonl rows past it and moves later checkpoints to "
+              "checkpoints/superseded-<step>/.", aliases=["--resume_from_checkpoint"])
     log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
                                       "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
     tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")

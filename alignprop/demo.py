@@ -263,9 +263,40 @@ def _edit_with_pipeline(pipe, images, prompt, steps, seed):
                 max_sequence_length=MAX_SEQUENCE_LENGTH).images
 
 
+DEMO_MARKER = ".alignprop-demo"
+
+
+def claim_demo_dir(out: Path) -> None:
+    """Use ``out`` for the demo: new, empty, or an earlier demo's folder (whose run is cleared).
+
+    The demo writes fixed names (photos/, grid.png, ...), so a folder it did not make is
+    refused rather than written over.
+    """
+    import shutil
+
+    from rewards.cli import UserError
+    from rewards.paths import check_writable_dir
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / DEMO_MARKER).exists() \
+            and not (out / "demo_summary.json").exists():
+        raise UserError(f"--output_dir {out} holds files the demo did not write; the demo "
+                        f"writes fixed names there, so give it a new or empty folder")
+    check_writable_dir("--output_dir", out)
+    (out / DEMO_MARKER).write_text("written by python -m alignprop.demo\n")
+    # An earlier demo's run: start a fresh one (training refuses a folder holding a run).
+    for name in ("checkpoints", "logs", "images"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl", "run_summary.json", "run_config.json"):
+        (out / name).unlink(missing_ok=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo", help="Where everything goes.")
+    parser.add_argument("--output_dir", default="outputs/demo",
+                        help="Where everything goes: a new or empty folder, or an earlier "
+                             "demo's (its run is replaced); other folders are refused.")
     parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="Optimizer steps.")
     parser.add_argument("--seed", type=int, default=0, help="Training seed.")
     parser.add_argument("--threads", type=int, default=1,
@@ -294,8 +325,7 @@ def main(argv=None) -> int:
     from rewards.images import save_image
 
     out = Path(args.output_dir)
-    if (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh curve on every run
+    claim_demo_dir(out)
     photos, held = out / "photos", out / "held_out"
     write_photos(photos)
     write_photos(held, HELD_OUT)

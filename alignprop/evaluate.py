@@ -51,7 +51,8 @@ class EvalArgs:
     """Evaluation options (the reward options are the training flags, RewardFlags)."""
 
     output_dir: str = field(metadata={"help": "Where scores.csv/json, summary.json/csv, "
-                                              "win_rates.csv and the plots are written."})
+                                              "win_rates.csv and the plots are written (not one of the "
+                                              "image folders: inputs are never written over)."})
     originals_dir: Optional[str] = field(default=None, metadata={
         "help": "Folder of the input images; rewards that compare with the input use it, and "
                 "non-input terms are also scored on it (LoRA vs original win-rates)."})
@@ -533,6 +534,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     device, _ = resolve_device_dtype(args.device, "float32")
     out = Path(args.output_dir).expanduser()
     folders = args.folders()
+    # Tables and plots never land among (or over) the images being evaluated, and an
+    # unwritable --output_dir is found before any reward model loads.
+    from rewards.paths import check_outputs_spare_inputs, check_writable_dir
+
+    inputs = {f"--{k}_dir" if k != "original" else "--originals_dir": v for k, v in folders.items()}
+    if args.diversity_dir:
+        inputs.update({f"--diversity_dir {k}": v
+                       for k, v in parse_diversity_dirs(args.diversity_dir).items()})
+    check_outputs_spare_inputs({"--output_dir": out}, inputs)
+    check_writable_dir("--output_dir", out)
     summary: dict[str, Any] = {"folders": {k: str(v) for k, v in folders.items()}}
     t0 = time.time()
     stats, wins, terms, unpaired, unreadable, problems = {}, {}, [], {}, [], []

@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--input_dir", required=True, help="Folder of input images (jpg, png, webp, "
                     "bmp, tif); unreadable files are reported and skipped.")
-    io.add_argument("--output_dir", required=True, help="Where outputs go: <name>.png per input "
+    io.add_argument("--output_dir", required=True, help="Where outputs go (not --input_dir: no "
+                    "command writes over its inputs): <name>.png per input "
                     "(LoRA, or the base model when no --lora), base/ for base outputs, "
                     "contact_sheet.html/.png and generate_log.json.")
     io.add_argument("--base_dir", default=None, help="Folder for the base-model outputs "
@@ -392,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from alignprop.models import load_kontext_pipeline
     from rewards.images import ImageLoadError, list_images, load_image, resize_to, save_image
+    from rewards.paths import check_no_overwrite, check_outputs_spare_inputs, check_writable_dir
 
     args = build_parser().parse_args(argv)
     sheets = validate(args)
@@ -415,6 +417,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if clash:
         raise UserError(f"inputs {', '.join(clash[0])} would write the same output name; rename "
                         "them or use --output_format same")
+    # Never write over (or among) the inputs, and find an unwritable folder before the
+    # model loads: every file this command writes is known from the input names.
+    check_outputs_spare_inputs({"--output_dir": out_dir, "--base_dir": base_dir},
+                               {"--input_dir": args.input_dir})
+    if want_base and use_lora and out_dir.resolve() == base_dir.resolve():
+        raise UserError(f"--base_dir {base_dir} is --output_dir: base and LoRA outputs would "
+                        "overwrite each other; choose another --base_dir")
+    folders = [out_dir] + ([base_dir] if use_lora and want_base else [])
+    planned = [out_dir / n for n in ("contact_sheet.html", "contact_sheet.png",
+                                     "generate_log.json")]
+    planned += [f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p])
+                for f in folders for p in paths for k in range(args.num_seeds)]
+    check_no_overwrite(planned, paths, "--output_dir" if len(folders) == 1
+                       else "--output_dir/--base_dir")
+    for flag, f in zip(("--output_dir", "--base_dir"), folders):
+        check_writable_dir(flag, f)
     prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
 

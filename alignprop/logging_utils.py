@@ -101,6 +101,36 @@ class MetricsFile:
             os.fsync(fh.fileno())
 
 
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Drop the rows of ``metrics.jsonl`` logged after ``step``; returns how many were dropped.
+
+    Resuming from an older checkpoint repeats those steps, so without this the file
+    would hold two rows for the same step. Rewritten through a temporary file (atomic);
+    a torn last line (crash mid-write) is dropped too.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    keep, dropped = [], 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row_step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1
+            continue
+        if isinstance(row_step, int) and row_step > step:
+            dropped += 1
+        else:
+            keep.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in keep))
+        os.replace(tmp, path)
+    return dropped
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     rows = []
     for line in Path(path).read_text().splitlines():
@@ -169,5 +199,5 @@ def plot_reward_curve(rows: list[dict], path: str | Path, keys: tuple[str, ...] 
     return path
 
 
-__all__ = ["MetricsFile", "read_metrics", "image_grid", "log_image_grid", "plot_reward_curve",
+__all__ = ["MetricsFile", "read_metrics", "truncate_metrics", "image_grid", "log_image_grid", "plot_reward_curve",
            "check_tracker", "tracker_config", "configure_wandb"]

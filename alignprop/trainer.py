@@ -35,11 +35,11 @@ from typing import Callable, Optional
 
 import torch
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from .checkpoint import load_checkpoint, preflight, save_checkpoint, set_aside_later_checkpoints
 from .config import MissingDependencyError, TrainConfig, config_dict
 from .data import ImageFolder, SampleStream, load_batch
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, image_grid,
-                            log_image_grid, tracker_config)
+                            log_image_grid, tracker_config, truncate_metrics)
 from .lora import LORA_FILE, add_lora, load_lora_into, save_lora
 from .methods import Batch, Models, run_method
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -191,6 +191,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     from .models import load_kontext_pipeline
 
     out_dir = Path(cfg.output_dir)
+    # Before anything slow: which checkpoint (if any), and whether --output_dir can take
+    # this run (writable, and not another run's folder unless resuming it).
+    resume_dir = preflight(cfg)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
         # Launched on several processes without CUDA: accelerate only picks its
@@ -272,7 +275,6 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
 
     # ---------------------------------------------------------------- resume
     global_step, skipped_total, position = 0, 0, 0
-    resume_dir = resolve_resume(cfg.resume_from, out_dir)
     if resume_dir is not None:
         state = load_checkpoint(accelerator, resume_dir, optimizer=optimizer,
                                 scheduler=lr_scheduler, load_model=load_model)
@@ -282,6 +284,14 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
             warnings.warn("resuming with a different global batch size: the data order "
                           "continues from the same sample but batches are grouped differently")
         logger.info("resumed from %s at step %d (%d samples seen)", resume_dir, global_step, position)
+        if main:  # an older checkpoint: the steps after it are about to be redone
+            dropped = truncate_metrics(out_dir / "metrics.jsonl", global_step)
+            moved = set_aside_later_checkpoints(out_dir, global_step)
+            if dropped or moved:
+                logger.info("resuming at step %d: dropped %d metrics.jsonl row(s) past it; moved "
+                            "%d later checkpoint(s) to %s", global_step, dropped, len(moved),
+                            moved[0].parent if moved else "-")
+        accelerator.wait_for_everyone()
     stream = SampleStream(len(folder), cfg.seed, position)
 
     # ---------------------------------------------------------------- run description

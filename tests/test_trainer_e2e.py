@@ -134,31 +134,34 @@ def test_lora_reloads_into_fresh_pipeline_and_changes_output(run_a, photos):
 def test_resume_continues_exactly(run_a, tmp_path):
     """Resuming from step 6 reproduces steps 7-8: same step count, optimizer, data, noise.
 
-    The checkpoint also carries the pickle files accelerate's load_state would have
-    unpickled, crafted to create a file when unpickled: resuming must not run them.
+    The run is resumed in a copy of its own folder, which holds metrics rows 1-8 and a
+    later checkpoint (8): the redone steps replace their rows instead of repeating them,
+    and checkpoint 8 of the abandoned line is set aside. The checkpoint also carries the
+    pickle files accelerate's load_state would have unpickled, crafted to create a file
+    when unpickled: resuming must not run them.
     """
     import io
 
     out, _ = run_a
     resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
     ckpt = resumed / "checkpoints" / "checkpoint-000006"
-    shutil.copytree(out / "checkpoints" / "checkpoint-000006", ckpt)
     marker = tmp_path / "code_ran"
     buf = io.BytesIO()
     torch.save(_Plant(marker), buf)  # a torch pickle, as accelerate writes them
-    crafted = buf.getvalue()
     for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin",
                  "scheduler.bin"):
-        (ckpt / name).write_bytes(crafted)
+        (ckpt / name).write_bytes(buf.getvalue())
     proc = _launch(["--data_dir", _photos_of(out), "--output_dir", str(resumed),
-                    "--max_train_steps", "8", "--save_freq", "0", "--resume_from", "latest"]
+                    "--max_train_steps", "8", "--save_freq", "0", "--resume_from", str(ckpt)]
                    + COMMON)
     assert "resumed from" in proc.stderr + proc.stdout
     assert not marker.exists(), "a pickle in the checkpoint was unpickled"
-    assert [r["step"] for r in _rows(resumed)] == [7, 8]
-    a = _rows(out)
     b = _rows(resumed)
-    for ra, rb in zip(a[6:], b):
+    assert [r["step"] for r in b] == list(range(1, 9))  # 7 and 8 redone once, not appended
+    assert (resumed / "checkpoints" / "superseded-000006" / "checkpoint-000008").is_dir()
+    a = _rows(out)
+    for ra, rb in zip(a[6:], b[6:]):
         assert rb["train/reward"] == pytest.approx(ra["train/reward"], rel=1e-4, abs=1e-6)
     wa = load_file(out / "pytorch_lora_weights.safetensors")
     wb = load_file(resumed / "pytorch_lora_weights.safetensors")
