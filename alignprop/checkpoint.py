@@ -285,16 +285,22 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
                     total_limit: int | None = None, *, model=None, optimizer=None,
-                    scheduler=None, save_model=None) -> Path:
+                    scheduler=None, save_model=None, barrier: bool = True) -> Path:
     """Save LoRA, optimizer, scheduler, RNG and trainer state atomically; every rank calls this.
 
     ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
     writer); rank 0 writes everything except the RNG state, which each rank writes.
+    ``barrier=False`` (after an unexpected error, when the other ranks may not be
+    listening): only the main process writes, its own RNG state included.
     """
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".tmp-checkpoint-{step:06d}"
     main = accelerator.is_main_process
+    if not barrier:
+        if not main:
+            return final
+        accelerator = _NoBarrier(accelerator)
     if main:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -325,6 +331,18 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
                 shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+class _NoBarrier:
+    """The accelerator seen by a main process saving alone (no collective calls)."""
+
+    def __init__(self, accelerator):
+        self.is_main_process = True
+        self.process_index = accelerator.process_index
+        self.scaler = getattr(accelerator, "scaler", None)
+
+    def wait_for_everyone(self):
+        pass
 
 
 def check_checkpoint(path: str | Path) -> None:

@@ -29,6 +29,11 @@ from .prompts import draw, lookup, read_prompt_file
 logger = logging.getLogger(__name__)
 
 
+# Resized training images kept in memory (float32, 3 MiB each at 512x512: ~680 images);
+# images beyond it are decoded again (at reduced size) when drawn.
+CACHE_BYTES = 2 * 1024 ** 3
+
+
 class DataError(UserError):
     """The training data cannot be used (missing/empty folder, no readable image)."""
 
@@ -51,12 +56,20 @@ class ImageFolder:
         if not paths:
             raise DataError(f"--data_dir {folder} holds no images (looked for .jpg, .jpeg, .png, "
                             f".webp, .bmp, .tif, .tiff)")
-        good, bad = [], []
+        self.height, self.width = height, width
+        # Resized images are kept (up to CACHE_BYTES) from this first decode on, so a
+        # training step never decodes a photo again, and a file that later disappears
+        # costs nothing. Decoding is at reduced size (JPEG draft / reduce): a 100-MP
+        # photo for a 512 px crop is decoded as ~1-2 MP.
+        self._cache: dict[int, torch.Tensor] = {}
+        self._cache_bytes = 0
+        self.failed_during_run: dict[str, str] = {}
+        good, bad, first = [], [], []
         for p in paths:
             try:
-                load_image(p)  # decode once: fail early, not at step 10,000
+                first.append(self._decode(p))  # decode once: fail early, not at step 10,000
                 good.append(p)
-            except ImageLoadError as exc:
+            except (ImageLoadError, OSError) as exc:
                 bad.append((p, str(exc)))
         if bad:
             listing = "\n  ".join(f"{p.name}: {why}" for p, why in bad)
@@ -65,11 +78,12 @@ class ImageFolder:
             raise DataError(f"--data_dir {folder}: none of the {len(paths)} image files could be "
                             f"read")
         self.skipped = [p for p, _ in bad]
-        self.height, self.width = height, width
         self.prompts = read_prompt_file(prompt_file) if prompt_file is not None else [prompt]
         mapping = self.prompts if isinstance(self.prompts, dict) else {}
         self.items = [Item(p, lookup(mapping, p.name) or prompt) for p in good]
         self.seed = seed
+        for i, img in enumerate(first):
+            self._remember(i, img)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -86,9 +100,44 @@ class ImageFolder:
             return draw(self.prompts, self.seed, sample_number)
         return self.items[index].prompt
 
+    def _decode(self, path: Path) -> torch.Tensor:
+        img = load_image(path, reduce_to=max(self.height, self.width))
+        return resize_to(img, self.height, self.width, mode="crop")
+
+    def _remember(self, index: int, img: torch.Tensor) -> None:
+        size = img.numel() * img.element_size()
+        if self._cache_bytes + size <= CACHE_BYTES:
+            self._cache[index] = img
+            self._cache_bytes += size
+
     def load(self, index: int) -> torch.Tensor:
         """Image ``index`` as (3, H, W) in [0, 1] at the training size."""
-        return resize_to(load_image(self.items[index].path), self.height, self.width, mode="crop")
+        if index in self._cache:
+            return self._cache[index]
+        img = self._decode(self.items[index].path)
+        self._remember(index, img)
+        return img
+
+    def load_or_substitute(self, index: int) -> tuple[torch.Tensor, int]:
+        """``load(index)``, or, if that file became unreadable since start-up, the next
+        readable image (index + 1, + 2, ...): the batch keeps its shape and every rank stays
+        in step. Each lost file is warned about once and listed in ``failed_during_run``.
+        """
+        n = len(self.items)
+        for k in range(n):
+            i = (index + k) % n
+            path = self.items[i].path
+            if str(path) in self.failed_during_run:
+                continue
+            try:
+                return self.load(i), i
+            except (ImageLoadError, OSError) as exc:
+                reason = " ".join(str(exc).split())
+                self.failed_during_run[str(path)] = reason
+                logger.warning("skipping %s from now on: it became unreadable during the run "
+                               "(%s)", path, reason)
+        raise DataError(f"--data_dir {self.items[0].path.parent}: every image became unreadable "
+                        f"during the run")
 
 
 class SampleStream:
@@ -124,8 +173,9 @@ class SampleStream:
 def load_batch(folder: ImageFolder, picks: Sequence[tuple[int, int]]
                ) -> tuple[torch.Tensor, list[str]]:
     """Images (B,3,H,W) in [0,1] and their prompts for (sample number, index) pairs."""
-    images = torch.stack([folder.load(i) for _, i in picks])
-    prompts = [folder.prompt_for(i, j) for j, i in picks]
+    loaded = [folder.load_or_substitute(i) for _, i in picks]
+    images = torch.stack([img for img, _ in loaded])
+    prompts = [folder.prompt_for(used, j) for (j, _), (_, used) in zip(picks, loaded)]
     return images, prompts
 
 

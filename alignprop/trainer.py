@@ -327,107 +327,143 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     progress = tqdm(total=total_steps, initial=global_step, disable=not main, desc="steps")
     history, last_ckpt, result_signal = [], None, None
 
-    def checkpoint_now() -> Path:
+    def count_lost_images() -> int:
+        """Input files that became unreadable during the run (skipped), over all ranks."""
+        n = len(folder.failed_during_run)
+        if world > 1:
+            n = int(accelerator.gather(torch.tensor([n], device=device)).max().item())
+        return n
+
+    def checkpoint_now(barrier: bool = True) -> Path:
         state = {"global_step": global_step, "samples_seen": stream.position,
                  "epoch": stream.epoch, "skipped_steps": skipped_total, "world_size": world,
                  "train_batch_size": per_device, "seed": cfg.seed, "lora_rank": cfg.lora_rank}
         return save_checkpoint(accelerator, out_dir, global_step, state,
                                cfg.checkpoints_total_limit, optimizer=optimizer,
-                               scheduler=lr_scheduler, save_model=save_model)
+                               scheduler=lr_scheduler, save_model=save_model, barrier=barrier)
 
     with _StopFlag() as stop:
-        while global_step < total_steps:
-            t0 = time.perf_counter()
-            k = choose_k(cfg, global_step)
-            sums: dict[str, float] = {}
-            skip_reason = None
-            for micro in range(accum):
-                picks = stream.take(micro_global, rank, per_device)
-                inputs, prompts = load_batch(folder, picks)
-                inputs = inputs.to(device)
-                text = stack_prompt_embeds(text_cache, prompts)
-                noise_gen = torch.Generator().manual_seed(
-                    _seed_for(cfg.seed, "noise", global_step, micro, rank))
-                # Gradients are all-reduced only on the last micro-batch of the step.
-                sync = micro == accum - 1 or world == 1
-                batch = Batch(inputs, prompts, text, noise_gen,
-                              _seed_for(cfg.seed, "method", global_step, micro, rank),
-                              global_step, k, identity_text=identity_text,
-                              targets=targets(picks) if targets else None)
-                with nullcontext() if sync else accelerator.no_sync(transformer):
-                    with accelerator.autocast():
-                        out = run_method(batch, models, cfg)
-                    outputs, metrics = out.outputs, out.metrics
-                    checked = out.reward if out.reward is not None else out.loss
-                    finite = torch.tensor([float(torch.isfinite(checked).all()
-                                                 and torch.isfinite(out.loss).all())],
-                                          device=device)
-                    if accelerator.gather(finite).min().item() < 1:
-                        skip_reason = "non-finite reward"
-                        break  # every rank sees the same decision, so DDP stays in step
-                    loss = out.loss / accum
-                    accelerator.backward(loss)
-                for key, v in {"loss": loss.item() * accum, **metrics}.items():
-                    sums[key] = sums.get(key, 0.0) + float(v) / accum
+        phase, step_start = "after", (stream.position, skipped_total)
+        try:
+            while global_step < total_steps:
+                t0 = time.perf_counter()
+                # What an emergency checkpoint restores if this step fails before it
+                # changes the weights (the step is then redone on resume).
+                phase, step_start = "compute", (stream.position, skipped_total)
+                k = choose_k(cfg, global_step)
+                sums: dict[str, float] = {}
+                skip_reason = None
+                for micro in range(accum):
+                    picks = stream.take(micro_global, rank, per_device)
+                    inputs, prompts = load_batch(folder, picks)
+                    inputs = inputs.to(device)
+                    text = stack_prompt_embeds(text_cache, prompts)
+                    noise_gen = torch.Generator().manual_seed(
+                        _seed_for(cfg.seed, "noise", global_step, micro, rank))
+                    # Gradients are all-reduced only on the last micro-batch of the step.
+                    sync = micro == accum - 1 or world == 1
+                    batch = Batch(inputs, prompts, text, noise_gen,
+                                  _seed_for(cfg.seed, "method", global_step, micro, rank),
+                                  global_step, k, identity_text=identity_text,
+                                  targets=targets(picks) if targets else None)
+                    with nullcontext() if sync else accelerator.no_sync(transformer):
+                        with accelerator.autocast():
+                            out = run_method(batch, models, cfg)
+                        outputs, metrics = out.outputs, out.metrics
+                        checked = out.reward if out.reward is not None else out.loss
+                        finite = torch.tensor([float(torch.isfinite(checked).all()
+                                                     and torch.isfinite(out.loss).all())],
+                                              device=device)
+                        if accelerator.gather(finite).min().item() < 1:
+                            skip_reason = "non-finite reward"
+                            break  # every rank sees the same decision, so DDP stays in step
+                        loss = out.loss / accum
+                        accelerator.backward(loss)
+                    for key, v in {"loss": loss.item() * accum, **metrics}.items():
+                        sums[key] = sums.get(key, 0.0) + float(v) / accum
 
-            grad_norm = float("nan")
-            if skip_reason is None:
-                if cfg.max_grad_norm > 0:
-                    grad_norm = float(accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm))
-                else:
-                    grad_norm = float(torch.linalg.vector_norm(torch.stack(
-                        [p.grad.norm() for p in lora_params if p.grad is not None])))
-                if accelerator.scaler is None and not math.isfinite(grad_norm):
-                    skip_reason = "non-finite gradient norm"
-                else:
-                    optimizer.step()  # fp16: the grad scaler skips inf steps itself
-                    if getattr(optimizer, "step_was_skipped", False):
-                        skip_reason = "fp16 overflow"
+                grad_norm = float("nan")
+                if skip_reason is None:
+                    if cfg.max_grad_norm > 0:
+                        grad_norm = float(accelerator.clip_grad_norm_(lora_params, cfg.max_grad_norm))
                     else:
-                        lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if skip_reason is not None:
-                skipped_total += 1
-                warnings.warn(f"step {global_step}: {skip_reason}; step skipped, LoRA weights "
-                              f"unchanged ({skipped_total} skipped so far)", RuntimeWarning)
-            global_step += 1
-            progress.update(1)
+                        grad_norm = float(torch.linalg.vector_norm(torch.stack(
+                            [p.grad.norm() for p in lora_params if p.grad is not None])))
+                    if accelerator.scaler is None and not math.isfinite(grad_norm):
+                        skip_reason = "non-finite gradient norm"
+                    else:
+                        phase = "update"  # weights change: no consistent state until the step ends
+                        optimizer.step()  # fp16: the grad scaler skips inf steps itself
+                        if getattr(optimizer, "step_was_skipped", False):
+                            skip_reason = "fp16 overflow"
+                        else:
+                            lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if skip_reason is not None:
+                    skipped_total += 1
+                    warnings.warn(f"step {global_step}: {skip_reason}; step skipped, LoRA weights "
+                                  f"unchanged ({skipped_total} skipped so far)", RuntimeWarning)
+                global_step += 1
+                phase = "after"
+                progress.update(1)
 
-            # ------------------------------------------------------------ logging
-            local = {f"train/{k_}": v for k_, v in sums.items()}
-            names = sorted(local)
-            if names:  # average over ranks (every rank has the same keys)
-                vec = accelerator.reduce(torch.tensor([local[n] for n in names], device=device,
-                                                      dtype=torch.float64), "mean")
-                local = dict(zip(names, vec.tolist()))
-            log = {**local, "train/grad_norm": grad_norm,
-                   "train/lr": lr_scheduler.get_last_lr()[0],
-                   "train/backprop_steps": k if cfg.method == "alignprop" else 1,
-                   "train/sec_per_step": time.perf_counter() - t0,
-                   "train/epoch": stream.position / len(folder),
-                   "train/skipped_steps": skipped_total}
-            history.append({"step": global_step, **log})
-            if main and (global_step % cfg.log_freq == 0 or global_step == total_steps):
-                metrics_file.write(global_step, log)
-                accelerator.log({k_: v for k_, v in log.items() if math.isfinite(v)},
-                                step=global_step)
-                progress.set_postfix(reward=f"{log.get('train/reward', float('nan')):.4f}",
-                                     K=k)
-            if (main and cfg.log_image_freq and skip_reason is None
-                    and (global_step % cfg.log_image_freq == 0 or global_step == 1)):
-                log_image_grid(accelerator, image_grid([inputs, outputs]), global_step, out_dir)
+                # ------------------------------------------------------------ logging
+                local = {f"train/{k_}": v for k_, v in sums.items()}
+                names = sorted(local)
+                if names:  # average over ranks (every rank has the same keys)
+                    vec = accelerator.reduce(torch.tensor([local[n] for n in names], device=device,
+                                                          dtype=torch.float64), "mean")
+                    local = dict(zip(names, vec.tolist()))
+                log = {**local, "train/grad_norm": grad_norm,
+                       "train/lr": lr_scheduler.get_last_lr()[0],
+                       "train/backprop_steps": k if cfg.method == "alignprop" else 1,
+                       "train/sec_per_step": time.perf_counter() - t0,
+                       "train/epoch": stream.position / len(folder),
+                       "train/skipped_steps": skipped_total,
+                       "train/skipped_images": count_lost_images()}
+                history.append({"step": global_step, **log})
+                if main and (global_step % cfg.log_freq == 0 or global_step == total_steps):
+                    metrics_file.write(global_step, log)
+                    accelerator.log({k_: v for k_, v in log.items() if math.isfinite(v)},
+                                    step=global_step)
+                    progress.set_postfix(reward=f"{log.get('train/reward', float('nan')):.4f}",
+                                         K=k)
+                if (main and cfg.log_image_freq and skip_reason is None
+                        and (global_step % cfg.log_image_freq == 0 or global_step == 1)):
+                    log_image_grid(accelerator, image_grid([inputs, outputs]), global_step, out_dir)
 
-            # ------------------------------------------------------------ checkpoint / stop
-            flag = torch.tensor([1.0 if stop.signal else 0.0], device=device)
-            stop_now = accelerator.gather(flag).max().item() > 0
-            if (cfg.save_freq and global_step % cfg.save_freq == 0) or stop_now \
-                    or global_step == total_steps:
-                last_ckpt = checkpoint_now()
-            if stop_now:
-                result_signal = stop.signal or "signal on another rank"
-                accelerator.print(f"stopped by {result_signal} at step {global_step}; "
-                                  f"checkpoint saved to {last_ckpt}")
-                break
+                # ------------------------------------------------------------ checkpoint / stop
+                flag = torch.tensor([1.0 if stop.signal else 0.0], device=device)
+                stop_now = accelerator.gather(flag).max().item() > 0
+                if (cfg.save_freq and global_step % cfg.save_freq == 0) or stop_now \
+                        or global_step == total_steps:
+                    last_ckpt = checkpoint_now()
+                if stop_now:
+                    result_signal = stop.signal or "signal on another rank"
+                    accelerator.print(f"stopped by {result_signal} at step {global_step}; "
+                                      f"checkpoint saved to {last_ckpt}")
+                    break
+        except Exception as exc:
+            # As on SIGTERM: keep the work done so far, then let the error surface.
+            if phase == "compute":  # the failed step had not touched the weights
+                stream.position, skipped_total = step_start
+            if phase == "update" or global_step == 0 or not main:
+                if main:
+                    logger.error("unexpected %s at step %d; no checkpoint saved (%s)",
+                                 type(exc).__name__, global_step + 1,
+                                 "nothing trained yet" if global_step == 0 else
+                                 "it happened while the weights were being updated")
+            else:
+                try:
+                    saved = checkpoint_now(barrier=False)
+                    logger.error("unexpected %s at step %d: checkpoint of step %d saved to %s; "
+                                 "continue with --resume_from latest once it is fixed",
+                                 type(exc).__name__, global_step + 1, global_step, saved)
+                except Exception as save_exc:  # e.g. the disk is full too
+                    logger.error("unexpected %s at step %d, and the checkpoint could not be "
+                                 "saved (%s)", type(exc).__name__, global_step + 1, save_exc)
+            progress.close()
+            raise
     progress.close()
 
     # ---------------------------------------------------------------- export
@@ -452,7 +488,8 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
         summary = {"global_step": global_step, "skipped_steps": skipped_total,
                    "interrupted": result_signal, "lora": str(lora_path),
                    "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-                   "world_size": world, "lora_max_rank_difference": rank_diff}
+                   "world_size": world, "lora_max_rank_difference": rank_diff,
+                   "images_unreadable_during_run": folder.failed_during_run}
         (out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()
