@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list(folder: Path, what: str, recursive: bool) -> list[Path]:
-    from rewards.images import IMAGE_EXTENSIONS, list_images
+    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
 
     try:
         paths = list_images(folder, recursive=recursive)
@@ -529,7 +529,8 @@ def _list(folder: Path, what: str, recursive: bool) -> list[Path]:
         raise UsageError(f"{what}: {exc}") from None
     if not paths:
         raise UsageError(f"{what}: no images found in {folder} "
-                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})")
+                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
+                         f"{unsupported_note(folder, recursive)}")
     return paths
 
 

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def expand_paths(paths: list[str]) -> list[Path]:
-    from rewards.images import IMAGE_EXTENSIONS, list_images
+    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
 
     files: list[Path] = []
     for raw in paths:
@@ -137,7 +137,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
         if path.is_dir():
             found = list_images(path)
             if not found:
-                raise UserError(f"folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise UserError(f"folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})"
+                                f"{unsupported_note(path)}")
             files.extend(found)
         elif path.exists():
             files.append(path)
@@ -242,7 +243,8 @@ def run(args) -> list[dict]:
     import torch
 
     from rewards.hub import ModelUnavailableError
-    from rewards.images import load_image
+    from rewards.cli import one_line
+    from rewards.images import ImageLoadError, load_image
     from rewards.vlm import make_internvl_reward
 
     if args.batch_size < 1:
@@ -290,16 +292,27 @@ def run(args) -> list[dict]:
         names = ["image", "reference"]
     words = reward.answer_scale.words
 
-    cache: dict[Path, torch.Tensor] = {}
-
-    def image(path: Path) -> torch.Tensor:
-        if path not in cache:
-            cache[path] = load_image(path)
-        return cache[path]
-
     rows: list[dict] = []
+    skipped: list[tuple[Path, str]] = []
     for start in range(0, len(groups), args.batch_size):
-        chunk = list(enumerate(groups[start:start + args.batch_size], start))
+        # Only this batch's images are in memory (freed when the next batch starts), so
+        # peak memory does not grow with the number of images scored. A file that cannot
+        # be read skips its sample, as the other commands skip it, and is listed at the end.
+        cache: dict[Path, torch.Tensor] = {}
+
+        def image(path: Path) -> torch.Tensor:
+            if path not in cache:
+                cache[path] = load_image(path)
+            return cache[path]
+
+        chunk = []
+        for gi, files in enumerate(groups[start:start + args.batch_size], start):
+            try:
+                for f in files:
+                    image(f)
+                chunk.append((gi, files))
+            except (ImageLoadError, OSError) as exc:
+                skipped.append((files[0] if len(files) == 1 else files, one_line(exc)))
         # images of different sizes cannot share a batch tensor: one call per size signature
         by_shape: dict[tuple, list] = {}
         for gi, files in chunk:
@@ -350,6 +363,15 @@ def run(args) -> list[dict]:
                         for kind, pic in pics.items():
                             save_image(pic, viz / f"{gi:04d}_{k + 1}_{f.stem}_{kind}.png")
                 rows.append((gi, row))
+        del cache, by_shape, chunk
+    for what, reason in skipped:
+        shown = what if isinstance(what, Path) else " ".join(map(str, what))
+        print(f"skipped {shown}: {reason}", file=sys.stderr)
+    if not rows:
+        raise UserError(f"no sample could be scored: {len(skipped)} skipped ({skipped[0][1]})")
+    if skipped:
+        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} with unreadable images "
+              f"(listed above)", file=sys.stderr)
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 

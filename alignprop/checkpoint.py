@@ -112,18 +112,43 @@ def check_new_run_dir(output_dir: str | Path) -> None:
 
 def preflight(cfg) -> Path | None:
     """Path checks of a training config, before any slow import; returns the resume folder."""
-    from rewards.images import list_images
+    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
     from rewards.paths import check_writable_dir
 
     try:
-        list_images(cfg.data_dir)
+        found = list_images(cfg.data_dir)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UserError(f"--data_dir: {exc}") from None
+    if not found:
+        raise UserError(f"--data_dir {cfg.data_dir} holds no images (looked for "
+                        f"{', '.join(IMAGE_EXTENSIONS)}){unsupported_note(cfg.data_dir)}")
     resume_dir = resolve_resume(cfg.resume_from, cfg.output_dir)
     if resume_dir is None:
         check_new_run_dir(cfg.output_dir)
+    else:  # a checkpoint that cannot be resumed is found now, not after the model loads
+        check_checkpoint(resume_dir)
+        read_state(resume_dir)
+        ranks = lora_ranks(resume_dir / LORA_FILE)
+        if ranks and ranks != [cfg.lora_rank]:
+            raise CheckpointError(
+                f"{resume_dir / LORA_FILE}: the checkpoint's LoRA has rank "
+                f"{'/'.join(map(str, ranks))} but --lora_rank is {cfg.lora_rank}; resume with "
+                f"--lora_rank {ranks[0]}")
     check_writable_dir("--output_dir", cfg.output_dir)
     return resume_dir
+
+
+def lora_ranks(file: Path) -> list[int]:
+    """Ranks of the LoRA in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return sorted({f.get_slice(k).get_shape()[0] for k in f.keys()
+                           if "lora_A" in k and len(f.get_slice(k).get_shape()) == 2})
+    except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{file}: corrupt or truncated checkpoint file "
+                              f"({_short(exc)})") from None
 
 
 def set_aside_later_checkpoints(output_dir: str | Path, step: int) -> list[Path]:
@@ -162,7 +187,9 @@ def read_state(path: str | Path) -> dict:
 
 
 def _short(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
+    from rewards.hub import brief
+
+    return brief(" ".join(str(exc).split())) or type(exc).__name__
 
 
 # --------------------------------------------------------------------- pickle-free state files
@@ -293,6 +320,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
     ``barrier=False`` (after an unexpected error, when the other ranks may not be
     listening): only the main process writes, its own RNG state included.
     """
+    from safetensors import SafetensorError
+
     root = checkpoint_root(output_dir)
     final = root / f"checkpoint-{step:06d}"
     tmp = root / f".tmp-checkpoint-{step:06d}"
@@ -301,24 +330,32 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         if not main:
             return final
         accelerator = _NoBarrier(accelerator)
+    try:
+        if main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+        if main:
+            if save_model is not None:
+                save_model(tmp)
+            if optimizer is not None:
+                write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
+            if scheduler is not None:
+                write_state_files(tmp, SCHEDULER, scheduler.state_dict())
+            if getattr(accelerator, "scaler", None) is not None:
+                write_state_files(tmp, SCALER, accelerator.scaler.state_dict())
+        accelerator.wait_for_everyone()
+        if main:
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    except (OSError, SafetensorError) as exc:  # full disk, quota ...: keep the earlier ones
+        shutil.rmtree(tmp, ignore_errors=True)
+        earlier = list_checkpoints(output_dir)
+        raise CheckpointError(
+            f"could not save checkpoint {final} ({getattr(exc, 'strerror', None) or _short(exc)}); the earlier "
+            f"checkpoints are intact ({earlier[-1].name if earlier else 'none yet'})") from None
     if main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
-    if main:
-        if save_model is not None:
-            save_model(tmp)
-        if optimizer is not None:
-            write_state_files(tmp, OPTIMIZER, optimizer.state_dict())
-        if scheduler is not None:
-            write_state_files(tmp, SCHEDULER, scheduler.state_dict())
-        if getattr(accelerator, "scaler", None) is not None:
-            write_state_files(tmp, SCALER, accelerator.scaler.state_dict())
-    accelerator.wait_for_everyone()
-    if main:
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         if final.exists():  # same step saved twice (e.g. signal right after a save)
             old = root / f".old-checkpoint-{step:06d}"
             if old.exists():

@@ -284,13 +284,24 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"--config: preset file not found: {path}")
-    text = p.read_text()
-    if p.suffix.lower() == ".json":
-        data = json.loads(text)
-    else:
-        import yaml
+    try:
+        text = p.read_text()
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
 
-        data = yaml.safe_load(text)
+            data = yaml.safe_load(text)
+    except Exception as exc:  # yaml.YAMLError, JSONDecodeError, UnicodeDecodeError, OSError
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        elif isinstance(exc, json.JSONDecodeError):
+            where = f" at line {exc.lineno}, column {exc.colno}"
+        what = getattr(exc, "problem", None) or getattr(exc, "msg", None) or type(exc).__name__
+        raise ValueError(f"--config {path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}"
+                         f"{where} ({' '.join(str(what).split())})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -303,6 +314,44 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"--config {path}: unknown flag(s) {unknown}; see --help for the list")
     return data
+
+
+def _typed_preset(parser, preset: dict[str, Any], path) -> dict[str, Any]:
+    """Check and convert preset values the way the command line converts them.
+
+    argparse applies ``type=`` only to strings it parses, never to defaults, so without
+    this ``max_train_steps: 1.7`` or a list where one value belongs would slip through.
+    """
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in preset.items():
+        action = actions.get(key)
+        if action is None or value is None:
+            out[key] = value
+            continue
+        many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
+        if isinstance(value, dict) or (isinstance(value, list) and not many):
+            raise ValueError(f"--config {path}: {key} takes one value, got a "
+                             f"{type(value).__name__} ({value!r})")
+        values = value if isinstance(value, list) else [value]
+        converted = []
+        for v in values:
+            if action.type is not None:
+                if isinstance(v, float) and action.type is int:
+                    raise ValueError(f"--config {path}: {key} must be an integer, got {v!r}")
+                if isinstance(v, bool) and action.type in (int, float):
+                    raise ValueError(f"--config {path}: {key} must be a number, got {v!r}")
+                try:
+                    v = action.type(v if isinstance(v, str) else str(v))
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+                    raise ValueError(f"--config {path}: {key}: invalid value {v!r} "
+                                     f"({' '.join(str(exc).split())})") from None
+            if action.choices is not None and v not in action.choices:
+                raise ValueError(f"--config {path}: {key} must be one of "
+                                 f"{list(action.choices)}, got {v!r}")
+            converted.append(v)
+        out[key] = converted if isinstance(value, list) else converted[0]
+    return out
 
 
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
@@ -325,7 +374,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
         # Presets become parser defaults, so anything on the command line wins; the
         # original's flag names in a preset go in front of the command line for the same reason.
         ours, tokens = preset_tokens(preset)
-        parser.set_defaults(**ours)
+        parser.set_defaults(**_typed_preset(parser, ours, known.config))
         args = tokens + args
     train, rewards, *extra = parser.parse_args_into_dataclasses(
         args=args, look_for_args_file=False)

@@ -22,7 +22,8 @@ from typing import Sequence
 import torch
 
 from rewards.cli import UserError
-from rewards.images import ImageLoadError, list_images, load_image, resize_to
+from rewards.images import (ImageLoadError, list_images, load_image, resize_to,
+                            unsupported_note)
 
 from .prompts import draw, lookup, read_prompt_file
 
@@ -55,7 +56,7 @@ class ImageFolder:
             raise DataError(f"--data_dir: {exc}") from None
         if not paths:
             raise DataError(f"--data_dir {folder} holds no images (looked for .jpg, .jpeg, .png, "
-                            f".webp, .bmp, .tif, .tiff)")
+                            f".webp, .bmp, .tif, .tiff){unsupported_note(folder)}")
         self.height, self.width = height, width
         # Resized images are kept (up to CACHE_BYTES) from this first decode on, so a
         # training step never decodes a photo again, and a file that later disappears

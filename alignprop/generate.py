@@ -37,7 +37,7 @@ import torch
 
 from alignprop._cli import UserError, run_cli
 from alignprop.models import DEFAULT_MODEL
-from rewards.hub import resolve_device_dtype
+from rewards.hub import brief, resolve_device_dtype
 
 MULTIPLE = 16  # FLUX: VAE downsamples 8x, the transformer patchifies 2x2
 ADAPTER = "lora"
@@ -217,7 +217,7 @@ def load_lora(pipe, source: str, scale: float = 1.0, adapter_name: str = ADAPTER
         raise LoraLoadError(f"--lora {source}: cannot read it ({exc})") from None
     except Exception as exc:  # diffusers' format detection, safetensors header errors ...
         raise LoraLoadError(f"--lora {source}: not a LoRA diffusers can read "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                            f"({type(exc).__name__}: {brief(exc)})") from None
     n = check_lora_fits(state_dict, pipe.transformer, source)
     from diffusers.utils import logging as dlogging
 
@@ -228,7 +228,7 @@ def load_lora(pipe, source: str, scale: float = 1.0, adapter_name: str = ADAPTER
         pipe.load_lora_weights(path, adapter_name=adapter_name, **kwargs)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise LoraLoadError(f"--lora {source}: does not fit this model "
-                            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+                            f"({type(exc).__name__}: {brief(exc)})") from None
     finally:
         dlogging.set_verbosity(level)
     if adapter_name not in pipe.get_list_adapters().get("transformer", []):
@@ -393,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from alignprop.models import load_kontext_pipeline
     from rewards.images import ImageLoadError, list_images, load_image, resize_to, save_image
+    from rewards.images import unsupported_note
     from rewards.paths import check_no_overwrite, check_outputs_spare_inputs, check_writable_dir
 
     args = build_parser().parse_args(argv)
@@ -407,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = list_images(args.input_dir)
     if not paths:
         raise UserError(f"--input_dir {args.input_dir} holds no images "
-                        "(.jpg .jpeg .png .webp .bmp .tif .tiff)")
+                        f"(.jpg .jpeg .png .webp .bmp .tif .tiff){unsupported_note(args.input_dir)}")
     ext_of = {p: (p.suffix.lower() if args.output_format == "same" else "." + args.output_format)
               for p in paths}
     stems = defaultdict(list)

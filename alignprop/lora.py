@@ -77,6 +77,8 @@ def load_lora_into(transformer, directory: str | Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from rewards.hub import brief
+
     file = Path(directory) / LORA_FILE
     if not file.is_file():
         raise FileNotFoundError(f"{file}: LoRA file missing")
@@ -84,7 +86,7 @@ def load_lora_into(transformer, directory: str | Path) -> None:
         raw = load_file(str(file))
     except (OSError, SafetensorError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{file}: corrupt or truncated LoRA file "
-                         f"({' '.join(str(exc).split())[:200]})") from None
+                         f"({brief(' '.join(str(exc).split()))})") from None
     rank = transformer.peft_config[ADAPTER].r
     file_ranks = sorted({v.shape[0] for k, v in raw.items() if "lora_A" in k and v.ndim == 2})
     if file_ranks and file_ranks != [rank]:

@@ -156,7 +156,7 @@ def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = 
     local = Path(pretrained).expanduser()
     if local.exists() and not (local / "model_index.json").exists():
         raise model_unavailable(
-            "the FLUX Kontext pipeline", pretrained, flag,
+            "the FLUX Kontext pipeline", pretrained, flag, repo_id=DEFAULT_MODEL,
             hint=f"{local} exists but has no model_index.json: point at the root of a diffusers "
                  "pipeline directory (the folder that holds transformer/, vae/, text_encoder/ ...).")
     try:
@@ -165,4 +165,4 @@ def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = 
             revision=revision, variant=variant)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise model_unavailable("the FLUX Kontext pipeline", pretrained, flag, exc,
-                                hint="Use `--pretrained_model tiny` for the built-in test model.") from None
+                                repo_id=DEFAULT_MODEL, hint="Use `--pretrained_model tiny` for the built-in test model.") from None

@@ -48,8 +48,20 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _close_progress_bars() -> None:
+    """End any open tqdm bar so the error starts on a fresh line, not after the bar."""
+    tqdm_module = sys.modules.get("tqdm")
+    bars = getattr(getattr(tqdm_module, "tqdm", None), "_instances", None) if tqdm_module else None
+    for bar in list(bars or ()):
+        try:
+            bar.close()
+        except Exception:  # a bar that cannot close must not hide the error itself
+            pass
+
+
 def report(prog: str, exc: BaseException) -> int:
     """Print ``prog: error: message`` on stderr; return the exit code for it."""
+    _close_progress_bars()
     print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
     return EXIT_USER_ERROR
 

@@ -34,19 +34,42 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
+def brief(text: str, limit: int = 200) -> str:
+    """First line of ``text``, at most ``limit`` characters, cut at a word boundary."""
+    line = (str(text).strip().splitlines() or [""])[0].strip()
+    if len(line) <= limit:
+        return line
+    cut = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:")
+    return cut + " ..."
+
+
+def looks_local(source: str) -> bool:
+    """Is ``source`` meant as a local path rather than a hub id (``owner/name``)?"""
+    s = os.fspath(source)
+    return (os.path.exists(os.path.expanduser(s)) or s.startswith(("/", ".", "~"))
+            or s.count("/") > 1 or "\\" in s)
+
+
 def model_unavailable(what: str, source: str, flag: str, exc: BaseException | None = None,
-                      hint: str = "") -> ModelUnavailableError:
+                      hint: str = "", repo_id: str | None = None) -> ModelUnavailableError:
     """Build the error raised when ``what`` could not be loaded from ``source``.
 
-    ``flag`` is the command-line flag (or keyword) that accepts a local path.
+    ``flag`` is the command-line flag (or keyword) that accepts a local path;
+    ``repo_id`` the hub id to suggest downloading when ``source`` is a local folder.
     """
-    reason = f" ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})" if exc else ""
+    reason = f" ({type(exc).__name__}: {brief(exc)})" if exc else ""
     mode = " HF_HUB_OFFLINE=1 is set, so nothing is downloaded." if offline() else ""
-    msg = (
-        f"Could not load {what} from {source!r}{reason}.{mode} "
-        f"Download it on a machine with network access (e.g. `huggingface-cli download "
-        f"{source}`) and pass the local directory or file with {flag}."
-    )
+    if looks_local(source):
+        # A local folder: downloading "./models/x" from the hub means nothing; say where
+        # to put the real model instead.
+        msg = (f"Could not load {what} from the local path {source!r}{reason}.{mode} "
+               f"Download it on a machine with network access into that folder (e.g. "
+               f"`huggingface-cli download {repo_id or 'OWNER/NAME'} --local-dir {source}`), "
+               f"or pass another local directory or file with {flag}.")
+    else:
+        msg = (f"Could not load {what} from {source!r}{reason}.{mode} "
+               f"Download it on a machine with network access (e.g. `huggingface-cli download "
+               f"{source}`) and pass the local directory or file with {flag}.")
     if hint:
         msg += " " + hint
     return ModelUnavailableError(msg, flag)

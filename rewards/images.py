@@ -37,6 +37,25 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def unsupported_note(folder: str | Path, recursive: bool = False) -> str:
+    """For "no images" errors: which file types in ``folder`` were passed over, e.g.
+    ``"; it holds 3 file(s) of unsupported types: .gif (2), .heic (1)"`` ("" if none)."""
+    from collections import Counter
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        return ""
+    pattern = "**/*" if recursive else "*"
+    kinds = Counter(p.suffix.lower() or "(no extension)" for p in folder.glob(pattern)
+                    if p.is_file() and not p.name.startswith(".")
+                    and p.suffix.lower() not in IMAGE_EXTENSIONS)
+    if not kinds:
+        return ""
+    listing = ", ".join(f"{k} ({n})" for k, n in kinds.most_common())
+    return (f"; it holds {sum(kinds.values())} file(s) of unsupported types: {listing} "
+            f"(convert them to PNG or JPEG)")
+
+
 def _to_float_rgb(img) -> np.ndarray:
     """PIL image of any mode -> float32 array (H,W,3) in [0,1]."""
     from PIL import Image

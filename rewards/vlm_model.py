@@ -141,7 +141,8 @@ def read_config(model_id: str, trust_remote_code: bool = False, flag: str = MODE
                 f"{model_id!r} needs custom code; the reward uses transformers' built-in classes: "
                 f"use a checkpoint in transformers format (e.g. OpenGVLab/InternVL3-14B-hf, "
                 f"Qwen/Qwen2.5-VL-7B-Instruct) or pass --trust_remote_code if you trust it") from None
-        raise model_unavailable("vision-language model", model_id, flag, exc) from None
+        raise model_unavailable("vision-language model", model_id, flag, exc,
+                                repo_id=DEFAULT_MODEL_ID) from None
 
 
 def check_vision_config(config, model_id: str):
@@ -173,7 +174,8 @@ def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool,
         model = family.model_class().from_pretrained(model_id, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     except OSError as exc:
-        raise model_unavailable(f"{family.name} model", model_id, flag, exc) from None
+        raise model_unavailable(f"{family.name} model", model_id, flag, exc,
+                                repo_id=DEFAULT_MODEL_ID) from None
     return family, model, processor
 
 
