@@ -128,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Most pixels loaded for one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
+BATCH_PIXELS = 16 * 1024 * 1024
+
+
+def pixel_count(path: Path) -> int:
+    """Width x height from the image header (0 if unreadable: loading will report it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size[0] * img.size[1]
+    except Exception:  # PIL raises many types for broken files; load_image names the problem
+        return 0
+
+
 def expand_paths(paths: list[str]) -> list[Path]:
     from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
 
@@ -261,6 +276,12 @@ def run(args) -> list[dict]:
         raise UserError("give image files or folders to score (or --list_prompts)")
     groups = group_files(expand_paths(args.paths), args.task, has_ref)
     viz = check_viz_args(args)
+    if viz is not None:  # heatmaps never land among (or over) the images being scored
+        from rewards.paths import check_outputs_spare_inputs, check_writable_dir
+
+        check_outputs_spare_inputs({"--viz_grads": viz}, {
+            f"the folder of input {f.name}": f.parent for g in groups for f in g})
+        check_writable_dir("--viz_grads", viz)
     if not (math.isfinite(args.margin_temp) and args.margin_temp > 0):
         raise UserError(f"--margin_temp must be a positive number, got {args.margin_temp}")
     refs = [r for r in (args.artifact_ref1, args.artifact_ref2) if r]
@@ -294,25 +315,36 @@ def run(args) -> list[dict]:
 
     rows: list[dict] = []
     skipped: list[tuple[Path, str]] = []
-    for start in range(0, len(groups), args.batch_size):
-        # Only this batch's images are in memory (freed when the next batch starts), so
-        # peak memory does not grow with the number of images scored. A file that cannot
-        # be read skips its sample, as the other commands skip it, and is listed at the end.
-        cache: dict[Path, torch.Tensor] = {}
-
-        def image(path: Path) -> torch.Tensor:
-            if path not in cache:
-                cache[path] = load_image(path)
-            return cache[path]
-
-        chunk = []
-        for gi, files in enumerate(groups[start:start + args.batch_size], start):
+    def batches():
+        """(samples, their images) at most --batch_size samples or BATCH_PIXELS pixels at a
+        time. Only one batch's images are in memory (freed when the next one starts), so
+        peak memory does not grow with the number of images scored. A file that cannot be
+        read skips its sample, as the other commands skip it, and is listed at the end."""
+        chunk, images, pixels = [], {}, 0
+        for gi, files in enumerate(groups):
+            size = sum(pixel_count(f) for f in files)  # from the file headers: nothing decoded
+            if chunk and pixels + size > BATCH_PIXELS:
+                yield chunk, images
+                chunk, images, pixels = [], {}, 0
             try:
-                for f in files:
-                    image(f)
-                chunk.append((gi, files))
+                loaded = {f: images.get(f) if f in images else load_image(f) for f in files}
             except (ImageLoadError, OSError) as exc:
                 skipped.append((files[0] if len(files) == 1 else files, one_line(exc)))
+                continue
+            images.update(loaded)
+            del loaded
+            chunk.append((gi, files))
+            pixels += size
+            if len(chunk) >= args.batch_size:
+                yield chunk, images
+                chunk, images, pixels = [], {}, 0
+        if chunk:
+            yield chunk, images
+
+    for chunk, cache in batches():
+        def image(path: Path) -> torch.Tensor:
+            return cache[path]
+
         # images of different sizes cannot share a batch tensor: one call per size signature
         by_shape: dict[tuple, list] = {}
         for gi, files in chunk:
@@ -363,7 +395,7 @@ def run(args) -> list[dict]:
                         for kind, pic in pics.items():
                             save_image(pic, viz / f"{gi:04d}_{k + 1}_{f.stem}_{kind}.png")
                 rows.append((gi, row))
-        del cache, by_shape, chunk
+        del cache, by_shape, chunk, slots, full, out
     for what, reason in skipped:
         shown = what if isinstance(what, Path) else " ".join(map(str, what))
         print(f"skipped {shown}: {reason}", file=sys.stderr)

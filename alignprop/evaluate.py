@@ -44,6 +44,8 @@ COMPARISONS = (("lora", "base"), ("lora", "original"), ("base", "original"))
 CHECK_TERMS = ("grid", "brightness")            # reward-hacking monitors
 SKIP_FILES = {"contact_sheet"}                   # what alignprop.generate writes beside outputs
 INPUT_TASKS = {"content-similarity", "pair", "triplet"}
+# Most pixels scored in one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
+BATCH_PIXELS = 16 * 1024 * 1024
 
 
 @dataclass
@@ -254,19 +256,22 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
 
     rows: dict[tuple[str, str], dict[str, float]] = {}
     unreadable: list[dict] = []
-    originals: dict[str, torch.Tensor | None] = {}
+    bad_originals: set[str] = set()
 
-    def original(name):
-        if "original" not in index:
+    def original(name, shape):
+        """The input of ``name`` at the output's size, decoded for this use only (no
+        cache: memory stays flat in the number of images) and at reduced size when the
+        output is much smaller than the original photo."""
+        if "original" not in index or name in bad_originals:
             return None
-        if name not in originals:
-            try:
-                originals[name] = load_image(index["original"][name])
-            except ImageLoadError as exc:
-                unreadable.append({"folder": "original", "file": str(index["original"][name]),
-                                   "reason": str(exc)})
-                originals[name] = None
-        return originals[name]
+        try:
+            img = load_image(index["original"][name], reduce_to=min(shape[1:]))
+        except (ImageLoadError, OSError) as exc:
+            unreadable.append({"folder": "original", "file": str(index["original"][name]),
+                               "reason": str(exc)})
+            bad_originals.add(name)
+            return None
+        return resize_to(img, shape[1], shape[2], mode="crop")
 
     total = len(names) * len(index)
     with tqdm(total=total, desc="evaluate", unit="img", disable=None if progress else True) as bar:
@@ -295,18 +300,24 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
                 path = index[label][name]
                 try:
                     img = load_image(path)
-                except ImageLoadError as exc:
+                except (ImageLoadError, OSError) as exc:
                     unreadable.append({"folder": label, "file": str(path), "reason": str(exc)})
+                    if label == "original":
+                        bad_originals.add(name)
                     bar.update(1)
                     continue
-                inp = original(name)
+                # An original scored as itself needs no input (input terms are NaN there).
+                inp = None if label == "original" else original(name, img.shape)
                 if label != "original" and "original" in index and inp is None:
                     bar.update(1)  # its original is unreadable: cannot be compared
                     continue
-                if inp is not None:
-                    inp = resize_to(inp, img.shape[1], img.shape[2], mode="crop")
                 key = tuple(img.shape)
+                # A batch is capped in pixels too, so 100-MP photos are scored one at a
+                # time and freed: peak memory does not grow with the number of images.
+                if pending[key] and (len(pending[key]) + 1) * img[0].numel() > BATCH_PIXELS:
+                    flush(key)
                 pending[key].append((name, img, inp))
+                del img, inp
                 if len(pending[key]) >= batch_size:
                     flush(key)
             for key in list(pending):
