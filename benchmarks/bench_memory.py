@@ -41,23 +41,29 @@ for i in range(len(f)):
 
 
 def make_photos(folder: Path, n: int, width: int, height: int) -> None:
-    """``n`` large JPEGs (smooth colour fields plus noise, like a detailed photo)."""
+    """``n`` copies of one large JPEG (smooth colour fields plus noise, like a detailed photo;
+    copies: memory depends on the size, not the content, and making one is slow)."""
+    import shutil
+
     import numpy as np
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        path = folder / f"photo_{i}.jpg"
-        if path.exists():
-            continue
+    master = folder.parent / f"master_{width}x{height}.jpg"
+    if not master.exists():
+        rng = np.random.default_rng(0)
         y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
         x = np.linspace(0, 1, width, dtype=np.float32)[None, :]
         img = np.empty((height, width, 3), np.uint8)
         for c in range(3):
-            field = 0.5 + 0.4 * np.sin(6.28 * ((c + 1 + i) * x + (3 - c) * y))
-            img[..., c] = np.clip(field * 255 + rng.normal(0, 12, (height, width)), 0, 255)
-        Image.fromarray(img).save(path, quality=90)
+            field = 0.5 + 0.4 * np.sin(6.28 * ((c + 1) * x + (3 - c) * y))
+            noise = rng.integers(-20, 21, (height, width), dtype=np.int16)
+            img[..., c] = np.clip(field * 255 + noise, 0, 255)
+        Image.fromarray(img).save(master, quality=90)
+    for i in range(n):
+        path = folder / f"photo_{i}.jpg"
+        if not path.exists():
+            shutil.copyfile(master, path)
 
 
 def peak_rss_mib(cmd: list[str], repo: Path) -> tuple[float, float]:
