@@ -335,7 +335,7 @@ def run(args) -> list[dict]:
             del loaded
             chunk.append((gi, files))
             pixels += size
-            if len(chunk) >= args.batch_size:
+            if len(chunk) >= args.batch_size or pixels >= BATCH_PIXELS:
                 yield chunk, images
                 chunk, images, pixels = [], {}, 0
         if chunk:

@@ -317,8 +317,9 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
                 if pending[key] and (len(pending[key]) + 1) * img[0].numel() > BATCH_PIXELS:
                     flush(key)
                 pending[key].append((name, img, inp))
+                n = len(pending[key])
                 del img, inp
-                if len(pending[key]) >= batch_size:
+                if n >= batch_size or n * key[1] * key[2] >= BATCH_PIXELS:
                     flush(key)
             for key in list(pending):
                 flush(key)
