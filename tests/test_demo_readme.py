@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from alignprop.demo import (SSIM_FLOOR, colourfulness, demo_checks, readme_line,
-                            structure_error)
+from alignprop.demo import (SSIM_FLOOR, colour_cast, colourfulness, demo_checks,
+                            neutral_tint, readme_line, saturation_error, structure_error)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +30,24 @@ def test_structure_ignores_tone_but_sees_content():
     shuffled = x.flip(-1).flip(-2)
     assert structure_error(brighter, x).max() < 0.05
     assert (structure_error(shuffled, x) > 0.5).all()
+
+
+def test_saturation_target_keeps_grey_grey():
+    # Half orange, half black: saturating scales colours away from grey, so the black half
+    # must stay black. (Scaling around the image's mean colour pushed it toward teal.)
+    x = torch.zeros(1, 3, 8, 16)
+    x[:, :, :, :8] = torch.tensor([0.7, 0.45, 0.2])[:, None, None]
+    x[:, :, :, 8:] = 0.05
+    gain = 1.5
+    grey_c = x.mean(1, keepdim=True)
+    saturated = grey_c + gain * (x - grey_c)  # in [0, 1] here; the black half is unchanged
+    teal = saturated.clone()
+    teal[:, :, :, 8:] = torch.tensor([0.0, 0.12, 0.14])[:, None, None]
+    assert saturated.min() >= 0 and saturated.max() <= 1
+    assert saturation_error(saturated, x, gain) < 1e-10
+    assert saturation_error(teal, x, gain) > 1e-3
+    assert neutral_tint(saturated, x) < 1e-6 and neutral_tint(teal, x) > 0.1
+    assert colour_cast(saturated, x, gain) < 1e-10 and colour_cast(teal, x, gain) > 1e-3
 
 
 def test_readme_demo_figures_are_what_the_demo_printed():
