@@ -16,9 +16,15 @@ arithmetic for N = 1, 2, 4, 8 processes:
 * reward VLM (bf16), by ``--reward_device``: ``replicate`` whole on every rank, ``shard``
   split N ways + its two largest layers gathered, ``dedicated`` on its own card.
 
-Activations are NOT included: they do not shrink with N (each rank samples its own
-images) and depend on resolution, K and checkpointing. They come from a measurement or
-from ``--estimate`` on one card. The table says what is left of each card size for them.
+Activations do not shrink with N (each rank samples its own images) and depend on
+resolution, K and checkpointing. ``--activations`` takes them from ``--estimate`` (the
+fake-tensor trace of one optimizer step, alignprop/estimate.py) of the README's training
+command with ``--gradient_checkpointing`` and this ``--vlm``/``--lora_rank``: the
+transformer, VAE and no-grad activations sit on the training card, the reward models'
+activations on the card that holds the reward models (the same card for replicate and
+shard, the reward card for dedicated), and each row gets a verdict per card size: "fits"
+when weights + activations are under (size - 1 GB) x 90 %, "tight" when only under the
+size, "no" otherwise (the estimator's rule).
 """
 from __future__ import annotations
 
@@ -46,6 +52,16 @@ INTERNVL3 = {  # OpenGVLab/InternVL3-<size>-hf language models (Qwen2.5)
 }
 CONTEXT_GB, FRAGMENTATION = 1.0, 0.10  # CUDA context; allocator fragmentation share
 CARDS_GB = (24, 40, 48, 80)
+# The README's training command ("Training"), estimated with gradient checkpointing.
+README_FLAGS = [
+    "--data_dir", "./train_images", "--mixed_precision", "bf16", "--image_height", "512",
+    "--image_width", "512", "--sample_num_steps", "5", "--train_learning_rate", "1e-4",
+    "--train_gradient_accumulation_steps", "4", "--aesthetic_model_type", "internvl",
+    "--aesthetic_reward_scale", "6", "--similarity_backend", "internvl-content",
+    "--image_reward_scale", "1.5", "--sharpness_backend", "internvl",
+    "--sharpness_reward_scale", "2", "--grid_ratio_weight", "1", "--grid_ratio_period", "16",
+    "--brightness_target", "0.45", "--brightness_band", "0.08",
+    "--brightness_anchor_weight", "10", "--gradient_checkpointing", "--estimate"]
 
 
 def _n(module) -> int:
@@ -97,12 +113,72 @@ def per_rank(c: dict, n: int, placement: str | None) -> float:
     return b
 
 
+def activations(vlm: str | None, lora_rank: int) -> tuple[float, float, str]:
+    """(training-card bytes, reward-card bytes, description) of the README command's
+    activations at the peak of one step, from the estimator."""
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from alignprop.config import parse_config
+    from alignprop.estimate import estimate_training
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = Path(tmp) / "ref.png"  # --style_reference must name an image; only its size counts
+        Image.fromarray(np.full((512, 512, 3), 128, np.uint8)).save(ref)
+        flags = README_FLAGS + ["--lora_rank", str(lora_rank)]
+        if vlm is None:
+            flags = _drop(flags, ("--aesthetic_model_type", "--similarity_backend",
+                                  "--sharpness_backend", "--aesthetic_reward_scale",
+                                  "--image_reward_scale", "--sharpness_reward_scale"))
+            flags += ["--aesthetic_model_type", "none"]
+        else:
+            flags += ["--style_reference", str(ref),
+                      "--internvl_model_id", f"OpenGVLab/InternVL3-{vlm}-hf"]
+        cfg, rewards = parse_config(flags)
+        est = estimate_training(cfg, rewards)
+    train_b = reward_b = 0
+    for label, b in est.breakdown.items():
+        if label.startswith("activations: reward"):
+            reward_b += b
+        elif label.startswith("activations"):
+            train_b += b
+    what = (f"README command at 512x512, K=1, --gradient_checkpointing, LoRA rank {lora_rank}"
+            + (f", InternVL3-{vlm} in {sum(1 for k in est.breakdown if 'reward' in k)} "
+               f"term(s)" if vlm else ", no VLM"))
+    return train_b, reward_b, what
+
+
+def _drop(flags: list[str], names: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for f in flags:
+        if skip:
+            skip = False
+            continue
+        if f in names:
+            skip = True
+            continue
+        out.append(f)
+    return out
+
+
+def _verdict(need: float, card_gb: float) -> str:
+    if need <= (card_gb - CONTEXT_GB) * (1 - FRAGMENTATION) * GB:
+        return "fits"
+    return "tight" if need <= card_gb * GB else "no"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lora_rank", type=int, default=16)
     ap.add_argument("--vlm", default="14B", choices=sorted(INTERNVL3),
                     help="InternVL3 size of the reward VLM")
     ap.add_argument("--no_vlm", action="store_true", help="no VLM reward (math rewards only)")
+    ap.add_argument("--activations", action="store_true",
+                    help="add the README command's activations from --estimate (~30 s) and "
+                         "print a verdict per card size")
     args = ap.parse_args(argv)
     c = kontext_counts(args.lora_rank)
     if not args.no_vlm:
@@ -110,8 +186,15 @@ def main(argv=None) -> None:
     print("parameters: " + ", ".join(f"{k} {v / 1e9:.3f}B" for k, v in c.items()))
     placements = [None] if args.no_vlm else ["replicate", "shard", "dedicated"]
     print("N = training processes (cards; 'dedicated' uses 2N cards: N train, N score)")
+    act = None
+    if args.activations:
+        act = activations(None if args.no_vlm else args.vlm, args.lora_rank)
+        print(f"activations ({act[2]}): {act[0] / GB:.1f} GB on the training card, "
+              f"{act[1] / GB:.1f} GB where the reward models are")
     head = "N  reward_device | weights+LoRA state per rank | left for activations on " + \
            " / ".join(f"{m} GB" for m in CARDS_GB)
+    if act:
+        head += " | verdict with activations (training card; reward card)"
     print(head)
     for n in (1, 2, 4, 8):
         for place in placements:
@@ -120,9 +203,18 @@ def main(argv=None) -> None:
             need = per_rank(c, n, place)
             left = [(m - CONTEXT_GB) * (1 - FRAGMENTATION) - need / GB for m in CARDS_GB]
             extra = f" (+ {2 * c['vlm'] / GB:.1f} GB on the reward card)" if place == "dedicated" else ""
-            print(f"{n}  {place or '-':9s} | {need / GB:6.1f} GB{extra} | "
-                  + " / ".join(f"{v:6.1f}" for v in left))
-
+            line = (f"{n}  {place or '-':9s} | {need / GB:6.1f} GB{extra} | "
+                    + " / ".join(f"{v:6.1f}" for v in left))
+            if act:
+                train_need = need + act[0] + (act[1] if place != "dedicated" else 0)
+                verdicts = []
+                for m in CARDS_GB:
+                    v = _verdict(train_need, m)
+                    if place == "dedicated":
+                        v += "; " + _verdict(2 * c["vlm"] + act[1], m)
+                    verdicts.append(f"{m}: {v}")
+                line += " | " + ", ".join(verdicts)
+            print(line)
 
 if __name__ == "__main__":
     main()
