@@ -148,6 +148,10 @@ class Estimate:
     images_per_step: int = 1
     seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+    # --reward_device on another card: each card's own peak and what holds it then
+    cards: dict[str, int] = field(default_factory=dict)
+    card_breakdown: dict[str, dict[str, int]] = field(default_factory=dict)
+    reward_device: str = ""
 
     @property
     def total_flops(self) -> float:
@@ -155,11 +159,13 @@ class Estimate:
 
     @property
     def device_peak_bytes(self) -> int:
-        return max(self.peak_bytes, self.setup_peak_bytes)
+        """Peak of the training card (the only card unless the rewards are elsewhere)."""
+        step = self.cards.get("training", self.peak_bytes)
+        return max(step, self.setup_peak_bytes)
 
-    def verdict(self, size_gb: float) -> str:
+    def verdict(self, size_gb: float, need: int | None = None) -> str:
         usable = (size_gb * GB - CONTEXT_GB * GB) * (1 - FRAGMENTATION)
-        need = self.device_peak_bytes
+        need = self.device_peak_bytes if need is None else need
         if need <= usable:
             return "fits"
         if need <= size_gb * GB:
@@ -173,6 +179,10 @@ class Estimate:
                 "setup_breakdown": self.setup_breakdown, "notes": self.notes,
                 "advice": self.advice, "images_per_step": self.images_per_step,
                 "verdicts": {f"{g} GB": self.verdict(g) for g in GPU_SIZES_GB},
+                "cards": self.cards, "card_breakdown": self.card_breakdown,
+                "reward_device": self.reward_device,
+                "reward_card_verdicts": ({f"{g} GB": self.verdict(g, self.cards["reward"])
+                                          for g in GPU_SIZES_GB} if self.cards else {}),
                 "seconds_at_40pct": {g: self.total_flops / (MFU * p) for g, p in GPU_PEAKS.items()},
                 "trace_seconds": self.seconds, **self.details}
 
@@ -191,16 +201,32 @@ class Estimate:
         for gpu, peak in GPU_PEAKS.items():
             lines.append(f"  {gpu:<10} ({peak / 1e12:5.0f} TFLOP/s): "
                          f"{self.total_flops / (MFU * peak):9.3f} s")
-        lines.append(f"peak device memory during the step: {_bytes(self.peak_bytes)}")
+        lines.append(f"peak device memory during the step"
+                     f"{', were everything on one card' if self.cards else ''}: "
+                     f"{_bytes(self.peak_bytes)}")
         for label, b in sorted(self.breakdown.items(), key=lambda kv: -kv[1]):
             if b >= 0.001 * self.peak_bytes:
                 lines.append(f"  {label:<56} {_bytes(b):>10}")
         if self.setup_peak_bytes:
             lines.append(f"peak during set-up (prompt encoding, text encoders loaded): "
                          f"{_bytes(self.setup_peak_bytes)}")
-        lines.append(f"verdict (usable = (size - {CONTEXT_GB:g} GB context) x "
-                     f"{1 - FRAGMENTATION:.0%}; 'tight' = over that, under the size):")
+        for card, peak in self.cards.items():
+            where = ("the training card" if card == "training" else
+                     f"the reward card (--reward_device {self.reward_device})")
+            lines.append(f"with the reward models on their own card, peak of {where}: "
+                         f"{_bytes(peak)}")
+            part = self.card_breakdown.get(card, {})
+            for label, b in sorted(part.items(), key=lambda kv: -kv[1]):
+                if b >= 0.001 * max(peak, 1):
+                    lines.append(f"  {label:<56} {_bytes(b):>10}")
+        lines.append(f"verdict{' for the training card' if self.cards else ''} (usable = (size - "
+                     f"{CONTEXT_GB:g} GB context) x {1 - FRAGMENTATION:.0%}; 'tight' = over that, "
+                     f"under the size):")
         lines.append("  " + "  ".join(f"{g} GB: {self.verdict(g)}" for g in GPU_SIZES_GB))
+        if "reward" in self.cards:
+            lines.append("verdict for the reward card:")
+            lines.append("  " + "  ".join(f"{g} GB: {self.verdict(g, self.cards['reward'])}"
+                                          for g in GPU_SIZES_GB))
         if self.advice:
             lines.append("if it does not fit:")
             lines += [f"  - {a}" for a in self.advice]
@@ -557,7 +583,10 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     if cfg.mixed_precision is None:
         est.notes.append("--mixed_precision not given: estimated for bf16 (accelerate's config "
                          "decides at launch)")
-    tr = Tracker()
+    separate = _reward_card(getattr(cfg, "reward_device", "replicate"))
+    tr = Tracker(group_of=_card_of_label if separate else None)
+    if separate:
+        est.reward_device = cfg.reward_device
 
     def amp():
         if dtype == torch.float32:
@@ -581,6 +610,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
             del m["text_encoder"], m["text_encoder_2"]
             tr.flops.clear()
             tr.reset_peak()
+            tr.reset_group_peaks()
 
             # ------------------------------------------------------- reward models
             probes = []
@@ -722,6 +752,17 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
             est.breakdown.get("activations: transformer (backpropagated steps)", 0) \
             + (k - 1) * extra["bytes"]
     est.flops = {kk: vv * accum for kk, vv in micro.items()}
+    if separate:
+        est.cards = {"training": tr.group_peak["training"] + (k - 1) * extra["bytes"],
+                     "reward": tr.group_peak["reward"]}
+        est.card_breakdown = {g: dict(tr.group_peak_at.get(g, {})) for g in est.cards}
+        if k > 1:
+            lab = "activations: transformer (backpropagated steps)"
+            tb = est.card_breakdown["training"]
+            tb[lab] = tb.get(lab, 0) + (k - 1) * extra["bytes"]
+        est.notes.append("--reward_device: the reward models' weights and activations are "
+                         "charged to their own card, the gradient buffers of the backward pass "
+                         "to the training card")
     est.details = {"lora_parameters": n_lora, "setup_flops": setup_flops,
                    "sampler_calls": dict(replay.calls), "k_estimated": k}
     if k_lo != k_hi:
@@ -732,6 +773,27 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     est.advice = _advice(est, cfg, reward_flags, n_lora, bool(vlm_specs), extra["bytes"])
     est.seconds = time.perf_counter() - t0
     return est
+
+
+def _reward_card(spec: str) -> bool:
+    """Does ``--reward_device`` put the reward models on a card of their own (one process
+    trains on cuda:0)? ``shard`` splits them across processes: benchmarks/fsdp_memory.py."""
+    if spec in ("replicate", "shard", "", None):
+        return False
+    if spec == "dedicated":
+        return True
+    device = torch.device(spec)
+    return device.type != "cuda" or (device.index or 0) != 0
+
+
+def _card_of_label(label: str) -> str:
+    """Which card holds what a tracker label names when the rewards have their own card."""
+    if label.startswith("activations: reward"):
+        return "reward"
+    if label.startswith("weights: ") and not label.startswith(
+            ("weights: transformer", "weights: VAE", "weights: text encoders")):
+        return "reward"   # InternVL, LPIPS, FaceNet, CLIP / SigLIP heads
+    return "training"
 
 
 def _advice(est: Estimate, cfg, reward_flags, n_lora: int, uses_vlm: bool, per_step: int) -> list[str]:
@@ -758,6 +820,8 @@ def _advice(est: Estimate, cfg, reward_flags, n_lora: int, uses_vlm: bool, per_s
         out.append(f"a smaller InternVL (--internvl_model_id OpenGVLab/InternVL3-8B-hf / -2B-hf / "
                    f"-1B-hf): its weights take {vw / GB:.1f} GB now, its activations "
                    f"{va / GB:.1f} GB; fewer InternVL terms also cut activations")
+        if est.cards:
+            return out
         out.append(f"the reward models on a second GPU (--reward_device cuda:1, or dedicated / "
                    f"shard with several GPUs: README, 'Scaling beyond one GPU') would free "
                    f"{(vw + va) / GB:.1f} GB on this one")

@@ -50,9 +50,17 @@ _register_cpu_attention_flops()
 class Tracker(TorchDispatchMode):
     """Live storage bytes by label, their peak, and FLOPs by phase (see module doc)."""
 
-    def __init__(self):
+    def __init__(self, group_of=None):
+        """``group_of(label) -> str`` sorts labels into groups (e.g. the devices of a run
+        whose reward models live on another GPU); each group's own peak is kept too."""
         super().__init__()
         from torch.utils.flop_counter import flop_registry
+
+        self._groups = group_of is not None
+        self._group_of = group_of or (lambda label: "all")
+        self.group_total: dict[str, int] = defaultdict(int)
+        self.group_peak: dict[str, int] = defaultdict(int)
+        self.group_peak_at: dict[str, dict[str, int]] = {}
 
         self._flops_of = flop_registry
         self._label = "other"
@@ -90,6 +98,13 @@ class Tracker(TorchDispatchMode):
         self.peak_at = {k: v for k, v in self.by_label.items() if v}
         self.peak_where = self._label
 
+    def reset_group_peaks(self) -> None:
+        self.group_peak = defaultdict(int, self.group_total)
+        self.group_peak_at = {g: self._group_live(g) for g in self.group_total}
+
+    def _group_live(self, group: str) -> dict[str, int]:
+        return {k: v for k, v in self.by_label.items() if v and self._group_of(k) == group}
+
     def live(self) -> dict[str, int]:
         return {k: v for k, v in self.by_label.items() if v}
 
@@ -99,6 +114,8 @@ class Tracker(TorchDispatchMode):
         if label is not None:
             self.by_label[label] -= nbytes
             self.total -= nbytes
+            if self._groups:
+                self.group_total[self._group_of(label)] -= nbytes
 
     def track(self, t: torch.Tensor) -> None:
         """Record ``t``'s storage if it is new (also used for tensors made outside ops)."""
@@ -113,6 +130,12 @@ class Tracker(TorchDispatchMode):
         self._live[key] = (self._label, nbytes)
         self.by_label[self._label] += nbytes
         self.total += nbytes
+        if self._groups:
+            group = self._group_of(self._label)
+            self.group_total[group] += nbytes
+            if self.group_total[group] > self.group_peak[group]:
+                self.group_peak[group] = self.group_total[group]
+                self.group_peak_at[group] = self._group_live(group)
         weakref.finalize(st, self._free, key)
         if self.total > self.peak:
             self.peak = self.total

@@ -60,6 +60,29 @@ def test_estimate_grows_with_k_and_shrinks_with_checkpointing(data_dir, tmp_path
     assert act(ck) < act(k1)
 
 
+def test_reward_device_splits_the_peak_between_two_cards(data_dir, tmp_path):
+    from alignprop.config import parse_config
+
+    flags = _train_flags(data_dir, tmp_path, "--similarity_backend", "internvl-content")
+    one = estimate_training(*parse_config(flags))
+    two = estimate_training(*parse_config(flags + ["--reward_device", "cuda:1"]))
+    assert not one.cards and set(two.cards) == {"training", "reward"}
+    assert two.peak_bytes == one.peak_bytes  # the same step, traced the same way
+    train_b, reward_b = two.card_breakdown["training"], two.card_breakdown["reward"]
+    # each card's peak holds only its own models; together they cover the one-card peak
+    assert any(k.startswith("weights: InternVL") for k in reward_b)
+    assert not any("InternVL" in k or "reward" in k for k in train_b)
+    assert not any("transformer" in k or "VAE" in k for k in reward_b)
+    assert max(two.cards.values()) < one.peak_bytes <= sum(two.cards.values())
+    assert two.device_peak_bytes == max(two.cards["training"], two.setup_peak_bytes)
+    report = two.report()
+    assert "peak of the reward card (--reward_device cuda:1)" in report
+    assert "verdict for the reward card" in report
+    # the same card as training, or sharded (benchmarks/fsdp_memory.py): one peak
+    for same in ("cuda:0", "replicate"):
+        assert not estimate_training(*parse_config(flags + ["--reward_device", same])).cards
+
+
 def test_verdict_thresholds():
     e = Estimate("x")
     e.peak_bytes = int(20e9)
