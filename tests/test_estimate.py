@@ -83,6 +83,24 @@ def test_reward_device_splits_the_peak_between_two_cards(data_dir, tmp_path):
         assert not estimate_training(*parse_config(flags + ["--reward_device", same])).cards
 
 
+def test_rewards_it_cannot_trace_are_named_never_silently_dropped(data_dir, tmp_path):
+    from alignprop.config import parse_config
+
+    flags = _train_flags(data_dir, tmp_path)
+    flags[flags.index("--aesthetic_model_type") + 1] = "qwen"
+    est = estimate_training(*parse_config(flags + ["--qwen_model_id", "tiny-qwen2.5-vl",
+                                                   "--preference_backend", "pickscore"]))
+    # the Qwen term must not be estimated as the (default) InternVL model
+    assert not any("InternVL" in k for k in est.breakdown) and not any(
+        "InternVL" in k for k in est.params)
+    assert len(est.not_counted) == 2
+    assert "'aesthetic' (Qwen-VL tiny-qwen2.5-vl" in est.not_counted[0]
+    assert "PickScore" in est.not_counted[1]
+    report = est.report()
+    assert "NOT COUNTED" in report and "a lower bound" in report
+    assert "NOT COUNTED" not in estimate_training(*parse_config(_train_flags(data_dir, tmp_path))).report()
+
+
 def test_verdict_thresholds():
     e = Estimate("x")
     e.peak_bytes = int(20e9)
