@@ -487,10 +487,7 @@ def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_d
 
 # Learned rewards the estimator cannot trace yet: named in the report, never silently dropped.
 UNTRACED_REWARDS = {
-    "imagereward": "ImageReward: BLIP ViT-L + BERT, ~1.8 GB in fp32",
-    "hpsv2": "HPS v2: OpenCLIP ViT-H/14, ~3.9 GB in fp32",
-    "pickscore": "PickScore: CLIP ViT-H/14, ~3.9 GB in fp32",
-    "dreamsim": "DreamSim: its ViT backbone(s) from --dreamsim_dir",
+    "dreamsim": "DreamSim: its ViT-B/32 backbone from --dreamsim_dir, ~0.35 GB in fp32",
 }
 
 
@@ -500,7 +497,8 @@ def _is_qwen_spec(spec: dict) -> bool:
 
 
 def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
-    """Real-size probes for LPIPS, FaceNet, LAION (CLIP ViT-L/14) and v2.5 (SigLIP so400m).
+    """Real-size probes for LPIPS, FaceNet, LAION (CLIP ViT-L/14), v2.5 (SigLIP so400m),
+    ImageReward (BLIP), HPS v2 (OpenCLIP ViT-H/14) and PickScore (CLIP ViT-H/14).
 
     Built in fp32 (call with the default dtype fp32), as their reward factories default to.
     """
@@ -570,6 +568,65 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
             notes.append(f"NOT COUNTED: term {term!r} (AIDE: its model code lives in your AIDE "
                          f"clone, --aide_repo; ~0.7-1.4 GB of weights)")
             continue
+        elif name == "imagereward":
+            from transformers.initialization import no_init_weights
+
+            from rewards.preference import (IMAGEREWARD_MAX_TOKENS, ImageRewardModel,
+                                            imagereward_configs)
+
+            vcfg, tcfg = imagereward_configs()
+            with tr.label("weights: ImageReward (BLIP ViT-L/16 + BERT)"), no_init_weights():
+                model = ImageRewardModel(vcfg, tcfg).eval().requires_grad_(False)
+            size = vcfg.image_size
+
+            def run(images, inputs, model=model, size=size):
+                x = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
+                ids = torch.zeros(images.shape[0], IMAGEREWARD_MAX_TOKENS, dtype=torch.long)
+                return model(x.float(), ids, torch.ones_like(ids))  # text cross-attends: grad
+            notes.append(f"ImageReward at {size}x{size}, {IMAGEREWARD_MAX_TOKENS} text tokens")
+        elif name in ("hpsv2", "pickscore"):
+            from transformers.initialization import no_init_weights
+
+            if name == "hpsv2":
+                from rewards.preference import build_open_clip, hpsv2_config
+
+                cfg = hpsv2_config()
+                with tr.label("weights: HPS v2 (OpenCLIP ViT-H/14)"), no_init_weights():
+                    model = build_open_clip(cfg).eval().requires_grad_(False)
+                size = cfg["vision_cfg"]["image_size"]
+
+                def image_features(x, model=model):
+                    return model.encode_image(x, normalize=True)
+
+                def text_features(b, model=model):
+                    return model.encode_text(torch.zeros(b, 77, dtype=torch.long), normalize=True)
+            else:
+                from transformers import CLIPModel
+
+                from rewards.preference import pickscore_config
+
+                with tr.label("weights: PickScore (CLIP ViT-H/14)"), no_init_weights():
+                    model = CLIPModel(pickscore_config()).eval().requires_grad_(False)
+                size = model.config.vision_config.image_size
+
+                def _unit(e):
+                    e = e.pooler_output if hasattr(e, "pooler_output") else e
+                    return e / e.norm(dim=-1, keepdim=True)
+
+                def image_features(x, model=model):
+                    return _unit(model.get_image_features(pixel_values=x))
+
+                def text_features(b, model=model):
+                    return _unit(model.get_text_features(
+                        input_ids=torch.zeros(b, 77, dtype=torch.long)))
+
+            def run(images, inputs, size=size, image_features=image_features,
+                    text_features=text_features):
+                with torch.no_grad():  # prompts are encoded once and cached, without grad
+                    t = text_features(images.shape[0])
+                x = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True)
+                return (image_features(x.float()) * t).sum(-1)
+            notes.append(f"{name} at {size}x{size} (text features cached, no grad)")
         elif name in UNTRACED_REWARDS:
             notes.append(f"NOT COUNTED: term {term!r} ({UNTRACED_REWARDS[name]})")
             continue

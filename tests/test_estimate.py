@@ -88,14 +88,17 @@ def test_rewards_it_cannot_trace_are_named_never_silently_dropped(data_dir, tmp_
 
     flags = _train_flags(data_dir, tmp_path)
     flags[flags.index("--aesthetic_model_type") + 1] = "qwen"
-    est = estimate_training(*parse_config(flags + ["--qwen_model_id", "tiny-qwen2.5-vl",
-                                                   "--preference_backend", "pickscore"]))
+    (tmp_path / "dreamsim").mkdir()
+    est = estimate_training(*parse_config(flags + [
+        "--qwen_model_id", "tiny-qwen2.5-vl", "--preference_backend", "pickscore",
+        "--similarity_backend", "dreamsim", "--dreamsim_dir", str(tmp_path / "dreamsim")]))
     # the Qwen term must not be estimated as the (default) InternVL model
     assert not any("InternVL" in k for k in est.breakdown) and not any(
         "InternVL" in k for k in est.params)
     assert len(est.not_counted) == 2
     assert "'aesthetic' (Qwen-VL tiny-qwen2.5-vl" in est.not_counted[0]
-    assert "PickScore" in est.not_counted[1]
+    assert "DreamSim" in est.not_counted[1]
+    assert any("PickScore" in k for k in est.breakdown)  # traced at its real size
     report = est.report()
     assert "NOT COUNTED" in report and "a lower bound" in report
     assert "NOT COUNTED" not in estimate_training(*parse_config(_train_flags(data_dir, tmp_path))).report()

@@ -133,11 +133,14 @@ def test_internvl_reward_at_real_tile_and_token_count(model_id, task, max_tiles,
     {"name": "face"},
     {"name": "aesthetic_scorer"},
     {"name": "aesthetic_v25"},
+    {"name": "imagereward", "params": 446_206_689},  # BLIP ViT-L/16 + BERT-base + MLP
+    {"name": "hpsv2", "params": 986_109_441},        # OpenCLIP ViT-H-14
+    {"name": "pickscore", "params": 986_109_441},    # CLIP ViT-H/14 (same size)
 ], ids=lambda s: s["name"] + ("-" + s["net"] if "net" in s else ""))
 def test_learned_rewards_at_real_input_size(spec):
     """LPIPS trunks at their resolution, FaceNet at 160 px, CLIP ViT-L/14 at 224 px, SigLIP
-    so400m at 384 px (real depth: these are small). AIDE's model lives in the user's clone of
-    the AIDE repository, so it is not built here."""
+    so400m at 384 px, the preference models at 224 px (real depth). AIDE's model lives in the
+    user's clone of the AIDE repository, so it is not built here."""
     torch.set_default_dtype(torch.float32)
     with fake_mode(), Tracker() as tr:
         probes, _, params = _learned_probes([{**spec, "term": "t", "weight": 1.0}], tr)
@@ -146,7 +149,10 @@ def test_learned_rewards_at_real_input_size(spec):
         assert scores.shape == (2,)
         scores.float().sum().backward()
         assert images.grad is not None and images.grad.shape == images.shape
-    assert list(params.values())[0]["total"] > 5e5    # real trunks (squeeze: 0.7M)
+    total = list(params.values())[0]["total"]
+    assert total > 5e5    # real trunks (squeeze: 0.7M)
+    if "params" in spec:
+        assert total == spec["params"]
 
 
 def test_shipped_configs_are_complete():
