@@ -208,6 +208,11 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
+    if torch.cuda.is_available():
+        # cuDNN's attention kernel failed in the backward pass of the full-size transformer
+        # (torch 2.11, H200: "mha_graph.execute(...).is_good()"); the flash and
+        # memory-efficient kernels run the same shapes, so SDPA picks one of those instead.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     # Same seed on every rank: identical LoRA init (DDP also broadcasts rank 0's weights).
     set_seed(cfg.seed)
 
@@ -233,6 +238,9 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | Non
     # it, so no card ever holds the whole 24 GB transformer.
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.to(device).requires_grad_(False)
+    # The loop variable would keep T5-XXL (9.5 GB in bf16) alive for the whole run after the
+    # pipeline lets go of it below (measured on an H200: docs/scale.md).
+    del enc
     # Text embeddings once, then free the encoders (T5-XXL alone is ~9 GB in bf16).
     text_cache = encode_prompts(pipe, folder.all_prompts() + cfg.extra_prompts(), device,
                                 cfg.max_sequence_length)
