@@ -176,7 +176,7 @@ def test_text_encoders_are_freed_before_training(tmp_path, monkeypatch):
             gc.collect()
             alive.extend(r() is not None for r in refs)
         r = images.mean((1, 2, 3))
-        return r, {"reward": float(r.mean())}
+        return r, {"reward": float(r.detach().mean())}
 
     monkeypatch.setattr(models, "load_kontext_pipeline", load)
     cfg = TrainConfig(pretrained_model="tiny", data_dir=str(d), output_dir=str(tmp_path / "out"),
