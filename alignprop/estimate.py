@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from .fakemem import Tracker, fake_mode, param_counts
+from .fakemem import CudaAutocastPolicy, Tracker, fake_mode, param_counts
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KONTEXT_IDS = {"black-forest-labs/FLUX.1-Kontext-dev": "flux1_kontext_dev.json"}
@@ -638,6 +638,14 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
 
 
 # --------------------------------------------------------------------------- the traced step
+def _checkpoint_with_cuda_policy(fn, *args):
+    """diffusers' default checkpoint function, with the policy re-entered for the recompute."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *args, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), CudaAutocastPolicy()))
+
+
 def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Estimate:
     """Trace one optimizer step of ``alignprop_fluxkontext.py`` with these flags."""
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -673,12 +681,14 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     def amp():
         if dtype == torch.float32:
             return nullcontext()
-        return torch.autocast("cpu", dtype=dtype)   # CPU autocast stands in for CUDA's
+        # CPU autocast stands in for CUDA's; CudaAutocastPolicy (on for the whole trace, so
+        # checkpointing's recompute in backward sees it too) adds CUDA's list of fp32 ops
+        return torch.autocast("cpu", dtype=dtype)
 
     old_default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with fake_mode(), tr:
+        with fake_mode(), tr, CudaAutocastPolicy():
             # ------------------------------------------------------- set-up: text encoding
             m = _build_kontext(kcfg, tr, with_text=True)
             for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
@@ -737,7 +747,9 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                     for p in lora:
                         p.grad = torch.zeros_like(p)
             if cfg.gradient_checkpointing:
-                transformer.enable_gradient_checkpointing()
+                # the recompute runs inside backward, where no torch-function mode is active:
+                # give it CudaAutocastPolicy again, or it would recompute other dtypes
+                transformer.enable_gradient_checkpointing(_checkpoint_with_cuda_policy)
             transformer.train()
 
             # ------------------------------------------------------- sampler (real code)
@@ -768,8 +780,8 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
 
             # ------------------------------------------------------- rewards
             total = 0
-            for probe in probes:
-                with tr.label(f"activations: reward {probe.term} ({probe.name})"):
+            for probe in probes:  # the trainer scores under autocast too (run_method)
+                with tr.label(f"activations: reward {probe.term} ({probe.name})"), amp():
                     total = total + probe.weight * probe.run(out, inputs).float().mean()
             if not probes:   # only math rewards: they are cheap; a stand-in keeps the graph
                 total = out.mean()

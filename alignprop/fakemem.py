@@ -23,6 +23,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -45,6 +46,51 @@ def _register_cpu_attention_flops() -> None:
 
 
 _register_cpu_attention_flops()
+
+
+def _cuda_fp32_ops() -> frozenset:
+    """Ops that CUDA autocast runs in float32 and CPU autocast leaves in bf16/fp16 (torch's
+    autocast op lists), in the forms a model calls them: ``F.*``, ``torch.*``, ``Tensor.*``."""
+    import torch.nn.functional as F
+
+    names = ("layer_norm", "group_norm", "softmax", "log_softmax", "softmin", "softplus",
+             "normalize", "cosine_similarity", "exp", "expm1", "log", "log1p", "log2", "log10",
+             "pow", "rsqrt", "reciprocal", "sum", "prod", "cumsum", "cumprod", "norm",
+             "acos", "asin", "cosh", "sinh", "tan", "erfinv", "cdist", "dist")
+    ops = set()
+    for owner in (F, torch, torch.Tensor):
+        for name in names:
+            fn = getattr(owner, name, None)
+            if fn is not None:
+                ops.add(fn)
+    return frozenset(ops)
+
+
+class CudaAutocastPolicy(TorchFunctionMode):
+    """Under CPU autocast, run in float32 what CUDA autocast runs in float32.
+
+    The estimator traces on the CPU with CPU autocast standing in for CUDA's, but the two
+    differ: CUDA runs layer/group norms, softmax, exp, pow, sums ... in fp32, so their outputs
+    are fp32 and the fp32 copies of their inputs are what backward keeps; CPU keeps bf16.
+    Measured on an H200, the VAE decode and the norms of every block kept several GB more than
+    a CPU-autocast trace showed (docs/scale.md). Inside this mode those ops get fp32 inputs
+    whenever CPU autocast is on, as CUDA's autocast would give them.
+    """
+
+    _OPS = None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if CudaAutocastPolicy._OPS is None:
+            CudaAutocastPolicy._OPS = _cuda_fp32_ops()
+        if func in CudaAutocastPolicy._OPS and torch.is_autocast_enabled("cpu"):
+            def up(t):
+                if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16):
+                    return t.float()
+                return t
+            args = tuple(up(a) for a in args)
+            kwargs = {k: up(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
 
 
 class Tracker(TorchDispatchMode):

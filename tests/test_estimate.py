@@ -162,3 +162,30 @@ def test_shipped_kontext_config_builds_the_published_size():
         torch.set_default_dtype(old)
     assert param_counts(t)["total"] == pytest.approx(11.9e9, rel=0.01)
     assert json.dumps(cfg)  # plain JSON
+
+
+def test_cuda_autocast_policy_gives_cpu_traces_cudas_fp32_ops():
+    """CPU autocast keeps layer/group norms and softmax in bf16; CUDA's runs them in fp32 (what
+    an H200 measured). Under the policy the trace gets CUDA's dtypes, also in a checkpoint's
+    recompute (run inside backward)."""
+    import torch.nn.functional as F
+
+    from alignprop.estimate import _checkpoint_with_cuda_policy
+    from alignprop.fakemem import CudaAutocastPolicy
+
+    x = torch.randn(2, 4, 8, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.layer_norm(x, (8,)).dtype == torch.bfloat16     # CPU's rule
+        with CudaAutocastPolicy():
+            assert F.layer_norm(x, (8,)).dtype == torch.float32  # CUDA's rule
+            assert F.group_norm(x, 2).dtype == torch.float32
+            assert x.softmax(-1).dtype == torch.float32
+            assert F.linear(x.float(), torch.randn(3, 8)).dtype == torch.bfloat16  # matmuls stay
+    with CudaAutocastPolicy():
+        assert F.layer_norm(x, (8,)).dtype == torch.bfloat16     # no autocast: untouched
+    lin = torch.nn.Linear(8, 8).bfloat16()
+    with CudaAutocastPolicy():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = _checkpoint_with_cuda_policy(lambda t: lin(F.layer_norm(t, (8,))), x)
+        y.float().sum().backward()   # recompute with other dtypes would raise CheckpointError
+    assert x.grad is not None and torch.isfinite(x.grad.float()).all()

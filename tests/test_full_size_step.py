@@ -42,7 +42,12 @@ def test_readme_full_size_table_is_the_saved_run():
         assert cells[1] == f"{r['sec_per_step']:.2f}", line
         assert cells[2] == f"{r['peak_training_bytes'] / 1e9:.2f} GB", line
         assert cells[3] == f"{(r['peak_training_bytes'] - t5) / 1e9:.2f} GB", line
-        assert cells[4] == f"{est[case]['peak_bytes'] / 1e9:.2f} GB", line
+        then = saved["estimates_cpu_autocast"][case]["peak_bytes"]
+        assert cells[4] == f"{then / 1e9:.2f} GB", line
+        assert cells[5] == f"{est[case]['peak_bytes'] / 1e9:.2f} GB", line
+        ratio = (r["peak_training_bytes"] - t5) / est[case]["peak_bytes"]
+        assert cells[6] == f"{ratio:.3f}", line
+        assert 0.9 <= ratio <= 1.1  # the estimator within 10% of the GPU (issue 13)
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "full_size_step.py"),
                           "--from_json", str(ROOT / "media" / "full_size_step_h200.json")],
                          capture_output=True, text=True, check=True,
