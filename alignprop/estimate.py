@@ -245,21 +245,24 @@ class Estimate:
 
 
 # --------------------------------------------------------------------------- model building
-def _build_kontext(cfg: dict, tr: Tracker, with_text: bool):
+def _build_kontext(cfg: dict, tr: Tracker | None, with_text: bool):
+    """The pipeline's models from ``kontext_configs`` (frozen, eval), in the current default
+    device and dtype; ``tr`` labels their weights (None: no tracker, e.g. real tensors)."""
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     def clean(d):
         return {k: v for k, v in d.items() if not k.startswith("_")}
 
+    label = tr.label if tr is not None else (lambda _name: nullcontext())
     models = {}
-    with tr.label("weights: transformer"):
+    with label("weights: transformer"):
         models["transformer"] = FluxTransformer2DModel.from_config(clean(cfg["transformer"])).eval()
-    with tr.label("weights: VAE"):
+    with label("weights: VAE"):
         models["vae"] = AutoencoderKL.from_config(clean(cfg["vae"])).eval()
     if with_text:
         skip = ("architectures", "model_type", "transformers_version", "torch_dtype", "dtype")
-        with tr.label("weights: text encoders (set-up only)"):
+        with label("weights: text encoders (set-up only)"):
             models["text_encoder"] = CLIPTextModel(CLIPTextConfig(
                 **{k: v for k, v in cfg["text_encoder"].items() if k not in skip})).eval()
             models["text_encoder_2"] = T5EncoderModel(T5Config(

@@ -18,6 +18,7 @@ as for the CUDA flash kernel).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from collections import defaultdict
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ def _register_cpu_attention_flops() -> None:
 _register_cpu_attention_flops()
 
 
+@functools.cache
 def _cuda_fp32_ops() -> frozenset:
     """Ops that CUDA autocast runs in float32 and CPU autocast leaves in bf16/fp16 (torch's
     autocast op lists), in the forms a model calls them: ``F.*``, ``torch.*``, ``Tensor.*``."""
@@ -57,13 +59,14 @@ def _cuda_fp32_ops() -> frozenset:
              "normalize", "cosine_similarity", "exp", "expm1", "log", "log1p", "log2", "log10",
              "pow", "rsqrt", "reciprocal", "sum", "prod", "cumsum", "cumprod", "norm",
              "acos", "asin", "cosh", "sinh", "tan", "erfinv", "cdist", "dist")
-    ops = set()
-    for owner in (F, torch, torch.Tensor):
-        for name in names:
-            fn = getattr(owner, name, None)
-            if fn is not None:
-                ops.add(fn)
-    return frozenset(ops)
+    return frozenset(fn for owner in (F, torch, torch.Tensor) for name in names
+                     if (fn := getattr(owner, name, None)) is not None)
+
+
+def _to_fp32(t):
+    if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16):
+        return t.float()
+    return t
 
 
 class CudaAutocastPolicy(TorchFunctionMode):
@@ -77,19 +80,11 @@ class CudaAutocastPolicy(TorchFunctionMode):
     whenever CPU autocast is on, as CUDA's autocast would give them.
     """
 
-    _OPS = None
-
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if CudaAutocastPolicy._OPS is None:
-            CudaAutocastPolicy._OPS = _cuda_fp32_ops()
-        if func in CudaAutocastPolicy._OPS and torch.is_autocast_enabled("cpu"):
-            def up(t):
-                if isinstance(t, torch.Tensor) and t.dtype in (torch.bfloat16, torch.float16):
-                    return t.float()
-                return t
-            args = tuple(up(a) for a in args)
-            kwargs = {k: up(v) for k, v in kwargs.items()}
+        if func in _cuda_fp32_ops() and torch.is_autocast_enabled("cpu"):
+            args = tuple(_to_fp32(a) for a in args)
+            kwargs = {k: _to_fp32(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
 
 

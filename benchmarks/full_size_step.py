@@ -139,36 +139,21 @@ def _build_on(device: torch.device, dtype: torch.dtype):
 
 
 def random_kontext_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool):
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline,
-                           FluxTransformer2DModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
-    from alignprop.estimate import kontext_configs
+    from alignprop.estimate import _build_kontext, kontext_configs
     from alignprop.models import build_tiny_pipeline, tiny_clip_tokenizer, tiny_t5_tokenizer
 
     if tiny:
         return build_tiny_pipeline(dtype)
     cfg, _ = kontext_configs("black-forest-labs/FLUX.1-Kontext-dev")
-
-    def clean(d):
-        return {k: v for k, v in d.items() if not k.startswith("_")}
-
-    skip = ("architectures", "model_type", "transformers_version", "torch_dtype", "dtype")
     torch.manual_seed(0)
-    with _build_on(device, dtype):
-        transformer = FluxTransformer2DModel.from_config(clean(cfg["transformer"]))
-        vae = AutoencoderKL.from_config(clean(cfg["vae"]))
-        clip_tok, t5_tok = tiny_clip_tokenizer(), tiny_t5_tokenizer()
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            **{k: v for k, v in cfg["text_encoder"].items() if k not in skip}))
-        text_encoder_2 = T5EncoderModel(T5Config(
-            **{k: v for k, v in cfg["text_encoder_2"].items() if k not in skip}))
-    for m in (transformer, vae, text_encoder, text_encoder_2):
-        m.to(dtype).eval()
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(clean(cfg["scheduler"]))
-    pipe = FluxKontextPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder,
-                               tokenizer=clip_tok, text_encoder_2=text_encoder_2,
-                               tokenizer_2=t5_tok, transformer=transformer)
+    with _build_on(device, dtype):  # the estimator's builder, on real tensors this time
+        m = _build_kontext(cfg, None, with_text=True)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        {k: v for k, v in cfg["scheduler"].items() if not k.startswith("_")})
+    pipe = FluxKontextPipeline(scheduler=scheduler, tokenizer=tiny_clip_tokenizer(),
+                               tokenizer_2=tiny_t5_tokenizer(), **m)
     pipe.tokenizer_max_length = 77
     return pipe
 
@@ -273,7 +258,7 @@ def run_isolated(name: str, steps: int, tiny: bool, timeout: float) -> dict:
 # --------------------------------------------------------------------------- estimates
 def estimate_case(name: str, tiny: bool) -> dict:
     from alignprop.config import parse_config
-    from alignprop.estimate import GPU_PEAKS, MFU, estimate_training
+    from alignprop.estimate import estimate_training
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -282,7 +267,7 @@ def estimate_case(name: str, tiny: bool) -> dict:
         est = estimate_training(cfg, flags)
     return {"case": name, "peak_bytes": est.peak_bytes, "setup_peak_bytes": est.setup_peak_bytes,
             "flops": est.total_flops, "images_per_step": est.images_per_step,
-            "h100_40pct_s": est.total_flops / (MFU * GPU_PEAKS["H100 SXM"]),
+            "h100_40pct_s": est.as_dict()["seconds_at_40pct"]["H100 SXM"],
             "trace_s": est.seconds}
 
 
@@ -342,6 +327,12 @@ def main(argv=None):
         p.error(f"--cases: unknown {unknown}; known: {', '.join(CASES)}")
     if args.steps < 2:
         p.error("--steps must be >= 2 (the first step is warm-up)")
+    if args.timeout <= 0 or args.budget < 0:
+        p.error("--timeout must be > 0 and --budget >= 0 (seconds)")
+    for flag in ("from_json", "estimates"):
+        path = getattr(args, flag)
+        if path and not Path(path).is_file():
+            p.error(f"--{flag}: {path} is not a file")
     if args.one:
         print("ROW " + json.dumps(run_case(args.one, args.steps, args.tiny)), flush=True)
         return
