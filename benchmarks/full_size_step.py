@@ -281,26 +281,34 @@ def _header(rows: list[dict]) -> str:
     return f"{dev}, bf16, {steps} optimizer steps per case, random weights"
 
 
-def table(rows: list[dict], estimates: dict[str, dict]) -> str:
-    out = ["| case | s/step (first) | peak training | peak set-up | estimated peak (set-up) | "
-           "measured / estimated | estimated TFLOP/step | achieved TFLOP/s |",
-           "|---|---|---|---|---|---|---|---|"]
+def table(rows: list[dict], estimates: dict[str, dict], leak_bytes: int = 0,
+          earlier: dict[str, dict] | None = None) -> str:
+    """Measured vs estimated. ``leak_bytes``: bytes a since-fixed leak held through the run
+    (a saved run's ``t5_leak_bytes``), taken off the measured peak before the ratio;
+    ``earlier``: the estimator's figures at the time of the run, printed beside today's."""
+    lk = " (without the leak)" if leak_bytes else ""
+    cols = ["case", "s/step (first)", "peak training", *([f"peak{lk}"] if leak_bytes else []),
+            "peak set-up", *(["estimated then"] if earlier else []), "estimated peak (set-up)",
+            f"measured{lk} / estimated", "estimated TFLOP/step", "achieved TFLOP/s"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         e = estimates.get(r["case"], {})
-        if "error" in r:
-            est = f"{_gb(e.get('peak_bytes'))} ({_gb(e.get('setup_peak_bytes'))})" if e else "-"
-            out.append(f"| {r['what']} | {r['error']} | - | - | {est} | - | - | - |")
+        est = f"{_gb(e.get('peak_bytes'))} ({_gb(e.get('setup_peak_bytes'))})" if e else "-"
+        if "error" in r:  # the estimate still goes in its own column
+            cells = [r["what"], r["error"]] + ["-"] * (len(cols) - 2)
+            cells[cols.index("estimated peak (set-up)")] = est
+            out.append("| " + " | ".join(cells) + " |")
             continue
-        ratio = (f"{r['peak_training_bytes'] / e['peak_bytes']:.3f}"
-                 if e and r.get("peak_training_bytes") else "-")
-        tflop = f"{e['flops'] / 1e12:.0f}" if e else "-"
-        achieved = (f"{e['flops'] / r['sec_per_step'] / 1e12:.0f}" if e and r["sec_per_step"]
-                    else "-")
+        peak = r.get("peak_training_bytes")
+        kept = peak - leak_bytes if peak else None
+        ratio = f"{kept / e['peak_bytes']:.3f}" if e and kept else "-"
         skipped = f" ({r['skipped_steps']} skipped)" if r.get("skipped_steps") else ""
-        out.append(f"| {r['what']} | {r['sec_per_step']:.2f} ({r['first_step_s']:.2f}){skipped} | "
-                   f"{_gb(r.get('peak_training_bytes'))} | {_gb(r.get('peak_setup_bytes'))} | "
-                   f"{_gb(e.get('peak_bytes'))} ({_gb(e.get('setup_peak_bytes'))}) | {ratio} | "
-                   f"{tflop} | {achieved} |")
+        cells = [r["what"], f"{r['sec_per_step']:.2f} ({r['first_step_s']:.2f}){skipped}",
+                 _gb(peak), *([_gb(kept)] if leak_bytes else []), _gb(r.get("peak_setup_bytes")),
+                 *([_gb(earlier.get(r["case"], {}).get("peak_bytes"))] if earlier else []),
+                 est, ratio, f"{e['flops'] / 1e12:.0f}" if e else "-",
+                 f"{e['flops'] / r['sec_per_step'] / 1e12:.0f}" if e and r["sec_per_step"] else "-"]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -342,7 +350,8 @@ def main(argv=None):
         if args.estimates:
             estimates = {r["case"]: r for r in json.loads(Path(args.estimates).read_text())}
         print(_header(saved["rows"]) + "\n")
-        print(table(saved["rows"], estimates))
+        print(table(saved["rows"], estimates, saved.get("t5_leak_bytes", 0),
+                    saved.get("estimates_cpu_autocast")))
         return
     if args.estimate_only:
         rows = []

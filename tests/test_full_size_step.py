@@ -30,6 +30,7 @@ def test_readme_full_size_table_is_the_saved_run():
     est = saved["estimates"]
     readme = (ROOT / "README.md").read_text()
     t5 = 4_762_310_656 * 2  # T5-XXL bf16 bytes (the leak the run found)
+    assert saved["t5_leak_bytes"] == t5
     for case, r in rows.items():
         what = {"readme": "README command (N=5", "readme+ckpt": "README command + `--grad",
                 "n28-novlm": "N=28, K=1, math-only rewards |",
@@ -53,3 +54,17 @@ def test_readme_full_size_table_is_the_saved_run():
                          capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}).stdout
     assert "NVIDIA H200" in out and re.search(r"\| 6\.83 \(6\.83\) \| 101\.08 GB", out)
+    # the printout holds the README's columns: without the leak, then, now, the ratio
+    assert "| 101.08 GB | 91.56 GB | 34.02 GB | 88.75 GB | 92.49 GB (34.00 GB) | 0.990 |" in out
+
+
+def test_a_failed_case_keeps_its_estimate_in_the_estimate_column():
+    rows = [{"case": "readme", "what": "r", "error": "out of memory"}]
+    est = {"readme": {"peak_bytes": 1e9, "setup_peak_bytes": 2e9, "flops": 1e12}}
+    for kw in ({}, {"leak_bytes": 5e8, "earlier": {"readme": {"peak_bytes": 9e8}}}):
+        head, _, row = full_size_step.table(rows, est, **kw).splitlines()
+        cols = [c.strip() for c in head.strip("|").split("|")]
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == len(cols)
+        assert cells[cols.index("estimated peak (set-up)")] == "1.00 GB (2.00 GB)"
+        assert cells[1] == "out of memory"
