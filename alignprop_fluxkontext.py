@@ -8,7 +8,7 @@
     python alignprop_fluxkontext.py <training flags> --estimate   # fits? cost? (no weights, no GPU)
 
 The flags are documented in --help and in docs/training.md; the loop lives in
-alignprop/trainer.py. This file only parses flags; rewards/cli.py turns expected failures
+alignprop/trainer.py. This file only parses flags; common/cli.py turns expected failures
 (bad flags, missing data, missing models, rewards not available) into one-line
 errors and exit code 2 instead of tracebacks (ALIGNPROP_DEBUG=1 shows them).
 """
@@ -16,23 +16,17 @@ from __future__ import annotations
 
 import sys
 
+from alignprop.config import parse_config
+from alignprop.estimate import estimate_training
+from alignprop.trainer import train
+from common.cli import run_cli
+
 
 def _main(argv: list[str] | None) -> int:
-    from alignprop.config import parse_config
-
     train_cfg, reward_flags = parse_config(argv)
     if train_cfg.estimate:  # a dry run at real size: needs no data, weights or output folder
-        from alignprop.estimate import estimate_training
-
         print(estimate_training(train_cfg, reward_flags).report())
         return 0
-    # Paths first (seconds, not minutes): the data folder, the checkpoint to resume,
-    # and an --output_dir that is writable and not another run's folder.
-    from alignprop.checkpoint import preflight
-
-    preflight(train_cfg)
-    from alignprop.trainer import train
-
     result = train(train_cfg, reward_flags)
     if result.interrupted:
         return 143 if result.interrupted == "SIGTERM" else 130
@@ -40,8 +34,6 @@ def _main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rewards.cli import run_cli
-
     return run_cli(_main, argv, "alignprop_fluxkontext.py")
 
 

@@ -34,7 +34,9 @@ from typing import Any
 
 import torch
 
-from rewards.cli import UserError
+from common.cli import UserError
+from common.hub import brief
+from common.paths import check_writable_dir
 
 from .distributed import load_optimizer_state_full, optimizer_state_full
 
@@ -113,17 +115,8 @@ def check_new_run_dir(output_dir: str | Path) -> None:
 
 
 def preflight(cfg) -> Path | None:
-    """Path checks of a training config, before any slow import; returns the resume folder."""
-    from rewards.images import IMAGE_EXTENSIONS, list_images, unsupported_note
-    from rewards.paths import check_writable_dir
-
-    try:
-        found = list_images(cfg.data_dir)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise UserError(f"--data_dir: {exc}") from None
-    if not found:
-        raise UserError(f"--data_dir {cfg.data_dir} holds no images (looked for "
-                        f"{', '.join(IMAGE_EXTENSIONS)}){unsupported_note(cfg.data_dir)}")
+    """Checkpoint and output checks of a training config, before anything slow; returns the
+    resume folder (the data folder is checked by :class:`alignprop.data.ImageFolder`)."""
     resume_dir = resolve_resume(cfg.resume_from, cfg.output_dir)
     if resume_dir is None:
         check_new_run_dir(cfg.output_dir)
@@ -189,8 +182,6 @@ def read_state(path: str | Path) -> dict:
 
 
 def _short(exc: BaseException) -> str:
-    from rewards.hub import brief
-
     return brief(" ".join(str(exc).split())) or type(exc).__name__
 
 

@@ -13,6 +13,7 @@ refused (a typo must not silently fall back to a default).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -21,10 +22,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from rewards.cli import UserError
+from common.cli import UserError
+from common.original_flags import (add_train_original_flags, original_changes, original_names,
+                                   preset_tokens, stored_original)
 
 from .methods import MethodFlags
-from .reward_flags import RewardFlags, reward_specs
+from .placement import check_reward_device
+from .reward_flags import RewardFlags, require_reward, reward_specs
 
 DEFAULT_PROMPT = "Make this photo sharper and more beautiful; keep the same scene."
 # Same default as diffusers' train_dreambooth_lora_flux_kontext.py: every
@@ -36,6 +40,8 @@ LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRUNCATION = ("fixed", "random")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# The original's crispness_anchor_weight default (see resolve_defaults).
+TRAIN_CRISPNESS_DEFAULT = 0.2
 
 
 class MissingDependencyError(UserError):
@@ -211,7 +217,6 @@ class TrainConfig(MethodFlags):
             raise ValueError(f"--lora_dropout must be < 1, got {self.lora_dropout}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
-        from .models import check_reward_device
 
         check_reward_device(self.reward_device)
         if not self.target_modules():
@@ -268,11 +273,7 @@ class TrainConfig(MethodFlags):
 
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
     """Refuse flag combinations that involve both dataclasses."""
-    if not reward_specs(rewards):
-        raise ValueError(
-            "no reward is enabled: set at least one of --grid_ratio_weight, "
-            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend")
+    require_reward(rewards)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -324,8 +325,6 @@ def load_preset(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"--config {path}: expected a mapping of flag: value, got "
                          f"{type(data).__name__}")
     data = {str(k).lstrip("-"): v for k, v in data.items()}
-    from .original_compat import original_names
-
     unknown = sorted(set(data) - _known_flags() - original_names())
     if unknown:
         raise ValueError(f"--config {path}: unknown flag(s) {unknown}; see --help for the list")
@@ -379,8 +378,6 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
-    from .original_compat import add_train_original_flags, apply_original, preset_tokens
-
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
     args = list(argv) if argv is not None else sys.argv[1:]
@@ -395,9 +392,26 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
         args = tokens + args
     train, rewards, *extra = parser.parse_args_into_dataclasses(
         args=args, look_for_args_file=False)
-    train, rewards = apply_original(train, rewards, extra[0] if extra else None, args, preset)
+    changes = original_changes(stored_original(extra[0] if extra else None),
+                               sample_num_steps=train.sample_num_steps,
+                               tracker_run_name=train.tracker_run_name, argv=args, preset=preset)
+    if changes:
+        train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
+    rewards = resolve_defaults(rewards)
     check_combination(train, rewards)
     return train, rewards
+
+
+def resolve_defaults(rewards: RewardFlags) -> RewardFlags:
+    """Defaults that depend on other flags, resolved in one visible place.
+
+    ``--crispness_weight`` left unset: the original's crispness floor (0.2) guards every run
+    that has another reward term; alone it is no objective, so "no reward" stays an error.
+    """
+    if rewards.crispness_weight is None:
+        rewards = dataclasses.replace(
+            rewards, crispness_weight=TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) else 0.0)
+    return rewards
 
 
 def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:

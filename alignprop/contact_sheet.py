@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from common.images import ImageLoadError, load_image, to_pil
+
 Row = tuple[str, Sequence[Path | None]]  # (row label, one path per column; None = missing)
 
 
@@ -64,7 +66,6 @@ def write_png(path: str | Path, columns: Sequence[str], rows: Sequence[Row],
     """
     from PIL import Image, ImageDraw
 
-    from rewards.images import ImageLoadError, load_image, to_pil
 
     if cell_height < 16:
         raise ValueError(f"cell_height must be >= 16, got {cell_height}")

@@ -1,6 +1,6 @@
 """Training data: a folder of input images, each paired with an edit instruction.
 
-Images are read with :func:`rewards.images.load_image` (EXIF orientation, grayscale,
+Images are read with :func:`common.images.load_image` (EXIF orientation, grayscale,
 palette, RGBA on white, CMYK, 16-bit handled there), resized to cover the training
 size and centre-cropped. Every file is opened once at start-up so unreadable ones
 are found before step 0 and reported in one warning; an empty or missing folder is
@@ -21,9 +21,8 @@ from typing import Sequence
 
 import torch
 
-from rewards.cli import UserError
-from rewards.images import (ImageLoadError, list_images, load_image, resize_to,
-                            unsupported_note)
+from common.cli import UserError
+from common.images import ImageLoadError, list_images, load_image, resize_to, unsupported_note
 
 from .prompts import draw, lookup, read_prompt_file
 

@@ -44,10 +44,24 @@ from pathlib import Path
 
 import torch
 
+from common.cli import UserError
+from common.images import save_image
+from common.paths import check_writable_dir
+from common.photos import HELD_OUT_NAMES, write_photos
+from rewards.grid import luminance
+
+from .config import TrainConfig
+from .data import ImageFolder
+from .logging_utils import image_grid, plot_reward_curve, read_metrics
+from .models import TINY_PHOTO, load_kontext_pipeline
+from .reward_flags import RewardFlags, build_reward_from_flags
+from .tiny_photo import psnr
+from .trainer import train
+
 # LoRA training photos (all seen in pretraining) and held-out photos (never seen).
 PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "coins",
           "colorwheel")
-HELD_OUT = ("astronaut", "chelsea", "coffee", "rocket")
+HELD_OUT = HELD_OUT_NAMES
 SIZE = 64
 DEMO_STEPS = 80
 LEARNING_RATE = 2e-3
@@ -84,25 +98,6 @@ UPSAMPLE = 2
 LATTICE_PERIOD = 8
 
 
-def _photo_array(name: str):
-    import skimage.data
-
-    return getattr(skimage.data, name)()
-
-
-def write_photos(folder: Path, names=PHOTOS) -> list[Path]:
-    """Save scikit-image's bundled photos as PNGs (existing files are left alone)."""
-    from PIL import Image
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        path = folder / f"{name}.png"
-        if not path.exists():
-            Image.fromarray(_photo_array(name)).save(path)
-        paths.append(path)
-    return paths
 
 
 # --------------------------------------------------------------------------- reward terms
@@ -172,7 +167,6 @@ def structure_error(images: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     Standardising each map removes brightness, contrast and saturation (what the edit may
     change) and keeps where things are and which colour they are (what it must keep).
     """
-    from rewards.grid import luminance
 
     y, y0 = luminance(images.float()).flatten(1), luminance(inputs.float()).flatten(1)
     err = ((_standardise(y, 1e-3) - _standardise(y0, 1e-3)) ** 2).mean(1)
@@ -184,7 +178,6 @@ def structure_error(images: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
 
 def lattice_share(images: torch.Tensor, period: int = LATTICE_PERIOD) -> torch.Tensor:
     """[B] share of the luma AC power on the frequencies of patterns repeating every ``period`` px."""
-    from rewards.grid import luminance
 
     lum = luminance(images.float())
     lum = lum - lum.mean(dim=(-2, -1), keepdim=True)
@@ -197,8 +190,6 @@ def lattice_share(images: torch.Tensor, period: int = LATTICE_PERIOD) -> torch.T
 
 
 def demo_reward_flags():
-    from .reward_flags import RewardFlags
-
     return RewardFlags(brightness_anchor_weight=BRIGHTNESS_WEIGHT,
                        brightness_target=BRIGHTNESS_TARGET, brightness_band=0.02,
                        grid_ratio_weight=GRID_WEIGHT, grid_ratio_period=GRID_PERIOD,
@@ -245,7 +236,6 @@ def ssim_luma(a: torch.Tensor, b: torch.Tensor) -> float:
     import numpy as np
     from skimage.metrics import structural_similarity
 
-    from rewards.grid import luminance
 
     ya = luminance(a.float())[:, 0].numpy().astype(np.float64)
     yb = luminance(b.float())[:, 0].numpy().astype(np.float64)
@@ -301,8 +291,6 @@ def claim_demo_dir(out: Path) -> None:
     """
     import shutil
 
-    from rewards.cli import UserError
-    from rewards.paths import check_writable_dir
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file, not a folder")
@@ -342,19 +330,11 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     t_start = time.time()
 
-    from .config import TrainConfig
-    from .data import ImageFolder
-    from .logging_utils import image_grid, plot_reward_curve, read_metrics
-    from .models import TINY_PHOTO, load_kontext_pipeline
-    from .reward_flags import build_reward_from_flags
-    from .tiny_photo import psnr
-    from .trainer import train
-    from rewards.images import save_image
 
     out = Path(args.output_dir)
     claim_demo_dir(out)
     photos, held = out / "photos", out / "held_out"
-    write_photos(photos)
+    write_photos(photos, PHOTOS)
     write_photos(held, HELD_OUT)
     cfg = TrainConfig(
         pretrained_model=TINY_PHOTO, data_dir=str(photos), output_dir=str(out),
@@ -433,8 +413,6 @@ def main(argv=None) -> int:
 
 
 def _luma(images: torch.Tensor) -> float:
-    from rewards.grid import luminance
-
     return float(luminance(images.float()).mean())
 
 

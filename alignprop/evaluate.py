@@ -37,7 +37,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from alignprop._cli import UserError, run_cli
+from alignprop.diversity import _SEED_SUFFIX, build_metric, folder_diversity, group_seed_outputs
+from alignprop.generate import read_prompts
+from alignprop.reward_flags import RewardFlags, cli_model_error, reward_specs
+from common.cli import UserError, run_cli
+from common.hub import ModelUnavailableError, resolve_device_dtype
+from common.images import ImageLoadError, list_images, load_image, resize_to
+from common.paths import check_outputs_spare_inputs, check_writable_dir
+from rewards import available_rewards, build_rewards
 
 FOLDERS = ("original", "base", "lora")          # column order everywhere
 COMPARISONS = (("lora", "base"), ("lora", "original"), ("base", "original"))
@@ -124,9 +131,6 @@ def uses_input(spec: dict) -> bool:
 
 def collect_specs(flags, args: EvalArgs, device) -> tuple[list[dict], list[dict]]:
     """(target specs, check specs): what the user asked for, and the hacking monitors."""
-    from alignprop.reward_flags import reward_specs
-    from rewards import available_rewards
-
     specs = list(reward_specs(flags, device=device))
     for name in [n.strip() for n in (args.rewards or "").split(",") if n.strip()]:
         if name not in available_rewards():
@@ -165,17 +169,12 @@ def collect_specs(flags, args: EvalArgs, device) -> tuple[list[dict], list[dict]
 
 def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
     """Build every reward; a missing check term is a warning, a missing target an error."""
-    from rewards import build_rewards
-    from rewards.hub import ModelUnavailableError
-
     built = []
     for role, group in (("target", specs), ("check", checks)):
         for spec in group:
             try:
                 term = build_rewards([spec]).terms[0]
             except (NotImplementedError, ModelUnavailableError, ValueError, TypeError) as exc:
-                from alignprop.reward_flags import cli_model_error
-
                 msg = f"reward term {spec['term']!r} ({spec['name']}): {cli_model_error(exc, spec)}"
                 if role == "check":
                     print(f"warning: hacking-check {msg}; not scored", file=sys.stderr)
@@ -194,8 +193,6 @@ def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------- pairing
 def index_folder(folder: Path, label: str) -> tuple[dict[str, Path], list[dict]]:
     """stem -> file of one folder; stems held by two files are reported, not guessed."""
-    from rewards.images import list_images
-
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for p in list_images(folder):
         if p.stem not in SKIP_FILES:
@@ -228,8 +225,6 @@ def pair_folders(folders: dict[str, Path]) -> tuple[dict[str, dict[str, Path]], 
 
 def _match_seed_outputs(index: dict[str, dict[str, Path]]) -> None:
     """Pair ``cat_seed3`` outputs (``generate --num_seeds``) with the original ``cat``."""
-    from alignprop.diversity import _SEED_SUFFIX
-
     orig = index["original"]
     outputs = set().union(*(set(v) for k, v in index.items() if k != "original"))
     used = set()
@@ -252,7 +247,6 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
     """
     from tqdm.auto import tqdm
 
-    from rewards.images import ImageLoadError, load_image, resize_to
 
     rows: dict[tuple[str, str], dict[str, float]] = {}
     unreadable: list[dict] = []
@@ -514,7 +508,6 @@ def print_report(stats, wins, terms, unpaired, unreadable, problems, diversity) 
 def parse_args(argv: Sequence[str] | None):
     from transformers import HfArgumentParser
 
-    from alignprop.reward_flags import RewardFlags
 
     parser = HfArgumentParser([RewardFlags, EvalArgs], prog="python -m alignprop.evaluate",
                               description=__doc__.split("\n\n")[0])
@@ -538,18 +531,12 @@ def parse_diversity_dirs(values: list[str]) -> dict[str, Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from alignprop.diversity import build_metric, folder_diversity, group_seed_outputs
-    from alignprop.generate import read_prompts
-    from rewards.hub import resolve_device_dtype
-
     flags, args = parse_args(argv)
     device, _ = resolve_device_dtype(args.device, "float32")
     out = Path(args.output_dir).expanduser()
     folders = args.folders()
     # Tables and plots never land among (or over) the images being evaluated, and an
     # unwritable --output_dir is found before any reward model loads.
-    from rewards.paths import check_outputs_spare_inputs, check_writable_dir
-
     inputs = {f"--{k}_dir" if k != "original" else "--originals_dir": v for k, v in folders.items()}
     if args.diversity_dir:
         inputs.update({f"--diversity_dir {k}": v

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import time
 from collections import defaultdict
@@ -35,17 +34,19 @@ from typing import Sequence
 
 import torch
 
-from alignprop._cli import UserError, run_cli
-from alignprop.models import DEFAULT_MODEL
-from rewards.hub import brief, resolve_device_dtype
+from alignprop.contact_sheet import write_html, write_png
+from alignprop.estimate import estimate_generate
+from alignprop.models import DEFAULT_MODEL, load_kontext_pipeline
+from alignprop.lora import load_lora, resolve_lora
+from alignprop.prompts import prompt_for, read_prompt_file
+from common.cli import UserError, run_cli
+from common.hub import resolve_device_dtype
+from common.images import (ImageLoadError, list_images, load_image, resize_to, save_image,
+                           unsupported_note)
+from common.paths import check_no_overwrite, check_outputs_spare_inputs, check_writable_dir
 
 MULTIPLE = 16  # FLUX: VAE downsamples 8x, the transformer patchifies 2x2
-ADAPTER = "lora"
-LORA_FILENAME = "pytorch_lora_weights.safetensors"
 
-
-class LoraLoadError(UserError):
-    """The LoRA cannot be found, read, or does not fit the loaded transformer."""
 
 
 # --------------------------------------------------------------------------- resolution
@@ -99,8 +100,6 @@ def read_prompts(prompt: str | None, prompt_file: str | None,
     from ``seed``); a ``.json`` object maps file names or stems to instructions and
     names it lacks use ``--prompt``. See :mod:`alignprop.prompts`.
     """
-    from alignprop.prompts import prompt_for, read_prompt_file
-
     if prompt is not None and not prompt.strip():
         raise UserError("--prompt is empty")
     if prompt_file is None:
@@ -122,119 +121,6 @@ def read_prompts(prompt: str | None, prompt_file: str | None,
         raise UserError(f"--prompt_file {prompt_file} has no prompt for {len(missing)} input(s) "
                         f"(e.g. {', '.join(missing[:3])}); add them or give a default with --prompt")
     return out
-
-
-# --------------------------------------------------------------------------- LoRA
-def resolve_lora(source: str) -> tuple[str, str | None]:
-    """(path or repo id, weight_name) for ``load_lora_weights``.
-
-    Accepts a ``.safetensors`` file, a folder holding ``pytorch_lora_weights.safetensors``
-    (what training writes) or exactly one ``.safetensors`` file, or a hub repo id.
-    """
-    path = Path(source).expanduser()
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise LoraLoadError(f"--lora {source}: expected a .safetensors file (diffusers LoRA "
-                                "format); pickled .bin/.pt LoRAs are refused for safety")
-        return str(path), None
-    if path.is_dir():
-        if (path / LORA_FILENAME).is_file():
-            return str(path), None
-        found = sorted(p.name for p in path.glob("*.safetensors"))
-        if len(found) == 1:
-            return str(path), found[0]
-        if not found:
-            raise LoraLoadError(f"--lora {source}: folder has no {LORA_FILENAME} (nor any other "
-                                ".safetensors file); point at the LoRA file or the training output")
-        raise LoraLoadError(f"--lora {source}: folder holds several .safetensors files "
-                            f"({', '.join(found[:5])}); pass the one you mean")
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "~")):
-        return source, None  # hub repo id; load_lora_weights reports a missing one
-    raise LoraLoadError(f"--lora {source}: no such file or folder")
-
-
-_LORA_KEY = re.compile(r"^transformer\.(.+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
-
-
-def check_lora_fits(state_dict: dict, transformer, source: str) -> int:
-    """Refuse a LoRA whose layers do not exist in, or do not fit, ``transformer``.
-
-    Returns the number of transformer layers the LoRA adapts. Diffusers itself
-    only warns when no key matches (and then generates the base model's image),
-    and reports a shape mismatch as a bare ``size mismatch for bias``.
-    """
-    modules = dict(transformer.named_modules())
-    layers: dict[str, dict[str, tuple]] = defaultdict(dict)
-    for key, value in state_dict.items():
-        m = _LORA_KEY.match(key)
-        if m:
-            layers[m.group(1)][m.group(2)] = tuple(value.shape)
-    hint = ("it was probably trained for another model (LoRAs are tied to one base model and "
-            "size); check --pretrained_model")
-    if not layers:
-        sample = ", ".join(list(state_dict)[:2]) or "none"
-        raise LoraLoadError(f"--lora {source}: none of its {len(state_dict)} tensors is a LoRA "
-                            f"layer of the FLUX transformer (keys look like: {sample}); {hint}")
-    missing = [n for n in layers if n not in modules]
-    if len(missing) == len(layers):
-        raise LoraLoadError(f"--lora {source}: none of its {len(layers)} layers exists in this "
-                            f"transformer (e.g. {missing[0]}); {hint}")
-    for name, shapes in layers.items():
-        mod = modules.get(name)
-        if mod is None or not hasattr(mod, "in_features"):
-            continue
-        base = getattr(mod, "base_layer", mod)
-        a, b = shapes.get("A"), shapes.get("B")
-        bad_in = a is not None and a[1] != base.in_features and not name.startswith("x_embedder")
-        bad_out = b is not None and b[0] != base.out_features
-        if bad_in or bad_out:
-            raise LoraLoadError(
-                f"--lora {source}: layer {name} is {base.in_features}->{base.out_features} in this "
-                f"transformer but the LoRA expects {a[1] if a else '?'}->{b[0] if b else '?'}; {hint}")
-    if missing:
-        print(f"warning: {len(missing)} of {len(layers)} LoRA layers do not exist in this "
-              f"transformer and are ignored (e.g. {missing[0]})", file=sys.stderr)
-    return len(layers) - len(missing)
-
-
-def load_lora(pipe, source: str, scale: float = 1.0, adapter_name: str = ADAPTER) -> int:
-    """Load a diffusers-format LoRA into ``pipe`` under ``adapter_name`` at ``scale``.
-
-    Returns the number of transformer layers adapted. Raises :class:`LoraLoadError`
-    (one clear message) for a missing file, a non-LoRA file, or a LoRA for another model.
-    """
-    from rewards.hub import model_unavailable
-
-    path, weight_name = resolve_lora(source)
-    kwargs = {"weight_name": weight_name} if weight_name else {}
-    try:
-        state_dict = pipe.lora_state_dict(path, **kwargs)
-        if isinstance(state_dict, tuple):
-            state_dict = state_dict[0]
-    except (OSError, EnvironmentError) as exc:
-        if not Path(path).exists():
-            raise model_unavailable("the LoRA", path, "--lora", exc) from None
-        raise LoraLoadError(f"--lora {source}: cannot read it ({exc})") from None
-    except Exception as exc:  # diffusers' format detection, safetensors header errors ...
-        raise LoraLoadError(f"--lora {source}: not a LoRA diffusers can read "
-                            f"({type(exc).__name__}: {brief(exc)})") from None
-    n = check_lora_fits(state_dict, pipe.transformer, source)
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    # silence "No LoRA keys associated to CLIPTextModel": a transformer-only LoRA is normal
-    dlogging.set_verbosity_error()
-    try:
-        pipe.load_lora_weights(path, adapter_name=adapter_name, **kwargs)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise LoraLoadError(f"--lora {source}: does not fit this model "
-                            f"({type(exc).__name__}: {brief(exc)})") from None
-    finally:
-        dlogging.set_verbosity(level)
-    if adapter_name not in pipe.get_list_adapters().get("transformer", []):
-        raise LoraLoadError(f"--lora {source}: no layer of it was applied to the transformer")
-    pipe.set_adapters([adapter_name], adapter_weights=[scale])
-    return n
 
 
 # --------------------------------------------------------------------------- generation
@@ -359,8 +245,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def estimate(args, jobs) -> int:
     """``--estimate``: one traced pipeline call at the largest planned size (no weights)."""
-    from alignprop.estimate import estimate_generate
-
     if not jobs:
         raise UserError(f"--input_dir {args.input_dir}: no readable image to size the estimate")
     h, w = max((j.size for j in jobs), key=lambda s: s[0] * s[1])
@@ -408,11 +292,6 @@ def validate(args) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
-
-    from alignprop.models import load_kontext_pipeline
-    from rewards.images import ImageLoadError, list_images, load_image, resize_to, save_image
-    from rewards.images import unsupported_note
-    from rewards.paths import check_no_overwrite, check_outputs_spare_inputs, check_writable_dir
 
     args = build_parser().parse_args(argv)
     sheets = validate(args)
@@ -517,8 +396,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     columns = ["input"] + [f"{t} seed {s}" if len(seeds) > 1 else t for s in seeds for t, _, _ in sets]
     rows = [(by_name[n].name, [by_name[n]] + [written.get((t, s, n)) for s in seeds for t, _, _ in sets])
             for n in done]
-    from alignprop.contact_sheet import write_html, write_png
-
     note = (f"prompt: {args.prompt or args.prompt_file} | model: {args.pretrained_model} | "
             f"LoRA: {args.lora} (scale {args.lora_scale}) | steps {args.num_steps}, "
             f"guidance {args.guidance_scale}, seed(s) {seeds}")

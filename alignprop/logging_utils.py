@@ -9,6 +9,10 @@ from typing import Any, Mapping
 
 import torch
 
+from common.images import save_image
+
+from .config import MissingDependencyError
+
 
 def tracker_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Flags as tracker hyper-parameters (tensorboard accepts only scalars and strings)."""
@@ -26,8 +30,6 @@ def check_tracker(log_with: str) -> str | None:
     try:
         __import__(module)
     except ImportError:
-        from .config import MissingDependencyError
-
         raise MissingDependencyError(f"--log_with {log_with} needs the {module!r} package: "
                            f"`pip install {module}` (or use --log_with tensorboard / none)") from None
     return log_with
@@ -153,8 +155,6 @@ def image_grid(columns: list[torch.Tensor], pad: int = 2) -> torch.Tensor:
 def log_image_grid(accelerator, grid: torch.Tensor, step: int, out_dir: str | Path,
                    tag: str = "input|output") -> Path:
     """Save the grid as PNG and send it to the active trackers (main process)."""
-    from rewards.images import save_image
-
     path = Path(out_dir) / "images" / f"step_{step:06d}.png"
     save_image(grid, path)
     for tracker in accelerator.trackers:

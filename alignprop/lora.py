@@ -3,15 +3,27 @@
 The file written is ``pytorch_lora_weights.safetensors`` produced by
 ``FluxKontextPipeline.save_lora_weights`` (keys ``transformer.<module>.lora_A.weight``
 ...), so ``FluxKontextPipeline.load_lora_weights(dir)`` loads it in diffusers.
+:func:`load_lora` loads a trained LoRA into a pipeline for ``alignprop.generate``: where it
+is (:func:`resolve_lora`), whether it fits the transformer (:func:`check_lora_fits`), one
+clear error when it does not.
 """
 from __future__ import annotations
 
+import re
+import sys
+from collections import defaultdict
 from pathlib import Path
 
 import torch
 
+from common.cli import UserError
+from common.hub import brief, model_unavailable
+
+from .distributed import full_state, shard_like_model
+
 LORA_FILE = "pytorch_lora_weights.safetensors"
-ADAPTER = "default"
+ADAPTER = "default"           # the adapter training adds (peft's default name)
+PIPELINE_ADAPTER = "lora"     # the adapter alignprop.generate loads into a pipeline
 
 
 def add_lora(transformer, rank: int, alpha: float | None, target_modules: list[str],
@@ -46,7 +58,6 @@ def lora_state_dict(transformer) -> dict[str, torch.Tensor]:
     """
     from peft.utils import get_peft_model_state_dict
 
-    from .distributed import full_state
 
     return full_state(get_peft_model_state_dict(transformer))
 
@@ -87,9 +98,7 @@ def load_lora_into(transformer, directory: str | Path) -> None:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from rewards.hub import brief
 
-    from .distributed import shard_like_model
 
     file = Path(directory) / LORA_FILE
     if not file.is_file():
@@ -119,3 +128,118 @@ def load_lora_into(transformer, directory: str | Path) -> None:
 
 
 __all__ = ["add_lora", "save_lora", "load_lora_into", "lora_state_dict", "LORA_FILE"]
+
+
+class LoraLoadError(UserError):
+    """The LoRA cannot be found, read, or does not fit the loaded transformer."""
+
+
+# --------------------------------------------------------------------------- loading a trained LoRA into a pipeline
+def resolve_lora(source: str) -> tuple[str, str | None]:
+    """(path or repo id, weight_name) for ``load_lora_weights``.
+
+    Accepts a ``.safetensors`` file, a folder holding ``pytorch_lora_weights.safetensors``
+    (what training writes) or exactly one ``.safetensors`` file, or a hub repo id.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise LoraLoadError(f"--lora {source}: expected a .safetensors file (diffusers LoRA "
+                                "format); pickled .bin/.pt LoRAs are refused for safety")
+        return str(path), None
+    if path.is_dir():
+        if (path / LORA_FILE).is_file():
+            return str(path), None
+        found = sorted(p.name for p in path.glob("*.safetensors"))
+        if len(found) == 1:
+            return str(path), found[0]
+        if not found:
+            raise LoraLoadError(f"--lora {source}: folder has no {LORA_FILE} (nor any other "
+                                ".safetensors file); point at the LoRA file or the training output")
+        raise LoraLoadError(f"--lora {source}: folder holds several .safetensors files "
+                            f"({', '.join(found[:5])}); pass the one you mean")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "~")):
+        return source, None  # hub repo id; load_lora_weights reports a missing one
+    raise LoraLoadError(f"--lora {source}: no such file or folder")
+
+
+_LORA_KEY = re.compile(r"^transformer\.(.+)\.lora_(A|B)(?:\.[\w-]+)?\.weight$")
+
+
+def check_lora_fits(state_dict: dict, transformer, source: str) -> int:
+    """Refuse a LoRA whose layers do not exist in, or do not fit, ``transformer``.
+
+    Returns the number of transformer layers the LoRA adapts. Diffusers itself
+    only warns when no key matches (and then generates the base model's image),
+    and reports a shape mismatch as a bare ``size mismatch for bias``.
+    """
+    modules = dict(transformer.named_modules())
+    layers: dict[str, dict[str, tuple]] = defaultdict(dict)
+    for key, value in state_dict.items():
+        m = _LORA_KEY.match(key)
+        if m:
+            layers[m.group(1)][m.group(2)] = tuple(value.shape)
+    hint = ("it was probably trained for another model (LoRAs are tied to one base model and "
+            "size); check --pretrained_model")
+    if not layers:
+        sample = ", ".join(list(state_dict)[:2]) or "none"
+        raise LoraLoadError(f"--lora {source}: none of its {len(state_dict)} tensors is a LoRA "
+                            f"layer of the FLUX transformer (keys look like: {sample}); {hint}")
+    missing = [n for n in layers if n not in modules]
+    if len(missing) == len(layers):
+        raise LoraLoadError(f"--lora {source}: none of its {len(layers)} layers exists in this "
+                            f"transformer (e.g. {missing[0]}); {hint}")
+    for name, shapes in layers.items():
+        mod = modules.get(name)
+        if mod is None or not hasattr(mod, "in_features"):
+            continue
+        base = getattr(mod, "base_layer", mod)
+        a, b = shapes.get("A"), shapes.get("B")
+        bad_in = a is not None and a[1] != base.in_features and not name.startswith("x_embedder")
+        bad_out = b is not None and b[0] != base.out_features
+        if bad_in or bad_out:
+            raise LoraLoadError(
+                f"--lora {source}: layer {name} is {base.in_features}->{base.out_features} in this "
+                f"transformer but the LoRA expects {a[1] if a else '?'}->{b[0] if b else '?'}; {hint}")
+    if missing:
+        print(f"warning: {len(missing)} of {len(layers)} LoRA layers do not exist in this "
+              f"transformer and are ignored (e.g. {missing[0]})", file=sys.stderr)
+    return len(layers) - len(missing)
+
+
+def load_lora(pipe, source: str, scale: float = 1.0, adapter_name: str = PIPELINE_ADAPTER) -> int:
+    """Load a diffusers-format LoRA into ``pipe`` under ``adapter_name`` at ``scale``.
+
+    Returns the number of transformer layers adapted. Raises :class:`LoraLoadError`
+    (one clear message) for a missing file, a non-LoRA file, or a LoRA for another model.
+    """
+    path, weight_name = resolve_lora(source)
+    kwargs = {"weight_name": weight_name} if weight_name else {}
+    try:
+        state_dict = pipe.lora_state_dict(path, **kwargs)
+        if isinstance(state_dict, tuple):
+            state_dict = state_dict[0]
+    except (OSError, EnvironmentError) as exc:
+        if not Path(path).exists():
+            raise model_unavailable("the LoRA", path, "--lora", exc) from None
+        raise LoraLoadError(f"--lora {source}: cannot read it ({exc})") from None
+    except Exception as exc:  # diffusers' format detection, safetensors header errors ...
+        raise LoraLoadError(f"--lora {source}: not a LoRA diffusers can read "
+                            f"({type(exc).__name__}: {brief(exc)})") from None
+    n = check_lora_fits(state_dict, pipe.transformer, source)
+    from diffusers.utils import logging as dlogging  # diffusers: heavy, only when loading
+
+    level = dlogging.get_verbosity()
+    # silence "No LoRA keys associated to CLIPTextModel": a transformer-only LoRA is normal
+    dlogging.set_verbosity_error()
+    try:
+        pipe.load_lora_weights(path, adapter_name=adapter_name, **kwargs)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise LoraLoadError(f"--lora {source}: does not fit this model "
+                            f"({type(exc).__name__}: {brief(exc)})") from None
+    finally:
+        dlogging.set_verbosity(level)
+    if adapter_name not in pipe.get_list_adapters().get("transformer", []):
+        raise LoraLoadError(f"--lora {source}: no layer of it was applied to the transformer")
+    pipe.set_adapters([adapter_name], adapter_weights=[scale])
+    return n

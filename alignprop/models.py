@@ -1,147 +1,23 @@
-"""Load the Kontext pipeline (hub id, local directory, or the built-in tiny models).
+"""Load the Kontext pipeline: a hub id, a local diffusers directory, or a built-in tiny model.
 
-``tiny-photo`` is the same tiny model with weights pretrained on bundled photos
-(see :mod:`alignprop.tiny_photo`).
-
-The tiny model uses the same classes as FLUX.1 Kontext (FluxTransformer2DModel,
-AutoencoderKL, CLIPTextModel, T5EncoderModel, CLIP and T5 tokenizers) with small
-configs and random weights from a fixed seed, so every code path of the real
-model runs on a CPU in seconds. Its tokenizers are built locally (no download).
+``tiny`` is built by :mod:`alignprop.tiny_kontext` (real classes, random seeded weights);
+``tiny-photo`` is the same model with weights pretrained on bundled photos
+(:mod:`alignprop.tiny_photo`).
 """
 from __future__ import annotations
 
-import json
-import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
-from rewards.hub import model_unavailable
+from common.hub import model_unavailable
+
+from .tiny_kontext import TINY, TINY_PHOTO, build_tiny_pipeline
+from .tiny_photo import load_tiny_photo_pipeline
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-Kontext-dev"
-TINY = "tiny"
-TINY_SEED = 0
-# Same classes, weights pretrained on bundled photos (alignprop/tiny_photo.py): keeps and
-# edits photos, for demos and tests where the image must mean something.
-TINY_PHOTO = "tiny-photo"
 
 
-# --------------------------------------------------------------------------- tokenizers
-def _bytes_to_unicode() -> dict[int, str]:
-    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable unicode char.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
-def _tiny_tokenizer_dir() -> Path:
-    """Write (once) the files of a character-level CLIP BPE tokenizer."""
-    root = Path(os.environ.get("ALIGNPROP_CACHE", Path(tempfile.gettempdir()) / "alignprop_tiny"))
-    clip_dir = root / "clip_tokenizer_v1"
-    if not (clip_dir / "merges.txt").exists():
-        clip_dir.mkdir(parents=True, exist_ok=True)
-        chars = list(_bytes_to_unicode().values())
-        vocab = {c: i for i, c in enumerate(chars)}
-        for c in chars:
-            vocab[c + "</w>"] = len(vocab)
-        vocab["<|startoftext|>"] = len(vocab)
-        vocab["<|endoftext|>"] = len(vocab)
-        tmp = clip_dir / f"vocab.json.{os.getpid()}"
-        tmp.write_text(json.dumps(vocab))
-        os.replace(tmp, clip_dir / "vocab.json")
-        tmp = clip_dir / f"merges.txt.{os.getpid()}"
-        tmp.write_text("#version: 0.2\n")
-        os.replace(tmp, clip_dir / "merges.txt")
-    return clip_dir
-
-
-def tiny_clip_tokenizer():
-    from transformers import CLIPTokenizer
-
-    d = _tiny_tokenizer_dir()
-    return CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"), model_max_length=77)
-
-
-def tiny_t5_tokenizer():
-    """A Unigram (sentencepiece-style) T5 tokenizer over printable ASCII."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
-    pieces += [(chr(c), -3.0) for c in range(32, 127)]
-    pieces += [("▁" + chr(c), -2.5) for c in range(33, 127)]
-    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
-    tok.normalizer = normalizers.Sequence([normalizers.Replace(" {2,}", " ")])
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    from tokenizers.processors import TemplateProcessing
-
-    tok.post_processor = TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
-                                            special_tokens=[("</s>", 1)])
-    return T5TokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>",
-                           unk_token="<unk>", extra_ids=0, model_max_length=512)
-
-
-# --------------------------------------------------------------------------- tiny model
-def build_tiny_pipeline(dtype: torch.dtype = torch.float32):
-    """Built-in tiny FluxKontextPipeline: real classes, small configs, seeded weights."""
-    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxKontextPipeline,
-                           FluxTransformer2DModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
-    clip_tok = tiny_clip_tokenizer()
-    t5_tok = tiny_t5_tokenizer()
-
-    torch.manual_seed(TINY_SEED)
-    transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
-        attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-        pooled_projection_dim=32, axes_dims_rope=[4, 4, 8], guidance_embeds=True)
-    torch.manual_seed(TINY_SEED + 1)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4,
-        norm_num_groups=4, sample_size=64, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0609, scaling_factor=1.5035)
-    torch.manual_seed(TINY_SEED + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(clip_tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-        bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
-        pad_token_id=clip_tok.pad_token_id))
-    torch.manual_seed(TINY_SEED + 3)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=len(t5_tok), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0,
-        eos_token_id=1))
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True,
-                                                base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxKontextPipeline(
-        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tok,
-        text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer)
-    pipe.tokenizer_max_length = 77
-    # Modules built from configs start in train mode (T5 has dropout 0.1); from_pretrained
-    # returns eval mode, and so must the tiny model or text embeddings are random.
-    for module in (transformer, vae, text_encoder, text_encoder_2):
-        module.eval()
-    if dtype != torch.float32:
-        pipe.to(dtype=dtype)
-    return pipe
-
-
-# --------------------------------------------------------------------------- loading
 def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32,
                           revision: str | None = None, variant: str | None = None,
                           flag: str = "--pretrained_model"):
@@ -149,8 +25,6 @@ def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = 
     if pretrained == TINY:
         return build_tiny_pipeline(dtype)
     if pretrained == TINY_PHOTO:
-        from .tiny_photo import load_tiny_photo_pipeline
-
         return load_tiny_photo_pipeline(dtype)
     from diffusers import FluxKontextPipeline
 
@@ -169,100 +43,4 @@ def load_kontext_pipeline(pretrained: str = DEFAULT_MODEL, dtype: torch.dtype = 
                                 repo_id=DEFAULT_MODEL, hint="Use `--pretrained_model tiny` for the built-in test model.") from None
 
 
-# --------------------------------------------------------------------------- reward placement
-REWARD_PLACEMENTS = ("replicate", "shard", "dedicated")
-
-
-def check_reward_device(spec: str) -> None:
-    """Validate ``--reward_device`` without touching any device (flag parsing time)."""
-    if spec in REWARD_PLACEMENTS:
-        return
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--reward_device must be one of {list(REWARD_PLACEMENTS)} or a device "
-                         f"such as 'cuda:1' or 'cpu', got {spec!r}")
-
-
-def reward_device(spec: str, train_device: torch.device, local_rank: int = 0,
-                  local_processes: int = 1) -> torch.device:
-    """Where the frozen reward models of this process live.
-
-    ``replicate`` / ``shard``: the process's own device (``shard`` then splits them across
-    processes). ``dedicated``: the GPU ``local_rank + local_processes`` of this machine, so
-    with P processes on 2P GPUs, process r trains on GPU r and scores on GPU P + r. A device
-    name (``cuda:1``, ``cpu``) puts them there for every process.
-    """
-    check_reward_device(spec)
-    if spec in ("replicate", "shard"):
-        return torch.device(train_device)
-    if spec == "dedicated":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        wanted = local_rank + local_processes
-        if wanted >= count:
-            raise ValueError(
-                f"--reward_device dedicated: {local_processes} training process(es) on this "
-                f"machine need {2 * local_processes} GPUs (one to train and one to score "
-                f"each), found {count}; launch at most {count // 2} process(es) per machine "
-                f"(`--num_processes`) or use --reward_device replicate/shard")
-        return torch.device("cuda", wanted)
-    device = torch.device(spec)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise ValueError(f"--reward_device {spec}: this machine has {count} CUDA device(s)")
-    return device
-
-
-def _same_device(a, b) -> bool:
-    a, b = torch.device(a), torch.device(b)
-    return a.type == b.type and (a.index or 0) == (b.index or 0)
-
-
-class PlacedReward:
-    """A reward that runs on another device than the sampler.
-
-    Images (and inputs) are copied to the reward's device with ``Tensor.to``, which autograd
-    differentiates (the gradient is copied back), and the scores come back to ``home``; so
-    the reward's gradient still reaches the generated pixels and the LoRA.
-    """
-
-    def __init__(self, reward, device: torch.device, home: torch.device):
-        self.reward, self.device, self.home = reward, torch.device(device), torch.device(home)
-
-    def __call__(self, images, inputs=None, prompts=None):
-        if inputs is not None:
-            inputs = inputs.to(self.device)
-        scores, metrics = self.reward(images.to(self.device), inputs, prompts)
-        return scores.to(self.home), metrics
-
-    def __getattr__(self, name):  # terms, describe(), names ... of the wrapped reward
-        return getattr(self.reward, name)
-
-
-def place_reward(reward, spec: str, device: torch.device, home: torch.device,
-                 sharded_run: bool = False):
-    """Apply ``--reward_device`` to a built reward (``device`` from :func:`reward_device`).
-
-    ``shard`` shards every model the reward holds with FSDP2 (needs an FSDP launch, since
-    every process then takes part in every reward forward).
-    """
-    if spec == "shard":
-        if not sharded_run:
-            raise ValueError("--reward_device shard needs an FSDP launch (`accelerate launch "
-                             "--config_file configs/accelerate/fsdp2_<N>gpu.yaml`); with one "
-                             "process or DDP use replicate, dedicated or a device name")
-        from .distributed import find_modules, shard_frozen
-
-        modules = find_modules(reward)
-        inner = {id(sub) for m in modules for sub in list(m.modules())[1:]}
-        units = [shard_frozen(m) for m in modules  # outermost models only
-                 if id(m) not in inner and any(True for _ in m.parameters())]
-        logging.getLogger("alignprop").info(
-            "--reward_device shard: %d reward model(s) sharded across the processes "
-            "(%d FSDP units)", len(units), sum(units))
-    if not _same_device(device, home):
-        return PlacedReward(reward, device, home)
-    return reward
+__all__ = ["DEFAULT_MODEL", "TINY", "TINY_PHOTO", "load_kontext_pipeline"]

@@ -41,16 +41,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.images import resize_to
+from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN, load_files
+
+from .config import DEFAULT_PROMPT
+from .sampler import _grid_ids, _pack, calculate_shift, encode_prompts
 from .tiny_photo import (COMPONENTS, EDIT_PROMPTS, EDIT_STATISTIC, IDENTITY_PROMPT, MANIFEST, NAME,
                          apply_edit, build_untrained, psnr, sha256_file, statistic)
 
-HELD_OUT = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
-# Files shipped inside scikit-image (skimage/data) and matplotlib (mpl-data/sample_data).
-SKIMAGE_TRAIN = ("hubble_deep_field.jpg", "ihc.png", "retina.jpg", "motorcycle_left.png",
-                 "color.png", "logo.png", "chessboard_RGB.png", "brick.png", "camera.png",
-                 "coins.png", "grass.png", "gravel.png", "moon.png", "page.png", "text.png",
-                 "clock_motion.png", "cell.png")
-MATPLOTLIB_TRAIN = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
 SIZE = 64
 # Prompts the base model must leave the photo unchanged for: the identity instruction,
 # the project's default training prompt (a LoRA is what makes photos "more beautiful"),
@@ -69,31 +67,13 @@ EVAL_SEED = 0
 
 
 # --------------------------------------------------------------------------- photos
-def _data_dirs() -> tuple[Path, Path]:
-    import matplotlib
-    import skimage.data
-
-    return (Path(skimage.data.__file__).parent,
-            Path(matplotlib.get_data_path()) / "sample_data")
-
-
-def load_photos(names, folder: Path) -> list[torch.Tensor]:
-    from rewards.images import load_image
-
-    return [load_image(folder / n) for n in names]
-
-
 def held_out_photos(size: int = SIZE) -> torch.Tensor:
     """(4,3,size,size): the held-out photos, resized like the trainer's data loader does."""
-    from rewards.images import resize_to
-
-    sk, _ = _data_dirs()
-    return torch.stack([resize_to(p, size, size) for p in load_photos(HELD_OUT, sk)])
+    return torch.stack([resize_to(p, size, size) for p in load_files(HELD_OUT)])
 
 
 def train_photos() -> list[torch.Tensor]:
-    sk, mpl = _data_dirs()
-    photos = load_photos(SKIMAGE_TRAIN, sk) + load_photos(MATPLOTLIB_TRAIN, mpl)
+    photos = load_files(SKIMAGE_TRAIN + MATPLOTLIB_TRAIN)
     # Pyramids are cut from a copy at most 256 px on the short side (faster resizes).
     out = []
     for p in photos:
@@ -208,8 +188,6 @@ def sampler_sigmas(mu: float, steps: int) -> torch.Tensor:
 
 
 def train_transformer(pipe, bank: torch.Tensor, steps: int, batch: int, lr: float, log) -> None:
-    from .sampler import _grid_ids, _pack, calculate_shift, encode_prompts
-
     vae, transformer = pipe.vae, pipe.transformer
     shift, scale = vae.config.shift_factor, vae.config.scaling_factor
     edits = ["identity"] + list(EDIT_PROMPTS)
@@ -292,8 +270,6 @@ def train_transformer(pipe, bank: torch.Tensor, steps: int, batch: int, lr: floa
 
 
 def _default_prompt() -> str:
-    from .config import DEFAULT_PROMPT
-
     return DEFAULT_PROMPT
 
 
@@ -311,8 +287,6 @@ def edit_with_pipeline(pipe, images: torch.Tensor, prompt: str, steps: int = EVA
 @torch.no_grad()
 def evaluate(pipe, images: torch.Tensor, steps: int = EVAL_STEPS) -> dict:
     """Identity PSNR (pipeline and VAE alone) and each edit's move as a fraction of its target."""
-    from .config import DEFAULT_PROMPT
-
     out = {"eval_steps": steps, "eval_guidance": EVAL_GUIDANCE, "eval_size": images.shape[-1],
            "vae_psnr_db": float(psnr(vae_roundtrip(pipe.vae, images), images).mean())}
     ident = edit_with_pipeline(pipe, images, IDENTITY_PROMPT, steps)

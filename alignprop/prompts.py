@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
-from rewards.cli import UserError
+from common.cli import UserError
 
 Prompts = Union[list, dict]  # list of lines, or {name or stem: instruction}
 

@@ -22,7 +22,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from rewards.cli import UserError
+from common.cli import UserError
+from common.hub import ModelUnavailableError, resolve_device_dtype
+from rewards import build_rewards
+from rewards.base import CompositeReward
 
 # VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
@@ -378,8 +381,6 @@ def _internvl_dtype(flags: RewardFlags, device, backend: str = "internvl") -> st
     dtype = getattr(flags, f"{backend}_dtype")
     if dtype != "auto":
         return dtype
-    from rewards.hub import resolve_device_dtype
-
     # Kept as a name: the specs are logged in run_config.json.
     return str(resolve_device_dtype(device, "auto")[1]).removeprefix("torch.")
 
@@ -518,14 +519,24 @@ FACTORY_FLAGS: dict[str, dict[str, str]] = {
 
 def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_model_id"):
     """``exc`` with factory keywords renamed to this command's flags (other errors unchanged)."""
-    from rewards.hub import ModelUnavailableError
-
     if not isinstance(exc, ModelUnavailableError):
         return exc
     names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
     if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
         names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
     return exc.for_cli(names)
+
+
+def require_reward(flags: RewardFlags, device: Any = None) -> list[dict]:
+    """The reward specs of ``flags``; refuse flags that enable no reward term (one line)."""
+    specs = reward_specs(flags, device=device)
+    if not specs:
+        raise RewardBuildError(
+            "no reward is enabled: set at least one of --grid_ratio_weight, "
+            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
+            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
+            "--preference_backend")
+    return specs
 
 
 def build_reward_from_flags(flags: RewardFlags, device: Any = None):
@@ -536,16 +547,7 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
     (ModelUnavailableError) are re-raised with the term and flag that caused them,
     so the CLI prints one line instead of a traceback.
     """
-    from rewards import build_rewards
-    from rewards.hub import ModelUnavailableError
-
-    specs = reward_specs(flags, device=device)
-    if not specs:
-        raise RewardBuildError(
-            "no reward is enabled: set at least one of --grid_ratio_weight, "
-            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
-            "--preference_backend")
+    specs = require_reward(flags, device=device)
     built = []
     for spec in specs:
         try:
@@ -557,8 +559,6 @@ def build_reward_from_flags(flags: RewardFlags, device: Any = None):
                                    f"{cli_model_error(exc, spec)}") from exc
         except (ValueError, TypeError, FileNotFoundError) as exc:
             raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
-    from rewards.base import CompositeReward
-
     return CompositeReward(built)
 
 
@@ -566,6 +566,7 @@ class RewardBuildError(UserError):
     """A reward selected by the flags could not be built; the message says which and why."""
 
 
-__all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "build_reward_from_flags",
+__all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "require_reward",
+           "build_reward_from_flags",
            "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
            "PREFERENCE_BACKENDS", "STYLE_BACKENDS", "VLM_BACKENDS"]

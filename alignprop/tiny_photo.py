@@ -1,7 +1,7 @@
 """``tiny-photo``: the built-in tiny FLUX Kontext with weights pretrained on bundled photos.
 
 Same classes as ``tiny`` (FluxTransformer2DModel, AutoencoderKL, CLIPTextModel,
-T5EncoderModel and the locally built tokenizers of :mod:`alignprop.models`); the VAE
+T5EncoderModel and the locally built tokenizers of :mod:`alignprop.tiny_kontext`); the VAE
 and transformer have slightly larger configs and weights made by
 ``python -m alignprop.pretrain_tiny`` (see ``alignprop/assets/tiny-photo/manifest.json``
 for the command, its time and its checks). The text encoders keep ``tiny``'s seeded
@@ -23,6 +23,10 @@ import json
 from pathlib import Path
 
 import torch
+
+from common.hub import ModelUnavailableError
+
+from .tiny_kontext import build_tiny_pipeline
 
 NAME = "tiny-photo"
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / NAME
@@ -108,8 +112,6 @@ def build_untrained(shift_factor: float = 0.0, scaling_factor: float = 1.0, seed
     """The tiny-photo pipeline with freshly initialised VAE/transformer (for pretraining)."""
     from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
 
-    from .models import build_tiny_pipeline
-
     base = build_tiny_pipeline()  # tokenizers, text encoders and scheduler of `tiny`
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(**transformer_config())
@@ -139,8 +141,6 @@ def read_manifest(asset_dir: Path = ASSET_DIR) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        from rewards.hub import ModelUnavailableError
-
         raise ModelUnavailableError(
             f"--pretrained_model {NAME}: cannot read {path} ({type(exc).__name__}); "
             f"rebuild it with `python -m alignprop.pretrain_tiny`.") from None
@@ -148,8 +148,6 @@ def read_manifest(asset_dir: Path = ASSET_DIR) -> dict:
 
 def verify_assets(asset_dir: Path = ASSET_DIR) -> dict:
     """Check every weight file against the manifest's sha256; returns the manifest."""
-    from rewards.hub import ModelUnavailableError
-
     asset_dir = Path(asset_dir)
     manifest = read_manifest(asset_dir)
     for name in COMPONENTS:

@@ -61,52 +61,32 @@ def _live_bytes(*objs) -> int:
 
 
 def measured_step(argv: list[str]) -> tuple[int, float]:
-    """(peak bytes, FLOPs) of one real optimizer step with these flags."""
+    """(peak bytes, FLOPs) of one real optimizer step of the trainer with these flags.
+
+    The run is built by the trainer's own :func:`alignprop.run.setup_run` and stepped by
+    :func:`alignprop.trainer.optimizer_step`, so what is measured is what training runs.
+    """
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
     from alignprop.config import parse_config
-    from alignprop.lora import add_lora
-    from alignprop.models import build_tiny_pipeline
-    from alignprop.reward_flags import build_reward_from_flags
-    from alignprop.sampler import KontextSampler, encode_prompts, stack_prompt_embeds
+    from alignprop.run import resume_run, setup_run
+    from alignprop.trainer import optimizer_step
     from rewards.internvl_model import clear_cache
 
     cfg, flags = parse_config(argv)
     torch.manual_seed(0)
-    pipe = build_tiny_pipeline()
-    text = stack_prompt_embeds(encode_prompts(pipe, [cfg.prompt], "cpu"), [cfg.prompt])
-    pipe.text_encoder = pipe.text_encoder_2 = None
     clear_cache()
-    reward = build_reward_from_flags(flags, device="cpu")
-    transformer = pipe.transformer
-    lora = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules())
-    if cfg.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    transformer.train()
-    opt = torch.optim.AdamW(lora, lr=1e-4)
-    sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, transformer.config,
-                             cfg.image_height, cfg.image_width, cfg.sample_num_steps,
-                             cfg.guidance_scale)
-    k = cfg.k_range()[1]
-    inputs = torch.rand(1, 3, cfg.image_height, cfg.image_width)
-
-    def step():
-        out = sampler.sample(inputs, text, backprop_steps=k,
-                             generator=torch.Generator().manual_seed(0))
-        r, _ = reward(out.float(), inputs, [cfg.prompt])
-        (-r.mean()).backward()
-        del out, r
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    step()                                   # warm: AdamW state exists, as in the estimate
+    run = setup_run(cfg, flags)
+    resume_run(run)                          # no checkpoint: starts the data stream at 0
+    optimizer_step(run)                      # warm: AdamW state exists, as in the estimate
     gc.collect()
+    reward = run.reward_fn
     vlm_models = {id(m): m for t in getattr(reward, "terms", [])
                   for m in [getattr(getattr(t.fn, "bundle", None), "model", None)] if m is not None}
-    base = _live_bytes(transformer, pipe.vae, opt, *vlm_models.values())
+    base = _live_bytes(run.transformer, run.sampler.vae, run.optimizer, *vlm_models.values())
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
+        optimizer_step(run)
     events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
                     if e.name() == "[memory]")
     cur = peak = 0
@@ -114,7 +94,8 @@ def measured_step(argv: list[str]) -> tuple[int, float]:
         cur += b
         peak = max(peak, cur)
     with FlopCounterMode(display=False) as fc:
-        step()
+        optimizer_step(run)
+    run.accelerator.end_training()
     return base + peak, float(fc.get_total_flops())
 
 
@@ -130,13 +111,15 @@ def main(argv=None) -> int:
     from PIL import Image
 
     Image.new("RGB", (64, 64), (120, 90, 60)).save(os.path.join(data, "a.png"))
+    out_root = tempfile.mkdtemp()
     picks = range(len(CASES)) if args.cases == "all" else [int(c) for c in args.cases.split(",")]
     print(f"{'case':<30} {'estimated MB':>13} {'measured MB':>12} {'ratio':>6} "
           f"{'est. GFLOP':>11} {'meas. GFLOP':>12} {'ratio':>6}")
     rows = []
     for i in picks:
         name, extra = CASES[i]
-        argv_i = BASE + ["--data_dir", data] + extra
+        argv_i = BASE + ["--data_dir", data, "--output_dir", os.path.join(out_root, str(i)),
+                         "--save_freq", "0", "--log_image_freq", "0"] + extra
         est = estimate_training(*parse_config(argv_i))
         peak, flops = measured_step(argv_i)
         ratio, fratio = est.peak_bytes / peak, est.total_flops / flops

@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmark_anti_periodic import roc_auc  # noqa: E402
+from rewards.grid_eval import roc_auc  # noqa: E402
 from rewards.grid import GridPenalty, luminance  # noqa: E402
 
 
@@ -140,7 +140,7 @@ def evenly_spaced(items: list, limit: int | None) -> list:
 
 def synthetic_set(folder: Path, variants: int, seed: int = 0) -> Path:
     """Write the demo's clean photos and ``variants`` artifact images per photo into ``folder``."""
-    from benchmark_anti_periodic import synthesize, write_demo_photos
+    from rewards.grid_eval import synthesize, write_demo_photos
 
     clean = write_demo_photos(folder / "clean")
     synthesize(clean, folder / "artifacts", periods=(8, 16, 32), amplitudes=(0.005, 0.01, 0.02, 0.04),
@@ -151,7 +151,7 @@ def synthetic_set(folder: Path, variants: int, seed: int = 0) -> Path:
 
 def auc_on(folder: Path, fns: dict, limit: int | None):
     """ROC-AUC (artifact vs clean) of every penalty in ``fns`` on ``folder``/{artifacts,clean}."""
-    from rewards.images import list_images, load_image
+    from common.images import list_images, load_image
 
     sets = {"a": evenly_spaced(list_images(folder / "artifacts"), limit),
             "c": list_images(folder / "clean")}

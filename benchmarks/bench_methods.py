@@ -60,13 +60,10 @@ def _reward_flags():
 
 
 def _photos(root: Path):
-    import skimage.data
-    from PIL import Image
+    from common.photos import write_photos
 
     for group, names in (("train", TRAIN), ("held_out", HELD_OUT)):
-        (root / group).mkdir(parents=True, exist_ok=True)
-        for n in names:
-            Image.fromarray(getattr(skimage.data, n)()).save(root / group / f"{n}.png")
+        write_photos(root / group, names)
 
 
 def _first_step_hook(budget_s: float):

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 def photos(size: int) -> list[torch.Tensor]:
     import tempfile
 
-    import benchmark_anti_periodic as bench
-    from rewards.images import load_image
+    import rewards.grid_eval as bench
+    from common.images import load_image
 
     with tempfile.TemporaryDirectory() as tmp:
         return [load_image(p) for p in bench.write_demo_photos(Path(tmp), max_side=size)]
@@ -88,7 +88,7 @@ def brightness(images: list[torch.Tensor]) -> None:
 
 
 def grid(images: list[torch.Tensor]) -> None:
-    import benchmark_anti_periodic as bench
+    import rewards.grid_eval as bench
     from rewards.grid import GridConfig, GridPenalty
     from rewards.grid_original import BaselineConfig, baseline_penalties
 

@@ -4,12 +4,13 @@
     PYTHONPATH=. python benchmarks/bench_trainer.py --size 128   # tiny model, 128x128
     python benchmarks/bench_trainer.py --full_size               # random-weight full FLUX Kontext, 512x512, GPU
 
-One "step" = sample (N Euler steps, the last K with grad) + VAE decode + a
-differentiable reward (mean luminance) + backward into the LoRA + AdamW step; the
-same work as alignprop/trainer.py minus logging. Time is split into *forward*
-(sampling + decode + reward, building the graph of the last K steps) and *backward*
-(``loss.backward()`` + optimizer step). Burn-in steps are not timed; CUDA is
-synchronised around the timers.
+One "step" = :func:`alignprop.trainer.optimizer_step` on a run built by the trainer's own
+:func:`alignprop.run.setup_run` (data, prompt encoding, LoRA, sampler, AdamW): sample (N Euler
+steps, the last K with grad) + VAE decode + a differentiable reward (mean luminance) + backward
+into the LoRA + clipping + AdamW step -- what training runs, minus logging. Time is split into
+*backward* (``accelerator.backward`` + the optimizer step) and *forward* (the rest of the step:
+data, sampling, decode, reward). Burn-in steps are not timed; CUDA is synchronised around the
+timers.
 
 Every (K, checkpointing) configuration runs in its own freshly spawned process, so
 one configuration's allocations cannot hide another's. Peak memory:
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import re
 import resource
 import sys
@@ -31,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # run from anywhere; full_size_step
 
 
 # --------------------------------------------------------------------------- CPU memory
@@ -62,70 +65,76 @@ def rss_peak_mib() -> float:
     return (hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
-def full_size_pipeline(dtype):
-    """FLUX.1 Kontext-dev sized transformer + VAE with random weights (no download)."""
-    from alignprop.models import build_tiny_pipeline
-    from diffusers import AutoencoderKL, FluxTransformer2DModel
-
-    pipe = build_tiny_pipeline()
-    pipe.transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
-        axes_dims_rope=[16, 56, 56], guidance_embeds=True).to(dtype)
-    pipe.vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=16,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32,
-        use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
-        scaling_factor=0.3611).to(dtype)
-    return pipe
+def _luminance_reward(images, inputs, prompts):
+    r = images.float().mean((1, 2, 3))
+    return r, {"reward": r.detach().mean()}
 
 
 def run(args, k: int, ckpt: bool) -> dict:
     """One configuration, in the current process (main() calls it in a fresh one)."""
-    from alignprop.lora import add_lora
-    from alignprop.models import build_tiny_pipeline
-    from alignprop.sampler import KontextSampler, PromptEmbeds
+    import tempfile
+
+    import alignprop.models as kontext_models
+    from alignprop.config import TrainConfig
+    from alignprop.reward_flags import RewardFlags
+    from alignprop.run import resume_run, setup_run
+    from alignprop.trainer import optimizer_step
+    from common.images import save_image
 
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
-    dtype = torch.bfloat16 if (args.full_size and device.type == "cuda") else torch.float32
-    pipe = full_size_pipeline(dtype) if args.full_size else build_tiny_pipeline()
-    pipe.text_encoder = pipe.text_encoder_2 = None  # the trainer frees them too
-    tr = pipe.transformer.to(device)
-    pipe.vae.to(device)
-    params = add_lora(tr, args.rank, None, ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"])
-    if ckpt:
-        tr.enable_gradient_checkpointing()
-    opt = torch.optim.AdamW(params, lr=1e-4)
-    sampler = KontextSampler(tr, pipe.vae, pipe.scheduler, tr.config, args.size, args.size,
-                             args.steps, dtype=dtype)
-    cfg = tr.config
-    text = PromptEmbeds(torch.randn(args.batch, args.text_len, cfg.joint_attention_dim),
-                        torch.randn(args.batch, cfg.pooled_projection_dim),
-                        torch.zeros(args.text_len, 3)).to(device=device, dtype=dtype)
-    images = torch.rand(args.batch, 3, args.size, args.size, device=device)
-    tokens = sampler.encode_image(images)
+    cuda = torch.cuda.is_available() and not args.cpu
+    if args.full_size:  # random-weight FLUX.1 Kontext-dev (all real sizes), as full_size_step.py
+        from full_size_step import random_kontext_pipeline
+
+        device = torch.device("cuda" if cuda else "cpu")
+        kontext_models.load_kontext_pipeline = (
+            lambda *a, dtype=torch.float32, **kw: random_kontext_pipeline(device, dtype, False))
+    tmp = Path(tempfile.mkdtemp())
+    for i in range(args.batch):
+        save_image(torch.rand(3, args.size, args.size), tmp / "data" / f"{i}.png")
+    cfg = TrainConfig(
+        pretrained_model="tiny", data_dir=str(tmp / "data"), output_dir=str(tmp / "out"),
+        image_height=args.size, image_width=args.size, sample_num_steps=args.steps,
+        backprop_steps=k, gradient_checkpointing=ckpt, train_batch_size=args.batch,
+        max_sequence_length=args.text_len, lora_rank=args.rank,
+        lora_target_modules="attn.to_q,attn.to_k,attn.to_v,attn.to_out.0",
+        mixed_precision="bf16" if (args.full_size and cuda) else "no",
+        log_with="none", save_freq=0, log_image_freq=0, seed=0)
+    if not cuda:
+        os.environ["ACCELERATE_USE_CPU"] = "true"
+    run_ = setup_run(cfg, RewardFlags(brightness_anchor_weight=1.0), reward_fn=_luminance_reward)
+    resume_run(run_)
+    device = run_.device
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    timer = {"backward": 0.0}
+    backward, opt_step = run_.accelerator.backward, run_.optimizer.step
+
+    def timed(fn):
+        def wrapped(*a, **kw):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            sync()
+            timer["backward"] += time.perf_counter() - t0
+            return out
+        return wrapped
+
+    run_.accelerator.backward, run_.optimizer.step = timed(backward), timed(opt_step)
+
     def step() -> tuple[float, float]:
+        timer["backward"] = 0.0
         sync()
         t0 = time.perf_counter()
-        out = sampler.sample(images, text, backprop_steps=k, image_tokens=tokens,
-                             generator=torch.Generator().manual_seed(0))
-        loss = -out.float().mean()
+        optimizer_step(run_)
         sync()
-        t1 = time.perf_counter()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        return t1 - t0, time.perf_counter() - t1
+        total = time.perf_counter() - t0
+        return total - timer["backward"], timer["backward"]
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -6,7 +6,7 @@ Kontext pipeline (transformer, VAE, CLIP-L, T5-XXL) and InternVL3 are built from
 configurations shipped in ``alignprop/configs/`` with random weights, directly on the GPU in
 the run's dtype, instead of being read from a checkpoint (nothing to download, same shapes,
 same kernels, same memory). The tokenizers are the real Qwen2.5 vocabulary for InternVL3
-(rewards/qwen_vocab.py) and the built-in tiny ones for CLIP/T5 (only the prompt's ids change;
+(common/qwen_vocab.py) and the built-in tiny ones for CLIP/T5 (only the prompt's ids change;
 the T5 sequence is padded to --max_sequence_length as in a real run).
 
 Every case runs in its own process (clean allocator). Printed per case:
@@ -142,7 +142,7 @@ def random_kontext_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
     from alignprop.estimate import _build_kontext, kontext_configs
-    from alignprop.models import build_tiny_pipeline, tiny_clip_tokenizer, tiny_t5_tokenizer
+    from alignprop.tiny_kontext import build_tiny_pipeline, tiny_clip_tokenizer, tiny_t5_tokenizer
 
     if tiny:
         return build_tiny_pipeline(dtype)
@@ -161,7 +161,7 @@ def random_kontext_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool
 def random_internvl(model_id: str, dtype: torch.dtype, device: torch.device):
     """(family, model, processor) as rewards.vlm_model._load_pretrained returns them."""
     from alignprop.estimate import internvl_config
-    from rewards.qwen_vocab import build_internvl3_processor
+    from common.qwen_vocab import build_internvl3_processor
     from rewards.vlm_families import family_for_model_type
 
     config, _ = internvl_config(model_id)
@@ -178,6 +178,7 @@ def random_internvl(model_id: str, dtype: torch.dtype, device: torch.device):
 def run_case(name: str, steps: int, tiny: bool) -> dict:
     """One case in this process: the trainer with random full-size models; returns the row."""
     import alignprop.models as models_mod
+    import alignprop.run as run_mod
     import alignprop.trainer as trainer_mod
     import rewards.vlm_model as vlm_mod
     from alignprop.config import parse_config
@@ -198,7 +199,7 @@ def run_case(name: str, steps: int, tiny: bool) -> dict:
         built["internvl_s"] = time.perf_counter() - t0
         return out
 
-    build_reward = trainer_mod.build_reward_from_flags
+    build_reward = run_mod.build_reward_from_flags
     marks = {}
 
     def build_reward_after_setup(flags, device=None):
@@ -209,7 +210,7 @@ def run_case(name: str, steps: int, tiny: bool) -> dict:
         return build_reward(flags, device=device)
 
     models_mod.load_kontext_pipeline = load_pipeline
-    trainer_mod.build_reward_from_flags = build_reward_after_setup
+    run_mod.build_reward_from_flags = build_reward_after_setup
     if not tiny:
         vlm_mod._load_pretrained = load_vlm
 

@@ -36,9 +36,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
+                        resolve_device_dtype, resolve_weight_file, torch_hub_checkpoint)
+
 from .base import Metrics, check_images
-from .hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
-                  resolve_device_dtype, resolve_weight_file, torch_hub_checkpoint)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

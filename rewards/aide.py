@@ -46,8 +46,9 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from common.hub import ModelUnavailableError, resolve_device_dtype
+
 from .base import Metrics, check_images
-from .hub import ModelUnavailableError, resolve_device_dtype
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -32,8 +32,10 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
+from common.hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
+                        resolve_weight_file)
+
 from .base import Metrics, check_images
-from .hub import ModelUnavailableError, load_state_dict_file, resolve_device_dtype, resolve_weight_file
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 VGGFACE2_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/{VGGFACE2_FILE}"

@@ -10,11 +10,28 @@ is (``"tiny"`` is the tiny InternVL).
 """
 from __future__ import annotations
 
-from .vlm_families.internvl import (TINY_CHAT_TEMPLATE, TINY_IMAGE_SIZE, TINY_SEED,  # noqa: F401
-                                    TINY_WORDS, InternVLSpec, build_tiny_internvl,
-                                    build_tiny_tokenizer, num_tiles, preprocess, tile_grid)
-from .vlm_model import (DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, check_vision_config,  # noqa: F401
-                        clear_cache, load_vlm, resolve_device, resolve_dtype)
+from .vlm_families.internvl import (  # noqa: F401
+                                    TINY_CHAT_TEMPLATE,
+                                    TINY_IMAGE_SIZE,
+                                    TINY_SEED,
+                                    TINY_WORDS,
+                                    InternVLSpec,
+                                    build_tiny_internvl,
+                                    build_tiny_tokenizer,
+                                    num_tiles,
+                                    preprocess,
+                                    tile_grid,
+)
+from .vlm_model import (  # noqa: F401
+                                    DEFAULT_MODEL_ID,
+                                    MODEL_FLAG,
+                                    VLMBundle,
+                                    check_vision_config,
+                                    clear_cache,
+                                    load_vlm,
+                                    resolve_device,
+                                    resolve_dtype,
+)
 
 InternVLBundle = VLMBundle
 load_internvl = load_vlm

@@ -26,9 +26,11 @@ import re
 import torch
 import torch.nn.functional as F
 
+from common.hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
+                        resolve_weight_file, torch_hub_checkpoint)
+from common.images import load_image
+
 from .base import Metrics, check_images
-from .hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
-                  resolve_weight_file, torch_hub_checkpoint)
 
 # net -> torchvision weight URL of the ImageNet backbone that lpips uses.
 BACKBONE_URLS = {
@@ -261,8 +263,6 @@ def make_dreamsim_reward(model_dir=None, dreamsim_type: str = "open_clip_vitb32"
     ref = None
     if reference is not None:
         if isinstance(reference, (str, os.PathLike)):
-            from .images import load_image
-
             reference = load_image(reference)
         ref = reference if reference.ndim == 4 else reference[None]
         check_images(ref, "reference")

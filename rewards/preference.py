@@ -29,7 +29,7 @@ prompt, without grad (the prompt is not trained).
 
 Each factory builds from a config without weights (``pretrained=False``: small random
 models for tests; ``config=`` to give the real-size one, e.g. for memory estimates), and
-turns a missing weight/tokenizer into one :class:`~rewards.hub.ModelUnavailableError`
+turns a missing weight/tokenizer into one :class:`~common.hub.ModelUnavailableError`
 naming the option (and training flag) that takes a local path.
 """
 from __future__ import annotations
@@ -40,10 +40,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from common.hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
+                        resolve_device_dtype, resolve_weight_file)
+
 from .aesthetic import CLIP_MEAN, CLIP_STD, _normalise, _resize_shortest_and_crop
 from .base import Metrics, check_images
-from .hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
-                  resolve_device_dtype, resolve_weight_file)
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
 IMAGEREWARD_FILE = "ImageReward.pt"

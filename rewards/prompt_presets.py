@@ -68,17 +68,6 @@ def preset(name: str) -> PromptPreset | None:
     return PRESETS.get(name.strip().lower()) if isinstance(name, str) else None
 
 
-def check_task(p: PromptPreset, task: str) -> None:
-    """Refuse a preset written for other images (a two-image question on one image, ...)."""
-    from .vlm_prompts import TASK_IMAGES
-
-    if TASK_IMAGES.get(task) != TASK_IMAGES[p.task] or (
-            {task, p.task} & {"pair", "triplet"} and task != p.task):
-        raise ValueError(f"prompt preset {p.name!r} is written for task {p.task!r} "
-                         f"({TASK_IMAGES[p.task]} image(s)), not {task!r}; presets for "
-                         f"{task!r}: {', '.join(n for n, q in PRESETS.items() if q.task == task) or 'none'}")
-
-
 def listing() -> str:
     """Every preset: name, task, answer scale, use and question (for --list_prompts)."""
     lines = []
@@ -88,4 +77,4 @@ def listing() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PromptPreset", "PRESETS", "preset", "check_task", "listing"]
+__all__ = ["PromptPreset", "PRESETS", "preset", "listing"]

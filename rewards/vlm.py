@@ -45,6 +45,8 @@ from typing import Any, Sequence
 
 import torch
 
+from common.images import load_image
+
 from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
@@ -431,8 +433,6 @@ class VLMReward:
 
 
 def _load_reference(reference: Any) -> tuple[torch.Tensor, str]:
-    from .images import load_image
-
     if isinstance(reference, (str, Path)):
         return load_image(reference)[None], str(reference)
     if isinstance(reference, torch.Tensor):

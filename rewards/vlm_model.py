@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
-from .hub import model_unavailable
+from common.hub import model_unavailable
+
+from .vlm_families import family_for_model_type, family_for_tiny, supported_families
 
 DEFAULT_MODEL_ID = "OpenGVLab/InternVL3-14B-hf"
 MODEL_FLAG = "--model_id (internvl_scorer.py) / --internvl_model_id or --qwen_model_id (training)"
@@ -97,11 +99,9 @@ def load_vlm(model_id: str = DEFAULT_MODEL_ID, dtype: Any = "bfloat16", device: 
              trust_remote_code: bool = False, flag: str = MODEL_FLAG) -> VLMBundle:
     """Return the (shared) bundle for ``model_id``; loads it on first use.
 
-    Raises :class:`rewards.hub.ModelUnavailableError` (naming ``flag``) when the checkpoint cannot
+    Raises :class:`common.hub.ModelUnavailableError` (naming ``flag``) when the checkpoint cannot
     be found, and ``ValueError`` when it is not a vision-language model of a supported family.
     """
-    from .vlm_families import family_for_tiny
-
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     tiny = family_for_tiny(model_id)
@@ -147,8 +147,6 @@ def read_config(model_id: str, trust_remote_code: bool = False, flag: str = MODE
 
 def check_vision_config(config, model_id: str):
     """The family adapter for ``config`` (from its ``model_type``); refuse anything else."""
-    from .vlm_families import family_for_model_type, supported_families
-
     model_type = getattr(config, "model_type", "?")
     if getattr(config, "vision_config", None) is None:
         raise ValueError(
@@ -179,59 +177,5 @@ def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool,
     return family, model, processor
 
 
-# --------------------------------------------------------------------------- tiny tokenizers
-def build_tiny_tokenizer(words: tuple[str, ...], specials: tuple[str, ...],
-                         named_specials: dict[str, str], chat_template: str,
-                         eos_token: str = "<|im_end|>", pad_token: str = "<|endoftext|>"):
-    """Byte-level BPE over the 256 byte symbols + merges for digits/answer words (local, no files).
-
-    Digits and ``words`` become single tokens with and without a leading space, so the
-    answer-token lookup is exercised the same way as on a real BPE vocabulary. ``specials`` are
-    added as special tokens; ``named_specials`` become tokenizer attributes (``image_token``...).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = ByteLevel.alphabet()
-    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
-    merges = []
-
-    def add_word(word: str):
-        # left-to-right merge chain: ((w0 w1) w2) ... ; each intermediate becomes a token
-        cur = word[0]
-        for ch in word[1:]:
-            pair = (cur, ch)
-            cur = cur + ch
-            if cur not in vocab:
-                vocab[cur] = len(vocab)
-                merges.append(pair)
-
-    for d in "0123456789":
-        add_word("\u0120" + d)        # "Ġ7" = " 7"
-    for w in words:
-        add_word(w)
-        # " word" = one merge of "Ġ" with the finished word (a chain Ġ+w0+... would lose to
-        # the word's own lower-ranked merges and never complete)
-        vocab["\u0120" + w] = len(vocab)
-        merges.append(("\u0120", w))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos_token, pad_token=pad_token,
-                                   extra_special_tokens=dict(named_specials))
-    fast.add_special_tokens({"extra_special_tokens": list(specials)},
-                            replace_extra_special_tokens=False)
-    fast.chat_template = chat_template
-    fast.padding_side = "left"
-    return fast
-
-
-def padded_vocab(tokenizer, multiple: int = 64) -> int:
-    """Embedding rows for a tiny model: the tokenizer's size rounded up (as real models do)."""
-    return ((len(tokenizer) + multiple - 1) // multiple) * multiple
-
-
-__all__ = ["DEFAULT_MODEL_ID", "MODEL_FLAG", "VLMBundle", "build_tiny_tokenizer",
-           "check_vision_config", "clear_cache", "load_vlm", "padded_vocab", "read_config",
-           "resolve_device", "resolve_dtype"]
+__all__ = ["DEFAULT_MODEL_ID", "MODEL_FLAG", "VLMBundle", "check_vision_config", "clear_cache",
+           "load_vlm", "read_config", "resolve_device", "resolve_dtype"]

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .prompt_presets import PRESETS, PromptPreset, preset
+
 TASKS = ("single", "pair", "similarity", "content-similarity", "sharpness", "triplet", "artifact")
 # how many images the model sees per sample, and their order
 TASK_IMAGES = {"single": 1, "sharpness": 1, "artifact": 1, "similarity": 2,
@@ -212,17 +214,24 @@ def resolve_prompt(task: str, prompt: str | None, prompt_file: str | Path | None
     if prompt is not None and not str(prompt).strip():
         raise ValueError("prompt is empty")
     if prompt_file is None and prompt is not None:
-        from .prompt_presets import check_task, preset  # a preset's name: its question
-
-        named = preset(prompt)
+        named = preset(prompt)  # a preset's name: its question
         if named is not None:
-            check_task(named, task)
+            check_preset_task(named, task)
             prompt = named.prompt
             answer_scale = named.answer_scale if answer_scale is None else answer_scale
     question = str(prompt).strip() if prompt is not None else DEFAULT_PROMPTS[task]
     scale = parse_answer_scale(answer_scale, task)
     check_answer_instruction(question, scale)
     return question, scale, prefix
+
+
+def check_preset_task(p: PromptPreset, task: str) -> None:
+    """Refuse a preset written for other images (a two-image question on one image, ...)."""
+    if TASK_IMAGES.get(task) != TASK_IMAGES[p.task] or (
+            {task, p.task} & {"pair", "triplet"} and task != p.task):
+        raise ValueError(f"prompt preset {p.name!r} is written for task {p.task!r} "
+                         f"({TASK_IMAGES[p.task]} image(s)), not {task!r}; presets for "
+                         f"{task!r}: {', '.join(n for n, q in PRESETS.items() if q.task == task) or 'none'}")
 
 
 def check_answer_instruction(question: str, scale: AnswerScale) -> bool:

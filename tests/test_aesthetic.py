@@ -8,7 +8,7 @@ from rewards import build_reward
 from rewards.aesthetic import (AestheticV25Head, LaionAestheticHead, make_aesthetic_v25_reward,
                                make_laion_aesthetic_reward, tiny_clip_vision_config,
                                tiny_siglip_vision_config)
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 
 FACTORIES = {"laion": make_laion_aesthetic_reward, "v25": make_aesthetic_v25_reward}
 

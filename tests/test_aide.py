@@ -8,7 +8,7 @@ import torch
 
 from rewards import build_reward
 from rewards.aide import build_aide_pack, import_aide_module, make_aide_reward, patch_grades
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 
 
 def _photo(h=96, w=80):

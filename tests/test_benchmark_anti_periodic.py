@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-import benchmark_anti_periodic as bench
-from rewards.images import save_image
+import benchmark_anti_periodic as cli
+import rewards.grid_eval as bench
+from common.images import save_image
 
 
 def test_roc_auc_matches_hand_computed_case():
@@ -40,14 +41,14 @@ def folders(tmp_path):
 def test_cli_synthesize_then_benchmark(folders, capsys):
     tmp, clean = folders
     art = tmp / "art"
-    rc = bench.main(["--synthesize_from", str(clean), "--synth_out", str(art), "--synth_periods", "16",
+    rc = cli.main(["--synthesize_from", str(clean), "--synth_out", str(art), "--synth_periods", "16",
                      "--synth_amplitudes", "0.04", "--synth_jpeg", "0", "90", "--synth_kinds", "tile",
                      "--no_progress"])
     assert rc == 0
     assert len(list(art.glob("*.png"))) == 4 and len(list(art.glob("*.jpg"))) == 4
     (art / "broken.png").write_bytes(b"not an image")
     out, summ, roc = tmp / "per_image.csv", tmp / "summary.csv", tmp / "roc.png"
-    rc = bench.main(["--artifacts_dir", str(art), "--clean_dir", str(clean), "--out", str(out),
+    rc = cli.main(["--artifacts_dir", str(art), "--clean_dir", str(clean), "--out", str(out),
                      "--summary_out", str(summ), "--plot", str(roc), "--no_progress"])
     captured = capsys.readouterr()
     assert rc == 0
@@ -56,7 +57,9 @@ def test_cli_synthesize_then_benchmark(folders, capsys):
     assert len(rows) == 12
     assert set(bench.PENALTY_COLUMNS) <= set(rows[0])
     summary = {r["penalty"]: r for r in csv.DictReader(open(summ))}
-    from rewards.grid_original import COLUMNS as BASELINES  # the original's, beside ours
+    from rewards.grid_original import (
+        COLUMNS as BASELINES,  # the original's, beside ours
+    )
 
     assert set(summary) == set(bench.PENALTY_COLUMNS) | (set(BASELINES) - {"template"})
     assert {"mean_artifact", "mean_clean", "ratio", "auc"} <= set(summary["grid"])
@@ -70,14 +73,14 @@ def test_cli_errors_are_one_line_exit_code_2(folders, capsys):
     tmp, clean = folders
     empty = tmp / "empty"
     empty.mkdir()
-    assert bench.main(["--artifacts_dir", str(empty), "--clean_dir", str(clean)]) == 2
+    assert cli.main(["--artifacts_dir", str(empty), "--clean_dir", str(clean)]) == 2
     err = capsys.readouterr().err
     assert "no images found" in err and "Traceback" not in err
-    assert bench.main(["--artifacts_dir", str(tmp / "missing"), "--clean_dir", str(clean)]) == 2
+    assert cli.main(["--artifacts_dir", str(tmp / "missing"), "--clean_dir", str(clean)]) == 2
     assert "not found" in capsys.readouterr().err
-    assert bench.main(["--synthesize_from", str(clean)]) == 2
+    assert cli.main(["--synthesize_from", str(clean)]) == 2
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--artifacts_dir", str(clean), "--clean_dir", str(clean), "--synth_amplitudes", "2"])
+        cli.main(["--artifacts_dir", str(clean), "--clean_dir", str(clean), "--synth_amplitudes", "2"])
     assert exc.value.code == 2
 
 
@@ -87,7 +90,7 @@ def test_cli_exit_code_from_a_subprocess(folders):
     from pathlib import Path
 
     tmp, _ = folders
-    root = Path(bench.__file__).resolve().parent
+    root = Path(cli.__file__).resolve().parent
     proc = subprocess.run([sys.executable, str(root / "benchmark_anti_periodic.py"), "--artifacts_dir",
                            str(tmp / "nope"), "--clean_dir", str(tmp / "nope")],
                           capture_output=True, text=True, cwd=root, timeout=120)

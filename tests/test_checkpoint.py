@@ -165,7 +165,7 @@ def test_corrupt_checkpoint_file_is_named(tmp_path, name):
 
 def _tiny_lora(rank, tmp_path=None):
     from alignprop.lora import add_lora
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     add_lora(pipe.transformer, rank, None, ["attn.to_q"])

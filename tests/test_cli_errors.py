@@ -1,4 +1,4 @@
-"""One way to fail for every command: one line naming a CLI flag, exit code 2 (rewards/cli.py)."""
+"""One way to fail for every command: one line naming a CLI flag, exit code 2 (common/cli.py)."""
 import json
 import os
 import subprocess
@@ -89,7 +89,7 @@ def test_lpips_backbone_flag_reaches_the_factory(tmp_path, monkeypatch):
 
 def test_scorer_names_model_id_for_a_missing_model(tmp_path, capsys):
     import internvl_scorer
-    from rewards.images import save_image
+    from common.images import save_image
 
     import torch
 
@@ -106,7 +106,7 @@ def test_prompt_file_means_the_same_in_training_and_generate(tmp_path):
 
     from alignprop.data import ImageFolder
     from alignprop.generate import read_prompts
-    from rewards.images import save_image
+    from common.images import save_image
 
     data = tmp_path / "data"
     for name in ("a.png", "b.png", "c.png"):
@@ -135,8 +135,8 @@ def test_prompt_file_means_the_same_in_training_and_generate(tmp_path):
 def test_one_reader_refuses_empty_files_the_same_way(tmp_path):
     from alignprop.data import ImageFolder
     from alignprop.generate import read_prompts
-    from rewards.cli import UserError
-    from rewards.images import save_image
+    from common.cli import UserError
+    from common.images import save_image
 
     import torch
 

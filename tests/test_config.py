@@ -11,7 +11,7 @@ from alignprop.reward_flags import (INTERNVL_CALIBRATIONS, INTERNVL_OBJECTIVES, 
 
 @pytest.fixture
 def data_dir(tmp_path):
-    from rewards.images import save_image
+    from common.images import save_image
 
     d = tmp_path / "imgs"
     save_image(torch.rand(3, 32, 32), d / "a.png")
@@ -20,7 +20,7 @@ def data_dir(tmp_path):
 
 @pytest.fixture
 def ref(tmp_path):
-    from rewards.images import save_image
+    from common.images import save_image
 
     p = tmp_path / "ref.png"
     save_image(torch.rand(3, 32, 32), p)

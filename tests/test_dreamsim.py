@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rewards import build_reward
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 from rewards.perceptual import make_dreamsim_reward
 
 

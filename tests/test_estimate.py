@@ -124,7 +124,7 @@ def test_generate_estimate(data_dir, tmp_path, capsys):
 
 
 def test_a_local_directory_config_is_read(tmp_path):
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
 
     pipe = build_tiny_pipeline()
     root = tmp_path / "kontext"

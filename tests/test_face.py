@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from rewards import build_reward
 from rewards.face import VGGFACE2_FILE, make_face_identity_reward
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 
 # skimage's astronaut (Eileen Collins) at 256 px: MTCNN finds her face near
 # x 90-134, y 31-86 (measured once; asserted loosely below).

@@ -47,10 +47,11 @@ def _launch(args, mode, timeout=300):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from alignprop.demo import write_photos
+    from alignprop.demo import PHOTOS
+    from common.photos import write_photos
 
     d = tmp_path_factory.mktemp("photos")
-    write_photos(d)
+    write_photos(d, PHOTOS)
     for p in sorted(d.iterdir())[4:]:
         p.unlink()
     return d
@@ -75,7 +76,7 @@ def ddp_run(photos, tmp_path_factory):
 
 def _lora_tensor_count() -> int:
     from alignprop.lora import add_lora
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
 
     return len(add_lora(build_tiny_pipeline().transformer, 4, None, TARGETS))
 
@@ -103,7 +104,7 @@ def test_fsdp_lora_equals_ddp_lora(fsdp_run, ddp_run):
 @pytest.mark.slow
 def test_sharded_lora_loads_in_diffusers(fsdp_run, photos):
     from alignprop.data import ImageFolder
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
 
     out, _ = fsdp_run
     images = torch.stack([ImageFolder(photos, 32, 32, "x").load(i) for i in (0, 1)])
@@ -145,7 +146,7 @@ def test_sharded_checkpoint_loads_into_one_process(fsdp_run):
     from alignprop.checkpoint import read_state_files
     from alignprop.distributed import load_optimizer_state_full
     from alignprop.lora import add_lora, load_lora_into, lora_state_dict
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
 
     out, _ = fsdp_run
     ckpt = out / "checkpoints" / "checkpoint-000001"
@@ -173,7 +174,7 @@ def test_placed_reward_gives_the_same_scores_and_gradients():
     This machine has one device, so the copy is cpu -> cpu here; on GPUs the same
     ``Tensor.to`` crosses devices (autograd copies the gradient back).
     """
-    from alignprop.models import PlacedReward
+    from alignprop.placement import PlacedReward
 
     weights = torch.nn.Linear(3, 1)
 
@@ -194,7 +195,7 @@ def test_placed_reward_gives_the_same_scores_and_gradients():
 
 
 def test_reward_device_values_are_checked():
-    from alignprop.models import check_reward_device, reward_device
+    from alignprop.placement import check_reward_device, reward_device
 
     for ok in ("replicate", "shard", "dedicated", "cpu", "cuda:1"):
         check_reward_device(ok)
@@ -208,7 +209,7 @@ def test_reward_device_values_are_checked():
 
 
 def test_shard_placement_needs_an_fsdp_launch():
-    from alignprop.models import place_reward
+    from alignprop.placement import place_reward
 
     with pytest.raises(ValueError, match="needs an FSDP launch"):
         place_reward(lambda *a: None, "shard", torch.device("cpu"), torch.device("cpu"))

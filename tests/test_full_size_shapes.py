@@ -88,7 +88,7 @@ def test_internvl_reward_at_real_tile_and_token_count(model_id, task, max_tiles,
 
     from alignprop.estimate import _vlm_tokens
     from rewards.internvl_model import preprocess
-    from rewards.qwen_vocab import IMAGE_TOKEN_ID, build_internvl3_processor
+    from common.qwen_vocab import IMAGE_TOKEN_ID, build_internvl3_processor
     from rewards.vlm import find_answer_tokens
     from rewards.vlm_prompts import DEFAULT_PROMPTS, TASK_IMAGES, parse_answer_scale
 

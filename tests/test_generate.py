@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from alignprop.generate import cli, resolve_lora, target_size
+from alignprop.generate import cli, target_size
+from alignprop.lora import resolve_lora
 
 STEPS = "2"
 

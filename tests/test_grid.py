@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark_anti_periodic import add_grid
+from rewards.grid_eval import add_grid
 from rewards import build_reward
 from rewards.grid import GridConfig, GridPenalty, grid_penalty, grid_penalty_terms, make_grid_reward
 

@@ -1,4 +1,4 @@
-"""Tests of the shared image loader rewards/images.py on what users' folders contain."""
+"""Tests of the shared image loader common/images.py on what users' folders contain."""
 import io
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards.images import (ImageLoadError, list_images, load_image, load_images, resize_to,
+from common.images import (ImageLoadError, list_images, load_image, load_images, resize_to,
                             save_image)
 
 

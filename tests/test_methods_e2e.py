@@ -18,10 +18,11 @@ METHODS = {"draft-lv": ["--method", "draft-lv"],
 
 @pytest.fixture(scope="module")
 def two_photos(tmp_path_factory):
-    from alignprop.demo import write_photos
+    from alignprop.demo import PHOTOS
+    from common.photos import write_photos
 
     d = tmp_path_factory.mktemp("photos2")
-    write_photos(d)
+    write_photos(d, PHOTOS)
     for p in sorted(d.iterdir())[2:]:
         p.unlink()  # batch 2 of 2 images: every step sees the same images
     return d

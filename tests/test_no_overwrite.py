@@ -158,7 +158,7 @@ def test_later_checkpoints_are_set_aside_not_deleted(tmp_path):
 # ---------------------------------------------------------------- demo
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):
     from alignprop.demo import claim_demo_dir
-    from rewards.cli import UserError
+    from common.cli import UserError
 
     mine = _photos(tmp_path / "my_photos")
     before = _digest(mine)

@@ -145,7 +145,7 @@ def test_scorer_skips_unreadable_files_and_lists_them(tmp_path, capsys):
 def test_error_after_a_progress_bar_starts_on_a_fresh_line(capsys):
     from tqdm import tqdm
 
-    from rewards.cli import report
+    from common.cli import report
 
     bar = tqdm(total=4, file=sys.stderr, desc="steps")
     bar.update(1)
@@ -157,7 +157,7 @@ def test_error_after_a_progress_bar_starts_on_a_fresh_line(capsys):
 # ---------------------------------------------------------------- model errors
 def test_offline_error_for_a_local_dir_suggests_downloading_into_it(tmp_path):
     from alignprop.models import load_kontext_pipeline
-    from rewards.hub import ModelUnavailableError
+    from common.hub import ModelUnavailableError
 
     local = tmp_path / "models" / "kontext"
     local.mkdir(parents=True)  # exists, but is not a diffusers pipeline
@@ -170,7 +170,7 @@ def test_offline_error_for_a_local_dir_suggests_downloading_into_it(tmp_path):
 
 
 def test_long_reasons_are_shortened_at_a_word_boundary():
-    from rewards.hub import brief, model_unavailable
+    from common.hub import brief, model_unavailable
 
     long = "word " * 100
     short = brief(long, 50)

@@ -2,13 +2,13 @@
 
 Each flag is either accepted with the original meaning (checked on the parsed values) or
 refused with one line that names what to use instead. The lists below are written from the
-facts file, independently of rewards/original_flags.py; a test checks the two agree.
+facts file, independently of common/original_flags.py; a test checks the two agree.
 """
 import pytest
 import torch
 
-from rewards.cli import UserError
-from rewards.original_flags import table
+from common.cli import UserError
+from common.original_flags import table
 
 # ---------------------------------------------------------------------------- trainer
 # original flag -> (values, {attribute: expected}) or (values, "refused: <needle>")
@@ -88,7 +88,7 @@ TRAIN = {
 
 @pytest.fixture
 def files(tmp_path):
-    from rewards.images import save_image
+    from common.images import save_image
 
     save_image(torch.rand(3, 32, 32), tmp_path / "data" / "a.png")
     save_image(torch.rand(3, 32, 32), tmp_path / "ref.png")
@@ -210,7 +210,7 @@ def test_original_readme_training_command_trains_the_original_objective(tmp_path
     import sys
     from pathlib import Path
 
-    from rewards.images import save_image
+    from common.images import save_image
 
     root = Path(__file__).resolve().parents[1]
     save_image(torch.rand(3, 32, 32), tmp_path / "train_images" / "a.png")
@@ -307,7 +307,7 @@ def test_original_readme_benchmark_command_writes_both_files_with_baselines(tmp_
     import csv
 
     import benchmark_anti_periodic as bench
-    from rewards.images import save_image
+    from common.images import save_image
 
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
@@ -377,7 +377,7 @@ def test_every_original_scorer_flag(flag):
 
 @pytest.fixture(scope="module")
 def tiny_vlm_pics(tmp_path_factory):
-    from rewards.images import save_image
+    from common.images import save_image
 
     d = tmp_path_factory.mktemp("pics")
     g = torch.Generator().manual_seed(1)
@@ -387,7 +387,7 @@ def tiny_vlm_pics(tmp_path_factory):
 
 
 def test_layer_trace_ends_at_the_distribution_that_is_scored(tiny_vlm_pics):
-    from rewards.images import load_image
+    from common.images import load_image
     from rewards.vlm import make_vlm_reward
 
     x = torch.stack([load_image(tiny_vlm_pics / n) for n in ("a.png", "b.png")])
@@ -402,7 +402,7 @@ def test_layer_trace_ends_at_the_distribution_that_is_scored(tiny_vlm_pics):
 
 
 def test_margin_temp_divides_the_margin(tiny_vlm_pics):
-    from rewards.images import load_image
+    from common.images import load_image
     from rewards.vlm import make_vlm_reward
 
     x = load_image(tiny_vlm_pics / "a.png")[None]

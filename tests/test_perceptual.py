@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards import build_reward
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 from rewards.perceptual import BACKBONE_URLS, make_lpips_reward
 
 

@@ -30,7 +30,7 @@ def edited(tmp_path_factory):
     import skimage.data
     import torch
 
-    from rewards.images import resize_to
+    from common.images import resize_to
 
     root = tmp_path_factory.mktemp("photo_edits")
     inputs = root / "inputs"

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rewards import build_reward
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 from rewards.preference import (bundled_clip_tokenizer, convert_imagereward_state_dict,
                                 hpsv2_config, imagereward_configs, make_hpsv2_reward,
                                 make_imagereward_reward, make_pickscore_reward, tiny_bert_tokenizer)

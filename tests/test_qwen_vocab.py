@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewards.qwen_vocab import (IMAGE_TOKEN_ID, REGULAR_TOKENS, VOCAB_SIZE,
+from common.qwen_vocab import (IMAGE_TOKEN_ID, REGULAR_TOKENS, VOCAB_SIZE,
                                 build_internvl3_processor, build_qwen25_tokenizer)
 from rewards.vlm import find_answer_tokens
 from rewards.vlm_prompts import (DEFAULT_PROMPTS, DEFAULT_SCALE, PRESET_SCALES, TASKS,

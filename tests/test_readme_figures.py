@@ -3,7 +3,7 @@ import csv
 import re
 from pathlib import Path
 
-from benchmark_anti_periodic import roc_auc
+from rewards.grid_eval import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"grid": "`grid` (default, combined)", "grid_global": "global term only",

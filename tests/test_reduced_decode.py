@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import rewards.images as images
+import common.images as images
 
 
 def _photo(path, w=2400, h=1600, **save):
@@ -29,7 +29,7 @@ def decoded_sizes(monkeypatch):
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
 def test_reduce_to_decodes_at_reduced_size_and_keeps_the_picture(tmp_path, decoded_sizes, suffix):
-    from rewards.images import load_image, resize_to
+    from common.images import load_image, resize_to
 
     p = _photo(tmp_path / f"big{suffix}")
     small = load_image(p, reduce_to=200)
@@ -43,7 +43,7 @@ def test_reduce_to_decodes_at_reduced_size_and_keeps_the_picture(tmp_path, decod
 
 
 def test_reduced_decode_keeps_exif_orientation(tmp_path):
-    from rewards.images import load_image
+    from common.images import load_image
 
     p = tmp_path / "rotated.jpg"
     img = Image.open(_photo(tmp_path / "plain.jpg"))

@@ -44,7 +44,7 @@ def test_zero_weight_terms_are_skipped_and_names_checked():
 
 def test_device_dtype_resolution_is_shared_and_strict():
     """One resolver serves rewards, generate, evaluate and the InternVL flags."""
-    from rewards.hub import resolve_device_dtype
+    from common.hub import resolve_device_dtype
 
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"
     device, dtype = resolve_device_dtype("auto", "auto")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from alignprop.lora import add_lora
-from alignprop.models import build_tiny_pipeline
+from alignprop.tiny_kontext import build_tiny_pipeline
 from alignprop.sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 
 H = W = 32

@@ -8,7 +8,7 @@ import torch
 from alignprop.models import load_kontext_pipeline
 from alignprop.pretrain_tiny import THRESHOLDS, checks, evaluate, held_out_photos
 from alignprop.tiny_photo import ASSET_DIR, COMPONENTS, load_tiny_photo_pipeline, verify_assets
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 
 
 @pytest.fixture(scope="module")

@@ -46,10 +46,11 @@ def _launch(args, processes=1, timeout=240, env=None):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    from alignprop.demo import write_photos
+    from alignprop.demo import PHOTOS
+    from common.photos import write_photos
 
     d = tmp_path_factory.mktemp("photos")
-    write_photos(d)
+    write_photos(d, PHOTOS)
     for p in sorted(d.iterdir())[4:]:
         p.unlink()  # 4 photos are enough
     return d
@@ -102,7 +103,7 @@ def test_lora_reloads_into_fresh_pipeline_and_changes_output(run_a, photos):
     """diffusers' load_lora_weights gives the trained model: same image as our sampler."""
     from alignprop.data import ImageFolder
     from alignprop.lora import add_lora, load_lora_into
-    from alignprop.models import build_tiny_pipeline
+    from alignprop.tiny_kontext import build_tiny_pipeline
     from alignprop.sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 
     out, _ = run_a

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 from rewards.internvl_model import check_vision_config, load_internvl, preprocess
 from rewards.vlm import find_answer_tokens, make_internvl_reward
 from rewards.vlm_prompts import PromptWarning, parse_answer_scale
@@ -192,7 +192,7 @@ def test_temperature_and_entropy_bonus():
 
 
 def test_reference_replaces_inputs_for_similarity(tmp_path):
-    from rewards.images import load_image, save_image
+    from common.images import load_image, save_image
     ref = torch.rand(3, 40, 40, generator=torch.Generator().manual_seed(5))
     save_image(ref, tmp_path / "ref.png")
     images = torch.rand(2, 3, 40, 40)

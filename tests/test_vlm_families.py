@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from rewards.hub import ModelUnavailableError
+from common.hub import ModelUnavailableError
 from rewards.vlm import make_vlm_reward
 from rewards.vlm_families.qwen2_5_vl import resized_size
 from rewards.vlm_model import load_vlm
@@ -236,7 +236,7 @@ def test_missing_qwen_model_names_qwen_flag():
 
 def test_scorer_runs_on_a_qwen_model(tmp_path, capsys):
     import internvl_scorer
-    from rewards.images import save_image
+    from common.images import save_image
     g = torch.Generator().manual_seed(4)
     for name in ("a.png", "b.png"):
         save_image(torch.rand(3, 40, 56, generator=g), tmp_path / name)
@@ -272,11 +272,12 @@ def test_training_with_qwen_rewards_updates_the_lora(tmp_path):
 
     from safetensors.torch import load_file
 
-    from alignprop.demo import write_photos
+    from alignprop.demo import PHOTOS
+    from common.photos import write_photos
 
     root = Path(__file__).resolve().parents[1]
     photos, out = tmp_path / "photos", tmp_path / "run"
-    write_photos(photos)
+    write_photos(photos, PHOTOS)
     for p in sorted(photos.iterdir())[2:]:
         p.unlink()
     cmd = [sys.executable, str(root / "alignprop_fluxkontext.py"), "--pretrained_model", "tiny",

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import VLMFamily
+from .tiny_tokenizer import build_tiny_tokenizer as build_byte_bpe
+from .tiny_tokenizer import padded_vocab
 
 TINY_SEED = 0
 TINY_IMAGE_SIZE = 64
@@ -52,21 +54,17 @@ class InternVLSpec:
 
 def build_tiny_tokenizer():
     """The tiny InternVL tokenizer (byte-level BPE, InternVL special tokens, ChatML template)."""
-    from ..vlm_model import build_tiny_tokenizer as build
-
-    return build(TINY_WORDS, _TINY_SPECIALS,
-                 {"start_image_token": "<img>", "end_image_token": "</img>",
-                  "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
-                 TINY_CHAT_TEMPLATE)
+    return build_byte_bpe(TINY_WORDS, _TINY_SPECIALS,
+                          {"start_image_token": "<img>", "end_image_token": "</img>",
+                           "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+                          TINY_CHAT_TEMPLATE)
 
 
 def build_tiny_internvl():
     """Random tiny InternVLForConditionalGeneration + a real InternVLProcessor (fixed seed)."""
-    from transformers import (GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration,
-                              InternVLProcessor, InternVLVideoProcessor, InternVLVisionConfig,
-                              Qwen2Config)
-
-    from ..vlm_model import padded_vocab
+    from transformers import (GotOcr2ImageProcessor, InternVLConfig,
+                              InternVLForConditionalGeneration, InternVLProcessor,
+                              InternVLVideoProcessor, InternVLVisionConfig, Qwen2Config)
 
     tokenizer = build_tiny_tokenizer()
     patch, downsample = 8, 0.5

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import VLMFamily
+from .tiny_tokenizer import build_tiny_tokenizer as build_byte_bpe
+from .tiny_tokenizer import padded_vocab
 
 TINY_SEED = 0
 TINY_WORDS = ("excellent", "good", "fair", "poor", "bad", "yes", "no", "Image", "image")
@@ -76,9 +78,7 @@ class QwenVLSpec:
 
 
 def build_tiny_tokenizer(template: str = TINY_CHAT_TEMPLATE):
-    from ..vlm_model import build_tiny_tokenizer as build
-
-    return build(TINY_WORDS, QWEN_SPECIALS, QWEN_NAMED, template)
+    return build_byte_bpe(TINY_WORDS, QWEN_SPECIALS, QWEN_NAMED, template)
 
 
 def token_ids(tokenizer) -> dict[str, int]:
@@ -98,8 +98,6 @@ def build_tiny_qwen2_5_vl():
     """Random tiny Qwen2_5_VLForConditionalGeneration + a real Qwen2_5_VLProcessor (fixed seed)."""
     from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration,
                               Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
-
-    from ..vlm_model import padded_vocab
 
     tokenizer = build_tiny_tokenizer()
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from .qwen2_5_vl import (QwenVLFamily, build_tiny_tokenizer, chat_template, special_ids,
-                         token_ids)
+from .qwen2_5_vl import QwenVLFamily, build_tiny_tokenizer, chat_template, special_ids, token_ids
+from .tiny_tokenizer import padded_vocab
 
 TINY_SEED = 0
 TINY_CHAT_TEMPLATE = chat_template(None)
@@ -26,8 +26,6 @@ def build_tiny_qwen3_vl():
     """Random tiny Qwen3VLForConditionalGeneration + a real Qwen3VLProcessor (fixed seed)."""
     from transformers import (Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration,
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
-
-    from ..vlm_model import padded_vocab
 
     tokenizer = build_tiny_tokenizer(TINY_CHAT_TEMPLATE)
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,

@@ -2,7 +2,7 @@
 
 Shared by every command that writes files (training, ``alignprop.generate``,
 ``alignprop.evaluate``, the demo, the scorer, the benchmark). Problems are an
-:class:`OutputPathError` (a :class:`rewards.cli.UserError`): one line naming the flag.
+:class:`OutputPathError` (a :class:`common.cli.UserError`): one line naming the flag.
 Paths are compared after resolving symlinks, so ``out -> photos`` counts as ``photos``.
 """
 from __future__ import annotations

@@ -99,10 +99,8 @@ def build_qwen25_tokenizer(internvl: bool = True):
     ``internvl=False`` gives the plain Qwen2.5 tokenizer (151,665 ids, Qwen's ChatML template is
     not attached).
     """
-    from tokenizers import Tokenizer
+    from tokenizers import AddedToken, Tokenizer
     from transformers import PreTrainedTokenizerFast
-
-    from tokenizers import AddedToken
 
     tok = Tokenizer.from_file(str(_converted_tokenizer_json()))
     # Special tokens in id order: Qwen2.5's take 151643.., InternVL's 151665.. InternVLProcessor

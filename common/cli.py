@@ -1,8 +1,8 @@
 """One way for every command to turn an expected failure into one line and exit code 2.
 
 Used by ``alignprop_fluxkontext.py``, ``internvl_scorer.py``,
-``benchmark_anti_periodic.py`` and the ``python -m alignprop.*`` commands. It lives on
-the ``rewards/`` side so the scorer and the benchmark need nothing from ``alignprop/``.
+``benchmark_anti_periodic.py`` and the ``python -m alignprop.*`` commands. It lives in the
+bottom package so the scorer and the benchmark need nothing from ``alignprop/``.
 
 A user mistake (a missing folder, a bad flag value, a model that cannot be loaded, a
 reward that cannot be built) ends the program with ONE line on stderr,
@@ -15,10 +15,14 @@ impossible" subclass :class:`UserError`, so this module needs no list of them.
 """
 from __future__ import annotations
 
+import argparse
+import math
 import os
 import sys
 import warnings
 from typing import Callable, Sequence
+
+from .hub import ModelUnavailableError
 
 EXIT_USER_ERROR = 2
 DEBUG_ENV = "ALIGNPROP_DEBUG"
@@ -30,13 +34,11 @@ class UserError(ValueError):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "the user asked for something impossible"."""
-    from rewards.hub import ModelUnavailableError
-    from rewards.images import ImageLoadError
-
-    # ValueError covers UserError and every validation error of the flag dataclasses;
-    # NotImplementedError is what the reward registry raises for a missing module.
+    # ValueError covers UserError, common.images.ImageLoadError and every validation error
+    # of the flag dataclasses; NotImplementedError is what the reward registry raises for a
+    # missing module.
     return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-            PermissionError, ModelUnavailableError, ImageLoadError, NotImplementedError)
+            PermissionError, ModelUnavailableError, NotImplementedError)
 
 
 def debug_enabled() -> bool:
@@ -113,5 +115,72 @@ def parse_bool(value: str | bool) -> bool:
     raise UserError(f"expected true or false, got {value!r}")
 
 
-__all__ = ["UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
+# --------------------------------------------------------------------------- argparse types
+# ``type=`` functions for numeric flags: argparse turns their ArgumentTypeError into its own
+# one-line usage error naming the flag.
+def positive_int(s: str) -> int:
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+
+def nonneg_int(s: str) -> int:
+    v = int(s)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def positive_float(s: str) -> float:
+    v = float(s)
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {s}")
+    return v
+
+
+def finite_float(s: str) -> float:
+    v = float(s)
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be finite, got {s}")
+    return v
+
+
+def nonneg_float(s: str) -> float:
+    v = float(s)
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
+    return v
+
+
+def fraction(s: str) -> float:
+    v = float(s)
+    if not (0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s}")
+    return v
+
+
+def amplitude(s: str) -> float:
+    v = float(s)
+    if not (0 < v <= 1):
+        raise argparse.ArgumentTypeError(f"amplitude must be in (0, 1] ([0,1] pixel units), got {s}")
+    return v
+
+
+def unit_float(s: str) -> float:
+    v = finite_float(s)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {s}")
+    return v
+
+
+def jpeg_quality(s: str) -> int:
+    v = int(s)
+    if not (0 <= v <= 100):
+        raise argparse.ArgumentTypeError(f"JPEG quality must be 0 (PNG) or 1..100, got {s}")
+    return v
+
+
+__all__ = ["positive_int", "nonneg_int", "positive_float", "finite_float", "nonneg_float",
+           "fraction", "amplitude", "unit_float", "jpeg_quality", "UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
            "debug_enabled", "EXIT_USER_ERROR"]

@@ -1,0 +1,433 @@
+"""A training run's set-up, resume, description, checkpoints and export (the loop: trainer.py).
+
+:func:`setup_run` builds everything one run needs -- accelerator, data, the Kontext pipeline
+(prompts encoded once, text encoders freed), rewards placed on their device, the LoRA, AdamW,
+the LR schedule, the sampler and the method's extra pieces -- into a :class:`Run`. The training
+loop (:func:`alignprop.trainer.train`), the benchmarks and the tests all start from it, so what
+they measure is what training runs.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from common.images import load_image, resize_to
+from rewards.perceptual import build_lpips_model
+
+from . import models as kontext_models
+from .checkpoint import load_checkpoint, preflight, save_checkpoint, set_aside_later_checkpoints
+from .config import MissingDependencyError, TrainConfig, config_dict
+from .data import ImageFolder, SampleStream
+from .distributed import is_sharded, make_accelerator, trainable_parameters
+from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker_config,
+                            truncate_metrics)
+from .lora import add_lora, load_lora_into, lora_state_dict, save_lora
+from .methods import Models
+from .placement import place_reward, reward_device
+from .reward_flags import RewardFlags, build_reward_from_flags
+from .sampler import KontextSampler, encode_prompts
+
+logger = logging.getLogger("alignprop")
+
+RewardFn = Callable[[torch.Tensor, Optional[torch.Tensor], list], tuple]
+
+
+@dataclass
+class Run:
+    """Everything one training run holds; the loop reads and advances it."""
+
+    cfg: TrainConfig
+    reward_flags: RewardFlags
+    accelerator: Any
+    out_dir: Path
+    resume_dir: Optional[Path]
+    log_with: Optional[str]
+    folder: ImageFolder
+    total_steps: int
+    weight_dtype: torch.dtype
+    transformer: Any                # prepared (DDP / FSDP) transformer with the LoRA
+    bare: Any                       # the unwrapped transformer (save/load, adapter switch)
+    lora_params: list
+    optimizer: Any
+    lr_scheduler: Any
+    sampler: KontextSampler
+    models: Models
+    reward_fn: RewardFn
+    text_cache: dict                # prompt -> PromptEmbeds (on the CPU)
+    targets: Optional[Callable] = None      # --imagerefl_target_dir loader
+    identity_text: Any = None               # imagerefl identity prompt embeds
+    # progress (what a checkpoint stores)
+    global_step: int = 0
+    skipped_total: int = 0
+    stream: Optional[SampleStream] = None
+    last_checkpoint: Optional[Path] = None
+    metrics_file: Optional[MetricsFile] = None
+    history: list = field(default_factory=list)
+    phase: str = "after"            # "compute" | "update" | "after" (see trainer.optimizer_step)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def per_device(self) -> int:
+        return self.cfg.train_batch_size
+
+    @property
+    def accum(self) -> int:
+        return self.cfg.train_gradient_accumulation_steps
+
+    @property
+    def micro_global(self) -> int:
+        """Images per micro-batch over all processes."""
+        return self.per_device * self.world
+
+    @property
+    def step_global(self) -> int:
+        """Images per optimizer step over all processes."""
+        return self.micro_global * self.accum
+
+    @property
+    def sharded(self) -> bool:
+        return is_sharded(self.accelerator)
+
+
+# --------------------------------------------------------------------------- set-up pieces
+def weight_dtype(mixed_precision: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
+
+
+def make_optimizer(cfg: TrainConfig, params):
+    kwargs = dict(lr=cfg.train_learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise MissingDependencyError("--use_8bit_adam needs bitsandbytes: `pip install "
+                                         "bitsandbytes` (CUDA only), or drop the flag") from None
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def consistency_lpips(cfg: TrainConfig, reward_flags: RewardFlags, device):
+    """LPIPS model of --base_consistency_metric lpips (None otherwise)."""
+    if cfg.base_consistency_weight <= 0 or cfg.base_consistency_metric != "lpips":
+        return None
+    return build_lpips_model(reward_flags.lpips_net, backbone_path=reward_flags.lpips_backbone
+                             ).to(device)
+
+
+def paired_targets(cfg: TrainConfig, folder: ImageFolder):
+    """Loader of --imagerefl_target_dir images for a batch's picks (None without the flag).
+
+    Every training image must have its target (same file name): checked before training.
+    """
+    if cfg.method != "imagerefl" or cfg.imagerefl_target_dir is None:
+        return None
+    root = Path(cfg.imagerefl_target_dir).expanduser()
+    paths = [root / item.path.name for item in folder.items]
+    missing = [p.name for p in paths if not p.is_file()]
+    if missing:
+        raise ValueError(f"--imagerefl_target_dir {root}: no target for {len(missing)} training "
+                         f"image(s), e.g. {missing[:3]} (targets need the same file names)")
+
+    def load(picks):
+        return torch.stack([resize_to(load_image(paths[i]), cfg.image_height, cfg.image_width,
+                                      mode="crop") for _, i in picks])
+
+    return load
+
+
+def describe_reward(reward_fn) -> list:
+    """JSON-able description of the reward terms, including VLM prompts when exposed."""
+    if not hasattr(reward_fn, "terms"):
+        return [{"name": getattr(reward_fn, "__name__", type(reward_fn).__name__)}]
+    out = []
+    for term in reward_fn.terms:
+        d = {"term": term.name, "weight": term.weight}
+        d.update({k: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
+                  for k, v in term.options.items()})
+        describe = getattr(term.fn, "describe", None)
+        if callable(describe):  # e.g. InternVL rewards: the resolved question and answer scale
+            d["resolved"] = describe()
+        out.append(d)
+    return out
+
+
+def _encode_and_free_text(pipe, prompts, device, max_sequence_length) -> dict:
+    """Text embeddings of every prompt once (kept on the CPU); then free the text encoders."""
+    for enc in (pipe.text_encoder, pipe.text_encoder_2):
+        enc.to(device).requires_grad_(False)
+    # The loop variable would keep T5-XXL (9.5 GB in bf16) alive for the whole run after the
+    # pipeline lets go of it below (measured on an H200: docs/scale.md).
+    del enc
+    cache = encode_prompts(pipe, prompts, device, max_sequence_length)
+    cache = {p: e.to(device="cpu") for p, e in cache.items()}
+    pipe.text_encoder = pipe.text_encoder_2 = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return cache
+
+
+# --------------------------------------------------------------------------- setup_run
+def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
+              accelerator=None) -> Run:
+    """Build a run: paths checked first, then data, models, rewards, LoRA and optimizer.
+
+    ``reward_fn`` overrides the flags' reward (tests, demo); ``accelerator`` an existing one.
+    """
+    from accelerate.utils import ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+
+    out_dir = Path(cfg.output_dir)
+    # Before anything slow: which checkpoint (if any), whether --output_dir can take this run
+    # (writable, and not another run's folder unless resuming it), and the data (every image
+    # decoded once, so an unreadable one is found now, not at step 10,000).
+    resume_dir = preflight(cfg)
+    folder = ImageFolder(cfg.data_dir, cfg.image_height, cfg.image_width, cfg.prompt,
+                         cfg.prompt_file, seed=cfg.seed)
+    targets = paired_targets(cfg, folder)
+    log_with = check_tracker(cfg.log_with)
+    if accelerator is None:
+        # DDP, FSDP2 (accelerate config) or one process; gloo when there is no GPU.
+        accelerator = make_accelerator(
+            mixed_precision=cfg.mixed_precision, log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(out_dir),
+                                                logging_dir=str(out_dir / "logs")))
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    device = accelerator.device
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if torch.cuda.is_available():
+        # cuDNN's attention kernel failed in the backward pass of the full-size transformer
+        # (torch 2.11, H200: "mha_graph.execute(...).is_good()"); the flash and
+        # memory-efficient kernels run the same shapes, so SDPA picks one of those instead.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    # Same seed on every rank: identical LoRA init (DDP also broadcasts rank 0's weights).
+    set_seed(cfg.seed)
+
+    # ---------------------------------------------------------------- steps
+    step_global = cfg.train_batch_size * accelerator.num_processes \
+        * cfg.train_gradient_accumulation_steps
+    total_steps = (cfg.max_train_steps if cfg.max_train_steps is not None
+                   else max(1, math.ceil(cfg.num_epochs * len(folder) / step_global)))
+
+    # ---------------------------------------------------------------- models
+    dtype = weight_dtype(accelerator.mixed_precision)
+    pipe = kontext_models.load_kontext_pipeline(cfg.pretrained_model, dtype=dtype,
+                                                revision=cfg.revision, variant=cfg.variant)
+    pipe.vae.to(device).requires_grad_(False)
+    if not is_sharded(accelerator):
+        pipe.transformer.to(device)
+    # else it stays in host RAM: FSDP2 moves each block's shard to the card as it wraps
+    # it, so no card ever holds the whole 24 GB transformer.
+    text_cache = _encode_and_free_text(pipe, folder.all_prompts() + cfg.extra_prompts(), device,
+                                       cfg.max_sequence_length)
+
+    # --reward_device: the reward models on this process's device, another one, or sharded.
+    r_device = reward_device(cfg.reward_device, device, accelerator.local_process_index,
+                             int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if reward_fn is None:
+        reward_fn = build_reward_from_flags(reward_flags, device=r_device)
+    reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
+                             sharded_run=is_sharded(accelerator))
+
+    # ---------------------------------------------------------------- LoRA + optimizer
+    transformer = pipe.transformer
+    lora_params = add_lora(transformer, cfg.lora_rank, cfg.lora_alpha, cfg.target_modules(),
+                           cfg.lora_dropout)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    optimizer = make_optimizer(cfg, lora_params)
+    # Stepped by us once per optimizer step (not prepared, so not once per process) and saved
+    # by our checkpoint code, never registered with accelerate: accelerate pickles registered
+    # objects and unpickles them on load_state, which would let a crafted checkpoint run code.
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=total_steps)
+    transformer, optimizer = accelerator.prepare(transformer, optimizer)
+    # FSDP2 swaps every parameter for a sharded DTensor one: take the LoRA again.
+    lora_params = trainable_parameters(transformer)
+    bare = accelerator.unwrap_model(transformer)
+
+    sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, bare.config,
+                             cfg.image_height, cfg.image_width, cfg.sample_num_steps,
+                             cfg.guidance_scale, dtype=dtype)
+    models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
+    identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
+                     if cfg.extra_prompts() else None)
+    return Run(cfg=cfg, reward_flags=reward_flags, accelerator=accelerator, out_dir=out_dir,
+               resume_dir=resume_dir, log_with=log_with, folder=folder, total_steps=total_steps,
+               weight_dtype=dtype, transformer=transformer, bare=bare, lora_params=lora_params,
+               optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
+               reward_fn=reward_fn, text_cache=text_cache, targets=targets,
+               identity_text=identity_text)
+
+
+# --------------------------------------------------------------------------- resume
+def resume_run(run: Run) -> None:
+    """Continue from ``run.resume_dir`` (if any): weights, optimizer, schedule, data position."""
+    position = 0
+    if run.resume_dir is not None:
+        state = load_checkpoint(run.accelerator, run.resume_dir, optimizer=run.optimizer,
+                                scheduler=run.lr_scheduler,
+                                load_model=lambda d: load_lora_into(run.bare, d))
+        run.global_step, position = state["global_step"], state["samples_seen"]
+        run.skipped_total = state.get("skipped_steps", 0)
+        if state.get("world_size", run.world) * state.get("train_batch_size", run.per_device) \
+                != run.micro_global:
+            warnings.warn("resuming with a different global batch size: the data order "
+                          "continues from the same sample but batches are grouped differently")
+        logger.info("resumed from %s at step %d (%d samples seen)", run.resume_dir,
+                    run.global_step, position)
+        if run.main:  # an older checkpoint: the steps after it are about to be redone
+            dropped = truncate_metrics(run.out_dir / "metrics.jsonl", run.global_step)
+            moved = set_aside_later_checkpoints(run.out_dir, run.global_step)
+            if dropped or moved:
+                logger.info("resuming at step %d: dropped %d metrics.jsonl row(s) past it; moved "
+                            "%d later checkpoint(s) to %s", run.global_step, dropped, len(moved),
+                            moved[0].parent if moved else "-")
+        run.accelerator.wait_for_everyone()
+    run.stream = SampleStream(len(run.folder), run.cfg.seed, position)
+
+
+# --------------------------------------------------------------------------- description
+def batch_arithmetic(run: Run) -> str:
+    cfg = run.cfg
+    k_lo, k_hi = cfg.k_range()
+    grad = (f"gradient through the last {k_lo if k_lo == k_hi else f'U[{k_lo},{k_hi}]'}"
+            if cfg.method == "alignprop" else f"method {cfg.method} (one grad step)")
+    return (f"batch arithmetic: {run.per_device} image(s) per device x {run.world} process(es) x "
+            f"{run.accum} accumulation step(s) = {run.step_global} images per optimizer step; "
+            f"{len(run.folder)} training images -> {len(run.folder) / run.step_global:.2f} steps "
+            f"per epoch; {run.total_steps} steps in total; sampler {cfg.sample_num_steps} steps, "
+            + grad)
+
+
+def describe_run(run: Run) -> None:
+    """run_config.json, the trackers, the metrics file and the batch arithmetic line."""
+    cfg = run.cfg
+    if run.main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        info = {"config": config_dict(cfg, run.reward_flags),
+                "rewards": describe_reward(run.reward_fn), "world_size": run.world,
+                "sharded": run.sharded, "images": len(run.folder),
+                "skipped_unreadable": [str(p) for p in run.folder.skipped]}
+        (run.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
+        if run.log_with:
+            init_kwargs = cfg.tracker_init_kwargs()  # --tracker_kwargs (the original's too)
+            if run.log_with == "wandb":
+                wandb_kw = {**configure_wandb(run.out_dir), **init_kwargs.get("wandb", {})}
+                if cfg.tracker_run_name:
+                    wandb_kw.setdefault("name", cfg.tracker_run_name)
+                init_kwargs["wandb"] = wandb_kw
+            run.accelerator.init_trackers(
+                cfg.tracker_project_name, config=tracker_config(config_dict(cfg, run.reward_flags)),
+                init_kwargs=init_kwargs)
+        run.metrics_file = MetricsFile(run.out_dir / "metrics.jsonl")
+    run.accelerator.print(batch_arithmetic(run))
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_run(run: Run, barrier: bool = True) -> Path:
+    """Save LoRA, optimizer, schedule, RNG and position (every rank calls it)."""
+    bare = run.bare
+
+    def save_model(ckpt_dir):  # checkpoints hold the LoRA, not the whole transformer
+        state = lora_state_dict(bare)  # every rank calls it: gathers the shards under FSDP
+        if run.main:
+            save_lora(bare, ckpt_dir, state=state)
+
+    state = {"global_step": run.global_step, "samples_seen": run.stream.position,
+             "epoch": run.stream.epoch, "skipped_steps": run.skipped_total,
+             "world_size": run.world, "train_batch_size": run.per_device, "seed": run.cfg.seed,
+             "lora_rank": run.cfg.lora_rank}
+    run.last_checkpoint = save_checkpoint(run.accelerator, run.out_dir, run.global_step, state,
+                                          run.cfg.checkpoints_total_limit,
+                                          optimizer=run.optimizer, scheduler=run.lr_scheduler,
+                                          save_model=save_model, barrier=barrier)
+    return run.last_checkpoint
+
+
+def count_lost_images(run: Run) -> int:
+    """Input files that became unreadable during the run (skipped), over all ranks."""
+    n = len(run.folder.failed_during_run)
+    if run.world > 1:
+        n = int(run.accelerator.gather(torch.tensor([n], device=run.device)).max().item())
+    return n
+
+
+# --------------------------------------------------------------------------- export
+def lora_rank_difference(accelerator, params) -> float:
+    """Max over ranks of |checksum - rank 0's checksum| of every LoRA tensor (0 = identical).
+
+    Checksums are the float64 sum and sum of squares of each tensor, so one gather of
+    2 x n_params numbers checks data-parallel consistency without moving the weights.
+    """
+    sums = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                        for p in params]).flatten().to(accelerator.device)
+    everyone = accelerator.gather(sums[None]).reshape(accelerator.num_processes, -1)
+    return float((everyone - everyone[0]).abs().max())
+
+
+def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
+    """Write the final LoRA (diffusers format), prove it loads, write run_summary.json."""
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    # Sharded: one copy of each weight exists, there is nothing to compare.
+    rank_diff = 0.0 if run.sharded else lora_rank_difference(accelerator, run.lora_params)
+    if rank_diff > 0:
+        warnings.warn(f"LoRA weights differ across processes (max |diff| of checksums "
+                      f"{rank_diff:.3g}); the run is not data-parallel consistent", RuntimeWarning)
+    lora_path = None
+    lora_state = lora_state_dict(run.bare)  # gathers the shards under FSDP: every rank calls
+    if run.main:
+        lora_path = save_lora(run.bare, run.out_dir, state=lora_state)
+        # Prove the file loads the way users will load it (diffusers' own reader).
+        from diffusers import FluxKontextPipeline
+
+        loaded = FluxKontextPipeline.lora_state_dict(str(run.out_dir))
+        expected = len(run.lora_params)
+        if len(loaded) != expected:
+            raise RuntimeError(f"{lora_path}: expected {expected} LoRA tensors, read back "
+                               f"{len(loaded)}")
+        accelerator.print(f"LoRA written to {lora_path} ({expected} tensors); load it with "
+                          f"FluxKontextPipeline.load_lora_weights({str(run.out_dir)!r})")
+        summary = {"global_step": run.global_step, "skipped_steps": run.skipped_total,
+                   "interrupted": interrupted, "lora": str(lora_path),
+                   "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint else None,
+                   "world_size": run.world, "lora_max_rank_difference": rank_diff,
+                   "images_unreadable_during_run": run.folder.failed_during_run}
+        (run.out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return lora_path
+
+
+__all__ = ["Run", "setup_run", "resume_run", "describe_run", "checkpoint_run", "export_lora",
+           "count_lost_images", "lora_rank_difference", "describe_reward", "make_optimizer",
+           "weight_dtype", "batch_arithmetic"]

@@ -1,0 +1,356 @@
+"""Evaluating anti-grid penalties: synthetic grid artifacts, scoring folders, ROC-AUC, reports.
+
+The library behind ``benchmark_anti_periodic.py`` (and benchmarks/bench_grid.py): make an
+artifact set from clean photos (:func:`synthesize`), score folders with every penalty
+(:func:`score_folder`), summarise means / ratios / ROC-AUC per penalty (:func:`summarise`),
+write CSVs and the ROC plot. Design and measured figures: docs/anti_grid.md.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from common.cli import UserError
+from common.images import (IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_image,
+                           to_pil, unsupported_note)
+from common.paths import check_no_overwrite
+from common.photos import write_photos
+
+from .anchors import brightness_penalty, crispness_penalty
+from .grid import GridConfig, GridPenalty, luminance
+from .grid_original import COLUMNS as BASELINES
+from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
+
+GRID_KINDS = ("lines", "sinusoid", "tile")
+# The original benchmark's file names; both files are written unless --demo chooses others.
+DEFAULT_OUT = Path("anti_periodic_per_image.csv")
+DEFAULT_SUMMARY = Path("anti_periodic_summary.csv")
+# Natural photos bundled with scikit-image (offline). brick/text/page/grass/gravel are the
+# natural periodic-ish textures a grid detector must not confuse with a VAE grid.
+DEMO_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
+               "immunohistochemistry", "moon", "stereo_motorcycle", "retina", "rocket", "page",
+               "text", "brick", "grass", "gravel", "clock", "cell")
+
+
+# --------------------------------------------------------------------------------------
+# ROC-AUC with rank statistics (Mann-Whitney U), ties counted as 1/2
+# --------------------------------------------------------------------------------------
+def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
+    """P(score of a random positive > score of a random negative) + 0.5 P(tie)."""
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    allv = np.concatenate([pos, neg])
+    order = np.argsort(allv, kind="mergesort")
+    ranks = np.empty_like(allv)
+    sorted_v = allv[order]
+    # average ranks over ties (1-based)
+    i = 0
+    n = allv.size
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[:pos.size].sum() - pos.size * (pos.size + 1) / 2.0
+    return float(u / (pos.size * neg.size))
+
+
+def roc_curve(positives, negatives) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates over all thresholds (for plotting)."""
+    pos = np.asarray(positives, dtype=np.float64)
+    neg = np.asarray(negatives, dtype=np.float64)
+    thr = np.unique(np.concatenate([pos, neg]))[::-1]
+    tpr = np.array([0.0] + [(pos >= t).mean() for t in thr])
+    fpr = np.array([0.0] + [(neg >= t).mean() for t in thr])
+    return fpr, tpr
+
+
+# --------------------------------------------------------------------------------------
+# Synthetic grid artifacts
+# --------------------------------------------------------------------------------------
+def grid_pattern(h: int, w: int, period: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean periodic pattern (h, w) with max |value| = 1 and a random phase.
+
+    ``lines``: 1-px lines every ``period`` px on both axes; ``sinusoid``: a 2-D
+    (checker-like) product of cosines; ``tile``: a random smooth ``period x period`` tile
+    repeated (closest to the texture a VAE decoder leaves).
+    """
+    y, x = np.mgrid[0:h, 0:w]
+    py, px = rng.integers(0, period, size=2)
+    if kind == "lines":
+        pat = ((((y + py) % period) == 0) | (((x + px) % period) == 0)).astype(np.float64)
+    elif kind == "sinusoid":
+        a, b = rng.uniform(0, 2 * np.pi, size=2)
+        pat = np.cos(2 * np.pi * y / period + a) * np.cos(2 * np.pi * x / period + b)
+    elif kind == "tile":
+        tile = rng.standard_normal((period, period))
+        # light circular smoothing: the decoder's grid is soft, not white noise
+        f = np.fft.fft2(tile)
+        k = np.fft.fftfreq(period)
+        f *= np.exp(-(k[:, None] ** 2 + k[None, :] ** 2) / (2 * 0.25 ** 2))
+        tile = np.real(np.fft.ifft2(f))
+        pat = np.tile(tile, (h // period + 2, w // period + 2))[py:py + h, px:px + w]
+    else:
+        raise ValueError(f"unknown grid kind {kind!r}; use one of {', '.join(GRID_KINDS)}")
+    pat = pat - pat.mean()
+    return pat / max(np.abs(pat).max(), 1e-12)
+
+
+def add_grid(image: torch.Tensor, period: int, amplitude: float, kind: str,
+             rng: np.random.Generator) -> torch.Tensor:
+    """Add a grid of peak ``amplitude`` ([0,1] units) to a (3,H,W) image; slight per-channel tint."""
+    _, h, w = image.shape
+    pat = torch.from_numpy(grid_pattern(h, w, period, kind, rng)).to(image.dtype)
+    gains = torch.from_numpy(rng.uniform(0.8, 1.2, size=3)).to(image.dtype).view(3, 1, 1)
+    return (image + amplitude * gains * pat).clamp(0, 1)
+
+
+def save_jpeg(image: torch.Tensor, path: Path, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_pil(image).save(path, format="JPEG", quality=quality, subsampling=0)
+
+
+def synthesize(clean_paths: Sequence[Path], out_dir: Path, periods: Sequence[int],
+               amplitudes: Sequence[float], kinds: Sequence[str], jpeg_qualities: Sequence[int],
+               variants: int | None, seed: int, progress: bool = True) -> list[dict]:
+    """Write grid-artifact versions of ``clean_paths`` into ``out_dir``; returns the manifest.
+
+    For each photo the combinations period x amplitude x JPEG quality (0 = PNG) are made
+    (all of them, or ``variants`` drawn at random), each with a random kind and phase.
+    """
+    from tqdm import tqdm
+
+
+    rng = np.random.default_rng(seed)
+    combos = [(p, a, q) for p in periods for a in amplitudes for q in jpeg_qualities]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = []
+    for path in tqdm(clean_paths, desc="synthesize", disable=not progress):
+        try:
+            img = load_image(path)
+        except ImageLoadError as exc:
+            print(f"skipped unreadable image: {exc}", file=sys.stderr)
+            continue
+        chosen = combos if variants is None or variants >= len(combos) else [
+            combos[i] for i in rng.choice(len(combos), size=variants, replace=False)]
+        for period, amp, q in chosen:
+            kind = kinds[rng.integers(len(kinds))]
+            art = add_grid(img, period, amp, kind, rng)
+            name = f"{path.stem}_p{period}_a{amp * 100:g}_{kind}_{'q%d' % q if q else 'png'}"
+            dest = out_dir / (name + (".jpg" if q else ".png"))
+            if q:
+                save_jpeg(art, dest, q)
+            else:
+                save_image(art, dest)
+            manifest.append({"file": dest.name, "source": path.name, "period": period,
+                             "amplitude": amp, "kind": kind, "jpeg_quality": q})
+    with open(out_dir / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["file", "source", "period", "amplitude", "kind",
+                                               "jpeg_quality"])
+        writer.writeheader()
+        writer.writerows(manifest)
+    return manifest
+
+
+# --------------------------------------------------------------------------------------
+# Penalties
+# --------------------------------------------------------------------------------------
+def build_penalties(args) -> dict:
+    """name -> fn((1,3,H,W)) -> float; every penalty the benchmark reports."""
+    cfg = dict(period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins, tau=args.tau,
+               eval_resize=args.eval_resize or None, extra_periods=tuple(args.extra_periods),
+               local_window=args.local_window, local_stride=args.local_stride,
+               min_amplitude=args.min_amplitude, margin=args.margin, ring=tuple(args.ring),
+               local_top=args.local_top, local_weight=args.local_weight,
+               period_temperature=args.period_temperature)
+    combined = GridPenalty(GridConfig(mode="combined", **cfg))
+
+    def grid_all(x):
+        pen, terms = combined(x)
+        return {"grid": pen.item(), "grid_global": terms["global"].item(),
+                "grid_local": terms["local"].item()}
+
+    def anchors(x):
+        return {"brightness": brightness_penalty(x, target=args.brightness_target,
+                                                 band=args.brightness_band).item(),
+                "crispness": crispness_penalty(x, floor=args.crispness_floor,
+                                               eval_resize=args.crispness_resize).item()}
+
+    penalties = {"grid": grid_all, "anchors": anchors}
+    if not getattr(args, "no_baselines", False):
+        penalties["original"] = original_baselines(args)
+    return penalties
+
+
+def original_baselines(args):
+    """The original project's loss variants (rewards/grid_original.py) as one penalty fn."""
+    try:
+        cfg = BaselineConfig(
+            period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins,
+            resize=args.eval_resize or None, window=args.local_window, hop=args.local_stride,
+            edge_penalty=args.edge_penalty, combo_mode=args.combo_mode, w_local=args.w_local,
+            tau_global=args.tau_global, tau_local=args.tau_local,
+            selective_top_p=args.selective_top_p,
+            selective_coverage_alpha=args.selective_coverage_alpha,
+            proj_harmonics=parse_harmonics(args.proj_harmonics), proj_top_p=args.proj_top_p,
+            proj_detach_norm=not args.no_proj_detach_norm, tau=args.tau)
+    except ValueError as exc:
+        raise UserError(f"baseline options: {exc}") from None
+    template = None
+    if args.template_16 is not None:
+        template = luminance_of(load_image(args.template_16))
+
+    def baselines(x):
+        return baseline_penalties(x[0], cfg, template)
+
+    return baselines
+
+
+def luminance_of(image: torch.Tensor) -> torch.Tensor:
+    return luminance(image[None])[0]
+
+
+def score_folder(paths: Sequence[Path], label: str, penalties: dict, progress: bool = True,
+                 ) -> tuple[list[dict], list[tuple[Path, str]]]:
+    from tqdm import tqdm
+
+
+    rows, failed = [], []
+    for path in tqdm(paths, desc=f"score {label}", disable=not progress):
+        try:
+            img = load_image(path)
+        except ImageLoadError as exc:
+            failed.append((path, str(exc)))
+            continue
+        row = {"file": str(path), "label": label, "height": img.shape[1], "width": img.shape[2]}
+        with torch.no_grad():
+            for fn in penalties.values():
+                row.update(fn(img[None]))
+        rows.append(row)
+    return rows, failed
+
+
+PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "brightness", "crispness")
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    out = []
+    for name in PENALTY_COLUMNS + tuple(c for c in BASELINES if c in rows[0]):
+        art = [r[name] for r in rows if r["label"] == "artifact"]
+        cln = [r[name] for r in rows if r["label"] == "clean"]
+        m_a, m_c = float(np.mean(art)), float(np.mean(cln))
+        out.append({"penalty": name, "n_artifact": len(art), "n_clean": len(cln),
+                    "mean_artifact": m_a, "mean_clean": m_c,
+                    "ratio": m_a / m_c if m_c != 0 else (math.inf if m_a > 0 else float("nan")),
+                    "auc": roc_auc(art, cln)})
+    return out
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def format_table(summary: list[dict]) -> str:
+    lines = [f"{'penalty':<16} {'n_art':>6} {'n_clean':>7} {'mean_art':>10} {'mean_clean':>10} "
+             f"{'ratio':>8} {'ROC-AUC':>8}"]
+    for s in summary:
+        lines.append(f"{s['penalty']:<16} {s['n_artifact']:>6} {s['n_clean']:>7} "
+                     f"{s['mean_artifact']:>10.4g} {s['mean_clean']:>10.4g} {s['ratio']:>8.3g} "
+                     f"{s['auc']:>8.4f}")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name in ("grid", "grid_global", "grid_local"):
+        art = [r[name] for r in rows if r["label"] == "artifact"]
+        cln = [r[name] for r in rows if r["label"] == "clean"]
+        fpr, tpr = roc_curve(art, cln)
+        ax1.plot(fpr, tpr, label=f"{name} (AUC {roc_auc(art, cln):.3f})")
+    ax1.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax1.set(xlabel="false positive rate (clean)", ylabel="true positive rate (artifact)",
+            title="ROC, artifact vs clean")
+    ax1.legend(loc="lower right")
+    art = np.array([r["grid"] for r in rows if r["label"] == "artifact"])
+    cln = np.array([r["grid"] for r in rows if r["label"] == "clean"])
+    bins = np.linspace(0, max(art.max(initial=0), cln.max(initial=0)) + 1e-6, 40)
+    ax2.hist(cln, bins=bins, alpha=0.6, density=True, label=f"clean (n={cln.size})")
+    ax2.hist(art, bins=bins, alpha=0.6, density=True, label=f"artifact (n={art.size})")
+    ax2.set(xlabel="default grid penalty", ylabel="density", title="penalty histogram")
+    ax2.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# Demo: clean photos from scikit-image
+# --------------------------------------------------------------------------------------
+def write_demo_photos(out_dir: Path, max_side: int = 512) -> list[Path]:
+    """Save scikit-image's bundled photos as PNGs (long side <= ``max_side``)."""
+    return write_photos(out_dir, DEMO_PHOTOS, max_side=max_side, skip_missing=True)
+
+
+def list_folder(folder: Path, what: str, recursive: bool) -> list[Path]:
+    try:
+        paths = list_images(folder, recursive=recursive)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UserError(f"{what}: {exc}") from None
+    if not paths:
+        raise UserError(f"{what}: no images found in {folder} "
+                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
+                         f"{unsupported_note(folder, recursive)}")
+    return paths
+
+
+def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
+    art_paths = list_folder(artifacts_dir, "--artifacts_dir", args.recursive)
+    clean_paths = list_folder(clean_dir, "--clean_dir", args.recursive)
+    for flag in ("out", "summary_out", "plot"):  # a report never replaces an image it scores
+        if getattr(args, flag) is not None:
+            check_no_overwrite([getattr(args, flag)], art_paths + clean_paths, f"--{flag}")
+    penalties = build_penalties(args)
+    t0 = time.perf_counter()
+    rows_a, fail_a = score_folder(art_paths, "artifact", penalties, not args.no_progress)
+    rows_c, fail_c = score_folder(clean_paths, "clean", penalties, not args.no_progress)
+    elapsed = time.perf_counter() - t0
+    for path, reason in fail_a + fail_c:
+        print(f"skipped unreadable image: {reason}", file=sys.stderr)
+    if not rows_a or not rows_c:
+        raise UserError("no readable images in "
+                         + ("--artifacts_dir" if not rows_a else "--clean_dir"))
+    rows = rows_a + rows_c
+    summary = summarise(rows)
+    if args.out:
+        write_csv(args.out, rows)
+    if args.summary_out:
+        write_csv(args.summary_out, summary)
+        print(f"wrote {args.out} (per image) and {args.summary_out} (summary)"
+              if args.out else f"wrote {args.summary_out}")
+    if args.plot:
+        plot(rows, args.plot, title=f"{len(rows_a)} artifact vs {len(rows_c)} clean images")
+    print(format_table(summary))
+    print(f"scored {len(rows)} images in {elapsed:.1f} s; skipped {len(fail_a) + len(fail_c)} unreadable")
+    return summary
