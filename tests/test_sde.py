@@ -17,9 +17,14 @@ def _inputs(b=2):
     return torch.rand(b, 3, H, W, generator=torch.Generator().manual_seed(5))
 
 
+_PIPES = {}
+
+
 def _setup(dtype=torch.float32, steps=STEPS):
-    pipe = build_tiny_pipeline(dtype=dtype)
-    text = stack_prompt_embeds(encode_prompts(pipe, PROMPTS, "cpu"), PROMPTS)
+    if dtype not in _PIPES:     # one tiny pipeline per dtype for the whole module
+        pipe = build_tiny_pipeline(dtype=dtype)
+        _PIPES[dtype] = pipe, stack_prompt_embeds(encode_prompts(pipe, PROMPTS, "cpu"), PROMPTS)
+    pipe, text = _PIPES[dtype]
     sampler = KontextSampler(pipe.transformer, pipe.vae, pipe.scheduler, pipe.transformer.config,
                              H, W, steps, guidance_scale=2.5, dtype=dtype)
     return sampler, text
