@@ -191,17 +191,19 @@ def _x0(latents, sigma, velocity):
     return (latents.float() - sigma * velocity.float()).to(velocity.dtype)
 
 
-def _one_step_loss(batch: Batch, models: Models, flags: MethodFlags, x_t, sigma, image_tokens,
+def _one_step_loss(batch: Batch, models: Models, flags: MethodFlags, x_t, i: int, image_tokens,
                    metrics: dict):
-    """Velocity with grad at (x_t, sigma) -> clean latent -> reward (+ base consistency)."""
+    """Velocity with grad at sampler step ``i`` from x_t -> clean latent -> reward (+ base
+    consistency). The model is fed step i exactly as the sampler feeds it."""
     sampler = models.sampler
-    v = sampler.velocity_at(x_t, sigma, image_tokens, batch.text)
-    x0 = _x0(x_t, sigma, v)
+    cond = sampler.condition(image_tokens, batch.text)
+    sigma = sampler.sigmas[i].to(x_t.device)
+    x0 = _x0(x_t, sigma, sampler.step_velocity(x_t, i, cond))
     images = sampler.decode(x0)
     loss, reward = _reward_loss(models, images, batch, metrics)
     if flags.base_consistency_weight > 0:
         with torch.no_grad(), base_model(models.bare):
-            x0_base = _x0(x_t, sigma, sampler.velocity_at(x_t, sigma, image_tokens, batch.text))
+            x0_base = _x0(x_t, sigma, sampler.step_velocity(x_t, i, cond))
         loss = loss + _consistency(models, flags, x0, x0_base, metrics)
     return loss, reward, images
 
@@ -233,7 +235,7 @@ def draft_lv(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     for _ in range(flags.draft_lv_n):
         eps = sampler.initial_noise(b, batch.generator, device)
         x_t = ((1 - sigma) * x0.float() + sigma * eps.float()).to(x0.dtype)
-        step_loss, reward, images = _one_step_loss(batch, models, flags, x_t, sigma, tokens,
+        step_loss, reward, images = _one_step_loss(batch, models, flags, x_t, n - 1, tokens,
                                                    metrics)
         loss = loss + step_loss / flags.draft_lv_n
         rewards.append(reward)
@@ -254,8 +256,7 @@ def refl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     tokens = sampler.encode_image(batch.inputs)
     i = refl_step(flags, sampler.num_steps, batch.seed)
     x_i = sampler.denoise_to(noise, tokens, batch.text, i)  # no grad
-    loss, reward, images = _one_step_loss(batch, models, flags, x_i,
-                                          sampler.sigmas[i].to(device), tokens, metrics)
+    loss, reward, images = _one_step_loss(batch, models, flags, x_i, i, tokens, metrics)
     metrics["refl_step"] = float(i)
     return MethodOutput(loss, images, metrics, reward)
 

@@ -3,7 +3,7 @@
 This re-implements the denoising loop of diffusers' ``FluxKontextPipeline.__call__``
 (diffusers 0.3x-0.4x) so that gradients can flow from the decoded image back into
 the transformer's LoRA parameters. With gradients off it produces the same image
-as the pipeline (tests/test_sampler.py checks max |diff| <= 1e-4 in fp32):
+as the pipeline, bit for bit (tests/test_sampler.py: max |diff| 0.0 in fp32 and bf16):
 
 * text: T5 sequence embeddings + CLIP pooled embedding, computed once under
   ``no_grad`` by :func:`encode_prompts` (the trainer then frees the encoders);
@@ -27,14 +27,24 @@ as the pipeline (tests/test_sampler.py checks max |diff| <= 1e-4 in fp32):
 Only the last ``backprop_steps`` steps build an autograd graph; the earlier ones
 run under ``torch.no_grad`` so memory does not grow with the number of steps
 (DRaFT-K / AlignProp truncated backprop). The VAE decode keeps its graph.
+
+One step function serves every path: :meth:`KontextSampler.step_velocity` is the only way
+the transformer is fed a sampler step, :func:`euler_step` the only Euler arithmetic
+(``sample``, ``denoise_to`` and the peers' single steps), and :func:`sde_step` -- Flow-GRPO's
+stochastic step with its Gaussian log-prob, for GRPO and D3PO -- adds its terms after the
+same arithmetic, so at noise level 0 it is the ODE sampler bit for bit.
+:meth:`KontextSampler.sample_sde` returns an :class:`~alignprop.trajectory.Trajectory`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .trajectory import Trajectory
 
 
 @dataclass
@@ -109,6 +119,105 @@ def _grid_ids(h2: int, w2: int, first: float, device, dtype) -> torch.Tensor:
     return ids.reshape(h2 * w2, 3).to(device=device, dtype=dtype)
 
 
+# ------------------------------------------------------------------ the step functions
+LOG_PROB_REDUCTIONS = ("mean", "sum")
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def euler_step(latents: torch.Tensor, velocity: torch.Tensor, dt: torch.Tensor,
+               fp32: bool = False) -> torch.Tensor:
+    """One Euler step of the flow ODE, ``x + dt v`` (dt = sigma_next - sigma < 0).
+
+    The only Euler arithmetic in the project: every sampler path (``sample``, ``denoise_to``,
+    the SDE step at noise level 0) goes through it, so they give the same bits in any dtype.
+    ``fp32=False`` is ``FlowMatchEulerDiscreteScheduler.step``: the latents are upcast to
+    fp32, the 0-dim fp32 ``dt`` times the velocity stays in the velocity's dtype (bf16 under
+    bf16), the sum is taken in fp32 and cast back. ``fp32=True`` takes the product in fp32 too.
+    """
+    step = dt * (velocity.float() if fp32 else velocity)
+    return (latents.float() + step).to(velocity.dtype)
+
+
+def sde_std_scale(sigmas: torch.Tensor, i: int, noise_level: float) -> torch.Tensor:
+    """Flow-GRPO's noise scale s_t = a sqrt(t / (1 - t)) of step ``i`` (0-dim fp32).
+
+    At t = 1 (the first step) the denominator uses the next sigma, as Flow-GRPO does
+    (``sigma_max = sigmas[1]``), so the first step's noise stays finite.
+    """
+    t = sigmas[i].float()
+    denom_t = sigmas[i + 1].float() if float(t) == 1.0 else t
+    return noise_level * torch.sqrt(t / (1 - denom_t))
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                      reduction: str = "mean") -> torch.Tensor:
+    """log N(x; mean, std^2 I) per sample (B,), in fp32: the mean or the sum over dimensions.
+
+    ``"mean"`` (Flow-GRPO's choice) is the per-dimension average: a sum over every latent
+    dimension (4096 at 64 px on tiny-photo) makes a PPO ratio explode after one update.
+    """
+    if reduction not in LOG_PROB_REDUCTIONS:
+        raise ValueError(f"unknown log-prob reduction {reduction!r}; choose one of: "
+                         f"{', '.join(LOG_PROB_REDUCTIONS)}")
+    x, mean, std = x.float(), mean.float(), std.float()
+    lp = -((x - mean) ** 2) / (2 * std ** 2) - torch.log(std) - _LOG_SQRT_2PI
+    dims = tuple(range(1, lp.ndim))
+    return lp.mean(dims) if reduction == "mean" else lp.sum(dims)
+
+
+@dataclass
+class SdeStep:
+    """One stochastic transition x_i -> x_{i+1} and its Gaussian density."""
+
+    latents: torch.Tensor       # x_{i+1} in the model dtype (drawn, or the one given)
+    mean: torch.Tensor          # (B, L, C) fp32 mean of the transition (carries grad)
+    std: torch.Tensor           # 0-dim fp32 standard deviation s_t sqrt(-dt)
+    log_prob: torch.Tensor      # (B,) fp32 log-density of ``latents`` (NaN when std = 0)
+
+
+def sde_step(latents: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor,
+             sigma_next: torch.Tensor, std_scale: torch.Tensor, noise: torch.Tensor | None = None,
+             next_latents: torch.Tensor | None = None, fp32: bool = False,
+             reduction: str = "mean") -> SdeStep:
+    """The stochastic step of Flow-GRPO with its Gaussian log-prob.
+
+    In this project's convention (x_t = (1-t) x0 + t eps, v = eps - x0, dt = sigma_next -
+    sigma < 0), the marginal-preserving SDE of the flow ODE, discretised by Euler-Maruyama:
+
+        mean = x + dt [v + s_t^2 / (2t) (x + (1-t) v)],    std = s_t sqrt(-dt)
+
+    (Flow-GRPO's ``sd3_sde_with_logprob.py`` writes the same mean as
+    ``x (1 + s^2 dt / 2t) + v (1 + s^2 (1-t) / 2t) dt``). The ODE part ``x + dt v`` is
+    :func:`euler_step`'s arithmetic and the correction is added after it, so with
+    ``std_scale = 0`` the step is the ODE sampler's bit for bit. ``next_latents`` given: the
+    log-prob of that transition (replay under the current model); otherwise x_{i+1} =
+    mean + std * noise, rounded to the model dtype, and the log-prob is of the rounded value
+    (the one stored and replayed).
+    """
+    dt = sigma_next - sigma
+    drift = dt * (velocity.float() if fp32 else velocity)
+    x, v = latents.float(), velocity.float()
+    correction = dt * std_scale ** 2 / (2 * sigma) * (x + (1 - sigma) * v)
+    mean = x + drift + correction
+    std = std_scale * torch.sqrt(-dt)
+    if next_latents is None:
+        if noise is None:
+            raise ValueError("sde_step needs noise (to draw x_{i+1}) or next_latents (to score it)")
+        next_latents = (mean + std * noise.float()).to(velocity.dtype)
+    lp = gaussian_log_prob(next_latents.detach(), mean, std, reduction)
+    return SdeStep(next_latents, mean, std, lp)
+
+
+@dataclass
+class Conditioning:
+    """What every transformer call of a batch shares: Kontext tokens, text, ids, guidance."""
+
+    image_tokens: torch.Tensor      # (B, L, C*4) packed input-image latents, model dtype
+    text: PromptEmbeds              # on the device, model dtype
+    img_ids: torch.Tensor           # (2L, 3): output tokens (first axis 0) then input tokens (1)
+    guidance: torch.Tensor | None   # (B,) fp32 embedded guidance scale, None without guidance
+
+
 class KontextSampler:
     """Euler flow-matching sampler for FLUX Kontext with gradients through the last K steps.
 
@@ -170,18 +279,88 @@ class KontextSampler:
         latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
         return _pack(latents)
 
-    def initial_noise(self, batch_size: int, generator: torch.Generator | None, device
-                      ) -> torch.Tensor:
-        """Packed Gaussian noise drawn exactly like the pipeline (same generator order)."""
+    def initial_noise(self, batch_size: int, generator, device) -> torch.Tensor:
+        """Packed Gaussian noise drawn exactly like the pipeline (same generator order).
+
+        ``generator``: None, one generator, or a list of one per sample (diffusers'
+        ``randn_tensor`` then draws each sample from its own)."""
         from diffusers.utils.torch_utils import randn_tensor
 
         shape = (batch_size, self.in_channels // 4, self.latent_h, self.latent_w)
         return _pack(randn_tensor(shape, generator=generator, device=torch.device(device),
                                   dtype=self.dtype))
 
+    # ------------------------------------------------------------------ one step
+    # Every path (the sampling loop, denoising to a step, the peers' single steps, the SDE)
+    # calls the transformer through ``step_velocity`` and integrates with ``euler_step`` /
+    # ``sde_step``: one model input and one arithmetic, so two paths never disagree in bf16.
+    def condition(self, image_tokens: torch.Tensor, text: PromptEmbeds) -> Conditioning:
+        """The per-batch pieces of every transformer call (ids and guidance built once)."""
+        device, b = image_tokens.device, image_tokens.shape[0]
+        h2, w2 = self.latent_h // 2, self.latent_w // 2
+        img_ids = torch.cat([_grid_ids(h2, w2, 0.0, device, self.dtype),
+                             _grid_ids(h2, w2, 1.0, device, self.dtype)])
+        guidance = (torch.full([1], self.guidance_scale, device=device, dtype=torch.float32)
+                    .expand(b) if self.guidance_embeds else None)
+        return Conditioning(image_tokens.to(self.dtype), text.to(device=device, dtype=self.dtype),
+                            img_ids, guidance)
+
+    def _velocity(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+                  transformer=None) -> torch.Tensor:
+        latents = latents.to(self.dtype)
+        v = (transformer or self.transformer)(
+            hidden_states=torch.cat([latents, cond.image_tokens], dim=1), timestep=timestep,
+            guidance=cond.guidance, pooled_projections=cond.text.pooled_prompt_embeds,
+            encoder_hidden_states=cond.text.prompt_embeds, txt_ids=cond.text.text_ids,
+            img_ids=cond.img_ids, return_dict=False)[0]
+        return v[:, : latents.shape[1]]
+
+    def step_velocity(self, latents: torch.Tensor, i: int, cond: Conditioning,
+                      transformer=None) -> torch.Tensor:
+        """Velocity (B, L, C) at sampler step ``i``; grad follows the caller's grad mode.
+
+        The model is fed the timestep as the pipeline feeds it: ``timesteps[i]`` cast to the
+        model dtype, then divided by 1000. ``transformer`` overrides the sampler's.
+        """
+        b = latents.shape[0]
+        timestep = self.timesteps[i].to(latents.device).expand(b).to(self.dtype)
+        return self._velocity(latents, timestep / 1000, cond, transformer)
+
+    def _dt(self, i: int, device) -> torch.Tensor:
+        return (self.sigmas[i + 1] - self.sigmas[i]).to(device)
+
+    def ode_step(self, latents: torch.Tensor, i: int, cond: Conditioning,
+                 transformer=None) -> torch.Tensor:
+        """Euler step ``i`` of the ODE sampler: latents entering step i -> entering step i+1."""
+        v = self.step_velocity(latents, i, cond, transformer)
+        return euler_step(latents, v, self._dt(i, latents.device), self.euler_fp32)
+
+    def sde_step(self, latents: torch.Tensor, i: int, cond: Conditioning, noise_level: float,
+                 generator=None, next_latents: torch.Tensor | None = None,
+                 reduction: str = "mean", transformer=None) -> SdeStep:
+        """Stochastic step ``i`` (Flow-GRPO's SDE, noise level ``a`` = ``noise_level``).
+
+        Draws x_{i+1} from ``generator`` (a generator or one per sample) or, given
+        ``next_latents``, scores that transition under the (current) model. The noise is
+        drawn whatever the level, so a seed gives the same stream at every level.
+        """
+        device = latents.device
+        v = self.step_velocity(latents, i, cond, transformer)
+        noise = None
+        if next_latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            noise = randn_tensor(tuple(latents.shape), generator=generator, device=device,
+                                 dtype=torch.float32)
+        else:
+            next_latents = next_latents.to(device)
+        scale = sde_std_scale(self.sigmas, i, noise_level).to(device)
+        return sde_step(latents, v, self.sigmas[i].to(device), self.sigmas[i + 1].to(device),
+                        scale, noise, next_latents, self.euler_fp32, reduction)
+
     # ------------------------------------------------------------------ sampling
     def sample(self, images: torch.Tensor, text: PromptEmbeds, backprop_steps: int | None = None,
-               generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+               generator=None, noise: torch.Tensor | None = None,
                image_tokens: torch.Tensor | None = None, return_latents: bool = False):
         """Edit ``images`` (B,3,H,W in [0,1]) following ``text``; returns (B,3,H,W) in [0,1].
 
@@ -197,72 +376,73 @@ class KontextSampler:
             image_tokens = self.encode_image(images)
         latents = noise if noise is not None else self.initial_noise(b, generator, device)
         latents = latents.to(device=device, dtype=self.dtype)
-        image_tokens = image_tokens.to(device=device, dtype=self.dtype)
-        text = text.to(device=device, dtype=self.dtype)
-        h2, w2 = self.latent_h // 2, self.latent_w // 2
-        img_ids = torch.cat([_grid_ids(h2, w2, 0.0, device, self.dtype),
-                             _grid_ids(h2, w2, 1.0, device, self.dtype)])
-        guidance = (torch.full([1], self.guidance_scale, device=device, dtype=torch.float32)
-                    .expand(b) if self.guidance_embeds else None)
-        timesteps = self.timesteps.to(device)
-        sigmas = self.sigmas.to(device)
+        cond = self.condition(image_tokens.to(device), text)
 
         grad_on = torch.is_grad_enabled()
         for i in range(n):
             # Steps before the last K run without a graph: the latents entering the
             # first backpropagated step are a constant, so memory is O(K) not O(N).
             with torch.set_grad_enabled(grad_on and i >= n - k):
-                timestep = timesteps[i].expand(b).to(self.dtype)
-                velocity = self.transformer(
-                    hidden_states=torch.cat([latents, image_tokens], dim=1),
-                    timestep=timestep / 1000, guidance=guidance,
-                    pooled_projections=text.pooled_prompt_embeds,
-                    encoder_hidden_states=text.prompt_embeds, txt_ids=text.text_ids,
-                    img_ids=img_ids, return_dict=False)[0]
-                velocity = velocity[:, : latents.shape[1]]
-                # Euler step. FlowMatchEulerDiscreteScheduler.step upcasts the latents to
-                # fp32 but multiplies the 0-dim fp32 ``dt`` by the velocity in the
-                # velocity's dtype (bf16 under bf16), then adds in fp32 and casts back;
-                # the same expression here gives the same bits. euler_fp32 also takes the
-                # product in fp32.
-                dt = sigmas[i + 1] - sigmas[i]
-                step = dt * (velocity.float() if self.euler_fp32 else velocity)
-                latents = (latents.float() + step).to(velocity.dtype)
+                latents = self.ode_step(latents, i, cond)
         with torch.set_grad_enabled(grad_on and k > 0):
             out = self.decode(latents)
         return (out, latents) if return_latents else out
 
+    @torch.no_grad()
+    def sample_sde(self, images: torch.Tensor, text: PromptEmbeds, noise_level: float,
+                   seeds: Sequence[int], image_tokens: torch.Tensor | None = None,
+                   reduction: str = "mean", prompts: Sequence[str] = ()
+                   ) -> tuple[torch.Tensor, Trajectory]:
+        """Sample with Flow-GRPO's SDE; returns the images and the stored trajectory.
+
+        Sample b draws its initial noise, then each step's noise, from its own generator
+        seeded with ``seeds[b]`` (so a sample does not depend on its batch neighbours and
+        the initial noise is the pipeline's for that seed). ``noise_level`` 0 gives the
+        ODE sampler's latents bit for bit (its log-probs are NaN: a deterministic step has
+        no density). No gradient: training recomputes log-probs with
+        :func:`alignprop.trajectory.replay_log_probs`.
+        """
+        if noise_level < 0 or not math.isfinite(noise_level):
+            raise ValueError(f"the SDE noise level must be a finite number >= 0, got {noise_level}")
+        device, b = images.device, images.shape[0]
+        if len(seeds) != b:
+            raise ValueError(f"sample_sde needs one seed per image: {len(seeds)} seeds, {b} images")
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        if image_tokens is None:
+            image_tokens = self.encode_image(images)
+        cond = self.condition(image_tokens.to(device), text)
+        latents = self.initial_noise(b, generators, device).to(self.dtype)
+        states, log_probs = [latents], []
+        for i in range(self.num_steps):
+            step = self.sde_step(latents, i, cond, noise_level, generators, reduction=reduction)
+            latents = step.latents
+            states.append(latents)
+            log_probs.append(step.log_prob)
+        traj = Trajectory(latents=torch.stack(states, dim=1), log_probs=torch.stack(log_probs, 1),
+                          timesteps=self.timesteps.clone(), sigmas=self.sigmas.clone(),
+                          seeds=torch.tensor([int(s) for s in seeds], dtype=torch.int64),
+                          image_tokens=cond.image_tokens, prompts=list(prompts),
+                          noise_level=float(noise_level), reduction=reduction)
+        return self.decode(latents), traj
+
     # ------------------------------------------------------------------ single steps
     # The peers' methods (alignprop/methods.py) need the sampler's pieces one at a time:
     # the no-grad denoising up to a step, one velocity prediction with grad, the closed
-    # form of the clean latent. They call the transformer exactly as ``sample`` does.
-    def _ids_and_guidance(self, b: int, device):
-        h2, w2 = self.latent_h // 2, self.latent_w // 2
-        img_ids = torch.cat([_grid_ids(h2, w2, 0.0, device, self.dtype),
-                             _grid_ids(h2, w2, 1.0, device, self.dtype)])
-        guidance = (torch.full([1], self.guidance_scale, device=device, dtype=torch.float32)
-                    .expand(b) if self.guidance_embeds else None)
-        return img_ids, guidance
-
+    # form of the clean latent. They go through the same step functions as ``sample``.
     def velocity_at(self, latents: torch.Tensor, sigma: torch.Tensor | float,
                     image_tokens: torch.Tensor, text: PromptEmbeds, transformer=None
                     ) -> torch.Tensor:
-        """Flow velocity (B, L, C) predicted at noise level ``sigma`` (scalar or (B,)).
+        """Flow velocity (B, L, C) at any noise level ``sigma`` (scalar or (B,)).
 
-        The model input is ``timestep = sigma`` (the sampler's ``timesteps / 1000``);
-        grad follows the caller's grad mode. ``transformer`` overrides the sampler's.
+        For noise levels off the schedule (the flow-matching loss); at a sampler step use
+        :meth:`step_velocity`, which feeds the model exactly what ``sample`` does. The model
+        input is ``timestep = sigma`` in the model dtype; grad follows the caller's grad mode.
         """
-        b, device = latents.shape[0], latents.device
-        img_ids, guidance = self._ids_and_guidance(b, device)
-        text = text.to(device=device, dtype=self.dtype)
+        device = latents.device
+        cond = self.condition(image_tokens.to(device), text)
         sigma = torch.as_tensor(sigma, device=device, dtype=torch.float32)
-        timestep = sigma.expand(b) if sigma.ndim == 0 else sigma
-        v = (transformer or self.transformer)(
-            hidden_states=torch.cat([latents.to(self.dtype), image_tokens.to(self.dtype)], dim=1),
-            timestep=timestep.to(self.dtype), guidance=guidance,
-            pooled_projections=text.pooled_prompt_embeds, encoder_hidden_states=text.prompt_embeds,
-            txt_ids=text.text_ids, img_ids=img_ids, return_dict=False)[0]
-        return v[:, : latents.shape[1]]
+        timestep = sigma.expand(latents.shape[0]) if sigma.ndim == 0 else sigma
+        return self._velocity(latents, timestep.to(self.dtype), cond, transformer)
 
     def step_sigma(self, i: int) -> torch.Tensor:
         """Noise level entering Euler step ``i`` (the sigma its timestep is made from)."""
@@ -272,12 +452,11 @@ class KontextSampler:
     def denoise_to(self, noise: torch.Tensor, image_tokens: torch.Tensor, text: PromptEmbeds,
                    stop: int) -> torch.Tensor:
         """Run Euler steps 0..stop-1 without grad; returns the latents entering step ``stop``
-        (``stop = N``: the final clean latents, as ``sample`` would decode them)."""
+        (``stop = N``: the final clean latents, as ``sample`` would decode them, same bits)."""
         latents = noise.to(dtype=self.dtype)
+        cond = self.condition(image_tokens.to(latents.device), text)
         for i in range(stop):
-            v = self.velocity_at(latents, self.step_sigma(i), image_tokens, text)
-            latents = (latents.float() + (self.sigmas[i + 1] - self.sigmas[i]) * v.float()
-                       ).to(v.dtype)
+            latents = self.ode_step(latents, i, cond)
         return latents
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -288,5 +467,6 @@ class KontextSampler:
         return (image / 2 + 0.5).clamp(0, 1)
 
 
-__all__ = ["KontextSampler", "PromptEmbeds", "encode_prompts", "stack_prompt_embeds",
-           "calculate_shift"]
+__all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
+           "stack_prompt_embeds", "calculate_shift", "euler_step", "sde_step", "sde_std_scale",
+           "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]

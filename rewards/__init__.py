@@ -50,7 +50,27 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                   "PickScore (CLIP ViT-H/14) human-preference score for the prompt"),
     "dreamsim": ("rewards.perceptual", "make_dreamsim_reward",
                  "DreamSim similarity to the input (content) or a reference image (style)"),
+    "jpeg_compressibility": ("rewards.compressibility", "make_jpeg_compressibility_reward",
+                             "negative JPEG size in kB at quality 95 (DDPO / D3PO); no gradient"),
+    "vlm_answer": ("rewards.vlm_answer", "make_vlm_answer_reward",
+                   "a VLM's most likely answer to the rating question, as its value in [0, 1] "
+                   "(argmax, not probabilities); no gradient"),
+    "command": ("rewards.command", "make_command_reward",
+                "scores written by a user's program run on the batch's images "
+                "(--reward_command; protocol in rewards/command.py); no gradient"),
 }
+
+# Rewards that give no gradient to the pixels (differentiable=False): only the methods that
+# learn from scores alone (GRPO, D3PO) can use them. Their factories' objects also carry
+# ``differentiable = False``.
+NON_DIFFERENTIABLE: frozenset[str] = frozenset({"jpeg_compressibility", "vlm_answer", "command"})
+
+
+def is_differentiable(name: str) -> bool:
+    """Does the registered reward ``name`` give a gradient with respect to the images?"""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
+    return name not in NON_DIFFERENTIABLE
 
 
 def available_rewards() -> list[str]:
@@ -119,7 +139,8 @@ def build_rewards(specs: Iterable[Mapping[str, Any]]) -> CompositeReward:
         if weight == 0.0:
             continue
         fn = build_reward(name, **spec)
-        terms.append(RewardTerm(name=term, weight=weight, fn=fn, options={"reward": name, **spec}))
+        terms.append(RewardTerm(name=term, weight=weight, fn=fn, options={"reward": name, **spec},
+                                differentiable=is_differentiable(name)))
     return CompositeReward(terms)
 
 
@@ -133,4 +154,6 @@ __all__ = [
     "check_images",
     "describe_rewards",
     "get_factory",
+    "is_differentiable",
+    "NON_DIFFERENTIABLE",
 ]

@@ -7,7 +7,9 @@ A reward is any callable ``fn(images, inputs, prompts) -> (scores, metrics)``:
 * ``inputs``  -- the conditioning (input) images, same layout, or ``None``
   for rewards that do not compare with the input.
 * ``prompts`` -- list of B edit instructions (may be ignored).
-* ``scores``  -- tensor (B,), higher is better, differentiable w.r.t. ``images``.
+* ``scores``  -- tensor (B,), higher is better, differentiable w.r.t. ``images``
+  unless the reward says otherwise (``differentiable = False`` on the callable and
+  in the registry: a JPEG size, a program's verdict; only GRPO / D3PO learn from those).
 * ``metrics`` -- plain floats for logging (already batch means).
 
 Penalties are exposed as rewards by negation, so that every term of a
@@ -53,6 +55,9 @@ class RewardTerm:
     fn: Reward
     # Free-form description of the options used to build it (logged with the run).
     options: dict = field(default_factory=dict)
+    # False: the scores carry no gradient to the images (a JPEG size, a program's verdict);
+    # only score-based methods (GRPO, D3PO) can learn from such a term.
+    differentiable: bool = True
 
 
 class CompositeReward:
@@ -77,6 +82,17 @@ class CompositeReward:
     @property
     def names(self) -> list[str]:
         return [t.name for t in self.terms]
+
+    @property
+    def terms_without_gradient(self) -> list[str]:
+        """Names of the terms whose scores carry no gradient to the images."""
+        return [t.name for t in self.terms
+                if not (t.differentiable and getattr(t.fn, "differentiable", True))]
+
+    @property
+    def differentiable(self) -> bool:
+        """True when every term gives a gradient (what gradient-based methods need)."""
+        return not self.terms_without_gradient
 
     def __call__(self, images, inputs=None, prompts=None):
         check_images(images)
@@ -103,7 +119,8 @@ class CompositeReward:
 
     def describe(self) -> list[dict]:
         """JSON-able description of every term, saved with a run."""
-        return [{"name": t.name, "weight": t.weight, **t.options} for t in self.terms]
+        return [{"name": t.name, "weight": t.weight, **t.options,
+                 **({} if t.differentiable else {"differentiable": False})} for t in self.terms]
 
 
 def as_reward(fn: Callable) -> Reward:
