@@ -84,17 +84,21 @@ def wait(driver, condition, timeout: float = 30.0, message: str = ""):
         lambda d: condition(d), message)
 
 
+# What the page shows now, read from the DOM as a person would see it (a JS expression,
+# shared with the Firefox test).
+PAGE_JS = """(() => {
+    const b = document.body, q = (id) => document.getElementById(id);
+    return {ready: b.dataset.ready, pair: b.dataset.pair,
+            progress: q('progress-text').textContent, prompt: q('prompt').textContent,
+            left: q('img-left').src, right: q('img-right').src, input: q('img-input').src,
+            name_panel: !q('name-panel').hidden, done_panel: !q('done-panel').hidden,
+            pair_panel: !q('pair-panel').hidden, status: q('status').textContent,
+            undo_enabled: !q('undo').disabled};
+})()"""
+
+
 def page(driver) -> dict:
-    """What the page shows now (read from the DOM, as a person would see it)."""
-    return driver.execute_script("""
-        const b = document.body, q = (id) => document.getElementById(id);
-        return {ready: b.dataset.ready, pair: b.dataset.pair,
-                progress: q('progress-text').textContent,
-                prompt: q('prompt').textContent,
-                left: q('img-left').src, right: q('img-right').src, input: q('img-input').src,
-                name_panel: !q('name-panel').hidden, done_panel: !q('done-panel').hidden,
-                pair_panel: !q('pair-panel').hidden, status: q('status').textContent,
-                undo_enabled: !q('undo').disabled};""")
+    return driver.execute_script("return " + PAGE_JS)
 
 
 def wait_ready(driver) -> dict:

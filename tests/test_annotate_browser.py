@@ -1,7 +1,8 @@
-"""The annotation page in a real headless Chromium: click through, reload, resume, undo, skip.
+"""The annotation page in real headless browsers: click through, reload, resume, undo, skip.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (.ci/run installs them) and selenium
-(requirements.txt). Without them the tests are skipped with the reason, which ``make
+Chromium: Debian's ``chromium`` and ``chromium-driver`` driven by selenium. Firefox:
+Debian's ``firefox-esr`` driven over its own WebDriver BiDi (tests/_firefox.py). .ci/run
+installs both; selenium (and websocket-client with it) come from requirements.txt. Without them the tests are skipped with the reason, which ``make
 test`` prints (``-rs``); with ``ALIGNPROP_REQUIRE_BROWSER=1`` (set by .ci/run) they fail
 instead. ``ALIGNPROP_WRITE_MEDIA=1`` also saves the page's screenshot as
 media/annotate.png (the README's picture).
@@ -19,8 +20,10 @@ import pytest
 from alignprop.preferences import load_preferences, read_records
 
 from _annotate_helpers import REPO, start_server
-from _browser import (HEIGHT, WIDTH, answer, chromium, done_count, enter_name, need_browser,
-                      page, press, quit_driver, scripted_person, wait, wait_ready)
+import _firefox
+from _browser import (HEIGHT, PAGE_JS, REQUIRE, WIDTH, answer, brighter_side, chromium,
+                      done_count, enter_name, need_browser, page, press, quit_driver,
+                      scripted_person, wait, wait_ready)
 from _pairs_fixture import make_pairs_folder
 
 pytestmark = pytest.mark.slow
@@ -154,3 +157,77 @@ def test_scripted_person_preferring_brighter_edits_writes_their_preferences(brow
     assert prefs.counts.annotators == ("scripted-brightness",)
     # Both sides were shown and chosen: the order really is random, and the person read it.
     assert {j["chose"] for j in judged} == {"left", "right"}
+
+
+# --------------------------------------------------------------------------- Firefox
+
+@pytest.fixture
+def firefox():
+    reason = _firefox.missing()
+    if reason:
+        if REQUIRE:
+            pytest.fail(f"ALIGNPROP_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(f"Firefox test skipped: {reason}")
+    browser = _firefox.Firefox(WIDTH, HEIGHT)
+    yield browser
+    browser.close()
+
+
+def test_firefox_judge_reload_resume_undo_skip(firefox, tmp_path):
+    manifest, truth = make_pairs_folder(tmp_path / "pairs", n=6, size=128, seed=5)
+    srv = start_server(manifest.root)
+    fx = firefox
+
+    def shown():
+        return fx.eval_json(PAGE_JS)
+
+    def saved(before):
+        fx.wait(lambda: (lambda now: now["ready"] == "1" and now["status"].startswith("Saved")
+                         and f"pair {before['pair']}" in now["status"]
+                         and done_count(now) > done_count(before))(shown()),
+                message=f"choice on pair {before['pair']} not saved: {shown()}")
+
+    try:
+        fx.navigate(srv.url)
+        fx.wait(lambda: shown()["name_panel"], message="no name prompt")
+        fx.click("#name-input")
+        fx.keys("Fx")
+        fx.keys("\ue007")  # Enter
+        judged = []
+        for k, how in enumerate(("key", "click", "button")):
+            p = fx.wait(lambda: (lambda s: s if s["ready"] == "1" else None)(shown()))
+            side = brighter_side(p)
+            if how == "key":
+                fx.keys({"left": "1", "right": "2"}[side])
+            elif how == "click":
+                fx.click(f"button.pick[data-choice='{side}']")
+            else:
+                fx.click(f".actions button[data-choice='{side}']")
+            saved(p)
+            judged.append(p)
+        assert [j["pair"] for j in judged] == ["0000", "0001", "0002"]
+        fx.reload()
+        p = fx.wait(lambda: (lambda s: s if s["ready"] == "1" else None)(shown()))
+        assert not p["name_panel"] and p["progress"] == "3 of 6 pairs judged"
+        assert p["pair"] == "0003"
+        fx.keys("u")
+        fx.wait(lambda: (lambda s: s["ready"] == "1" and s["pair"] == "0002"
+                         and done_count(s) == 2)(shown()), message="undo did not work")
+        back = shown()
+        assert (back["left"], back["right"]) == (judged[2]["left"], judged[2]["right"])
+        fx.keys("s")
+        saved(back)
+        fx.screenshot(tmp_path / "firefox.png")
+    finally:
+        srv.stop()
+    path = manifest.root / "preferences.jsonl"
+    assert [r["type"] for _, r in read_records(path).records] == \
+        ["header", "choice", "choice", "choice", "undo", "choice"]
+    prefs = load_preferences(path)
+    assert dict(prefs.examples) == {"0000": truth["0000"], "0001": truth["0001"]}
+    assert (prefs.counts.skipped_pairs, prefs.counts.undone, prefs.counts.annotators) == \
+        (1, 1, ("Fx",))
+    from PIL import Image
+    img = Image.open(tmp_path / "firefox.png")
+    assert img.size == (WIDTH, HEIGHT)
+    assert np.asarray(img.convert("L"), np.float32).std() > 20
