@@ -76,13 +76,19 @@ class Firefox:
         if not ready.wait(timeout) or not found:
             self.close()
             raise BiDiError("Firefox did not start its WebDriver BiDi server")
-        self.ws = websocket.create_connection(found[0] + "/session", timeout=timeout,
-                                             suppress_origin=True)  # Firefox refuses Origins
-        self.ids = itertools.count(1)
-        self.send("session.new", {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": False}}})
-        self.context = self.send("browsingContext.getTree", {})["contexts"][0]["context"]
-        self.send("browsingContext.setViewport",
-                  {"context": self.context, "viewport": {"width": width, "height": height}})
+        self.ws = None
+        try:
+            self.ws = websocket.create_connection(found[0] + "/session", timeout=timeout,
+                                                 suppress_origin=True)  # Firefox refuses Origins
+            self.ids = itertools.count(1)
+            self.send("session.new",
+                      {"capabilities": {"alwaysMatch": {"acceptInsecureCerts": False}}})
+            self.context = self.send("browsingContext.getTree", {})["contexts"][0]["context"]
+            self.send("browsingContext.setViewport",
+                      {"context": self.context, "viewport": {"width": width, "height": height}})
+        except BaseException:
+            self.close()  # never leave a Firefox running behind a failed start
+            raise
 
     def send(self, method: str, params: dict) -> dict:
         mid = next(self.ids)
@@ -150,10 +156,11 @@ class Firefox:
     def close(self) -> None:
         try:
             if getattr(self, "ws", None) is not None:
-                try:
-                    self.send("session.end", {})
-                except Exception:
-                    pass
+                if getattr(self, "ids", None) is not None:
+                    try:
+                        self.send("session.end", {})
+                    except Exception:
+                        pass
                 self.ws.close()
         finally:
             if self.proc.poll() is None:
