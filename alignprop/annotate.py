@@ -349,6 +349,10 @@ def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 0,
     """Load and check the folder, open the preferences file, bind; the caller serves."""
     pairs = load_pairs(directory)
     pref_path = Path(preferences) if preferences else pairs.root / PREFERENCES
+    inputs = {pairs.manifest_path.resolve(), *(pairs.path(rel).resolve() for rel in pairs.files())}
+    if pref_path.resolve() in inputs:
+        raise UserError(f"--preferences {pref_path} is one of the pairs folder's own files; "
+                        f"choices go to a .jsonl file of their own")
     writer = PreferenceWriter(pref_path, pairs)
     try:
         app = AnnotationState(pairs, writer)

@@ -293,17 +293,20 @@ def test_second_server_on_the_same_folder_is_refused(server, folder):
     assert "another alignprop.annotate" in lines[0]
 
 
-@pytest.mark.parametrize("case", ["no_manifest", "missing_image", "other_pairs"])
+@pytest.mark.parametrize("case", ["no_manifest", "missing_image", "other_pairs", "input_file"])
 def test_bad_folder_or_file_is_one_line(tmp_path, case):
     d = tmp_path / "pairs"
     make_pairs_folder(d, n=2, size=16)
     args = [str(d)]
     expect = {"no_manifest": "pairs.json: missing", "missing_image": "is missing",
-              "other_pairs": "made for other pairs"}[case]
+              "other_pairs": "made for other pairs",
+              "input_file": "is one of the pairs folder's own files"}[case]
     if case == "no_manifest":
         (d / "pairs.json").unlink()
     elif case == "missing_image":
         (d / "images" / "0001_b.png").unlink()
+    elif case == "input_file":
+        args += ["--preferences", str(d / "pairs.json")]
     else:
         other = tmp_path / "other"
         make_pairs_folder(other, n=2, size=16, seed=1)
