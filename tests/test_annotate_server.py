@@ -195,8 +195,7 @@ def test_two_tabs_neither_duplicate_nor_lose_choices(fresh):
     confirmed: dict[str, list[str]] = {"tabA0001": [], "tabB0001": []}
     conflicts = []
 
-    def tab(name):
-        s = srv.state("Ana", name)
+    def tab(name, s):
         while s["pair"]:
             e = ev()
             status, r = srv.choose("Ana", name, s["pair"], "right", e)
@@ -208,7 +207,10 @@ def test_two_tabs_neither_duplicate_nor_lose_choices(fresh):
             s = r["state"]
 
     try:
-        threads = [threading.Thread(target=tab, args=(n,)) for n in confirmed]
+        # Both tabs are open (each shows a pair) before either answers.
+        first = {n: srv.state("Ana", n) for n in confirmed}
+        assert first["tabA0001"]["pair"]["id"] != first["tabB0001"]["pair"]["id"]
+        threads = [threading.Thread(target=tab, args=(n, first[n])) for n in confirmed]
         for t in threads:
             t.start()
         for t in threads:
