@@ -30,15 +30,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ._cli import UserError, run_cli
 from .pairs_format import PREFERENCES, PairsManifest, load_pairs, utc_now
-from .preferences import (CHOICES, PreferenceWriter, PreferencesError, check_annotator,
-                          new_event_id)
+from .preferences import CHOICES, PreferenceWriter, PreferencesError, check_annotator
 
 PROG = "alignprop.annotate"
 STATIC_DIR = Path(__file__).resolve().parent / "annotate_static"

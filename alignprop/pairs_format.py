@@ -145,10 +145,12 @@ def _is(value, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and not isinstance(value, bool)
 
 
-def check_relative_path(root: Path, rel, where: str, manifest: Path, must_exist: bool = True) -> str:
+def check_relative_path(root: Path, rel, where: str, manifest: Path,
+                        must_exist: bool = True) -> str:
     """``rel`` as a clean relative POSIX path that stays inside ``root`` (symlinks resolved)."""
     if not isinstance(rel, str) or not rel:
-        raise PairsFormatError(f"{manifest}: {where} must be a non-empty relative path, got {rel!r}")
+        raise PairsFormatError(f"{manifest}: {where} must be a non-empty relative path, got "
+                               f"{rel!r}")
     if "\\" in rel or "\x00" in rel:
         raise PairsFormatError(f"{manifest}: {where} {rel!r} has a backslash or NUL; use / "
                                f"between folders")

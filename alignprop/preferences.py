@@ -284,8 +284,6 @@ def replay(path: str | os.PathLike, pairs: PairsManifest) -> tuple[PreferenceLog
     result = read_records(path)
     for lineno, record in result.records:
         log.apply(record, f"{path}:{lineno}")
-    if result.records and log.headers == 0:  # pragma: no cover - apply refuses first
-        raise PreferencesError(f"{path}: no header line")
     return log, result
 
 
@@ -363,7 +361,8 @@ def aggregate(log: PreferenceLog, mode: str = "majority"
     return examples, left_out
 
 
-def load_preferences(path: str | os.PathLike, pairs: PairsManifest | str | os.PathLike | None = None,
+def load_preferences(path: str | os.PathLike,
+                     pairs: PairsManifest | str | os.PathLike | None = None,
                      mode: str = "majority") -> Preferences:
     """Read ``preferences.jsonl`` against its pairs; the examples training uses, and counts.
 

@@ -38,8 +38,9 @@ class Server:
                 self.kill()
 
     # -- HTTP
-    def request(self, method: str, path: str, body=None, headers=None, raw_body: bytes | None = None,
-                host_header: str | None = None) -> tuple[int, dict | bytes]:
+    def request(self, method: str, path: str, body=None, headers=None,
+                raw_body: bytes | None = None, host_header: str | None = None
+                ) -> tuple[int, dict | bytes]:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         hdrs = dict(headers or {})
         data = raw_body

@@ -65,7 +65,7 @@ def make_pairs_folder(folder: str | Path, n: int = 8, size: int = 96, seed: int 
             edits.reverse()
         truth[pid] = 0 if brighter_first else 1
         _save(photo, folder / files["input"])
-        for edit, rel in zip(edits, files["images"]):
+        for edit, rel in zip(edits, files["images"], strict=True):
             _save(edit, folder / rel)
         traj = folder / files["trajectory"]
         traj.parent.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,11 @@
 
 Chromium: Debian's ``chromium`` and ``chromium-driver`` driven by selenium. Firefox:
 Debian's ``firefox-esr`` driven over its own WebDriver BiDi (tests/_firefox.py). .ci/run
-installs both; selenium (and websocket-client with it) come from requirements.txt. Without them the tests are skipped with the reason, which ``make
-test`` prints (``-rs``); with ``ALIGNPROP_REQUIRE_BROWSER=1`` (set by .ci/run) they fail
-instead. ``ALIGNPROP_WRITE_MEDIA=1`` also saves the page's screenshot as
-media/annotate.png (the README's picture).
+installs both; selenium (and websocket-client with it) come from requirements.txt.
+Without them the tests are skipped with the reason, which ``make test`` prints (``-rs``);
+with ``ALIGNPROP_REQUIRE_BROWSER=1`` (set by .ci/run) they fail instead.
+``ALIGNPROP_WRITE_MEDIA=1`` also saves the page's screenshot as media/annotate.png (the
+README's picture).
 """
 from __future__ import annotations
 
@@ -194,7 +195,7 @@ def test_firefox_judge_reload_resume_undo_skip(firefox, tmp_path):
         fx.keys("Fx")
         fx.keys("\ue007")  # Enter
         judged = []
-        for k, how in enumerate(("key", "click", "button")):
+        for how in ("key", "click", "button"):
             p = fx.wait(lambda: (lambda s: s if s["ready"] == "1" else None)(shown()))
             side = brighter_side(p)
             if how == "key":
