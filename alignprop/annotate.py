@@ -35,8 +35,9 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ._cli import UserError, run_cli
-from .pairs_format import PREFERENCES, PairsManifest, load_pairs, utc_now
-from .preferences import CHOICES, PreferenceWriter, PreferencesError, check_annotator
+from .pairs_format import PREFERENCES, PairsManifest, load_pairs
+from .preferences import (CHOICES, PreferenceWriter, PreferencesError, check_annotator,
+                          choice_record, undo_record)
 
 PROG = "alignprop.annotate"
 STATIC_DIR = Path(__file__).resolve().parent / "annotate_static"
@@ -143,12 +144,8 @@ class AnnotationState:
             if pair_id in self.log.judged_by(annotator):
                 return 409, {"error": f"pair {pair_id} was already judged by {annotator} "
                                       f"(in another tab?)", "state": self.view(annotator, tab)}
-            record = {"type": "choice", "event": event, "pair": pair_id, "shown": order,
-                      "choice": choice,
-                      "preferred": None if choice == "skip" else order[0 if choice == "left"
-                                                                      else 1],
-                      "annotator": annotator, "time": utc_now()}
-            self.writer.append(record)  # returns after fsync
+            self.writer.append(choice_record(pair_id, order, choice, annotator, event))
+            # (append returns after fsync: only then is the page told "saved")
             if (cur := self.current.get((annotator, tab))) and cur.pair_id == pair_id:
                 del self.current[(annotator, tab)]
             self.leases.pop((annotator, pair_id), None)
@@ -169,8 +166,7 @@ class AnnotationState:
             if not standing:
                 return 409, {"error": "that choice is not yours to undo or was already undone",
                              "state": self.view(annotator, tab)}
-            self.writer.append({"type": "undo", "event": event, "undoes": undoes,
-                                "annotator": annotator, "time": utc_now()})
+            self.writer.append(undo_record(undoes, annotator, event))
             # The withdrawn pair comes back to this tab, in the order it was shown.
             cur = self.current.get((annotator, tab))
             if cur is not None:

@@ -120,6 +120,27 @@ def check_record(record, where: str) -> dict:
     return record
 
 
+def choice_record(pair_id: str, shown, choice: str, annotator: str,
+                  event: str | None = None) -> dict:
+    """A ``choice`` record: ``shown`` = [index shown left, index shown right], ``choice`` =
+    left / right / skip; ``preferred`` follows from them."""
+    shown = [int(k) for k in shown]
+    if shown not in ([0, 1], [1, 0]):
+        raise PreferencesError(f"shown must be [0, 1] or [1, 0], got {shown}")
+    if choice not in CHOICES:
+        raise PreferencesError(f"choice must be one of {', '.join(CHOICES)}, got {choice!r}")
+    return {"type": "choice", "event": event or new_event_id(), "pair": pair_id, "shown": shown,
+            "choice": choice,
+            "preferred": None if choice == "skip" else shown[0 if choice == "left" else 1],
+            "annotator": check_annotator(annotator), "time": utc_now()}
+
+
+def undo_record(undoes: str, annotator: str, event: str | None = None) -> dict:
+    """An ``undo`` record withdrawing the choice whose event id is ``undoes``."""
+    return {"type": "undo", "event": event or new_event_id(), "undoes": undoes,
+            "annotator": check_annotator(annotator), "time": utc_now()}
+
+
 def encode_record(record: dict) -> bytes:
     """One record as one line of UTF-8 JSON (no newline inside: json escapes them)."""
     return (json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
@@ -486,4 +507,4 @@ class PreferenceWriter:
 __all__ = ["FORMAT", "MODES", "CHOICES", "PreferencesError", "AnotherWriterError",
            "Preferences", "PreferenceCounts", "PreferenceLog", "PreferenceWriter",
            "load_preferences", "aggregate", "read_records", "replay", "check_record",
-           "check_annotator", "encode_record", "new_event_id"]
+           "check_annotator", "encode_record", "new_event_id", "choice_record", "undo_record"]

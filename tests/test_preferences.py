@@ -13,7 +13,7 @@ import pytest
 
 from alignprop.pairs_format import load_pairs
 from alignprop.preferences import (AnotherWriterError, PreferencesError, PreferenceWriter,
-                                   load_preferences, new_event_id, read_records)
+                                   choice_record, load_preferences, read_records, undo_record)
 
 from _annotate_helpers import REPO
 from _pairs_fixture import make_pairs_folder
@@ -26,16 +26,11 @@ def pairs(tmp_path):
 
 
 def choice(pair, who, choice, shown=(0, 1)):
-    shown = list(shown)
-    preferred = None if choice == "skip" else shown[0 if choice == "left" else 1]
-    return {"type": "choice", "event": new_event_id(), "pair": pair, "shown": shown,
-            "choice": choice, "preferred": preferred, "annotator": who,
-            "time": "2026-12-05T10:00:00.000Z"}
+    return choice_record(pair, shown, choice, who)
 
 
 def undo(event, who):
-    return {"type": "undo", "event": new_event_id(), "undoes": event, "annotator": who,
-            "time": "2026-12-05T10:00:01.000Z"}
+    return undo_record(event, who)
 
 
 def write(pairs, records, path=None):
@@ -145,7 +140,7 @@ def test_a_refused_record_never_reaches_the_file(pairs):
     size = path.stat().st_size
     w = PreferenceWriter(path, pairs)
     for bad in (choice("nope", "Ana", "left"), undo("0" * 32, "Ana"),
-                choice("0000", "", "left")):
+                choice("0000", "Ana", "left") | {"annotator": ""}):
         with pytest.raises(PreferencesError):
             w.append(bad)
     w.close()
@@ -167,17 +162,15 @@ WRITER = textwrap.dedent("""
     import os
     import sys
     from alignprop.pairs_format import load_pairs
-    from alignprop.preferences import PreferenceWriter, new_event_id
+    from alignprop.preferences import PreferenceWriter, choice_record
     pairs = load_pairs(sys.argv[1])
     w = PreferenceWriter(sys.argv[2], pairs)
     ids = [p.id for p in pairs.pairs]
     k = 0
     while True:
-        e = new_event_id()
-        w.append({"type": "choice", "event": e, "pair": ids[k % len(ids)], "shown": [1, 0],
-                  "choice": "right", "preferred": 0, "annotator": f"p{os.getpid()}-{k}",
-                  "time": "2026-12-05T10:00:00.000Z"})
-        print(e, flush=True)   # printed only after append returned (after fsync)
+        r = choice_record(ids[k % len(ids)], [1, 0], "right", f"p{os.getpid()}-{k}")
+        w.append(r)
+        print(r["event"], flush=True)   # printed only after append returned (after fsync)
         k += 1
 """)
 
