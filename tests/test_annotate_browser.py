@@ -143,6 +143,33 @@ def test_two_tabs_get_different_pairs_and_record_each_once(browser, folder):
     assert all(r["annotator"] == "Bo" for r in recs)
 
 
+def test_page_survives_a_killed_server(browser, folder):
+    """What the page showed as saved is in the file after a SIGKILL; a choice made while the
+    server is down is shown as not saved, and the same key press saves it once it is back."""
+    manifest, _ = folder
+    srv = start_server(manifest.root)
+    try:
+        browser.get(srv.url)
+        enter_name(browser, "Kim")
+        saved = [answer(browser, "left")["pair"], answer(browser, "right")["pair"]]
+        srv.kill()
+        p = page(browser)
+        press(browser, "1")
+        wait(browser, lambda d: page(d)["status"].startswith("Not saved"),
+             message="a choice with no server was not reported as unsaved")
+        assert page(browser)["pair"] == p["pair"] and done_count(page(browser)) == 2
+        srv = start_server(manifest.root, "--port", str(srv.port))  # same address, new process
+        answer(browser, "left")
+        saved.append(p["pair"])
+        browser.refresh()
+        assert wait_ready(browser)["progress"] == "3 of 8 pairs judged"
+    finally:
+        srv.stop()
+    recs = [r for _, r in read_records(manifest.root / "preferences.jsonl").records
+            if r["type"] == "choice"]
+    assert [r["pair"] for r in recs] == saved and all(r["annotator"] == "Kim" for r in recs)
+
+
 def test_scripted_person_preferring_brighter_edits_writes_their_preferences(browser, tmp_path):
     manifest, truth = make_pairs_folder(tmp_path / "pairs", n=12, size=64, seed=3)
     srv = start_server(manifest.root)
