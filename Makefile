@@ -38,8 +38,10 @@ demo-grid: $(STAMP)
 tiny-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny --output_dir outputs/tiny-photo
 
+# -rs prints the reason of every skipped test (the browser test says when no Chromium is
+# installed: apt-get install chromium chromium-driver, as .ci/run does).
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 # Speed / memory figures (not tests). Run on a quiet machine; see BENCHMARKS in README.
 bench: $(STAMP)

@@ -18,6 +18,7 @@ COMMANDS = {
     "generate": (["-m", "alignprop.generate"], ["--lora_scale", "--input_dir"]),
     "evaluate": (["-m", "alignprop.evaluate"], ["--originals_dir", "--brightness_target"]),
     "demo": (["-m", "alignprop.demo"], ["--output_dir"]),
+    "annotate": (["-m", "alignprop.annotate"], ["--host", "--port", "--preferences"]),
 }
 
 
