@@ -69,7 +69,7 @@ COMBINED = [r for r in FIXTURE["anchors_and_grid"] if "combined_reward" in r["so
 def _original_mode_reward(settings: str, tmp_path):
     from alignprop.config import parse_config
     from alignprop.reward_flags import build_reward_from_flags
-    from rewards.images import save_image
+    from common.images import save_image
 
     data = tmp_path / "train_images"
     save_image(torch.rand(3, 16, 16), data / "a.png")
