@@ -208,7 +208,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     # decoded once, so an unreadable one is found now, not at step 10,000).
     resume_dir = preflight(cfg)
     folder = ImageFolder(cfg.data_dir, cfg.image_height, cfg.image_width, cfg.prompt,
-                         cfg.prompt_file, seed=cfg.seed)
+                         cfg.prompt_file, seed=cfg.seed, recursive=cfg.recursive)
     targets = paired_targets(cfg, folder)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
@@ -312,7 +312,8 @@ def resume_run(run: Run) -> None:
                             "%d later checkpoint(s) to %s", run.global_step, dropped, len(moved),
                             moved[0].parent if moved else "-")
         run.accelerator.wait_for_everyone()
-    run.stream = SampleStream(len(run.folder), run.cfg.seed, position)
+    run.stream = SampleStream(len(run.folder), run.cfg.seed, position,
+                              shuffle=run.reward_flags.semantics != "original")
 
 
 # --------------------------------------------------------------------------- description

@@ -37,6 +37,17 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def folder_counts(paths: Iterable[Path], root: str | Path) -> str:
+    """"5 images: . (2), portraits (3)": how many of ``paths`` each sub-folder of ``root``
+    holds (printed when a folder is searched recursively, so a missed tree shows)."""
+    from collections import Counter
+
+    root = Path(root).expanduser()
+    counts = Counter(Path(p).parent.relative_to(root).as_posix() for p in paths)
+    listing = ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
+    return f"{sum(counts.values())} image(s) in {root}: {listing}"
+
+
 def unsupported_note(folder: str | Path, recursive: bool = False) -> str:
     """For "no images" errors: which file types in ``folder`` were passed over, e.g.
     ``"; it holds 3 file(s) of unsupported types: .gif (2), .heic (1)"`` ("" if none)."""

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from common.cli import UserError
-from common.images import (IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_image,
-                           to_pil, unsupported_note)
+from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list_images,
+                           load_image, save_image, to_pil, unsupported_note)
 from common.paths import check_no_overwrite
 from common.photos import write_photos
 
@@ -29,9 +29,10 @@ from .grid_original import COLUMNS as BASELINES
 from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
 
 GRID_KINDS = ("lines", "sinusoid", "tile")
-# The original benchmark's file names; both files are written unless --demo chooses others.
-DEFAULT_OUT = Path("anti_periodic_per_image.csv")
-DEFAULT_SUMMARY = Path("anti_periodic_summary.csv")
+# Our file names (the original's, anti_periodic_*.csv, hold only its own columns: written by
+# --semantics original); both files are written unless --demo chooses others.
+DEFAULT_OUT = Path("grid_benchmark_per_image.csv")
+DEFAULT_SUMMARY = Path("grid_benchmark_summary.csv")
 # Natural photos bundled with scikit-image (offline). brick/text/page/grass/gravel are the
 # natural periodic-ish textures a grid detector must not confuse with a VAE grid.
 DEMO_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
@@ -319,9 +320,12 @@ def list_folder(folder: Path, what: str, recursive: bool) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UserError(f"{what}: {exc}") from None
     if not paths:
-        raise UserError(f"{what}: no images found in {folder} "
-                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
-                         f"{unsupported_note(folder, recursive)}")
+        raise UserError(f"{what}: no images found in {folder}"
+                        f"{' or its sub-folders' if recursive else ''} "
+                        f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
+                        f"{unsupported_note(folder, recursive)}")
+    if recursive:
+        print(f"{what}: {folder_counts(paths, folder)}", file=sys.stderr)
     return paths
 
 

@@ -4,8 +4,9 @@
 running the original ``promptable-differentiable-rewards`` code (imported from a clone, never
 copied) on inputs rebuilt from scikit-image's bundled photos. The first two tests check that
 those inputs and the tiny InternVL are still the ones measured; the others compare
-``--semantics original`` with the recorded values and are expected to fail until original
-mode exists (docs/original_mode.md says what it has to do).
+``--semantics original`` (docs/original_mode.md) with the recorded values, measure by measure:
+the trainer's anchors and grid term, the InternVL scorer (function and command line) and the
+benchmark's files.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import original_reference as ref  # noqa: E402  (build_image: the fixture's inputs)
 
 FIXTURE = json.loads((ROOT / "tests" / "data" / "original_reference.json").read_text())
-NOT_BUILT = pytest.mark.xfail(strict=True, reason="original mode not built yet")
 
 # The README command's anchor and grid flags (the settings named "readme" in the fixture).
 README_FLAGS = ["--grid_ratio_weight", "1", "--grid_ratio_period", "16", "--grid_ratio_max_harm",
@@ -63,7 +63,8 @@ def test_tiny_internvl_is_the_model_measured():
 
 
 # --------------------------------------------------------------------------- anchors and grid
-COMBINED = [r for r in FIXTURE["anchors_and_grid"] if "combined_reward" in r["source"]]
+COMBINED = [r for r in FIXTURE["anchors_and_grid"]
+            if r["source"] == "alignprop_fluxkontext.py::combined_reward"]
 
 
 def _original_mode_reward(settings: str, tmp_path):
@@ -80,7 +81,6 @@ def _original_mode_reward(settings: str, tmp_path):
     return build_reward_from_flags(flags, device="cpu")
 
 
-@NOT_BUILT
 @pytest.mark.parametrize("row", COMBINED, ids=lambda r: f"{r['settings']}-{'+'.join(r['images'])}")
 def test_anchors_and_grid_equal_the_original(row, tmp_path):
     """Brightness, crispness and grid terms of original mode = combined_reward's, per batch."""
@@ -121,19 +121,21 @@ def _entry_id(e) -> str:
             f"-m{e['margin_temp']}-H{e['entropy_coef']}-{size}")
 
 
-@NOT_BUILT
 @pytest.mark.parametrize("entry", FIXTURE["scorer_function"], ids=_entry_id)
 def test_vlm_scores_equal_the_original(entry):
-    from rewards.vlm import make_vlm_reward
+    from rewards.vlm_original import make_original_vlm_reward
 
     refs = [image(n) for n in entry["artifact_refs"]] if entry["artifact_refs"] else ()
-    reward = make_vlm_reward(entry["task"], model_id="tiny", dtype="float32", device="cpu",
-                             prompt=entry["question"], objective=entry["objective"],
-                             calibration=entry["calibration"], temperature=entry["temperature"],
-                             margin_temp=entry["margin_temp"], entropy_bonus=entry["entropy_coef"],
-                             artifact_refs=refs, semantics="original")
+    reward = make_original_vlm_reward(
+        entry["task"], model_id="tiny", dtype="float32", device="cpu", prompt=entry["question"],
+        objective=entry["objective"], calibration=entry["calibration"],
+        temperature=entry["temperature"], margin_temp=entry["margin_temp"],
+        entropy_bonus=entry["entropy_coef"], artifact_refs=refs)
+    slots = _slots(entry)
+    if refs:  # the reward shows its two example images (resized to the image) first
+        slots = reward.slots_for(slots[0], None)
     with torch.no_grad():
-        out = reward.score_slots(_slots(entry))
+        out = reward.score_slots(slots)
     assert abs(out.scores[0].item() - entry["score"]) < 2e-5
     if "grade_probs" in entry:
         torch.testing.assert_close(out.probs[0][0], torch.tensor(entry["grade_probs"]),
@@ -145,7 +147,6 @@ def _cli_id(e) -> str:
     return flags.replace("--model_id TINY_INTERNVL --device cpu", "").strip()
 
 
-@NOT_BUILT
 @pytest.mark.parametrize("entry", FIXTURE["scorer_cli"], ids=_cli_id)
 def test_scorer_cli_prints_the_original_lines(entry, tmp_path, capsys):
     import internvl_scorer
@@ -192,7 +193,6 @@ def _same_table(got_path: Path, want: dict) -> None:
                 assert close(float(g), w, rel=2e-4, abs_=1e-9), (g_row[:2], g, w)
 
 
-@NOT_BUILT
 @pytest.mark.parametrize("run", FAST_RUNS, ids=lambda r: r["name"])
 def test_benchmark_writes_the_original_files(run, tmp_path, monkeypatch):
     """Original mode: the original's folders (recursive), file names, columns and values."""
