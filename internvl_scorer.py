@@ -82,8 +82,10 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="divides the answer log-probs (> 0)")
     p.add_argument("--entropy_bonus", type=float, default=0.0,
                    help="adds bonus * normalised entropy of the answer distribution")
-    p.add_argument("--max_tiles", type=int, default=1,
-                   help="InternVL: 1 = one tile per image; >1 = dynamic tiling (more tokens)")
+    p.add_argument("--max_tiles", type=int, default=None,
+                   help="InternVL: most tiles per image (default: the checkpoint's max_patches, "
+                        "as its processor tiles: e.g. 7 tiles for 512x768 with 12); 1 = one "
+                        "squashed tile (cheapest)")
     p.add_argument("--min_pixels", type=int, default=None,
                    help="Qwen-VL: smallest image area after its dynamic resize (default: the "
                         "checkpoint's processor's)")

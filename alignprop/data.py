@@ -59,8 +59,9 @@ class ImageFolder:
             raise DataError(f"--data_dir {folder}{where} holds no images (looked for .jpg, .jpeg, "
                             f".png, .webp, .bmp, .tif, .tiff)"
                             f"{unsupported_note(folder, recursive)}")
-        if recursive:
-            logger.info("--data_dir: %s", folder_counts(paths, folder))
+        counts = folder_counts(paths, folder) if recursive else None
+        if counts:
+            logger.info("--data_dir: %s", counts)
         self.height, self.width = height, width
         # Resized images are kept (up to CACHE_BYTES) from this first decode on, so a
         # training step never decodes a photo again, and a file that later disappears

@@ -452,7 +452,9 @@ def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_d
 
     for spec in specs:
         task = spec["task"]
-        max_tiles = int(spec.get("max_tiles", 1))
+        # the processor's default: up to max_patches (12 in InternVL3's preprocessor config);
+        # the original's scoring (--semantics original): one tile
+        max_tiles = 1 if spec["name"] == "original_vlm" else int(spec.get("max_tiles") or 12)
         question, scale, prefix = resolve_prompt(task, spec.get("prompt"), spec.get("prompt_file"),
                                                  spec.get("answer_scale"))
         try:

@@ -276,6 +276,10 @@ class RewardFlags:
                     "InternVL term of the original: subtract the answer log-probs for a "
                     "neutral gray image, cached) or 'none'; see rewards/vlm.py.",
         INTERNVL_CALIBRATIONS)
+    internvl_max_tiles: Optional[int] = _f(
+        None, "InternVL terms: most tiles per image (default: the checkpoint's max_patches, as "
+              "its processor tiles; a 512x512 image is one tile, 512x768 seven); 1 = one "
+              "squashed tile. --semantics original always uses one bilinear tile.")
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
     internvl_answer_scale: Optional[str] = _f(
@@ -362,6 +366,8 @@ class RewardFlags:
             raise ValueError(f"--lpips_resolution must be >= {LPIPS_MIN_RESOLUTION} (the LPIPS "
                              f"backbones downsample too far below that), got "
                              f"{self.lpips_resolution}")
+        if self.internvl_max_tiles is not None and self.internvl_max_tiles < 1:
+            raise ValueError(f"--internvl_max_tiles must be >= 1, got {self.internvl_max_tiles}")
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
         for task in ("aesthetic", "style", "content", "sharpness"):
@@ -454,6 +460,8 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
                 "trust_remote_code": flags.trust_remote_code, **extra}
+        if flags.internvl_max_tiles is not None:
+            opts["max_tiles"] = flags.internvl_max_tiles
         scale = getattr(flags, f"{prompt_key}_answer_scale") or flags.internvl_answer_scale
         if scale is not None:
             opts["answer_scale"] = scale

@@ -324,8 +324,6 @@ def list_folder(folder: Path, what: str, recursive: bool) -> list[Path]:
                         f"{' or its sub-folders' if recursive else ''} "
                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
                         f"{unsupported_note(folder, recursive)}")
-    if recursive:
-        print(f"{what}: {folder_counts(paths, folder)}", file=sys.stderr)
     return paths
 
 
@@ -335,6 +333,11 @@ def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
     for flag in ("out", "summary_out", "plot"):  # a report never replaces an image it scores
         if getattr(args, flag) is not None:
             check_no_overwrite([getattr(args, flag)], art_paths + clean_paths, f"--{flag}")
+    for what, folder, paths in (("--artifacts_dir", artifacts_dir, art_paths),
+                                ("--clean_dir", clean_dir, clean_paths)):
+        counts = folder_counts(paths, folder) if args.recursive else None
+        if counts:
+            print(f"{what}: {counts}", file=sys.stderr)
     penalties = build_penalties(args)
     t0 = time.perf_counter()
     rows_a, fail_a = score_folder(art_paths, "artifact", penalties, not args.no_progress)

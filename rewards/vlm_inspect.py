@@ -45,7 +45,11 @@ def pixel_count(path: Path) -> int:
         return 0
 
 
-def expand_paths(paths: list[str], recursive: bool = False) -> list[Path]:
+def expand_paths(paths: list[str], recursive: bool = False,
+                 notes: list[str] | None = None) -> list[Path]:
+    """Files of ``paths`` (folders expanded, sorted); ``notes`` collects the per-sub-folder
+    counts of recursive searches (printed once the command's checks have passed)."""
+    notes = [] if notes is None else notes
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
@@ -55,8 +59,9 @@ def expand_paths(paths: list[str], recursive: bool = False) -> list[Path]:
                 where = " or its sub-folders" if recursive else ""
                 raise UserError(f"folder {path}{where} contains no images "
                                 f"({', '.join(IMAGE_EXTENSIONS)}){unsupported_note(path, recursive)}")
-            if recursive:
-                print(f"found {folder_counts(found, path)}", file=sys.stderr)
+            counts = folder_counts(found, path) if recursive else None
+            if counts:
+                notes.append(f"found {counts}")
             files.extend(found)
         elif path.exists():
             files.append(path)
@@ -174,7 +179,7 @@ def score_files(args) -> list[dict]:
     load = load_image_original if original else load_image
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.max_tiles < 1:
+    if args.max_tiles is not None and args.max_tiles < 1:
         raise UserError(f"--max_tiles must be >= 1, got {args.max_tiles}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UserError(f"--temperature must be a positive number, got {args.temperature}")
@@ -185,7 +190,8 @@ def score_files(args) -> list[dict]:
     if not args.paths:
         raise UserError("give image files or folders to score (or --list_prompts)")
     recursive = original or getattr(args, "recursive", True)
-    groups = group_files(expand_paths(args.paths, recursive=recursive), args.task, has_ref)
+    notes: list[str] = []
+    groups = group_files(expand_paths(args.paths, recursive, notes), args.task, has_ref)
     viz = check_viz_args(args)
     if viz is not None:  # gradient pictures never land among (or over) the images being scored
         flag = "--viz_outdir" if args.viz_grads is True else "--viz_grads"
@@ -219,6 +225,8 @@ def score_files(args) -> list[dict]:
     except ModelUnavailableError as exc:  # name this command's flag, not the trainer's
         raise exc.for_cli({exc.flag: "--model_id"} if exc.flag else {}) from None
     args.resolved_device = str(reward.bundle.device)
+    for note in notes:
+        print(note, file=sys.stderr)
     ref = load(args.reference) if has_ref else None
     # which slot the fixed reference fills: similarity -> image 2, triplet -> image 1
     ref_slot = 1 if args.task in ("similarity", "content-similarity") else 0

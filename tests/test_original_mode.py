@@ -306,3 +306,32 @@ def test_original_readme_training_command_in_original_mode(tmp_path):
     assert (cfg["guidance_scale"], cfg["truncated_backprop"], cfg["sample_num_steps"],
             cfg["lora_rank"], cfg["semantics"]) == (5.0, "per_step", 5, 32, "original")
     assert "our presets" in proc.stderr and "carry no gradient" in proc.stderr
+
+
+# --------------------------------------------------------------------------- --recursive
+def test_every_tool_searches_sub_folders_by_default(tmp_path, capsys):
+    """Folders are searched recursively (the original's rglob), with a count per sub-folder;
+    --no_recursive / --no-recursive keeps the top level only."""
+    import internvl_scorer
+
+    from alignprop.data import ImageFolder
+
+    tree = tmp_path / "ffhq"
+    for rel in ("00000/a.png", "00000/b.png", "01000/c.png", "d.png"):
+        save_image(torch.rand(3, 16, 16), tree / rel)
+    assert len(ImageFolder(tree, 16, 16, "p")) == 4
+    assert len(ImageFolder(tree, 16, 16, "p", recursive=False)) == 1
+    train_cfg, _ = parse_config(["--data_dir", str(tree), "--grid_ratio_weight", "1"])
+    assert train_cfg.recursive
+    train_cfg, _ = parse_config(["--data_dir", str(tree), "--grid_ratio_weight", "1",
+                                 "--no_recursive"])
+    assert not train_cfg.recursive
+    assert internvl_scorer.main([str(tree), "--model_id", "tiny", "--device", "cpu",
+                                 "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    rows = out.out.strip().splitlines()[1:]
+    assert len(rows) == 4 and any("00000/a.png" in r for r in rows)   # relative paths kept
+    assert "4 image(s)" in out.err and "00000 (2)" in out.err and "01000 (1)" in out.err
+    assert internvl_scorer.main([str(tree), "--model_id", "tiny", "--device", "cpu",
+                                 "--format", "csv", "--no-recursive"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
