@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -161,6 +162,13 @@ class TrainConfig(MethodFlags):
                                               "already holds a run is refused unless "
                                               "--resume_from continues it (one run per folder).")
     save_freq: int = _f(100, "Checkpoint every this many optimizer steps (0 = only at the end).")
+    push_to_hub: bool = _f(
+        False, "After training, upload the run folder (LoRA, README.md model card, "
+               "run_config.json, metrics, sample grid; not checkpoints) to the Hugging Face Hub "
+               "(needs `hf auth login` or HF_TOKEN). Offline or not logged in: one line says "
+               "why nothing was uploaded; the run still succeeds.")
+    hub_model_id: Optional[str] = _f(
+        None, "Hub repository for --push_to_hub (default: <your user>/<output folder name>).")
     checkpoints_total_limit: Optional[int] = _f(
         None, "Keep at most this many checkpoints (oldest deleted first).")
     resume_from: Optional[str] = _f(
@@ -247,6 +255,9 @@ class TrainConfig(MethodFlags):
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ValueError(f"--max_train_steps must be >= 1, got {self.max_train_steps}")
+        if self.hub_model_id is not None and not re.fullmatch(r"([\w.-]+/)?[\w.-]+",
+                                                               self.hub_model_id):
+            raise ValueError(f"--hub_model_id must look like user/name, got {self.hub_model_id!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(f"--checkpoints_total_limit must be >= 1, got "
                              f"{self.checkpoints_total_limit}")

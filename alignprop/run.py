@@ -31,6 +31,7 @@ from .distributed import is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker_config,
                             truncate_metrics)
 from .lora import add_lora, load_lora_into, lora_state_dict, save_lora
+from .model_card import push, write_card
 from .methods import Models
 from .placement import place_reward, reward_device
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -423,6 +424,15 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
                    "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint else None,
                    "world_size": run.world, "lora_max_rank_difference": rank_diff,
                    "images_unreadable_during_run": run.folder.failed_during_run}
+        card = write_card(run.out_dir, config_dict(run.cfg, run.reward_flags),
+                          describe_reward(run.reward_fn), run.cfg.hub_model_id)
+        summary["model_card"] = str(card)
+        if run.cfg.push_to_hub:
+            summary["hub_url"], line = push(run.out_dir, run.cfg.hub_model_id)
+            if summary["hub_url"] is None:
+                logger.warning(line)
+            else:
+                accelerator.print(line)
         (run.out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()

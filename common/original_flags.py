@@ -64,9 +64,6 @@ def _b(name, status, ours="", note="", default=""):
     return OriginalFlag("benchmark", name, status, ours, note, default)
 
 
-NO_HUB_UPLOAD = ("nothing is uploaded by the trainer; the LoRA is in --output_dir "
-                 "(pytorch_lora_weights.safetensors): upload it with `huggingface-cli upload`")
-
 TABLE: tuple[OriginalFlag, ...] = (
     # ------------------------------------------------------------- trainer: script flags
     _t("--pretrained_model", "same", "--pretrained_model", default="black-forest-labs/FLUX.1-Kontext-dev"),
@@ -177,7 +174,9 @@ TABLE: tuple[OriginalFlag, ...] = (
     _t("--negative_prompts", "refused", "--prompt",
        "Kontext-dev is guidance-distilled (one forward per step, no classifier-free guidance), "
        "so there is no negative prompt; say what you want in --prompt", default="None"),
-    _t("--push_to_hub", "convert", "(refused unless false)", NO_HUB_UPLOAD, default="False"),
+    _t("--push_to_hub", "same", "--push_to_hub",
+       "uploads the run folder (LoRA, model card) with huggingface_hub to --hub_model_id; "
+       "offline or not logged in, one line says why nothing was uploaded", default="False"),
     # ------------------------------------------------------------- internvl_scorer.py
     _s("inputs", "same", "paths", "image files and folders, in the order the task groups them"),
     _s("--task", "same", "--task", default="single"),
@@ -380,7 +379,6 @@ def _converters() -> dict:
                            help=f"-> {flag.ours}: {flag.note}")
 
     return {"--use_lora": harmless_value(lambda on: not on),
-            "--push_to_hub": harmless_value(lambda on: on),
             "--sample_eta": sample_eta, "--debug_images": _bool_flag,
             "--exp_name": text, "--run_name": text, "--logdir": text,
             "--truncated_backprop_rand": _bool_flag,

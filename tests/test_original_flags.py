@@ -83,7 +83,7 @@ TRAIN = {
                                                         "truncation_t_min": 20,
                                                         "truncation_t_max": 26}),
     "--negative_prompts": (["blurry"], "refused: --prompt"),
-    "--push_to_hub": (["True"], "refused: huggingface-cli upload"),
+    "--push_to_hub": (["True"], {"push_to_hub": True}),   # uploads (tests/test_model_card.py)
 }
 
 
@@ -151,8 +151,8 @@ def test_original_names_work_in_presets(files, tmp_path):
     assert rewards.crispness_weight == 0.3 and train.adam_beta1 == 0.7  # command line wins
     assert (train.truncated_backprop, train.truncation_t_min, train.truncation_t_max) == (
         "per_step", 20, 26)
-    preset.write_text(f"data_dir: {files['data']}\npush_to_hub: true\n")
-    with pytest.raises(UserError, match="--push_to_hub"):
+    preset.write_text(f"data_dir: {files['data']}\nnegative_prompts: blurry\n")
+    with pytest.raises(UserError, match="--negative_prompts"):
         parse_config(["--config", str(preset)])
 
 
@@ -164,7 +164,7 @@ def test_help_groups_the_original_flags_apart(capsys):
     out = capsys.readouterr().out
     assert len(out.split("\n\n")[0].splitlines()) <= 3  # a short usage line, not 150 flags
     head, _, tail = out.partition("flags of the original promptable-differentiable-rewards")
-    assert tail and "--crispness_anchor_weight" in tail and "--push_to_hub" in tail
+    assert tail and "--crispness_anchor_weight" in tail and "--negative_prompts" in tail
     assert "--crispness_anchor_weight" not in head and "--crispness_weight" in head
 
 
