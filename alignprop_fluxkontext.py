@@ -14,7 +14,6 @@ errors and exit code 2 instead of tracebacks (ALIGNPROP_DEBUG=1 shows them).
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from alignprop.config import parse_config, startup_notes
@@ -25,14 +24,13 @@ from common.cli import run_cli
 
 def _main(argv: list[str] | None) -> int:
     train_cfg, reward_flags = parse_config(argv)
-    if os.environ.get("RANK", "0") == "0":  # once per launch, not once per process
-        for note in startup_notes(sys.argv[1:] if argv is None else argv, train_cfg,
-                                  reward_flags):
-            print(f"alignprop_fluxkontext.py: note: {note}", file=sys.stderr)
+    notes = startup_notes(sys.argv[1:] if argv is None else argv, train_cfg, reward_flags)
     if train_cfg.estimate:  # a dry run at real size: needs no data, weights or output folder
         print(estimate_training(train_cfg, reward_flags).report())
+        for note in notes:
+            print(f"alignprop_fluxkontext.py: note: {note}", file=sys.stderr)
         return 0
-    result = train(train_cfg, reward_flags)
+    result = train(train_cfg, reward_flags, notes=notes)  # printed once the run is set up
     if result.interrupted:
         return 143 if result.interrupted == "SIGTERM" else 130
     return 0

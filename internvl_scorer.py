@@ -148,10 +148,10 @@ def _main(argv: list[str] | None) -> int:
     if args.list_prompts:
         print(listing())
         return 0
-    hint = semantics_hint(argv, "scorer")
+    rows = score_files(args)
+    hint = semantics_hint(argv, "scorer")   # after the work: errors stay one line
     if hint:
         print(f"internvl_scorer.py: note: {hint}", file=sys.stderr)
-    rows = score_files(args)
     if args.format == "original":
         print(render_original(rows, args.task, args.resolved_device, args.print_probs))
         return 0

@@ -32,12 +32,14 @@ def _reward_table(terms: list[dict]) -> str:
     rows = ["| term | weight | reward | settings |", "|---|---|---|---|"]
     for t in terms:
         settings = {k: v for k, v in t.items()
-                    if k not in ("term", "weight", "reward", "resolved", "device")}
+                    if k not in ("term", "name", "weight", "reward", "resolved", "device")}
         question = (t.get("resolved") or {}).get("prompt")
         if question:
             settings["question"] = question
         text = ", ".join(f"{k}={v}" for k, v in settings.items()).replace("|", "\\|")
-        rows.append(f"| {t['term']} | {t['weight']:g} | {t.get('reward', '')} | {text} |")
+        weight = t.get("weight")
+        rows.append(f"| {t.get('term', t.get('name', '?'))} | "
+                    f"{'' if weight is None else f'{weight:g}'} | {t.get('reward', '')} | {text} |")
     return "\n".join(rows)
 
 

@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -330,15 +331,20 @@ def batch_arithmetic(run: Run) -> str:
             + grad)
 
 
-def describe_run(run: Run) -> None:
-    """run_config.json, the trackers, the metrics file and the batch arithmetic line."""
+def describe_run(run: Run, notes: Sequence[str] = ()) -> None:
+    """run_config.json, the trackers, the metrics file and the batch arithmetic line; the
+    command's one-line ``notes`` go to stderr (after the set-up, so a failing command still
+    prints one line) and into run_config.json."""
     cfg = run.cfg
     if run.main:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         run.out_dir.mkdir(parents=True, exist_ok=True)
         info = {"config": config_dict(cfg, run.reward_flags),
                 "rewards": describe_reward(run.reward_fn), "world_size": run.world,
                 "sharded": run.sharded, "images": len(run.folder),
-                "skipped_unreadable": [str(p) for p in run.folder.skipped]}
+                "skipped_unreadable": [str(p) for p in run.folder.skipped],
+                "notes": list(notes)}
         (run.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
         if run.log_with:
             init_kwargs = cfg.tracker_init_kwargs()  # --tracker_kwargs (the original's too)

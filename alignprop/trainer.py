@@ -28,7 +28,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -249,13 +249,15 @@ def _emergency_checkpoint(run: Run, exc: BaseException, step_start) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn=None,
-          accelerator=None) -> TrainResult:
-    """Train a LoRA; ``reward_fn`` overrides the flags' reward (tests, demo)."""
+          accelerator=None, notes: Sequence[str] = ()) -> TrainResult:
+    """Train a LoRA; ``reward_fn`` overrides the flags' reward (tests, demo). ``notes``: one-line
+    notes of the command (alignprop.config.startup_notes), printed once the run is set up and
+    kept in run_config.json."""
     from tqdm.auto import tqdm
 
     run = setup_run(cfg, reward_flags, reward_fn, accelerator)
     resume_run(run)
-    describe_run(run)
+    describe_run(run, notes)
     progress = tqdm(total=run.total_steps, initial=run.global_step, disable=not run.main,
                     desc="steps")
     interrupted, step_start = None, (run.stream.position, run.skipped_total)
