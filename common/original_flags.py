@@ -145,6 +145,8 @@ TABLE: tuple[OriginalFlag, ...] = (
     _t("--log_with", "same", "--log_with", default="None"),
     _t("--log_image_freq", "same", "--log_image_freq", default="25"),
     _t("--sample_num_steps", "same", "--sample_num_steps", default="50"),
+    _t("--image_height", "same", "--image_height", default="512"),
+    _t("--image_width", "same", "--image_width", default="512"),
     _t("--sample_eta", "convert", "(ignored)",
        "the original's flow sampler never read it (a deterministic Euler ODE has no DDIM eta): "
        "accepted and ignored, with one line; for variety use --seed", default="1.0"),
@@ -482,6 +484,7 @@ ORIGINAL_DEFAULTS: dict[str, dict[str, Any]] = {
         "tracker_project_name": "trl", "num_epochs": 100, "save_freq": 1,
         "checkpoints_total_limit": 5, "mixed_precision": "no", "allow_tf32": True, "seed": 0,
         "log_with": "none", "log_image_freq": 25, "sample_num_steps": 50, "guidance_scale": 5.0,
+        "image_height": 512, "image_width": 512,
         "train_batch_size": 1, "train_learning_rate": 1e-3,
         "train_gradient_accumulation_steps": 1, "use_8bit_adam": False, "adam_beta1": 0.9,
         "adam_beta2": 0.999, "adam_weight_decay": 1e-4, "adam_epsilon": 1e-8,

@@ -58,7 +58,8 @@ def expand_paths(paths: list[str], recursive: bool = False,
             if not found:
                 where = " or its sub-folders" if recursive else ""
                 raise UserError(f"folder {path}{where} contains no images "
-                                f"({', '.join(IMAGE_EXTENSIONS)}){unsupported_note(path, recursive)}")
+                                f"({', '.join(IMAGE_EXTENSIONS)})"
+                                f"{unsupported_note(path, recursive)}")
             counts = folder_counts(found, path) if recursive else None
             if counts:
                 notes.append(f"found {counts}")

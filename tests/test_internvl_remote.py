@@ -29,7 +29,8 @@ def _to_remote_key(key: str) -> str:
              ("model.multi_modal_projector.layer_norm.", "mlp1.0."),
              ("model.multi_modal_projector.linear_1.", "mlp1.1."),
              ("model.multi_modal_projector.linear_2.", "mlp1.3."),
-             ("model.language_model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")]
+             ("model.language_model.", "language_model.model."),
+             ("lm_head.", "language_model.lm_head.")]
     for hf, remote in pairs:
         key = key.replace(hf, remote)
     return key

@@ -63,6 +63,8 @@ TRAIN = {
     "--log_with": (["none"], {"log_with": "none"}),
     "--log_image_freq": (["25"], {"log_image_freq": 25}),
     "--sample_num_steps": (["50"], {"sample_num_steps": 50}),
+    "--image_height": (["256"], {"image_height": 256}),
+    "--image_width": (["256"], {"image_width": 256}),
     "--sample_eta": (["1.0"], {"sample_num_steps": 28}),   # never read by a flow sampler
     "--sample_guidance_scale": (["5.0"], {"guidance_scale": 5.0}),
     "--train_batch_size": (["1"], {"train_batch_size": 1}),
@@ -325,7 +327,8 @@ def test_original_readme_benchmark_command_writes_both_files_with_baselines(tmp_
     # our columns go to our file name; the original's name holds only its own columns
     # (--semantics original, tests/test_original_reference.py)
     assert not (tmp_path / "anti_periodic_summary.csv").exists()
-    summary = {r["penalty"]: r for r in csv.DictReader(open(tmp_path / "grid_benchmark_summary.csv"))}
+    summary = {r["penalty"]: r
+               for r in csv.DictReader(open(tmp_path / "grid_benchmark_summary.csv"))}
     baselines = ["fft_global", "local", "local_adaptive", "combo", "guard_dc_safe",
                  "selective_local", "proj_cosine", "amp_hinge", "original_trainer"]
     assert len(rows) == 6 and all(c in rows[0] for c in ["grid"] + baselines)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignprop.config import BUILTIN_PRESETS, DEFAULT_PROMPT, TrainConfig, parse_config, startup_notes
+from alignprop.config import (BUILTIN_PRESETS, DEFAULT_PROMPT, TrainConfig, parse_config,
+                              startup_notes)
 from alignprop.reward_flags import RewardFlags, reward_specs
 from alignprop.trainer import choose_grad_steps, train
 from common.cli import UserError
@@ -274,6 +275,10 @@ def test_original_command_lines_get_one_hint_line():
     assert semantics_hint(readme + ["--max_train_steps", "3"], "train") is None   # ours only
     assert semantics_hint(["--task", "pair"], "scorer") is not None
     assert semantics_hint(["--artifacts_dir", "a", "--out", "r.csv"], "benchmark") is not None
+    from tests.test_original_flags import ORIGINAL_README_TRAIN
+
+    words = ORIGINAL_README_TRAIN.replace("\\\n", " ").split()[3:]   # after the script name
+    assert semantics_hint(words, "train") is not None   # the original README's command
 
 
 def test_original_readme_training_command_in_original_mode(tmp_path):
