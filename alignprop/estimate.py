@@ -45,7 +45,7 @@ from rewards.vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, image_labels, re
 from .fakemem import CudaAutocastPolicy, Tracker, fake_mode, param_counts
 from .lora import add_lora
 from .models import TINY
-from .reward_flags import reward_specs
+from .reward_flags import VLM_REWARDS, reward_specs
 from .sampler import KontextSampler, PromptEmbeds
 from .tiny_kontext import build_tiny_pipeline
 
@@ -452,7 +452,9 @@ def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_d
 
     for spec in specs:
         task = spec["task"]
-        max_tiles = int(spec.get("max_tiles", 1))
+        # the processor's default: up to max_patches (12 in InternVL3's preprocessor config);
+        # the original's scoring (--semantics original): one tile
+        max_tiles = 1 if spec["name"] == "original_vlm" else int(spec.get("max_tiles") or 12)
         question, scale, prefix = resolve_prompt(task, spec.get("prompt"), spec.get("prompt_file"),
                                                  spec.get("answer_scale"))
         try:
@@ -647,7 +649,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
     kcfg, ksource = kontext_configs(cfg.pretrained_model)
     specs = reward_specs(reward_flags, device="cuda")
-    vlm_specs = [s for s in specs if s["name"] == "internvl" and not _is_qwen_spec(s)]
+    vlm_specs = [s for s in specs if s["name"] in VLM_REWARDS and not _is_qwen_spec(s)]
     n, (k_lo, k_hi) = cfg.sample_num_steps, cfg.k_range()
     k = k_hi
     b, h, w = cfg.train_batch_size, cfg.image_height, cfg.image_width
@@ -657,7 +659,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                          f"{mp}, LoRA rank {cfg.lora_rank}")
     est.images_per_step = b * cfg.train_gradient_accumulation_steps
     est.not_counted += [f"term {sp['term']!r} (Qwen-VL {sp.get('model_id')}, --qwen_model_id)"
-                        for sp in specs if sp["name"] == "internvl" and _is_qwen_spec(sp)]
+                        for sp in specs if sp["name"] in VLM_REWARDS and _is_qwen_spec(sp)]
     if cfg.mixed_precision is None:
         est.notes.append("--mixed_precision not given: estimated for bf16 (accelerate's config "
                          "decides at launch)")

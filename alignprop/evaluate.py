@@ -39,7 +39,7 @@ import torch
 
 from alignprop.diversity import _SEED_SUFFIX, build_metric, folder_diversity, group_seed_outputs
 from alignprop.generate import read_prompts
-from alignprop.reward_flags import RewardFlags, cli_model_error, reward_specs
+from alignprop.reward_flags import VLM_REWARDS, RewardFlags, cli_model_error, reward_specs
 from common.cli import UserError, run_cli
 from common.hub import ModelUnavailableError, resolve_device_dtype
 from common.images import ImageLoadError, list_images, load_image, resize_to
@@ -126,7 +126,7 @@ class EvalArgs:
 def uses_input(spec: dict) -> bool:
     """Does this reward compare the image with the input (so scoring an original is moot)?"""
     return spec["name"] in ("lpips", "face") or (
-        spec["name"] == "internvl" and spec.get("task") in INPUT_TASKS)
+        spec["name"] in VLM_REWARDS and spec.get("task") in INPUT_TASKS)
 
 
 def collect_specs(flags, args: EvalArgs, device) -> tuple[list[dict], list[dict]]:

@@ -24,6 +24,8 @@ from typing import Any, Optional
 
 from common.cli import UserError
 from common.hub import ModelUnavailableError, resolve_device_dtype
+from common.original_flags import SEMANTICS
+from common.original_repo import read_original_texts
 from rewards import build_rewards
 from rewards.base import CompositeReward
 
@@ -31,6 +33,8 @@ from rewards.base import CompositeReward
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
 # Qwen2.5-VL, Qwen3-VL; read from its config.json), so two VLMs can serve different terms.
 VLM_BACKENDS = ("internvl", "qwen")
+# registry names of the VLM rewards (ours; the original's scoring for --semantics original)
+VLM_REWARDS = ("internvl", "original_vlm")
 AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5", "qwen")
 SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-content", "dreamsim")
 PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
@@ -62,9 +66,27 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
+# --semantics original without --original_repo: our presets for the original's use cases
+# (rewards/prompt_presets.py), by task.
+ORIGINAL_USE_CASE_PRESETS = {"single": "studio", "sharpness": "eyes_skin",
+                             "similarity": "photoshoot", "content-similarity": "same_subject"}
+
+
 @dataclass
 class RewardFlags:
     """Every reward option; a weight/scale of 0 or a backend of ``none`` disables a term."""
+
+    # ---------------------------------------------------------------- semantics
+    semantics: str = _f(
+        "ours", "'ours': our measures and defaults; 'original': the original "
+                "promptable-differentiable-rewards scripts' measures, defaults, sampler and step "
+                "counting (docs/original_mode.md), so their command lines train their objective. "
+                "--config original is the same.", SEMANTICS)
+    original_repo: Optional[str] = _f(
+        None, "Your clone of the original promptable-differentiable-rewards repository: its "
+              "rating questions and default edit instruction are read from there (no code of it "
+              "runs) for --semantics original. Without it, our presets for the same use cases "
+              "are asked (studio, eyes_skin, photoshoot, same_subject).")
 
     # ---------------------------------------------------------------- FFT anti-grid
     grid_ratio_weight: float = _f(
@@ -254,6 +276,10 @@ class RewardFlags:
                     "InternVL term of the original: subtract the answer log-probs for a "
                     "neutral gray image, cached) or 'none'; see rewards/vlm.py.",
         INTERNVL_CALIBRATIONS)
+    internvl_max_tiles: Optional[int] = _f(
+        None, "InternVL terms: most tiles per image (default: the checkpoint's max_patches, as "
+              "its processor tiles; a 512x512 image is one tile, 512x768 seven); 1 = one "
+              "squashed tile. --semantics original always uses one bilinear tile.")
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
     internvl_answer_scale: Optional[str] = _f(
@@ -302,7 +328,8 @@ class RewardFlags:
                             ("internvl_dtype", INTERNVL_DTYPES),
                             ("qwen_dtype", INTERNVL_DTYPES),
                             ("internvl_objective", INTERNVL_OBJECTIVES),
-                            ("internvl_calibration", INTERNVL_CALIBRATIONS)):
+                            ("internvl_calibration", INTERNVL_CALIBRATIONS),
+                            ("semantics", SEMANTICS)):
             value = getattr(self, name)
             if value not in valid:
                 raise ValueError(f"--{name} {value!r} is not valid; choose one of: "
@@ -339,6 +366,8 @@ class RewardFlags:
             raise ValueError(f"--lpips_resolution must be >= {LPIPS_MIN_RESOLUTION} (the LPIPS "
                              f"backbones downsample too far below that), got "
                              f"{self.lpips_resolution}")
+        if self.internvl_max_tiles is not None and self.internvl_max_tiles < 1:
+            raise ValueError(f"--internvl_max_tiles must be >= 1, got {self.internvl_max_tiles}")
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
         for task in ("aesthetic", "style", "content", "sharpness"):
@@ -354,6 +383,18 @@ class RewardFlags:
                              "shipped tokenizer)")
         if self.dreamsim_dir is not None and not Path(self.dreamsim_dir).expanduser().is_dir():
             raise ValueError(f"--dreamsim_dir: folder not found: {self.dreamsim_dir}")
+        if self.original_repo is not None and not Path(self.original_repo).expanduser().is_dir():
+            raise ValueError(f"--original_repo: folder not found: {self.original_repo}")
+        if self.semantics == "original":
+            qwen = [f"--{n} {getattr(self, n)}" for n in ("aesthetic_model_type",
+                                                          "similarity_backend",
+                                                          "sharpness_backend", "style_backend")
+                    if getattr(self, n) in ("qwen", "qwen-content")
+                    and (n != "style_backend" or self.style_reference is not None)]
+            if qwen:
+                raise ValueError(f"{', '.join(qwen)}: the original had InternVL only (its code "
+                                 f"scored 'qwen' with the LAION aesthetic model); use internvl, "
+                                 f"or --semantics ours for Qwen-VL")
         if self.photo_backend == "aide" and self.photo_reward_scale > 0:
             if not self.aide_repo or not self.aide_resume:
                 raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
@@ -365,7 +406,7 @@ class RewardFlags:
     # ------------------------------------------------------------------ helpers
     def uses_internvl(self) -> bool:
         """True when any enabled term needs a VLM (of either backend)."""
-        return any(s["name"] == "internvl" for s in reward_specs(self))
+        return any(s["name"] in VLM_REWARDS for s in reward_specs(self))
 
 
 def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
@@ -392,6 +433,8 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     CUDA if available, else CPU). Disabled terms (weight 0 or backend ``none``)
     are left out, so an empty list means "no reward enabled".
     """
+    if flags.semantics == "original":
+        return original_reward_specs(flags, device)
     specs: list[dict] = []
 
     def add(term: str, name: str, weight: float, **options: Any) -> None:
@@ -417,6 +460,8 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
                 "trust_remote_code": flags.trust_remote_code, **extra}
+        if flags.internvl_max_tiles is not None:
+            opts["max_tiles"] = flags.internvl_max_tiles
         scale = getattr(flags, f"{prompt_key}_answer_scale") or flags.internvl_answer_scale
         if scale is not None:
             opts["answer_scale"] = scale
@@ -498,6 +543,97 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     return specs
 
 
+def original_questions(flags: RewardFlags) -> dict[str, str]:
+    """The question of each VLM task for --semantics original: the clone's (--original_repo),
+    else the name of our preset for the same use case."""
+    if flags.original_repo:
+        return read_original_texts(flags.original_repo).questions
+    return dict(ORIGINAL_USE_CASE_PRESETS)
+
+
+def original_reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
+    """The original trainer's reward terms (docs/original_mode.md): its anchors and grid term
+    (batch means on the eval-resized image), its InternVL scoring, LPIPS as exp(-5 d)."""
+    specs: list[dict] = []
+    questions = original_questions(flags)
+    size = flags.grid_eval_resize
+
+    def add(term: str, name: str, weight: float, **options: Any) -> None:
+        if weight > 0:
+            specs.append({"name": name, "term": term, "weight": float(weight), **options})
+
+    add("grid", "original_grid", flags.grid_ratio_weight, period=int(flags.grid_ratio_period),
+        max_harm=flags.grid_ratio_max_harm, eval_resize=size)
+    add("brightness", "original_brightness", flags.brightness_anchor_weight,
+        target=flags.brightness_target, band=flags.brightness_band, eval_resize=size)
+    add("crispness", "original_crispness", flags.crispness_weight or 0.0, eval_resize=size)
+
+    def vlm(task: str, key: str, **extra: Any) -> dict:
+        opts = {"task": task, "model_id": flags.internvl_model_id,
+                "model_flag": "--internvl_model_id",
+                "dtype": _internvl_dtype(flags, device, "internvl"), "device": device,
+                "objective": flags.internvl_objective, "calibration": flags.internvl_calibration,
+                "temperature": flags.internvl_temperature,
+                "trust_remote_code": flags.trust_remote_code, **extra}
+        scale = getattr(flags, f"{key}_answer_scale") or flags.internvl_answer_scale
+        if scale is not None:
+            opts["answer_scale"] = scale
+        prompt, prompt_file = getattr(flags, f"{key}_prompt"), getattr(flags, f"{key}_prompt_file")
+        if prompt_file is not None:
+            opts["prompt_file"] = prompt_file
+        else:
+            opts["prompt"] = prompt if prompt is not None else questions[task]
+        return opts
+
+    aesthetic = flags.aesthetic_model_type
+    if aesthetic == "internvl" and flags.style_reference is not None:
+        # the original: the style question takes the aesthetic term's place and weight
+        add("style", "original_vlm", flags.aesthetic_reward_scale,
+            **vlm("similarity", "style", reference=flags.style_reference))
+    elif aesthetic == "internvl":
+        add("aesthetic", "original_vlm", flags.aesthetic_reward_scale, **vlm("single", "aesthetic"))
+    elif aesthetic == "aesthetic_scorer":
+        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code,
+            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
+    elif aesthetic == "v2.5":
+        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code,
+            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
+
+    similarity = flags.similarity_backend
+    if similarity == "lpips":
+        add("similarity", "lpips", flags.image_reward_scale, net=flags.lpips_net,
+            resolution=None, form="exp", device=device,
+            **_given(backbone_path=flags.lpips_backbone))
+    elif similarity == "face":
+        add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
+            device=device)
+    elif similarity == "internvl-content":
+        add("similarity", "original_vlm", flags.image_reward_scale,
+            **vlm("content-similarity", "content"))
+    elif similarity == "dreamsim":
+        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, device=device)
+    if flags.sharpness_backend == "internvl":
+        add("sharpness", "original_vlm", flags.sharpness_reward_scale,
+            **vlm("sharpness", "sharpness"))
+    if flags.photo_backend == "aide":
+        add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
+            aide_resume=flags.aide_resume, device=device,
+            trust_remote_code=flags.trust_remote_code)
+    if flags.preference_backend != "none":   # our extension; the original had none
+        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
+        opts.update(_given(model_path=flags.preference_model,
+                           tokenizer=flags.preference_tokenizer))
+        if flags.preference_backend == "hpsv2":
+            opts["version"] = flags.hpsv2_version
+        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
+    return specs
+
+
 def _given(**options: Any) -> dict:
     """Only the options the user set (the factories keep their own defaults otherwise)."""
     return {k: v for k, v in options.items() if v is not None}
@@ -522,7 +658,7 @@ def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_mo
     if not isinstance(exc, ModelUnavailableError):
         return exc
     names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
-    if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
+    if spec.get("name") in VLM_REWARDS and exc.flag:  # the VLM loader's only path is the model
         names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
     return exc.for_cli(names)
 

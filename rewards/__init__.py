@@ -26,12 +26,24 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
                    "hinge penalty on mean luminance outside target +/- band, negated"),
     "crispness": ("rewards.anchors", "make_crispness_floor",
                   "hinge penalty when Sobel gradient energy falls below a floor, negated"),
+    "original_grid": ("rewards.original_objective", "make_original_grid",
+                      "the original trainer's grid penalty (projection + selective local), "
+                      "batch mean, negated"),
+    "original_brightness": ("rewards.original_objective", "make_original_brightness",
+                            "the original trainer's brightness anchor (linear light, linear "
+                            "hinge), batch mean, negated"),
+    "original_crispness": ("rewards.original_objective", "make_original_crispness",
+                           "the original trainer's crispness anchor (Sobel energy floor), batch "
+                           "mean, negated"),
     "internvl": ("rewards.vlm", "make_internvl_reward",
                  "VLM token-probability score for a text question (promptable; any supported "
                  "family, default model InternVL3)"),
     "vlm": ("rewards.vlm", "make_vlm_reward",
             "same as 'internvl': a VLM (InternVL3, Qwen2.5-VL, Qwen3-VL) read as token "
             "probabilities"),
+    "original_vlm": ("rewards.vlm_original", "make_original_vlm_reward",
+                     "the original project's InternVL scorer (one bilinear tile, its chat "
+                     "layout, calibration and pair rule)"),
     "lpips": ("rewards.perceptual", "make_lpips_reward",
               "LPIPS similarity to the input image (1 - distance)"),
     "face": ("rewards.face", "make_face_identity_reward",

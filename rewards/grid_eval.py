@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from common.cli import UserError
-from common.images import (IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_image,
-                           to_pil, unsupported_note)
+from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list_images,
+                           load_image, save_image, to_pil, unsupported_note)
 from common.paths import check_no_overwrite
 from common.photos import write_photos
 
@@ -29,9 +29,10 @@ from .grid_original import COLUMNS as BASELINES
 from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
 
 GRID_KINDS = ("lines", "sinusoid", "tile")
-# The original benchmark's file names; both files are written unless --demo chooses others.
-DEFAULT_OUT = Path("anti_periodic_per_image.csv")
-DEFAULT_SUMMARY = Path("anti_periodic_summary.csv")
+# Our file names (the original's, anti_periodic_*.csv, hold only its own columns: written by
+# --semantics original); both files are written unless --demo chooses others.
+DEFAULT_OUT = Path("grid_benchmark_per_image.csv")
+DEFAULT_SUMMARY = Path("grid_benchmark_summary.csv")
 # Natural photos bundled with scikit-image (offline). brick/text/page/grass/gravel are the
 # natural periodic-ish textures a grid detector must not confuse with a VAE grid.
 DEMO_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "hubble_deep_field",
@@ -319,9 +320,10 @@ def list_folder(folder: Path, what: str, recursive: bool) -> list[Path]:
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UserError(f"{what}: {exc}") from None
     if not paths:
-        raise UserError(f"{what}: no images found in {folder} "
-                         f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
-                         f"{unsupported_note(folder, recursive)}")
+        raise UserError(f"{what}: no images found in {folder}"
+                        f"{' or its sub-folders' if recursive else ''} "
+                        f"(extensions: {' '.join(IMAGE_EXTENSIONS)})"
+                        f"{unsupported_note(folder, recursive)}")
     return paths
 
 
@@ -331,6 +333,11 @@ def run_benchmark(args, artifacts_dir: Path, clean_dir: Path) -> list[dict]:
     for flag in ("out", "summary_out", "plot"):  # a report never replaces an image it scores
         if getattr(args, flag) is not None:
             check_no_overwrite([getattr(args, flag)], art_paths + clean_paths, f"--{flag}")
+    for what, folder, paths in (("--artifacts_dir", artifacts_dir, art_paths),
+                                ("--clean_dir", clean_dir, clean_paths)):
+        counts = folder_counts(paths, folder) if args.recursive else None
+        if counts:
+            print(f"{what}: {counts}", file=sys.stderr)
     penalties = build_penalties(args)
     t0 = time.perf_counter()
     rows_a, fail_a = score_folder(art_paths, "artifact", penalties, not args.no_progress)

@@ -101,8 +101,12 @@ def _resize(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
                          align_corners=False, antialias=True)
 
 
+LPIPS_FORMS = ("linear", "exp")
+
+
 def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretrained: bool = True,
-                      backbone_path=None, version: str = "0.1", device=None, dtype="float32"):
+                      backbone_path=None, version: str = "0.1", device=None, dtype="float32",
+                      form: str = "linear"):
     """LPIPS similarity of ``images`` to ``inputs``: ``1 - LPIPS distance`` (<= 1).
 
     Args:
@@ -115,8 +119,13 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
         backbone_path: torchvision weight file of the trunk, or a directory holding
             it; default: torch hub's cache.
         version: lpips head version ("0.1", the default of the package).
+        form: "linear" = ``1 - d``; "exp" = ``exp(-5 d)`` floored at 1e-4, the original
+            project's similarity (in (0, 1]; its slope at d = 0 is 5, not 1), here with
+            gradients (the original computed it without).
     Metrics: ``distance`` (mean LPIPS distance).
     """
+    if form not in LPIPS_FORMS:
+        raise ValueError(f"form must be one of {LPIPS_FORMS}, got {form!r}")
     if resolution is not None and (not isinstance(resolution, int) or resolution < 32):
         raise ValueError(f"resolution must be an int >= 32 or None, got {resolution!r}")
     device, dtype = resolve_device_dtype(device, dtype)
@@ -135,6 +144,8 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
         # normalize=True maps [0,1] to the [-1,1] range lpips expects.
         dist = model(x, y, normalize=True).reshape(x.shape[0]).float()
         metrics: Metrics = {"distance": dist.detach().mean().item()}
+        if form == "exp":
+            return torch.exp((-5.0 * dist).clamp(max=20)).clamp_min(1e-4), metrics
         return 1.0 - dist, metrics
 
     reward.model = model  # exposed for inspection and tests

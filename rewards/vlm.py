@@ -183,8 +183,9 @@ class VLMReward:
             raise ValueError(f"entropy_bonus must be a finite number, got {entropy_bonus!r}")
         self.bundle = bundle
         self.family = bundle.family
-        self.image_options = self.family.check_image_options(
+        options = self.family.check_image_options(
             {"max_tiles": max_tiles, "min_pixels": min_pixels, "max_pixels": max_pixels})
+        self.image_options = self.family.resolve_image_options(bundle, options)
         self.prompt = prompt
         self.answer_scale = answer_scale
         self.answer_prefix = answer_prefix
@@ -452,7 +453,7 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                     objective: str = "expected", calibration: str = "none",
                     temperature: float = 1.0, entropy_bonus: float = 0.0,
                     reference: Any = None, trust_remote_code: bool = False,
-                    max_tiles: int = 1, min_pixels: int | None = None,
+                    max_tiles: int | None = None, min_pixels: int | None = None,
                     max_pixels: int | None = None, model_flag: str = MODEL_FLAG,
                     margin_temp: float = 1.0, artifact_refs: Sequence[Any] = ()) -> VLMReward:
     """Build the VLM reward for ``task`` (see module doc). Higher score is better.
@@ -464,7 +465,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     the error when the model cannot be found.
     ``reference``: image path or (3,H,W) tensor: for ``similarity`` / ``content-similarity`` it
     replaces ``inputs`` as the second image; required for ``triplet``.
-    ``max_tiles`` (InternVL): 1 = one tile per image (cheapest); >1 = dynamic tiling + thumbnail.
+    ``max_tiles`` (InternVL): None (default) = as the checkpoint's processor tiles (up to its
+    ``max_patches`` tiles + a thumbnail); 1 = one squashed tile per image (cheapest).
     ``min_pixels`` / ``max_pixels`` (Qwen-VL): the pixel budget of the dynamic resolution
     (default: the checkpoint's processor's).
     ``margin_temp``: the margin objective is ``sigmoid(margin / margin_temp)``.

@@ -17,9 +17,14 @@ models (say InternVL for style and Qwen for content) can be loaded side by side.
 
 Everything family-specific (model class, tiny config, differentiable preprocessing, how an image
 placeholder expands) lives in one adapter module per family under :mod:`rewards.vlm_families`.
+
+InternVL3 in OpenGVLab's remote-code layout (``OpenGVLab/InternVL3-14B``, model_type
+``internvl_chat``) is read without running its code (:mod:`rewards.internvl_remote`): a hub id
+is mapped to its ``-hf`` twin with one logged line, a local folder is converted on load.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +34,10 @@ import torch
 
 from common.hub import model_unavailable
 
+from .internvl_remote import REMOTE_MODEL_TYPE, hf_twin, load_remote_internvl, remote_config
 from .vlm_families import family_for_model_type, family_for_tiny, supported_families
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ID = "OpenGVLab/InternVL3-14B-hf"
 MODEL_FLAG = "--model_id (internvl_scorer.py) / --internvl_model_id or --qwen_model_id (training)"
@@ -106,6 +114,11 @@ def load_vlm(model_id: str = DEFAULT_MODEL_ID, dtype: Any = "bfloat16", device: 
     dev = resolve_device(device)
     tiny = family_for_tiny(model_id)
     local = Path(str(model_id)).expanduser()
+    twin = None if local.exists() else hf_twin(model_id)
+    if twin is not None:
+        logger.warning("%s is OpenGVLab's remote-code layout (its own Python classes, never run "
+                       "here): loading its transformers twin %s", model_id, twin)
+        model_id = twin
     key_id = model_id if tiny is not None else str(local) if local.exists() else model_id
     key = (key_id, torch_dtype, str(dev), bool(trust_remote_code))
     with _LOCK:
@@ -138,9 +151,11 @@ def read_config(model_id: str, trust_remote_code: bool = False, flag: str = MODE
     except (OSError, ValueError) as exc:
         if "trust_remote_code" in str(exc):
             raise ValueError(
-                f"{model_id!r} needs custom code; the reward uses transformers' built-in classes: "
-                f"use a checkpoint in transformers format (e.g. OpenGVLab/InternVL3-14B-hf, "
-                f"Qwen/Qwen2.5-VL-7B-Instruct) or pass --trust_remote_code if you trust it") from None
+                f"{model_id!r} ships its own model code, which the reward never runs (it uses "
+                f"transformers' classes): use the checkpoint's transformers-format twin (for "
+                f"OpenGVLab's InternVL the '-hf' repository, e.g. OpenGVLab/InternVL3-14B-hf), or "
+                f"a local copy of an InternVL checkpoint in OpenGVLab's layout (converted on "
+                f"load)") from None
         raise model_unavailable("vision-language model", model_id, flag, exc,
                                 repo_id=DEFAULT_MODEL_ID) from None
 
@@ -154,6 +169,10 @@ def check_vision_config(config, model_id: str):
             f"vision-language model. Pass a checkpoint of a supported family "
             f"({supported_families()}) in transformers format, or a tiny model name.")
     family = family_for_model_type(model_type)
+    if model_type == REMOTE_MODEL_TYPE:
+        raise ValueError(
+            f"model {model_id!r} is InternVL in OpenGVLab's remote-code layout: pass a local "
+            f"folder of it (converted on load, no code run) or its '-hf' twin")
     if family is None:
         raise ValueError(
             f"model {model_id!r} has model_type={model_type!r}; the VLM reward supports "
@@ -165,6 +184,10 @@ def check_vision_config(config, model_id: str):
 def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool, flag: str):
     from transformers import AutoProcessor
 
+    local = Path(str(model_id)).expanduser()
+    if local.is_dir() and remote_config(local) is not None:
+        model, processor = load_remote_internvl(local, dtype)
+        return family_for_model_type("internvl"), model, processor
     config = read_config(model_id, trust_remote_code, flag)
     family = check_vision_config(config, model_id)
     try:

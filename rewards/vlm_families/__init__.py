@@ -72,6 +72,10 @@ class VLMFamily:
             out[key] = default if value is None else value
         return out
 
+    def resolve_image_options(self, bundle, options: dict[str, Any]) -> dict[str, Any]:
+        """Options left to the checkpoint (None) resolved from the loaded processor."""
+        return options
+
     def image_token(self, processor) -> str:
         """The placeholder the chat template writes once per image."""
         return processor.image_token
