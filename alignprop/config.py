@@ -7,8 +7,9 @@ terms, shared with evaluation). Each validates itself in ``__post_init__``;
 :func:`check_combination` refuses combinations that span both.
 
 Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
-given on the command line override the preset. Unknown keys in a preset are
-refused (a typo must not silently fall back to a default).
+given on the command line override the preset, whatever name either uses (the rule:
+:func:`parse_config`). Unknown keys in a preset are refused (a typo must not silently fall
+back to a default).
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from common.cli import UserError
-from common.original_flags import (ORIGINAL_DEFAULTS, add_train_original_flags,
-                                   original_changes, original_names, preset_tokens,
-                                   semantics_hint, semantics_of, stored_original)
+from common.original_flags import (ORIGINAL_DEFAULTS, Setting, add_train_original_flags,
+                                   in_preset, original_names, preset_tokens, record_given,
+                                   resolve_source, semantics_hint, semantics_of, show,
+                                   translate_train)
 from common.original_repo import read_original_texts
 
 from .methods import MethodFlags
@@ -407,46 +409,68 @@ def _typed_preset(parser, preset: dict[str, Any], path) -> dict[str, Any]:
     return out
 
 
+# A truncation flag is read by one --truncated_backprop mode only.
+TRUNCATION_FLAGS = {"backprop_steps": "fixed", "backprop_steps_min": "random",
+                    "backprop_steps_max": "random", "truncation_t_min": "per_step",
+                    "truncation_t_max": "per_step"}
+# Sources of a flag's value, lowest first (docs/original_flags.md, "Which value wins").
+ORIGINAL_SOURCE = "the defaults of --semantics original"
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
     """Parse command-line flags (plus an optional preset) into validated dataclasses.
 
-    Validation errors are ``ValueError`` with the flag named; argparse itself
-    exits with status 2 for unknown flags and bad choices.
+    Which value wins (one rule, common/original_flags.py): the command line over the preset,
+    the preset over the defaults of ``--semantics original``, those over ours; within one
+    source, names that set the same flag must agree. Validation errors are ``ValueError`` with
+    the flag named; argparse itself exits with status 2 for unknown flags and bad choices.
     """
+    args = list(argv) if argv is not None else sys.argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
-    known, _ = pre.parse_known_args(argv)
+    known, _ = pre.parse_known_args(args)
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
-    args = list(argv) if argv is not None else sys.argv[1:]
-    preset: dict[str, Any] = {}
-    if known.config:
-        preset = load_preset(known.config)
-    # Defaults, lowest first: ours (the dataclasses), the original's (--semantics original),
-    # the preset's; the command line wins over all of them.
-    defaults: dict[str, Any] = {}
-    if semantics_of(args, preset) == "original":
-        defaults.update(ORIGINAL_DEFAULTS["train"])
+    given = record_given(parser)
+    preset: dict[str, Any] = load_preset(known.config) if known.config else {}
+    semantics = semantics_of(args, preset)
+    sources: list[tuple[str, list[Setting]]] = []
+    if semantics == "original":
+        sources.append((ORIGINAL_SOURCE, [
+            Setting(k, v, "--semantics original", f"--semantics original (--{k} {show(v)})")
+            for k, v in ORIGINAL_DEFAULTS["train"].items()]))
     if preset:
-        # The original's flag names in a preset go in front of the command line (so it
-        # wins); our own keys are checked and converted as the command line would.
+        # Our keys are checked and converted as the command line would convert them; the
+        # original's names go through their parser actions (aliases, conversions, refusals).
         ours, tokens = preset_tokens(preset)
-        defaults.update(_typed_preset(parser, ours, known.config))
-        args = tokens + args
-    if defaults:
-        parser.set_defaults(**defaults)
-    train, rewards, *extra = parser.parse_args_into_dataclasses(
-        args=args, look_for_args_file=False)
-    changes = original_changes(stored_original(extra[0] if extra else None),
-                               sample_num_steps=train.sample_num_steps,
-                               tracker_run_name=train.tracker_run_name, argv=args, preset=preset,
-                               semantics=rewards.semantics, num_epochs=train.num_epochs,
-                               max_train_steps=train.max_train_steps)
-    if changes:
-        train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
+        settings = [Setting(k, v, f"--{k}", f"{k}: {show(v)}")
+                    for k, v in _typed_preset(parser, ours, known.config).items()]
+        given.clear()
+        parser.parse_known_args(tokens)
+        sources.append((f"--config {known.config}", settings + in_preset(given)))
+    # lower sources as argparse defaults, so that --help shows them
+    parser.set_defaults(**{s.dest: s.value for _, settings in sources for s in settings
+                           if not s.dest.startswith("original_")})
+    given.clear()
+    namespace, rest = parser.parse_known_args(args)
+    if rest:
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {rest}")
+    sources.append(("the command line", [s for s in given if s.dest != "config"]))
+    # Convert flags need --sample_num_steps, which no convert flag sets: the highest source's.
+    n = next((s.value for _, settings in reversed(sources) for s in reversed(settings)
+              if s.dest == "sample_num_steps"), _default("sample_num_steps"))
+    final: dict[str, tuple[int, str, Setting]] = {}
+    for level, (label, settings) in enumerate(sources, start=1):
+        resolved = resolve_source(translate_train(settings, sample_num_steps=n,
+                                                  semantics=semantics), _where(label))
+        final.update({dest: (level, label, s) for dest, s in resolved.items()})
+    _check_truncation_flags(final)
+    values = {**vars(namespace), **{dest: s.value for dest, (_, _, s) in final.items()}}
+    train = TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.init})
+    rewards = RewardFlags(**{f.name: values[f.name] for f in fields(RewardFlags) if f.init})
     rewards = resolve_defaults(rewards)
     if (rewards.semantics == "original" and rewards.original_repo and not train.prompt_file
-            and not _given_flag(args, "--prompt") and "prompt" not in preset):
+            and final.get("prompt", (0,))[0] <= 1):
         # the original's built-in edit instruction, read from the user's clone
         train = dataclasses.replace(train,
                                     prompt=read_original_texts(rewards.original_repo).instruction)
@@ -454,8 +478,29 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     return train, rewards
 
 
-def _given_flag(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+def _default(name: str) -> Any:
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def _where(label: str) -> str:
+    """The prefix of a message about a setting of this source ("--config p.yaml: ")."""
+    return f"{label}: " if label.startswith("--config") else ""
+
+
+def _check_truncation_flags(final: dict[str, tuple[int, str, Setting]]) -> None:
+    """Refuse a truncation flag that the --truncated_backprop in force does not read, unless a
+    higher source chose that mode (a preset's K under the command line's per_step is moot)."""
+    mode_level, mode_label, mode = final.get("truncated_backprop", (0, "", None))
+    value = mode.value if mode else _default("truncated_backprop")
+    chosen = ("our default" if mode is None else mode_label if mode_label == ORIGINAL_SOURCE
+              else _where(mode_label) + mode.said)
+    for dest, needs in TRUNCATION_FLAGS.items():
+        level, label, s = final.get(dest, (0, "", None))
+        if s is None or s.implied or level < mode_level or needs == value:
+            continue
+        why = "" if chosen == f"--truncated_backprop {value}" else f" ({chosen})"
+        raise ValueError(f"{_where(label)}{s.said} is not read by --truncated_backprop {value}"
+                         f"{why}; add --truncated_backprop {needs}, or drop it")
 
 
 def resolve_defaults(rewards: RewardFlags) -> RewardFlags:
