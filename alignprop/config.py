@@ -177,7 +177,14 @@ class TrainConfig(MethodFlags):
         None, "Resume from a checkpoint folder or 'latest' (newest in "
               "<output_dir>/checkpoints). Resuming from an older checkpoint drops the "
               "metrics.jsonl rows past it and moves later checkpoints to "
-              "checkpoints/superseded-<step>/.", aliases=["--resume_from_checkpoint"])
+              "checkpoints/superseded-<step>/. A flag that changes what a step computes "
+              "(method, reward terms, weights and questions, sampler, K, LoRA, resolution, "
+              "optimizer) must be the checkpoint's unless --allow_changed_config.",
+        aliases=["--resume_from_checkpoint"])
+    allow_changed_config: bool = _f(
+        False, "With --resume_from: continue under flags that change what a step computes "
+               "(run_config.json then records each segment: which steps ran under which "
+               "flags). The LoRA's rank and target modules stay the checkpoint's.")
     log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
                                       "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
     tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")
@@ -306,6 +313,47 @@ class TrainConfig(MethodFlags):
             return k, k
         hi = n if self.backprop_steps_max == -1 else self.backprop_steps_max
         return self.backprop_steps_min, hi
+
+
+# What a training step computes. Resuming under other values of these is refused unless
+# --allow_changed_config (alignprop/run.py: resume_segments). Every method and reward flag
+# counts, a new one too, except the few below that change only precision or permission.
+STEP_TRAIN_FLAGS = (
+    "pretrained_model", "revision", "variant", "prompt", "prompt_file", "image_height",
+    "image_width", "max_sequence_length", "sample_num_steps", "guidance_scale",
+    "truncated_backprop", "backprop_steps", "backprop_steps_min", "backprop_steps_max",
+    "truncation_t_min", "truncation_t_max", "lora_rank", "lora_alpha", "lora_dropout",
+    "lora_target_modules", "train_learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
+    "max_grad_norm")
+# The run's, not the step's: free to change on resume (each segment records them). The
+# batch size changes how many images a step averages, not what it computes (a resume on
+# other hardware may need it); the data folder may grow.
+RUN_TRAIN_FLAGS = (
+    "data_dir", "recursive", "gradient_checkpointing", "reward_device", "train_batch_size",
+    "train_gradient_accumulation_steps", "mixed_precision", "allow_tf32", "seed", "num_epochs",
+    "max_train_steps", "output_dir", "save_freq", "push_to_hub", "hub_model_id",
+    "checkpoints_total_limit", "resume_from", "allow_changed_config", "log_with",
+    "tracker_project_name", "tracker_run_name", "tracker_kwargs", "log_image_freq", "log_freq",
+    "estimate")
+RUN_REWARD_FLAGS = ("internvl_dtype", "qwen_dtype", "trust_remote_code")
+# The checkpoint's LoRA has this shape: no flag can change it on resume.
+LORA_SHAPE_FLAGS = ("lora_rank", "lora_target_modules")
+
+
+def step_flags() -> list[str]:
+    """Every flag that changes what a training step computes (see STEP_TRAIN_FLAGS)."""
+    return (list(STEP_TRAIN_FLAGS) + [f.name for f in fields(MethodFlags)]
+            + [f.name for f in fields(RewardFlags) if f.name not in RUN_REWARD_FLAGS])
+
+
+def flag_default(name: str) -> Any:
+    """A flag's default (what a config written before the flag existed ran with)."""
+    for dc in (TrainConfig, RewardFlags):
+        f = dc.__dataclass_fields__.get(name)
+        if f is not None:
+            return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return None
 
 
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
@@ -557,5 +605,6 @@ def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:
 
 
 __all__ = ["MissingDependencyError", "TrainConfig", "RewardFlags", "parse_config", "load_preset", "check_combination",
-           "config_dict", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS", "startup_notes",
+           "config_dict", "step_flags", "flag_default", "STEP_TRAIN_FLAGS", "RUN_TRAIN_FLAGS",
+           "RUN_REWARD_FLAGS", "LORA_SHAPE_FLAGS", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS", "startup_notes",
            "BUILTIN_PRESETS"]
