@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from common.cli import UserError
+from rewards import is_differentiable
 from common.original_flags import (add_train_original_flags, original_changes, original_names,
                                    preset_tokens, stored_original)
 
-from .methods import MethodFlags
+from .methods import GRADIENT_METHODS, SCORE_METHODS, MethodFlags
 from .placement import check_reward_device
 from .reward_flags import RewardFlags, require_reward, reward_specs
 
@@ -178,7 +179,10 @@ class TrainConfig(MethodFlags):
     def validate(self) -> None:
         """Refuse missing/invalid values with a message naming the flag (ValueError)."""
         self.validate_method()
-        if not self.data_dir:
+        if self.preferences and self.data_dir:
+            raise ValueError("give --data_dir or --preferences, not both: with --preferences the "
+                             "inputs are the stored pairs' (their trajectories are the data)")
+        if not self.data_dir and not self.preferences:
             raise ValueError("--data_dir is required: a folder of input images to edit")
         for name in ("image_height", "image_width"):
             v = getattr(self, name)
@@ -243,6 +247,40 @@ class TrainConfig(MethodFlags):
         if (self.resume_from not in (None, "latest")
                 and not Path(self.resume_from).expanduser().is_dir()):
             raise ValueError(f"--resume_from: checkpoint folder not found: {self.resume_from}")
+        if self.method in SCORE_METHODS:
+            self._validate_rounds()
+
+    def _validate_rounds(self) -> None:
+        """GRPO / D3PO: a round's units must split into whole optimizer steps."""
+        if self.estimate:
+            raise ValueError(f"--estimate traces AlignProp's step; it does not model --method "
+                             f"{self.method} yet (sampling rounds, stored trajectories)")
+        if self.rl_timesteps == "window" and self.rl_window > self.sample_num_steps:
+            raise ValueError(f"--rl_window ({self.rl_window}) must be <= --sample_num_steps "
+                             f"({self.sample_num_steps})")
+        if self.preferences:
+            return
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        units = self.rl_units_per_round()
+        if units % per_step:
+            what = (f"--rl_inputs_per_round {self.rl_inputs_per_round} x --grpo_group_size "
+                    f"{self.grpo_group_size} = {units} samples" if self.method == "grpo" else
+                    f"--rl_inputs_per_round {self.rl_inputs_per_round} = {units} pairs")
+            raise ValueError(f"--method {self.method}: a round's {what} per process must split "
+                             f"into whole optimizer steps of --train_batch_size "
+                             f"{self.train_batch_size} x --train_gradient_accumulation_steps "
+                             f"{self.train_gradient_accumulation_steps} = {per_step}")
+
+    def rl_units_per_round(self) -> int:
+        """GRPO: samples per process per round; D3PO: pairs."""
+        return self.rl_inputs_per_round * (self.grpo_group_size if self.method == "grpo" else 1)
+
+    def rl_updates_per_round(self) -> int:
+        """Optimizer steps one GRPO / D3PO round lasts (1 with --preferences)."""
+        if self.preferences:
+            return 1
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        return self.rl_units_per_round() // per_step * self.rl_inner_epochs
 
     # ------------------------------------------------------------------ derived values
     def tracker_init_kwargs(self) -> dict[str, dict]:
@@ -272,8 +310,20 @@ class TrainConfig(MethodFlags):
 
 
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
-    """Refuse flag combinations that involve both dataclasses."""
-    require_reward(rewards)
+    """Refuse flag combinations that involve both dataclasses (before any model loads)."""
+    if train.preferences:
+        specs = reward_specs(rewards)
+        if specs:
+            raise ValueError(f"--preferences trains on people's choices; the reward term(s) "
+                             f"{', '.join(s['term'] for s in specs)} would not be used: drop "
+                             f"their flags")
+        return
+    specs = require_reward(rewards)
+    without = [s["term"] for s in specs if not is_differentiable(s["name"])]
+    if train.method in GRADIENT_METHODS and without:
+        raise ValueError(f"--method {train.method} backpropagates the reward, but "
+                         f"{', '.join(without)} gives no gradient; use --method grpo|d3po, "
+                         f"which learn from scores alone")
 
 
 # --------------------------------------------------------------------------- parsing

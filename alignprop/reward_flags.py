@@ -13,7 +13,7 @@ message that names the flag and the valid values.
 
 Term names (what is logged as ``reward/<term>``): ``grid``, ``brightness``,
 ``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``,
-``preference``.
+``preference``, ``command``.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from common.cli import UserError
 from common.hub import ModelUnavailableError, resolve_device_dtype
 from rewards import build_rewards
 from rewards.base import CompositeReward
+from rewards.command import check_command
 
 # VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
@@ -227,6 +228,19 @@ class RewardFlags:
     aide_repo: Optional[str] = _f(None, "Path to your clone of the AIDE repository.")
     aide_resume: Optional[str] = _f(None, "Path to the AIDE checkpoint to load.")
 
+    # ---------------------------------------------------------------- a judge as a program
+    reward_command: Optional[str] = _f(
+        None, "A judge given as a command line, e.g. \"python judge.py --strict\" (gives no "
+              "gradient: --method grpo|d3po only). Each batch's images are written as PNGs into "
+              "a temporary folder with a manifest.json (inputs, prompts); the program, run "
+              "without a shell with the manifest's path as its last argument, writes one score "
+              "per image (higher is better) to scores.json or scores.csv there. Protocol and "
+              "errors: rewards/command.py.")
+    reward_command_weight: float = _f(1.0, "Weight of the --reward_command score.")
+    reward_command_timeout: float = _f(
+        600.0, "Seconds --reward_command may take per batch; then it and its children are "
+               "killed and training stops with that error.")
+
     # ---------------------------------------------------------------- InternVL (shared)
     internvl_model_id: str = _f(
         DEFAULT_INTERNVL, "VLM of the 'internvl' backends: a hub id or local directory of "
@@ -354,6 +368,11 @@ class RewardFlags:
                              "shipped tokenizer)")
         if self.dreamsim_dir is not None and not Path(self.dreamsim_dir).expanduser().is_dir():
             raise ValueError(f"--dreamsim_dir: folder not found: {self.dreamsim_dir}")
+        if self.reward_command is not None:
+            check_command(self.reward_command)   # RewardCommandError: one line
+            if self.reward_command_timeout <= 0:
+                raise ValueError(f"--reward_command_timeout must be > 0 seconds, got "
+                                 f"{self.reward_command_timeout}")
         if self.photo_backend == "aide" and self.photo_reward_scale > 0:
             if not self.aide_repo or not self.aide_resume:
                 raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
@@ -486,6 +505,9 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
             aide_resume=flags.aide_resume, device=device,
             trust_remote_code=flags.trust_remote_code)
+    if flags.reward_command is not None:
+        add("command", "command", flags.reward_command_weight, command=flags.reward_command,
+            timeout=flags.reward_command_timeout)
     if flags.preference_backend != "none":
         opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
         if flags.preference_model is not None:
@@ -535,7 +557,7 @@ def require_reward(flags: RewardFlags, device: Any = None) -> list[dict]:
             "no reward is enabled: set at least one of --grid_ratio_weight, "
             "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
             "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
-            "--preference_backend")
+            "--preference_backend, --reward_command")
     return specs
 
 

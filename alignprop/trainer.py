@@ -113,7 +113,12 @@ class _StopFlag:
 
 # --------------------------------------------------------------------------- one step
 def micro_batch(run: Run, micro: int, k: int) -> Batch:
-    """Micro-batch ``micro`` of the current step: images, prompts, embeds, noise and seeds."""
+    """Micro-batch ``micro`` of the current step: images, prompts, embeds, noise and seeds.
+
+    GRPO / D3PO: stored trajectories and one transition instead (alignprop/rollout.py
+    samples a new round at the first micro-batch of a round's first step)."""
+    if run.rollouts is not None:
+        return run.rollouts.micro_batch(run, micro, k)
     cfg, step = run.cfg, run.global_step
     picks = run.stream.take(run.micro_global, run.rank, run.per_device)
     inputs, prompts = load_batch(run.folder, picks)
@@ -134,10 +139,11 @@ def optimizer_step(run: Run) -> StepResult:
     k = choose_k(run.cfg, run.global_step)
     sums: dict[str, float] = {}
     skip_reason, batch, out = None, None, None
-    for micro in range(run.accum):
+    passes = run.micro_steps   # accumulation steps (x trained transitions for GRPO / D3PO)
+    for micro in range(passes):
         batch = micro_batch(run, micro, k)
         # Gradients are all-reduced only on the last micro-batch of the step.
-        sync = micro == run.accum - 1 or run.world == 1
+        sync = micro == passes - 1 or run.world == 1
         with nullcontext() if sync else acc.no_sync(run.transformer):
             with acc.autocast():
                 out = run_method(batch, run.models, run.cfg)
@@ -147,10 +153,10 @@ def optimizer_step(run: Run) -> StepResult:
             if acc.gather(finite).min().item() < 1:
                 skip_reason = "non-finite reward"
                 break  # every rank sees the same decision, so DDP stays in step
-            loss = out.loss / run.accum
+            loss = out.loss / passes
             acc.backward(loss)
-        for key, v in {"loss": loss.item() * run.accum, **out.metrics}.items():
-            sums[key] = sums.get(key, 0.0) + float(v) / run.accum
+        for key, v in {"loss": loss.item() * passes, **out.metrics}.items():
+            sums[key] = sums.get(key, 0.0) + float(v) / passes
 
     grad_norm = float("nan")
     if skip_reason is None:
@@ -187,7 +193,8 @@ def log_step(run: Run, res: StepResult, seconds: float) -> dict:
         local = dict(zip(names, vec.tolist()))
     log = {**local, "train/grad_norm": res.grad_norm,
            "train/lr": run.lr_scheduler.get_last_lr()[0],
-           "train/backprop_steps": res.k if run.cfg.method == "alignprop" else 1,
+           "train/backprop_steps": (res.k if run.cfg.method == "alignprop" else
+                                    run.rollouts.transitions if run.rollouts else 1),
            "train/sec_per_step": seconds, "train/epoch": run.stream.position / len(run.folder),
            "train/skipped_steps": run.skipped_total,
            "train/skipped_images": count_lost_images(run)}
