@@ -447,20 +447,21 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
                                tracker_run_name=train.tracker_run_name, argv=args, preset=preset)
     if changes:
         train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
-    rewards = resolve_defaults(rewards)
+    rewards = resolve_defaults(rewards, people_judge=bool(train.preferences))
     check_combination(train, rewards)
     return train, rewards
 
 
-def resolve_defaults(rewards: RewardFlags) -> RewardFlags:
+def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> RewardFlags:
     """Defaults that depend on other flags, resolved in one visible place.
 
     ``--crispness_weight`` left unset: the original's crispness floor (0.2) guards every run
     that has another reward term; alone it is no objective, so "no reward" stays an error.
+    Training on people's choices (``--preferences``) has no reward, so no floor either.
     """
     if rewards.crispness_weight is None:
-        rewards = dataclasses.replace(
-            rewards, crispness_weight=TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) else 0.0)
+        floor = TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) and not people_judge else 0.0
+        rewards = dataclasses.replace(rewards, crispness_weight=floor)
     return rewards
 
 

@@ -32,7 +32,6 @@ is a function of (seed, step, micro-batch, rank).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from common.cli import UserError
 from common.images import load_image
 
 from .checkpoint import CheckpointError, read_state_files, write_state_files
-from .data import load_batch
+from .data import load_batch, seed_for
 from .methods import Batch, RolloutSlice
 from .pairs_format import PairsManifest
 from .preferences import Preferences, load_preferences
@@ -56,11 +55,6 @@ logger = logging.getLogger("alignprop")
 
 ROUND_FILE = "rollout_{rank}"
 ADV_EPS = 1e-4      # Flow-GRPO's stat tracker: (r - mean) / (std + 1e-4)
-
-
-def seed_for(*parts) -> int:
-    """Stable 63-bit seed from any parts (python's hash() is salted per process)."""
-    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
 class PreferencesMismatchError(UserError):

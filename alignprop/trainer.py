@@ -18,7 +18,6 @@ function of (seed, step, micro-batch, rank), so ``--resume_from`` continues exac
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -32,8 +31,10 @@ from typing import Optional
 
 import torch
 
+from common.cli import UserError
+
 from .config import TrainConfig
-from .data import load_batch
+from .data import load_batch, seed_for
 from .distributed import grad_norm as total_grad_norm
 from .logging_utils import image_grid, log_image_grid
 from .lora import LORA_FILE
@@ -70,17 +71,12 @@ class StepResult:
     outputs: torch.Tensor
 
 
-def _seed_for(*parts) -> int:
-    """Stable 63-bit seed from any parts (python's hash() is salted per process)."""
-    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
 def choose_k(cfg: TrainConfig, step: int) -> int:
     """Number of backpropagated steps for ``step`` (same on every rank, resume-stable)."""
     lo, hi = cfg.k_range()
     if lo == hi:
         return lo
-    return random.Random(_seed_for(cfg.seed, "K", step)).randint(lo, hi)
+    return random.Random(seed_for(cfg.seed, "K", step)).randint(lo, hi)
 
 
 class _StopFlag:
@@ -123,8 +119,8 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
     picks = run.stream.take(run.micro_global, run.rank, run.per_device)
     inputs, prompts = load_batch(run.folder, picks)
     return Batch(inputs.to(run.device), prompts, stack_prompt_embeds(run.text_cache, prompts),
-                 torch.Generator().manual_seed(_seed_for(cfg.seed, "noise", step, micro, run.rank)),
-                 _seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
+                 torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, micro, run.rank)),
+                 seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
                  identity_text=run.identity_text,
                  targets=run.targets(picks) if run.targets else None)
 
@@ -213,6 +209,8 @@ def _emergency_checkpoint(run: Run, exc: BaseException, step_start) -> None:
     """As on SIGTERM: keep the work done so far when a step fails, then let the error surface."""
     if run.phase == "compute":  # the failed step had not touched the weights
         run.stream.position, run.skipped_total = step_start
+    if run.global_step == 0 and isinstance(exc, UserError):
+        return  # nothing trained, nothing lost: the one-line error says it all
     if run.phase == "update" or run.global_step == 0 or not run.main:
         if run.main:
             logger.error("unexpected %s at step %d; no checkpoint saved (%s)",
