@@ -18,7 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import alignprop_fluxkontext as train_cli
+from alignprop.held_out import HeldOut
 from alignprop.preferences import load_preferences, read_records
+from alignprop.sample_pairs import main as sample_pairs_main
+from common.photos import HELD_OUT_NAMES, write_photos
 
 from _annotate_helpers import REPO, start_server
 import _firefox
@@ -185,6 +189,43 @@ def test_scripted_person_preferring_brighter_edits_writes_their_preferences(brow
     assert prefs.counts.annotators == ("scripted-brightness",)
     # Both sides were shown and chosen: the order really is random, and the person read it.
     assert {j["chose"] for j in judged} == {"left", "right"}
+
+
+def test_d3po_on_the_scripted_persons_choices_brightens_held_out_photos(browser, tmp_path):
+    """Issue 25's loop: sample pairs, a person (always the brighter edit) chooses in the
+    browser, --method d3po --preferences trains on exactly those stored trajectories, and
+    the LoRA edits held-out photos (never seen by tiny-photo nor here) brighter."""
+    write_photos(tmp_path / "photos", ["hubble_deep_field", "retina", "camera", "coins"])
+    model = ["--pretrained_model", "tiny-photo", "--image_height", "64", "--image_width", "64",
+             "--sample_num_steps", "4", "--max_sequence_length", "64"]
+    pairs = tmp_path / "pairs"
+    assert sample_pairs_main(["--data_dir", str(tmp_path / "photos"), "--output_dir", str(pairs),
+                              "--prompt", "Make this photo brighter.", "--num_pairs", "12",
+                              "--sde_noise", "0.7"] + model) == 0
+    srv = start_server(pairs)
+    try:
+        browser.get(srv.url)
+        enter_name(browser, "scripted-brightness")
+        judged = scripted_person(browser)
+    finally:
+        srv.stop()
+    assert len(judged) == 12
+    out = tmp_path / "run"
+    assert train_cli.main(["--method", "d3po", "--preferences", str(pairs / "preferences.jsonl"),
+                           "--output_dir", str(out), "--train_batch_size", "4",
+                           "--max_train_steps", "6", "--train_learning_rate", "1e-2",
+                           "--lora_rank", "8", "--log_with", "none", "--save_freq", "0",
+                           "--log_image_freq", "0", "--mixed_precision", "no"] + model) == 0
+    targets = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_q_proj,"
+               "attn.add_v_proj,attn.to_add_out,ff.net.0.proj,ff.net.2,ff_context.net.0.proj,"
+               "ff_context.net.2").split(",")
+    held = HeldOut("tiny-photo", HELD_OUT_NAMES, "Make this photo brighter.", 64, 4, 8, targets, 64)
+
+    def luma(images, inputs, prompts):
+        return (0.2126 * images[:, 0] + 0.7152 * images[:, 1] + 0.0722 * images[:, 2]).mean((1, 2))
+
+    gain = held.score(out, luma) - held.score(None, luma)
+    assert (gain > 0).all() and gain.mean() > 0.02, gain.tolist()
 
 
 # --------------------------------------------------------------------------- Firefox
