@@ -8,7 +8,8 @@ terms, shared with evaluation). Each validates itself in ``__post_init__``;
 
 Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
 given on the command line override the preset. Unknown keys in a preset are
-refused (a typo must not silently fall back to a default).
+refused (a typo must not silently fall back to a default). ``--preset NAME`` reads a
+shipped one (``alignprop/presets/NAME.yaml``, e.g. ``edit_specialist``) under --config.
 """
 from __future__ import annotations
 
@@ -339,7 +340,29 @@ def _parser():
     parser.add_argument("--config", default=None,
                         help="YAML or JSON preset of flag: value pairs; command-line flags "
                              "override it.")
+    parser.add_argument("--preset", default=None, choices=shipped_presets(),
+                        help="A shipped preset (alignprop/presets/NAME.yaml): 'edit_specialist' "
+                             "= the Image-Editing Specialists objective (structural + score_alpha "
+                             "x semantic, rec_lambda) trained with D3PO (--method grpo or "
+                             "alignprop also run it). --config and command-line flags override "
+                             "it.")
     return parser
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def shipped_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of ``--preset NAME`` (one-line error naming the shipped ones)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if name not in shipped_presets():
+        raise ValueError(f"--preset {name!r} is not shipped; choose one of: "
+                         f"{', '.join(shipped_presets())}")
+    return path
 
 
 def _known_flags() -> set[str]:
@@ -427,19 +450,25 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
     args = list(argv) if argv is not None else sys.argv[1:]
     preset: dict[str, Any] = {}
-    if known.config:
-        preset = load_preset(known.config)
+    sources = ([preset_path(known.preset)] if known.preset else []) + (
+        [known.config] if known.config else [])
+    front: list[str] = []
+    for source in sources:   # a shipped --preset first, then --config over it
+        values = load_preset(source)
         # Presets become parser defaults, so anything on the command line wins; the
         # original's flag names in a preset go in front of the command line for the same
         # reason. Our own keys are checked and converted as the command line would.
-        ours, tokens = preset_tokens(preset)
-        parser.set_defaults(**_typed_preset(parser, ours, known.config))
-        args = tokens + args
+        ours, tokens = preset_tokens(values)
+        parser.set_defaults(**_typed_preset(parser, ours, source))
+        front += tokens
+        preset.update(values)
+    args = front + args
     train, rewards, *extra = parser.parse_args_into_dataclasses(
         args=args, look_for_args_file=False)
     changes = original_changes(stored_original(extra[0] if extra else None),

@@ -299,7 +299,8 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
         reward_fn = None
     else:
         if reward_fn is None:
-            reward_fn = build_reward_from_flags(reward_flags, device=r_device)
+            reward_fn = build_reward_from_flags(reward_flags, device=r_device,
+                                                ranking=cfg.method in SCORE_METHODS)
         check_reward_fits_method(cfg.method, reward_fn)
         reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
                                  sharded_run=is_sharded(accelerator))

@@ -55,6 +55,11 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     "vlm_answer": ("rewards.vlm_answer", "make_vlm_answer_reward",
                    "a VLM's most likely answer to the rating question, as its value in [0, 1] "
                    "(argmax, not probabilities); no gradient"),
+    "edit_specialist": ("rewards.edit_specialist", "make_edit_specialist_reward",
+                        "Image-Editing Specialists' objective: structural (content kept) + "
+                        "score_alpha x (semantic: a VLM asked whether the edit follows the "
+                        "instruction - rec_lambda x pixel MSE to the input), z-scored over the "
+                        "batch for ranking (GRPO / D3PO)"),
     "command": ("rewards.command", "make_command_reward",
                 "scores written by a user's program run on the batch's images "
                 "(--reward_command; protocol in rewards/command.py); no gradient"),
