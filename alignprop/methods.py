@@ -27,7 +27,18 @@ is the same for all of them (``--method`` picks the function from :data:`METHODS
     adds both every step; the flow-matching term is weighted by ``--imagerefl_fm_weight``
     (default 1.0).
 
-Base consistency (every method, ``--base_consistency_weight`` > 0): the distance between
+``grpo`` (Flow-GRPO, Liu et al. 2025; yifan123/flow_grpo scripts/train_sd3.py)
+    Learns from scores, no reward gradient. Rounds of G SDE samples per input are judged
+    and stored (alignprop/rollout.py); each call trains one stored transition of a
+    micro-batch: PPO-clipped ratio to the sampling policy times the group-normalised
+    advantage, optional KL to the LoRA-off model.
+``d3po`` (D3PO, Yang et al. 2024; yk7333/d3po scripts/rm/train_d3po.py)
+    Learns from preferences: pairs sharing their starting noise, the better-scored (or
+    people's chosen, ``--preferences``) sample preferred; each call trains one stored
+    transition: -log sigmoid(beta (log r_a - log r_b) s), r the policy / LoRA-off ratio
+    clamped to [1 - eps, 1 + eps]. Equations and differences: docs/methods.md.
+
+Base consistency (gradient methods, ``--base_consistency_weight`` > 0): the distance between
 the LoRA's prediction and the base model's (adapters disabled, no grad) for the same input,
 noise and prompt -- the final latents for ``alignprop``, the one-step clean-latent
 prediction for the others -- as mean squared error in latent space (``latent``) or LPIPS of

@@ -3,18 +3,22 @@
 ``train`` reads top to bottom: set up the run (alignprop/run.py), resume, describe it, then
 one :func:`optimizer_step` per step -- log, checkpoint, stop on a signal -- and export::
 
-    for each of A micro-batches (gradient accumulation):
+    for each of P = A micro-batches (gradient accumulation; GRPO / D3PO: A x T transitions):
         inputs (B,3,H,W) + prompts          <- SampleStream (deterministic, resumable)
+            grpo / d3po: B stored trajectories + one transition, from the round
+            (alignprop/rollout.py samples and judges a new round when one is used up)
         loss, outputs, reward[B], metrics = method(batch, models)   <- alignprop/methods.py
             alignprop: outputs = sampler(inputs, text, K) (last K Euler steps + VAE decode
             carry grad), loss = -mean(reward_fn(outputs, inputs, prompts)); draft-lv / refl /
-            imagerefl: one grad step (see methods.py); + base consistency if asked
+            imagerefl: one grad step (see methods.py); + base consistency if asked;
+            grpo / d3po: the transition's log-prob under the LoRA -> clipped-ratio / DPO loss
         if any rank's loss is non-finite: skip the whole step (collective decision)
-        backward(loss / A)                  <- LoRA parameters only
+        backward(loss / P)                  <- LoRA parameters only
     clip grad norm -> optimizer step -> LR schedule step
 
-Everything that decides what a step sees (data order, noise, random K) is a pure
-function of (seed, step, micro-batch, rank), so ``--resume_from`` continues exactly.
+Everything that decides what a step sees (data order, noise, random K, rounds' seeds and
+orders) is a pure function of (seed, step, micro-batch, rank), and an unfinished round is
+saved with the checkpoint, so ``--resume_from`` continues exactly.
 """
 from __future__ import annotations
 
