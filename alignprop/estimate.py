@@ -492,6 +492,8 @@ def _internvl_probes(specs, model, model_id, model_cfg, height, width, tr, vlm_d
 # Learned rewards the estimator cannot trace yet: named in the report, never silently dropped.
 UNTRACED_REWARDS = {
     "dreamsim": "DreamSim: its ViT-B/32 backbone from --dreamsim_dir, ~0.35 GB in fp32",
+    "edit_specialist": "the editing-specialist objective: its VLM (the semantic question) and "
+                       "its structural judge (--edit_structural) are not traced yet",
 }
 
 
