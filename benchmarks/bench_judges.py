@@ -1,6 +1,6 @@
 """Learning from a judge: AlignProp vs GRPO vs D3PO, with and without the judge's gradient.
 
-    nice -n 10 env PYTHONPATH=. python benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 45
+    nice -n 10 env PYTHONPATH=. python benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 90
     PYTHONPATH=. python benchmarks/bench_judges.py --from_json outputs/bench_judges/bench_judges.json
 
 Two settings on ``tiny-photo`` (64 px, 4 sampler steps), the same data, held-out photos and

@@ -53,4 +53,4 @@ def test_judges_tables_are_what_the_benchmark_printed(tmp_path):
     readme = (ROOT / "README.md").read_text()
     for line in printed:
         assert line in readme, line
-    assert "benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 45" in readme
+    assert "benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 90" in readme
