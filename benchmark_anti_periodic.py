@@ -28,8 +28,8 @@ from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, a
                                    refusal, semantics_hint, semantics_of, table)
 from common.paths import check_no_overwrite, check_outputs_spare_inputs
 from rewards.anchors import DEFAULT_CRISPNESS_FLOOR
-from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_KINDS, list_folder, run_benchmark,
-                               synthesize, write_demo_photos)
+from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_COLOURS, GRID_KINDS, list_folder,
+                               run_benchmark, synthesize, write_demo_photos)
 from rewards.grid_eval_original import run_original_benchmark
 from rewards.grid_original import parse_harmonics
 
@@ -78,6 +78,10 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
                      help="peak grid amplitudes in [0,1] pixel units (default: 0.005 0.01 0.02 0.04)")
     syn.add_argument("--synth_kinds", nargs="+", default=list(GRID_KINDS), choices=GRID_KINDS,
                      help="grid kinds, one drawn at random per image (default: all)")
+    syn.add_argument("--synth_colours", nargs="+", default=list(GRID_COLOURS),
+                     choices=GRID_COLOURS,
+                     help="luma (every channel, slight tint) and/or chroma (colour without luma) "
+                          "grids; each photo gets every combination with each (default: both)")
     syn.add_argument("--synth_jpeg", type=jpeg_quality, nargs="+", default=[0, 90],
                      help="JPEG qualities; 0 = lossless PNG (default: 0 90)")
     syn.add_argument("--synth_variants", type=positive_int, default=None,
@@ -183,7 +187,8 @@ def _main(argv: Sequence[str] | None) -> int:
         t0 = time.perf_counter()
         clean = write_demo_photos(clean_dir)
         synthesize(clean, art_dir, args.synth_periods, args.synth_amplitudes, args.synth_kinds,
-                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress)
+                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress,
+                   args.synth_colours)
         args.out = args.out or out / "per_image.csv"
         args.summary_out = args.summary_out or out / "summary.csv"
         args.plot = args.plot or out / "roc.png"
@@ -201,7 +206,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_no_overwrite([args.synth_out / "manifest.csv"], clean, "--synth_out")
         manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
                               args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
-                              not args.no_progress)
+                              not args.no_progress, args.synth_colours)
         print(f"wrote {len(manifest)} artifact images to {args.synth_out}")
         if args.artifacts_dir is None and args.clean_dir is None:
             return 0
