@@ -39,18 +39,17 @@ import torch
 
 from alignprop.diversity import _SEED_SUFFIX, build_metric, folder_diversity, group_seed_outputs
 from alignprop.generate import read_prompts
-from alignprop.reward_flags import VLM_REWARDS, RewardFlags, cli_model_error, reward_specs
+from alignprop.reward_flags import RewardBuildError, RewardFlags, build_term, reward_specs
 from common.cli import UserError, run_cli
-from common.hub import ModelUnavailableError, resolve_device_dtype
+from common.hub import resolve_device_dtype
 from common.images import ImageLoadError, list_images, load_image, resize_to
 from common.paths import check_outputs_spare_inputs, check_writable_dir
-from rewards import available_rewards, build_rewards
+from rewards import available_rewards, reads_input
 
 FOLDERS = ("original", "base", "lora")          # column order everywhere
 COMPARISONS = (("lora", "base"), ("lora", "original"), ("base", "original"))
 CHECK_TERMS = ("grid", "brightness")            # reward-hacking monitors
 SKIP_FILES = {"contact_sheet"}                   # what alignprop.generate writes beside outputs
-INPUT_TASKS = {"content-similarity", "pair", "triplet"}
 # Most pixels scored in one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
 BATCH_PIXELS = 16 * 1024 * 1024
 
@@ -124,9 +123,9 @@ class EvalArgs:
 
 # --------------------------------------------------------------------------- rewards
 def uses_input(spec: dict) -> bool:
-    """Does this reward compare the image with the input (so scoring an original is moot)?"""
-    return spec["name"] in ("lpips", "face") or (
-        spec["name"] in VLM_REWARDS and spec.get("task") in INPUT_TASKS)
+    """Does this reward compare the image with the input (so scoring an original is moot)?
+    The registry record says (a VLM or DreamSim term with a reference image does not)."""
+    return reads_input(spec)
 
 
 def collect_specs(flags, args: EvalArgs, device) -> tuple[list[dict], list[dict]]:
@@ -173,13 +172,12 @@ def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
     for role, group in (("target", specs), ("check", checks)):
         for spec in group:
             try:
-                term = build_rewards([spec]).terms[0]
-            except (NotImplementedError, ModelUnavailableError, ValueError, TypeError) as exc:
-                msg = f"reward term {spec['term']!r} ({spec['name']}): {cli_model_error(exc, spec)}"
+                term = build_term(spec)
+            except RewardBuildError as exc:
                 if role == "check":
-                    print(f"warning: hacking-check {msg}; not scored", file=sys.stderr)
+                    print(f"warning: hacking-check {exc}; not scored", file=sys.stderr)
                     continue
-                raise UserError(msg) from None
+                raise
             built.append({"term": spec["term"], "reward": spec["name"], "weight": term.weight,
                           "role": role, "uses_input": uses_input(spec), "fn": term.fn,
                           "options": {k: v for k, v in spec.items()
