@@ -24,12 +24,15 @@ def _train_flags(data_dir, tmp_path, *extra):
     return ["--data_dir", str(data_dir), "--pretrained_model", "tiny", "--internvl_model_id",
             "tiny", "--image_height", "32", "--image_width", "32", "--sample_num_steps", "3",
             "--aesthetic_model_type", "internvl", "--grid_ratio_weight", "1",
+            # the crispness floor (on by default beside another term) at the images' own size:
+            # resized to 512 px it would dominate a 32 px step
+            "--crispness_eval_resize", "0",
             "--output_dir", str(tmp_path / "out"), "--log_with", "none", *extra]
 
 
 def test_training_estimate_prints_breakdown_and_verdicts_and_writes_nothing(
         data_dir, tmp_path, capsys):
-    rc = alignprop_fluxkontext.main(_train_flags(data_dir, tmp_path, "--backprop_steps", "2",
+    rc = alignprop_fluxkontext.main(_train_flags(data_dir, tmp_path, "--backprop_steps", "3",
                                                  "--estimate"))
     out = capsys.readouterr().out
     assert rc == 0
@@ -37,7 +40,7 @@ def test_training_estimate_prints_breakdown_and_verdicts_and_writes_nothing(
                  "H100 SXM", "A100", "L40S", "RTX 4090", "peak device memory",
                  "weights: transformer", "activations: VAE decode",
                  "activations: reward aesthetic (internvl)", "AdamW state",
-                 "--use_8bit_adam", "K=2: peak and FLOPs extrapolated"):
+                 "--use_8bit_adam", "K=3: 2 backpropagated steps traced, the other 1 add"):
         assert text in out, text
     for gb in GPU_SIZES_GB:
         assert f"{gb} GB: fits" in out
@@ -96,9 +99,9 @@ def test_rewards_it_cannot_trace_are_named_never_silently_dropped(data_dir, tmp_
     assert not any("InternVL" in k for k in est.breakdown) and not any(
         "InternVL" in k for k in est.params)
     assert len(est.not_counted) == 2
-    assert "'aesthetic' (Qwen-VL tiny-qwen2.5-vl" in est.not_counted[0]
+    assert "'aesthetic' (internvl: Qwen2.5-VL (tiny-qwen2.5-vl)" in est.not_counted[0]
     assert "DreamSim" in est.not_counted[1]
-    assert any("PickScore" in k for k in est.breakdown)  # traced at its real size
+    assert any(k.startswith("weights: pickscore") for k in est.breakdown)  # traced
     report = est.report()
     assert "NOT COUNTED" in report and "a lower bound" in report
     assert "NOT COUNTED" not in estimate_training(*parse_config(_train_flags(data_dir, tmp_path))).report()
@@ -170,7 +173,7 @@ def test_cuda_autocast_policy_gives_cpu_traces_cudas_fp32_ops():
     recompute (run inside backward)."""
     import torch.nn.functional as F
 
-    from alignprop.estimate import _checkpoint_with_cuda_policy
+    from alignprop.estimate.trace import _checkpoint_with_cuda_policy
     from alignprop.fakemem import CudaAutocastPolicy
 
     x = torch.randn(2, 4, 8, dtype=torch.bfloat16, requires_grad=True)
