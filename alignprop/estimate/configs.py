@@ -18,6 +18,7 @@ from common.cli import UserError
 from rewards.vlm_families import family_for_tiny
 
 from .. import tiny_photo
+from ..sampler import MAX_SHIFT, calculate_shift
 from ..tiny_kontext import TINY, TINY_PHOTO, build_tiny_pipeline
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -27,10 +28,6 @@ INTERNVL_IDS = {f"OpenGVLab/InternVL3-{s}-hf": f"internvl3_{s.lower()}_hf.json"
 KONTEXT_PARTS = (("transformer", "config.json"), ("vae", "config.json"),
                  ("scheduler", "scheduler_config.json"), ("text_encoder", "config.json"),
                  ("text_encoder_2", "config.json"))
-# A side above this is refused before anything is built: FLUX's resolution shift of the
-# schedule grows linearly with the token count and overflows near 32768 px, and FLUX.1
-# Kontext was trained around 1 MP.
-MAX_SIDE = 8192
 
 
 class EstimateError(UserError):
@@ -70,7 +67,8 @@ def kontext_configs(pretrained: str) -> tuple[dict, str]:
                "text_encoder_2": pipe.text_encoder_2.config.to_dict()}
         if pretrained == TINY_PHOTO:  # its own transformer and VAE, tiny's text encoders
             cfg["transformer"] = tiny_photo.transformer_config()
-            cfg["vae"] = tiny_photo.vae_config()
+            # the latent shift / scale live in the manifest; they change no shape or cost
+            cfg["vae"] = {**tiny_photo.vae_config(), "shift_factor": 0.0, "scaling_factor": 1.0}
             return cfg, "built-in tiny-photo model (alignprop/tiny_photo.py)"
         return cfg, "built-in tiny model"
     local = Path(pretrained).expanduser()
@@ -97,13 +95,24 @@ def kontext_configs(pretrained: str) -> tuple[dict, str]:
                         f"{sorted(KONTEXT_IDS)}, 'tiny' or 'tiny-photo'")
 
 
-def check_size(height: int, width: int, flag: str = "--image_height/--image_width") -> None:
-    """Refuse sizes no FLUX run can have, before anything is built (one line)."""
-    for v in (height, width):
-        if v > MAX_SIDE:
-            raise EstimateError(f"{flag}: {height}x{width} is larger than {MAX_SIDE} px a side "
-                                f"(FLUX's resolution shift of the sampling schedule overflows "
-                                f"near 32768 px; FLUX.1 Kontext was trained around 1 MP)")
+def check_size(height: int, width: int, cfg: dict,
+               flag: str = "--image_height/--image_width") -> None:
+    """Refuse sizes the model's sampler cannot schedule, before anything is built (one line).
+
+    FLUX's resolution shift ``mu`` grows linearly with the number of image tokens and the
+    schedule takes ``exp(mu)`` in float32: past ~520k tokens (between 8192 and 16384 px a
+    side for FLUX.1) it overflows, in training as here (:meth:`alignprop.sampler.KontextSampler._schedule`).
+    """
+    vae, sched = cfg["vae"], cfg["scheduler"]
+    factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
+    tokens = (height // factor // 2) * (width // factor // 2)
+    mu = calculate_shift(tokens, sched.get("base_image_seq_len", 256),
+                         sched.get("max_image_seq_len", 4096), sched.get("base_shift", 0.5),
+                         sched.get("max_shift", 1.15))
+    if mu > MAX_SHIFT:
+        raise EstimateError(f"{flag}: {height}x{width} is {tokens} image tokens for this model; "
+                            f"its sampling schedule's resolution shift exp({mu:.0f}) overflows "
+                            f"(FLUX.1 Kontext was trained around 1 MP: 4096 tokens)")
 
 
 def _clean(d: dict) -> dict:
@@ -209,6 +218,6 @@ def vlm_config(model_id: str, flag: str = "--internvl_model_id"):
 
 internvl_config = vlm_config    # the name before any VLM family could be estimated
 
-__all__ = ["CONFIG_DIR", "EstimateError", "INTERNVL_IDS", "KONTEXT_IDS", "MAX_SIDE",
+__all__ = ["CONFIG_DIR", "EstimateError", "INTERNVL_IDS", "KONTEXT_IDS",
            "build_kontext", "check_size", "internvl_config", "kontext_configs",
            "read_config_file", "scheduler_from", "vlm_config"]

@@ -357,8 +357,8 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     mp = cfg.mixed_precision or "bf16"
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
     b, h, w = cfg.train_batch_size, cfg.image_height, cfg.image_width
-    check_size(h, w)
     kcfg, ksource = kontext_configs(cfg.pretrained_model)
+    check_size(h, w, kcfg)
     specs = reward_specs(reward_flags, device="cuda")   # dtypes as on a GPU
     n, (k_lo, k_hi) = cfg.sample_num_steps, cfg.k_range()
     method = cfg.method
@@ -574,8 +574,8 @@ def estimate_generate(pretrained: str, height: int, width: int, num_steps: int, 
                       guidance_scale: float = 2.5, lora_rank: int = 0) -> Estimate:
     """Trace one pipeline call of ``python -m alignprop.generate`` (all models on the device)."""
     t0 = time.perf_counter()
-    check_size(height, width, "--max_area / input size")
     kcfg, ksource = kontext_configs(pretrained)
+    check_size(height, width, kcfg, "the planned size (--max_area, the inputs)")
     est = Estimate(title=f"generate, {ksource}, {width}x{height}, batch {batch_size}, "
                          f"{num_steps} steps, {str(dtype).replace('torch.', '')}")
     est.images_per_step = batch_size
