@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -41,6 +42,8 @@ class FileOption:
 
     flag: str                   # the training / evaluate flag (a CLI may rename it)
     kind: str                   # one of FILE_KINDS
+    # images: refuse ones more elongated than this (a VLM's processor refuses them later)
+    max_aspect: Optional[float] = None
 
 
 Predicate = Union[bool, Callable[[Mapping[str, Any]], bool]]
@@ -103,7 +106,7 @@ def _vlm_reads_reference(spec: Mapping[str, Any]) -> bool:
 
 _VLM_FILES = {"model_id": FileOption("--internvl_model_id", "model"),
               "prompt_file": FileOption("--aesthetic_prompt_file", "file"),
-              "reference": FileOption("--style_reference", "image")}
+              "reference": FileOption("--style_reference", "image", max_aspect=200)}
 _VLM_SELECTED = ("--aesthetic_model_type internvl|qwen", "--similarity_backend "
                  "internvl-content|qwen-content", "--sharpness_backend internvl|qwen",
                  "--style_reference (with --style_backend internvl|qwen)")
@@ -254,11 +257,12 @@ def reads_reference(spec: Mapping[str, Any]) -> bool:
     return _holds(record(spec["name"]).reads_reference, spec)
 
 
-def file_options(spec: Mapping[str, Any]) -> list[tuple[str, str, str, Any]]:
-    """(option, flag, kind, value) of every option of ``spec`` that names a file or folder."""
+def file_options(spec: Mapping[str, Any]) -> list[tuple[str, FileOption, Any]]:
+    """(flag, FileOption, value) of every option of ``spec`` that names a file or folder; the
+    flag is the one that reaches it for this term (a VLM's model flag, its prompt file's)."""
     rec = record(spec["name"])
-    return [(opt, rec.option_flag(opt, spec), fo.kind, spec[opt])
-            for opt, fo in rec.files.items() if spec.get(opt) is not None]
+    return [(rec.option_flag(opt, spec), fo, spec[opt])
+            for opt, fo in rec.files.items() if isinstance(spec.get(opt), (str, os.PathLike))]
 
 
 def option_flags(spec: Mapping[str, Any]) -> dict[str, str]:

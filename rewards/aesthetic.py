@@ -104,8 +104,9 @@ def _head_file(source, default_repo: str | None, filename: str, what: str, flag:
     return resolve_weight_file(source, filename, what, flag, default_cache=default_cache, url=url)
 
 
-def _load_head(head: nn.Module, path: str, strip: tuple[str, ...] = ()) -> None:
-    state = load_state_dict_file(path)
+def _load_head(head: nn.Module, path: str, strip: tuple[str, ...] = (),
+               flag: str = "head_path=") -> None:
+    state = load_state_dict_file(path, flag=flag)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     for prefix in strip:  # e.g. a full-model dict of v2.5 stores the head under "layers."
@@ -279,7 +280,7 @@ def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretr
         path = _head_file(model_path, None, filename, "the aesthetic predictor v2.5 head",
                           "model_path=", default_cache=torch_hub_checkpoint(filename),
                           url=V25_HEAD_URL)
-        _load_head(head, path, strip=("layers.",))
+        _load_head(head, path, strip=("layers.",), flag="model_path=")
     else:
         torch.manual_seed(seed)
         vision = SiglipVisionModel(

@@ -65,7 +65,7 @@ def build_facenet(weights_path=None, pretrained: bool = True):
         path = resolve_weight_file(weights_path, VGGFACE2_FILE,
                                    "FaceNet InceptionResnetV1 VGGFace2 weights", "weights_path=",
                                    default_cache=_facenet_cache_path(), url=VGGFACE2_URL)
-        state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("logits.")}
+        state = {k: v for k, v in load_state_dict_file(path, flag="weights_path=").items() if not k.startswith("logits.")}
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:

@@ -258,7 +258,7 @@ def make_imagereward_reward(model_path=None, tokenizer=IMAGEREWARD_TOKENIZER, pr
     torch.manual_seed(seed)
     model = ImageRewardModel(vcfg, tcfg)
     if pretrained:
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(path, flag=MODEL_FLAG)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         converted = convert_imagereward_state_dict(state)
         missing, unexpected = model.load_state_dict(converted, strict=False)
@@ -338,7 +338,7 @@ def make_hpsv2_reward(model_path=None, version: str = "v2.1", prompt=None, pretr
     torch.manual_seed(seed)
     model = build_open_clip(cfg)
     if pretrained:
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(path, flag=MODEL_FLAG)
         state = state.get("state_dict", state)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         try:

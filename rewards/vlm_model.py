@@ -25,6 +25,7 @@ is mapped to its ``-hf`` twin with one logged line, a local folder is converted 
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 
 import torch
 
-from common.hub import model_unavailable
+from common.hub import WeightFileError, brief, model_unavailable
 from common.qwen_vocab import build_internvl3_processor
 
 from .base import NotWeightless
@@ -196,9 +197,22 @@ def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool,
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = family.model_class().from_pretrained(model_id, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError:   # torch's own words advise the unsafe path: not shown
+        raise WeightFileError(f"{flag} {model_id}: a weight file of this model holds pickled "
+                              f"Python objects besides tensors; it is not loaded (unpickling "
+                              f"them could run code)", flag) from None
     except OSError as exc:
         raise model_unavailable(f"{family.name} model", model_id, flag, exc,
                                 repo_id=DEFAULT_MODEL_ID) from None
+    except (RuntimeError, ValueError, EOFError, KeyError) as exc:
+        # truncated shards (SafetensorError is a plain Exception: named below), wrong shapes
+        raise WeightFileError(f"{flag} {model_id}: its weights cannot be loaded "
+                              f"({type(exc).__name__}: {brief(exc, 160)})", flag) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise WeightFileError(f"{flag} {model_id}: a safetensors file of this model is truncated "
+                              f"or corrupt ({brief(exc, 160)})", flag) from None
     return family, model, processor
 
 
