@@ -255,6 +255,10 @@ class VLMReward:
         }
 
     # ------------------------------------------------------------------ model access
+    def check_image_size(self, height: int, width: int) -> None:
+        """ValueError (saying why) if the family cannot take an image of this size."""
+        self.family.check_image_size(self.bundle, height, width, self.image_options)
+
     def _prepare(self, x: torch.Tensor) -> SlotPixels:
         """(R,3,H,W) in [0,1] -> the family's model inputs for this slot, differentiable."""
         pixels, layout = self.family.prepare(self.bundle, x, self.image_options)
