@@ -153,7 +153,13 @@ def main(argv=None) -> int:
 
     Image.new("RGB", (64, 64), (120, 90, 60)).save(os.path.join(data, "a.png"))
     out_root = tempfile.mkdtemp()
-    picks = range(len(CASES)) if args.cases == "all" else [int(c) for c in args.cases.split(",")]
+    try:
+        picks = (range(len(CASES)) if args.cases == "all"
+                 else [int(c) for c in args.cases.split(",")])
+        [CASES[i] for i in picks]
+    except (ValueError, IndexError):
+        p.error(f"--cases: comma-separated numbers in 0..{len(CASES) - 1}, or all; got "
+                f"{args.cases!r}")
     print(f"{'case':<30} {'estimated MB':>13} {'tensors MB':>11} {'ratio':>6} "
           f"{'allocator MB':>13} {'est. GFLOP':>11} {'meas. GFLOP':>12} {'ratio':>6}")
     rows = []

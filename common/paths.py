@@ -88,6 +88,32 @@ def check_writable_dir(flag: str, path: str | os.PathLike) -> Path:
     return p
 
 
+def check_not_shipped(flag: str, path: str | os.PathLike, shipped: Iterable[str | os.PathLike]
+                      ) -> None:
+    """Refuse an output folder inside what the project ships (its model assets): nothing a
+    command writes may replace them. Compared resolved: a symlink or ``..`` is no way in."""
+    out = _real(path)
+    for root in shipped:
+        r = _real(root)
+        if out == r or r in out.parents:
+            raise OutputPathError(f"{flag} {path} is inside {r}, which holds the models the project "
+                                  f"ships; write to another folder (e.g. outputs/...)")
+
+
+def set_aside(folder: str | os.PathLike, names: Iterable[str], stamp: str) -> Path | None:
+    """Move the files ``names`` that exist in ``folder`` into ``folder/replaced-<stamp>/``
+    (kept, never deleted) before new ones are written; returns that folder, or None."""
+    folder = Path(folder)
+    present = [n for n in names if (folder / n).exists()]
+    if not present:
+        return None
+    keep = folder / f"replaced-{stamp}"
+    keep.mkdir(parents=True, exist_ok=False)
+    for n in present:
+        os.replace(folder / n, keep / n)
+    return keep
+
+
 def check_writable_file(flag: str, path: str | os.PathLike) -> Path:
     """The folder of an output file must be writable, and the file must not be a folder."""
     p = Path(path).expanduser()
