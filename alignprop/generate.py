@@ -330,14 +330,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "overwrite each other; choose another --base_dir")
     folders = [out_dir] + ([base_dir] if use_lora and want_base else [])
     out_flag = "--output_dir" if len(folders) == 1 else "--output_dir/--base_dir"
-    planned = {out_dir / f"contact_sheet.{kind}": f"the {kind} contact sheet" for kind in sheets}
-    planned[out_dir / "generate_log.json"] = "the run log"
-    planned.update({f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p]):
-                    f"the output of input {p.name}"
-                    for f in folders for p in paths for k in range(args.num_seeds)})
+    planned = [(out_dir / f"contact_sheet.{kind}", f"the {kind} contact sheet")
+               for kind in sheets] + [(out_dir / "generate_log.json", "the run log")]
+    planned += [(f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p]),
+                 f"the output of input {p.name}")
+                for f in folders for p in paths for k in range(args.num_seeds)]
     # an input named contact_sheet.png must not have its output replaced by the sheet
     check_distinct(planned, out_flag)
-    check_no_overwrite(planned, paths, out_flag)
+    check_no_overwrite([path for path, _ in planned], paths, out_flag)
     prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
     if args.estimate:  # a dry run writes nothing, so it needs no output folder

@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.cli import run_cli
 from common.images import resize_to
 from common.paths import check_not_shipped, check_writable_dir, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN, load_files
@@ -464,5 +465,9 @@ def _versions() -> dict:
     return {"diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
+def cli(argv=None) -> int:
+    return run_cli(main, argv, "alignprop.pretrain_tiny")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -51,16 +51,15 @@ def check_no_overwrite(planned: Iterable[str | os.PathLike], input_files: Iterab
                                   f"choose another {out_flag}")
 
 
-def check_distinct(planned: Mapping[str | os.PathLike, str], out_flag: str) -> None:
+def check_distinct(planned: Iterable[tuple[str | os.PathLike, str]], out_flag: str) -> None:
     """Refuse two planned outputs on one path (the later would replace the earlier).
 
-    ``planned`` maps each file the command will write to what it is ("the contact sheet",
-    "the output of input cat.png"); paths are compared resolved, and case-insensitively where
-    the file system may fold case.
+    ``planned``: (file the command will write, what it is: "the contact sheet", "the output of
+    input cat.png") pairs; paths are compared resolved.
     """
     seen: dict[str, str] = {}
-    for path, what in planned.items():
-        key = str(_real(path)).casefold()
+    for path, what in planned:
+        key = str(_real(path))
         if key in seen:
             raise OutputPathError(f"{out_flag}: {what} and {seen[key]} would both be written to "
                                   f"{path}; rename the input or choose another output name")

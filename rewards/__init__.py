@@ -166,7 +166,7 @@ _RECORDS = [
                             "is InternVL3's: estimate the same flags with --semantics ours)"),
     _record("lpips", "rewards.perceptual", "make_lpips_reward",
             "LPIPS similarity to the input image (1 - distance)", ["--similarity_backend lpips"],
-            reads_input=True, files={"backbone_path": FileOption("--lpips_backbone", "path")},
+            reads_input=True, files={"backbone_path": FileOption("--lpips_backbone", "weights")},
             weightless={"pretrained": False}),
     _record("face", "rewards.face", "make_face_identity_reward",
             "FaceNet identity cosine similarity to the input's face",

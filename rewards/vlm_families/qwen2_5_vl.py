@@ -224,6 +224,7 @@ class QwenVLFamily(VLMFamily):
 
     def prepare(self, bundle, images: torch.Tensor, options: dict[str, Any]):
         spec = bundle.spec
+        self.check_image_size(bundle, *images.shape[-2:], options)   # names the size
         lo = options.get("min_pixels") or spec.min_pixels
         hi = options.get("max_pixels") or spec.max_pixels
         if hi < spec.factor ** 2:
