@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
+from torch.utils._python_dispatch import _disable_current_modes
 
 from rewards import NotWeightless, build_weightless, record
 from rewards.base import CompositeReward, RewardTerm
@@ -131,7 +131,9 @@ class TracedSampler(KontextSampler):
     """
 
     def __init__(self, *args, tracker: Tracker, lora_layer=None, **kwargs):
-        with unset_fake_temporarily():   # the scheduler reads its sigmas as numbers
+        # the scheduler reads its sigmas as numbers, and the schedule (N+1 sigmas and
+        # timesteps) stays on the host in training: real tensors, outside the tracker
+        with _disable_current_modes():
             super().__init__(*args, **kwargs)
         self.tr = tracker
         self._lora_layer = lora_layer     # tells LoRA-on from LoRA-off (base consistency)
@@ -198,6 +200,10 @@ class TracedSampler(KontextSampler):
     def decode(self, tokens):
         with self.tr.label("activations: VAE decode"):
             return super().decode(tokens)
+
+    def traced_kinds(self) -> int:
+        """No-grad transformer calls traced (one per shape and LoRA on/off); the rest replayed."""
+        return len({k[1:] for k in self._replay})
 
     def no_grad_step_flops(self) -> float:
         return max((f for k, f in self._replay.items() if k[0] == "ode"), default=0.0)
@@ -556,6 +562,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     est.details = {"lora_parameters": n_lora, "setup_flops": setup_flops,
                    "sampler_calls": {"no_grad": no_grad,
                                      "grad": len(traces[0].grad_calls) + (k - k_trace)},
+                   "traced_no_grad_calls": sampler.traced_kinds(),
                    "k_estimated": k, "method": method}
     if no_grad > 1:
         est.notes.append(f"{no_grad} no-grad transformer calls: one traced per kind, the others "
