@@ -208,10 +208,25 @@ class Tracker(TorchDispatchMode):
             self.flops[phase] += n
             self.flops_by_label[self._label] += n
             self.flops_by_bucket[(self.bucket, phase)] += n
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.track(t)
+        label = self._label
+        if func is aten._to_copy.default and _is_trainable_leaf(args[0]):
+            # autocast's cast of a trainable weight: cached until the autocast region ends
+            # (on CUDA as here), so it lives through the whole step, whichever call made it
+            self._label = AUTOCAST_CACHE
+        try:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.track(t)
+        finally:
+            self._label = label
         return out
+
+
+AUTOCAST_CACHE = "autocast cache: low-precision copies of LoRA weights"
+
+
+def _is_trainable_leaf(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf
 
 
 def _is_fake(t) -> bool:
@@ -270,4 +285,4 @@ def param_counts(module: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "frozen": total - train, "trainable": train}
 
 
-__all__ = ["Tracker", "fake_mode", "param_counts"]
+__all__ = ["AUTOCAST_CACHE", "Tracker", "fake_mode", "param_counts"]
