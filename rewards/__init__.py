@@ -161,9 +161,8 @@ _RECORDS = [
             "the original project's InternVL scorer (one bilinear tile, its chat layout, "
             "calibration and pair rule)", ["--semantics original with a VLM term"],
             reads_input=_vlm_reads_input, reads_reference=_vlm_reads_reference,
-            files=_VLM_FILES,
-            weightless_note="the original's InternVL scorer: no weightless build yet (its model "
-                            "is InternVL3's: estimate the same flags with --semantics ours)"),
+            files=_VLM_FILES, weightless={"pretrained": False},
+            weightless_note="InternVL3 as the original scores it (one bilinear tile)"),
     _record("lpips", "rewards.perceptual", "make_lpips_reward",
             "LPIPS similarity to the input image (1 - distance)", ["--similarity_backend lpips"],
             reads_input=True, files={"backbone_path": FileOption("--lpips_backbone", "weights")},
