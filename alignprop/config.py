@@ -43,6 +43,9 @@ LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRUNCATION = ("fixed", "random", "per_step")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
+# billions of steps.
+MAX_SAMPLE_STEPS = 1_000_000
 # The original's crispness_anchor_weight default (see resolve_defaults).
 TRAIN_CRISPNESS_DEFAULT = 0.2
 # --config original: the built-in preset that switches the original's semantics on.
@@ -212,6 +215,9 @@ class TrainConfig(MethodFlags):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_num_steps > MAX_SAMPLE_STEPS:
+            raise ValueError(f"--sample_num_steps must be <= {MAX_SAMPLE_STEPS}, got "
+                             f"{self.sample_num_steps}")
         if self.max_sequence_length > 512:
             raise ValueError(f"--max_sequence_length must be <= 512, got {self.max_sequence_length}")
         n = self.sample_num_steps

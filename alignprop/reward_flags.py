@@ -26,8 +26,9 @@ from common.cli import UserError
 from common.hub import ModelUnavailableError, resolve_device_dtype
 from common.original_flags import SEMANTICS
 from common.original_repo import read_original_texts
-from rewards import build_rewards
-from rewards.base import CompositeReward
+from rewards import REGISTRY, option_flags, record, selecting_flags
+from rewards import build_term as build_one
+from rewards.base import CompositeReward, RewardTerm
 
 # VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
@@ -639,27 +640,17 @@ def _given(**options: Any) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-# Factory keyword named in a ModelUnavailableError -> the flag that reaches it, per
-# registry name; errors are renamed with ModelUnavailableError.for_cli so a CLI user is
-# told which FLAG takes a local path, never a Python argument.
-FACTORY_FLAGS: dict[str, dict[str, str]] = {
-    "lpips": {"backbone_path=": "--lpips_backbone"},
-    "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
-    "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
-    "face": {"weights_path=": "--face_weights"},
-    "dreamsim": {"model_dir=": "--dreamsim_dir"},
-    **{name: {"model_path=": "--preference_model", "tokenizer=": "--preference_tokenizer"}
-       for name in ("imagereward", "hpsv2", "pickscore")},
-}
+def cli_model_error(exc: Exception, spec: dict):
+    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged).
 
-
-def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_model_id"):
-    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged)."""
-    if not isinstance(exc, ModelUnavailableError):
+    The registry record says which flag reaches each file option (``backbone_path=`` ->
+    ``--lpips_backbone``; a VLM's ``model_id=`` -> its term's ``--internvl_/--qwen_model_id``).
+    """
+    if not isinstance(exc, ModelUnavailableError) or spec.get("name") not in REGISTRY:
         return exc
-    names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
-    if spec.get("name") in VLM_REWARDS and exc.flag:  # the VLM loader's only path is the model
-        names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
+    names = option_flags(spec)
+    if "model_id" in record(spec["name"]).files and exc.flag:
+        names[exc.flag] = names["model_id="]      # a VLM loader's only path is the model
     return exc.for_cli(names)
 
 
@@ -667,35 +658,34 @@ def require_reward(flags: RewardFlags, device: Any = None) -> list[dict]:
     """The reward specs of ``flags``; refuse flags that enable no reward term (one line)."""
     specs = reward_specs(flags, device=device)
     if not specs:
-        raise RewardBuildError(
-            "no reward is enabled: set at least one of --grid_ratio_weight, "
-            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
-            "--preference_backend")
+        known = {f.name for f in fields(flags)}
+        raise RewardBuildError("no reward is enabled: set at least one of "
+                               + ", ".join(selecting_flags(known)))
     return specs
 
 
-def build_reward_from_flags(flags: RewardFlags, device: Any = None):
-    """Build the composite reward; every failure becomes one clear ``RewardBuildError``.
+def build_term(spec: dict) -> RewardTerm:
+    """One reward term; every failure becomes one :class:`RewardBuildError` line naming the
+    term and the flag that caused it (training and ``alignprop.evaluate`` both build here).
 
-    Missing reward modules (NotImplementedError from the registry), options a
-    factory refuses (ValueError) and models that cannot be loaded
-    (ModelUnavailableError) are re-raised with the term and flag that caused them,
-    so the CLI prints one line instead of a traceback.
+    Missing reward modules (NotImplementedError from the registry), options a factory
+    refuses (ValueError) and models that cannot be loaded (ModelUnavailableError) are
+    re-raised with the term and flag, so the CLI prints one line instead of a traceback.
     """
-    specs = require_reward(flags, device=device)
-    built = []
-    for spec in specs:
-        try:
-            built.append(build_rewards([spec]).terms[0])
-        except NotImplementedError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
-        except ModelUnavailableError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r}: "
-                                   f"{cli_model_error(exc, spec)}") from exc
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
-    return CompositeReward(built)
+    try:
+        return build_one(spec)
+    except NotImplementedError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
+    except ModelUnavailableError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r}: "
+                               f"{cli_model_error(exc, spec)}") from exc
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
+
+
+def build_reward_from_flags(flags: RewardFlags, device: Any = None):
+    """Build the composite reward of ``flags`` (one :class:`RewardBuildError` line on failure)."""
+    return CompositeReward([build_term(spec) for spec in require_reward(flags, device=device)])
 
 
 class RewardBuildError(UserError):
@@ -703,6 +693,6 @@ class RewardBuildError(UserError):
 
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "require_reward",
-           "build_reward_from_flags",
+           "build_reward_from_flags", "build_term", "cli_model_error",
            "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
            "PREFERENCE_BACKENDS", "STYLE_BACKENDS", "VLM_BACKENDS"]

@@ -89,6 +89,12 @@ def stack_prompt_embeds(cache: dict[str, PromptEmbeds], prompts: Sequence[str]) 
                         items[0].text_ids)
 
 
+# exp(mu) of the schedule's time shift overflows float32 (the scheduler's sigmas) past
+# mu ~ 88: ~520k image tokens, between 8192 and 16384 px a side for FLUX.1. Such sizes are
+# refused in one line.
+MAX_SHIFT = 88.0
+
+
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
     """Resolution-dependent ``mu`` of FLUX's dynamic shifting (linear in token count)."""
@@ -263,6 +269,10 @@ class KontextSampler:
         mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
                              cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
                              cfg.get("max_shift", 1.15))
+        if mu > MAX_SHIFT:
+            raise ValueError(f"image size {self.height}x{self.width} is {seq_len} image tokens: "
+                             f"the schedule's resolution shift exp({mu:.0f}) overflows (FLUX.1 "
+                             f"Kontext was trained around 1 MP: 4096 tokens)")
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
         return sched.timesteps.clone(), sched.sigmas.clone().float()
 
@@ -503,5 +513,5 @@ class KontextSampler:
 
 
 __all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
-           "stack_prompt_embeds", "calculate_shift", "euler_step", "sde_step", "sde_std_scale",
+           "stack_prompt_embeds", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
            "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]
