@@ -5,10 +5,13 @@
         --out per_image.csv --summary_out summary.csv [--plot roc.png]
     python benchmark_anti_periodic.py --synthesize_from PHOTOS --synth_out A   # make an artifact set
     python benchmark_anti_periodic.py --demo --out_dir outputs/anti_grid_demo  # bundled photos
+    python benchmark_anti_periodic.py --semantics original [the original's flags]
 
 Per image it writes every penalty's value; per penalty the mean on artifacts, the mean on
 clean images, their ratio and the ROC-AUC (artifact = positive class, higher penalty = more
-artifact-like). Design and measured figures: docs/anti_grid.md.
+artifact-like). Design and measured figures: docs/anti_grid.md. Folders default to the
+original's ``artifact`` and ``no_artifact``. ``--semantics original`` runs the original
+benchmark instead: its columns, values and file names (docs/original_mode.md).
 """
 from __future__ import annotations
 
@@ -18,21 +21,41 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from common.checks import check_paths
 from common.cli import UserError as UsageError
 from common.cli import (amplitude, finite_float, fraction, jpeg_quality, nonneg_float, nonneg_int,
                         positive_float, positive_int, run_cli, unit_float)
-from common.original_flags import add_original_flags
+from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, add_original_flags,
+                                   refusal, semantics_hint, semantics_of, table)
 from common.paths import check_no_overwrite, check_outputs_spare_inputs
 from rewards.anchors import DEFAULT_CRISPNESS_FLOOR
-from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_KINDS, list_folder, run_benchmark,
-                               synthesize, write_demo_photos)
+from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_COLOURS, GRID_KINDS, list_folder,
+                               run_benchmark, synthesize, write_demo_photos)
+from rewards.grid_eval_original import run_original_benchmark
+from rewards.grid_original import parse_harmonics
+
+# The original's default folders, relative to the working directory (both modes).
+DEFAULT_ARTIFACTS, DEFAULT_CLEAN = Path("artifact"), Path("no_artifact")
+ORIGINAL_RESIZE = 512
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _resize(group, flag: OriginalFlag) -> None:
+    group.add_argument(flag.name, dest="original_resize", type=nonneg_int, default=None,
+                       metavar="N", help=f"with --semantics original: {flag.note}")
+
+
+def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--semantics", default="ours", choices=SEMANTICS,
+                   help="original: the original benchmark (its nine columns and values, square "
+                        "resize, sub-folders, its file names anti_periodic_per_image.csv / "
+                        "anti_periodic_summary.csv and defaults); docs/original_mode.md")
     io = p.add_argument_group("folders")
-    io.add_argument("--artifacts_dir", type=Path, help="folder of images with grid artifacts (positives)")
-    io.add_argument("--clean_dir", type=Path, help="folder of clean images (negatives)")
+    io.add_argument("--artifacts_dir", type=Path,
+                    help=f"folder of images with grid artifacts (positives; default "
+                         f"{DEFAULT_ARTIFACTS})")
+    io.add_argument("--clean_dir", type=Path,
+                    help=f"folder of clean images (negatives; default {DEFAULT_CLEAN})")
     io.add_argument("--out", type=Path, default=None,
                     help=f"per-image CSV, every penalty's value (default: {DEFAULT_OUT}; with "
                          "--demo: OUT_DIR/per_image.csv)")
@@ -40,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"summary CSV: means, ratio, ROC-AUC per penalty (default: "
                          f"{DEFAULT_SUMMARY}; with --demo: OUT_DIR/summary.csv)")
     io.add_argument("--plot", type=Path, help="write a ROC + histogram PNG here")
-    io.add_argument("--recursive", action="store_true", help="also read images in sub-folders")
+    io.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                    help="search the folders' sub-folders too, as the original did (the images "
+                         "found per sub-folder are printed); --no-recursive: top level only")
     io.add_argument("--no_progress", action="store_true", help="hide the progress bars")
 
     syn = p.add_argument_group("synthesis (--synthesize_from DIR --synth_out DIR)")
@@ -54,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="peak grid amplitudes in [0,1] pixel units (default: 0.005 0.01 0.02 0.04)")
     syn.add_argument("--synth_kinds", nargs="+", default=list(GRID_KINDS), choices=GRID_KINDS,
                      help="grid kinds, one drawn at random per image (default: all)")
+    syn.add_argument("--synth_colours", nargs="+", default=list(GRID_COLOURS),
+                     choices=GRID_COLOURS,
+                     help="luma (every channel, slight tint) and/or chroma (colour without luma) "
+                          "grids; each photo gets every combination with each (default: both)")
     syn.add_argument("--synth_jpeg", type=jpeg_quality, nargs="+", default=[0, 90],
                      help="JPEG qualities; 0 = lossless PNG (default: 0 90)")
     syn.add_argument("--synth_variants", type=positive_int, default=None,
@@ -127,7 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bundled scikit-image photos -> synthetic artifacts -> benchmark, in --out_dir")
     d.add_argument("--out_dir", type=Path, default=Path("outputs/anti_grid_demo"),
                    help="demo output folder (default outputs/anti_grid_demo)")
-    add_original_flags(p, "benchmark")  # --resize, --window, --hop under their old names
+    add_original_flags(p, "benchmark", {"--resize": _resize})  # --window, --hop: old names
+    if semantics == "original":
+        p.set_defaults(**ORIGINAL_DEFAULTS["benchmark"], semantics="original", tau=None,
+                       tau_global=None, tau_local=None)
     return p
 
 
@@ -136,21 +168,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    semantics = semantics_of(argv)
+    parser = build_parser(semantics)
     args = parser.parse_args(argv)
+    if args.semantics == "original":
+        return _original(args)
+    if args.original_resize is not None:
+        raise UsageError(refusal(next(f for f in table("benchmark") if f.name == "--resize")))
     if args.brightness_band < 0:
         parser.error("--brightness_band must be >= 0")
     if args.eval_resize and args.eval_resize < 32:
         parser.error("--eval_resize must be 0 or >= 32")
     if args.crispness_floor is None:
         args.crispness_floor = DEFAULT_CRISPNESS_FLOOR
+    # every path a flag names, before any image is scored (one line naming the flag)
+    check_paths([("--artifacts_dir", "dir", args.artifacts_dir),
+                 ("--clean_dir", "dir", args.clean_dir),
+                 ("--synthesize_from", "dir", args.synthesize_from),
+                 ("--template_16", "image", args.template_16)])
     if args.demo:
         out = args.out_dir
         clean_dir, art_dir = out / "clean", out / "artifacts"
         t0 = time.perf_counter()
         clean = write_demo_photos(clean_dir)
         synthesize(clean, art_dir, args.synth_periods, args.synth_amplitudes, args.synth_kinds,
-                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress)
+                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress,
+                   args.synth_colours)
         args.out = args.out or out / "per_image.csv"
         args.summary_out = args.summary_out or out / "summary.csv"
         args.plot = args.plot or out / "roc.png"
@@ -168,16 +212,37 @@ def _main(argv: Sequence[str] | None) -> int:
         check_no_overwrite([args.synth_out / "manifest.csv"], clean, "--synth_out")
         manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
                               args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
-                              not args.no_progress)
+                              not args.no_progress, args.synth_colours)
         print(f"wrote {len(manifest)} artifact images to {args.synth_out}")
         if args.artifacts_dir is None and args.clean_dir is None:
             return 0
-    if args.artifacts_dir is None or args.clean_dir is None:
-        raise UsageError("give --artifacts_dir and --clean_dir (or --demo, or --synthesize_from "
-                         "with --synth_out)")
-    args.out = args.out or DEFAULT_OUT                  # the original's names, written by default
+    args.artifacts_dir = args.artifacts_dir or DEFAULT_ARTIFACTS
+    args.clean_dir = args.clean_dir or DEFAULT_CLEAN
+    args.out = args.out or DEFAULT_OUT                  # our names; the original's are its own
     args.summary_out = args.summary_out or DEFAULT_SUMMARY
     run_benchmark(args, args.artifacts_dir, args.clean_dir)
+    hint = semantics_hint(argv, "benchmark")   # after the work: errors stay one line
+    if hint:
+        print(f"benchmark_anti_periodic.py: note: {hint}", file=sys.stderr)
+    return 0
+
+
+def _original(args) -> int:
+    """--semantics original: the original benchmark (rewards/grid_eval_original.py)."""
+    ours_only = [flag for flag, on in (("--demo", args.demo), ("--plot", args.plot),
+                                        ("--synthesize_from", args.synthesize_from))
+                 if on]
+    if ours_only:
+        raise UsageError(f"{', '.join(ours_only)} belong to our benchmark; the original had none "
+                         f"(drop --semantics original)")
+    args.resize = ORIGINAL_RESIZE if args.original_resize is None else args.original_resize
+    args.artifacts_dir = args.artifacts_dir or DEFAULT_ARTIFACTS
+    args.clean_dir = args.clean_dir or DEFAULT_CLEAN
+    try:
+        args.proj_harmonics_parsed = parse_harmonics(args.proj_harmonics)
+    except ValueError as exc:
+        raise UsageError(f"--proj_harmonics: {exc}") from None
+    run_original_benchmark(args)
     return 0
 
 

@@ -23,11 +23,12 @@ import argparse
 import sys
 
 from common.cli import run_cli
-from common.original_flags import add_original_flags
+from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, add_original_flags,
+                                   semantics_hint, semantics_of)
 from rewards.internvl_model import DEFAULT_MODEL_ID
 from rewards.prompt_presets import listing
 from rewards.vlm import CALIBRATIONS, OBJECTIVES, TASKS
-from rewards.vlm_inspect import DTYPES, layer_tables, render, score_files
+from rewards.vlm_inspect import DTYPES, layer_tables, render, render_original, score_files
 
 TASK_HELP = ("single: rate each image 0..9; sharpness; artifact (9 = clean); similarity: style of "
              "two images (or each image vs --reference); content-similarity: same subject/identity; "
@@ -35,11 +36,21 @@ TASK_HELP = ("single: rate each image 0..9; sharpness; artifact (9 = clean); sim
              "closer in style to the reference than B)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _entropy_coef(group, flag: OriginalFlag) -> None:
+    group.add_argument(flag.name, dest="original_entropy_coef", type=float, default=None,
+                       metavar="COEF", help=f"-> {flag.ours}: {flag.note}")
+
+
+def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
+    """The scorer's flags; ``semantics="original"`` puts the original scorer's defaults in
+    place of ours (its output format, batch size, ...)."""
     p = argparse.ArgumentParser(
         prog="internvl_scorer.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("paths", nargs="*", help="image files and/or folders (sorted image files)")
+    p.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                   help="search folders' sub-folders too, as the original did (the images found "
+                        "per sub-folder are printed); --no-recursive: top level only")
     p.add_argument("--list_prompts", action="store_true",
                    help="list the named prompt presets (give a name to --prompt) and exit")
     p.add_argument("--task", default="single", choices=TASKS, help=TASK_HELP)
@@ -71,8 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="divides the answer log-probs (> 0)")
     p.add_argument("--entropy_bonus", type=float, default=0.0,
                    help="adds bonus * normalised entropy of the answer distribution")
-    p.add_argument("--max_tiles", type=int, default=1,
-                   help="InternVL: 1 = one tile per image; >1 = dynamic tiling (more tokens)")
+    p.add_argument("--max_tiles", type=int, default=None,
+                   help="InternVL: most tiles per image (default: the checkpoint's max_patches, "
+                        "as its processor tiles: e.g. 7 tiles for 512x768 with 12); 1 = one "
+                        "squashed tile (cheapest)")
     p.add_argument("--min_pixels", type=int, default=None,
                    help="Qwen-VL: smallest image area after its dynamic resize (default: the "
                         "checkpoint's processor's)")
@@ -98,7 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "argmax and mean |p - p_final| (implies --trace_layers)")
     p.add_argument("--print_probs", action="store_true",
                    help="also print the answer probabilities (per order for pair/triplet)")
-    p.add_argument("--format", default="table", choices=["table", "csv", "json"], help="output format")
+    p.add_argument("--format", default="table", choices=["table", "csv", "json", "original"],
+                   help="output format; original: the original scorer's lines (a header, then "
+                        "names<TAB>score; the default with --semantics original)")
+    p.add_argument("--semantics", default="ours", choices=SEMANTICS,
+                   help="original: score as the original internvl_scorer.py did (its reward "
+                        "rules, files stretched to 512 x 1024, sub-folders searched, its output "
+                        "and defaults); docs/original_mode.md")
     v = p.add_argument_group("gradient pictures (where the score is sensitive)")
     v.add_argument("--viz_grads", nargs="?", const=True, default=None, metavar="DIR",
                    help="write, per scored image, <name>_input.png, <name>_grad.png (|d score / "
@@ -116,17 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian blur (sigma, px) of the gradient map before scaling; 0 = none")
     p.add_argument("--trust_remote_code", action="store_true",
                    help="allow custom code from the checkpoint (only if you trust it)")
-    add_original_flags(p, "scorer")  # --entropy_coef under its old name
+    add_original_flags(p, "scorer", {"--entropy_coef": _entropy_coef})
+    if semantics == "original":
+        p.set_defaults(**ORIGINAL_DEFAULTS["scorer"], format="original", semantics="original")
     return p
 
 
 # Most pixels loaded for one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(semantics_of(argv)).parse_args(argv)
     if args.list_prompts:
         print(listing())
         return 0
     rows = score_files(args)
+    hint = semantics_hint(argv, "scorer")   # after the work: errors stay one line
+    if hint:
+        print(f"internvl_scorer.py: note: {hint}", file=sys.stderr)
+    if args.format == "original":
+        print(render_original(rows, args.task, args.resolved_device, args.print_probs))
+        return 0
     print(render(rows, args.format))
     if (args.print_layer_probs or args.print_layer_logprobs) and args.format != "json":
         tables = "\n\n".join(layer_tables(r, args.print_layer_probs, args.print_layer_logprobs)

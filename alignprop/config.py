@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,8 +26,10 @@ from typing import Any, Optional, Sequence
 
 from common.cli import UserError
 from rewards import is_differentiable
-from common.original_flags import (add_train_original_flags, original_changes, original_names,
-                                   preset_tokens, stored_original)
+from common.original_flags import (ORIGINAL_DEFAULTS, add_train_original_flags,
+                                   original_changes, original_names, preset_tokens,
+                                   semantics_hint, semantics_of, stored_original)
+from common.original_repo import read_original_texts
 
 from .methods import GRADIENT_METHODS, SCORE_METHODS, MethodFlags
 from .placement import check_reward_device
@@ -40,10 +43,15 @@ DEFAULT_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_
                         "ff.net.2,ff_context.net.0.proj,ff_context.net.2")
 LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-TRUNCATION = ("fixed", "random")
+TRUNCATION = ("fixed", "random", "per_step")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
+# billions of steps.
+MAX_SAMPLE_STEPS = 1_000_000
 # The original's crispness_anchor_weight default (see resolve_defaults).
 TRAIN_CRISPNESS_DEFAULT = 0.2
+# --config original: the built-in preset that switches the original's semantics on.
+BUILTIN_PRESETS = {"original": {"semantics": "original"}}
 
 
 class MissingDependencyError(UserError):
@@ -84,6 +92,9 @@ class TrainConfig(MethodFlags):
         None, "Prompts: a .txt file with one instruction per line (each sample draws one, "
               "deterministically from the seed) or a .json object {image file name: "
               "instruction} (images not listed use --prompt).")
+    recursive: bool = _f(
+        True, "Search --data_dir's sub-folders too (as the original did); the images found per "
+              "sub-folder are logged. --no_recursive: the top level only.")
     image_height: int = _f(512, "Training resolution (height); images are resized to cover "
                                 "and centre-cropped. Multiple of 16 for FLUX.")
     image_width: int = _f(512, "Training resolution (width). Multiple of 16 for FLUX.")
@@ -94,15 +105,21 @@ class TrainConfig(MethodFlags):
         2.5, "Embedded guidance of the guidance-distilled Kontext-dev transformer (one "
              "forward per step, no CFG batch).")
     truncated_backprop: str = _f(
-        "fixed", "Which final steps carry gradients: 'fixed' = the last --backprop_steps; "
-                 "'random' = K ~ U[--backprop_steps_min, --backprop_steps_max] each step "
-                 "(AlignProp's randomized truncation).", TRUNCATION)
+        "fixed", "Which denoising steps carry gradients: 'fixed' = the last --backprop_steps; "
+                 "'random' = the last K, K ~ U[--backprop_steps_min, --backprop_steps_max] each "
+                 "optimizer step (AlignProp's randomized truncation); 'per_step' = TRL's code "
+                 "(the original's): every step i of every micro-batch draws T ~ "
+                 "U{--truncation_t_min..--truncation_t_max} and carries gradients when i >= T "
+                 "(a micro-batch where none does adds no gradient).", TRUNCATION)
     backprop_steps: int = _f(
         1, "K, the number of final denoising steps that carry gradients (-1 = all steps). "
            "Earlier steps run without a graph.")
     backprop_steps_min: int = _f(1, "Smallest K for --truncated_backprop random.")
     backprop_steps_max: int = _f(
         -1, "Largest K for --truncated_backprop random (-1 = --sample_num_steps).")
+    truncation_t_min: int = _f(0, "Smallest T for --truncated_backprop per_step.")
+    truncation_t_max: int = _f(50, "Largest T for --truncated_backprop per_step (TRL's default "
+                                   "(0, 50) was made for 50 sampler steps).")
     gradient_checkpointing: bool = _f(
         False, "Recompute transformer block activations in backward (less memory, ~30%% "
                "more time per backpropagated step).")
@@ -150,6 +167,13 @@ class TrainConfig(MethodFlags):
                                               "already holds a run is refused unless "
                                               "--resume_from continues it (one run per folder).")
     save_freq: int = _f(100, "Checkpoint every this many optimizer steps (0 = only at the end).")
+    push_to_hub: bool = _f(
+        False, "After training, upload the run folder (LoRA, README.md model card, "
+               "run_config.json, metrics, sample grid; not checkpoints) to the Hugging Face Hub "
+               "(needs `hf auth login` or HF_TOKEN). Offline or not logged in: one line says "
+               "why nothing was uploaded; the run still succeeds.")
+    hub_model_id: Optional[str] = _f(
+        None, "Hub repository for --push_to_hub (default: <your user>/<output folder name>).")
     checkpoints_total_limit: Optional[int] = _f(
         None, "Keep at most this many checkpoints (oldest deleted first).")
     resume_from: Optional[str] = _f(
@@ -196,6 +220,9 @@ class TrainConfig(MethodFlags):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_num_steps > MAX_SAMPLE_STEPS:
+            raise ValueError(f"--sample_num_steps must be <= {MAX_SAMPLE_STEPS}, got "
+                             f"{self.sample_num_steps}")
         if self.max_sequence_length > 512:
             raise ValueError(f"--max_sequence_length must be <= 512, got {self.max_sequence_length}")
         n = self.sample_num_steps
@@ -209,6 +236,14 @@ class TrainConfig(MethodFlags):
                     f"--truncated_backprop random needs 1 <= --backprop_steps_min "
                     f"({self.backprop_steps_min}) <= --backprop_steps_max ({hi}) <= "
                     f"--sample_num_steps ({n})")
+        if self.truncated_backprop == "per_step":
+            if not 0 <= self.truncation_t_min <= self.truncation_t_max:
+                raise ValueError(f"--truncated_backprop per_step needs 0 <= --truncation_t_min "
+                                 f"({self.truncation_t_min}) <= --truncation_t_max "
+                                 f"({self.truncation_t_max})")
+            if self.method != "alignprop":
+                raise ValueError("--truncated_backprop per_step is AlignProp's (TRL's) truncation;"
+                                 f" --method {self.method} takes its own gradient steps")
         for name in ("train_learning_rate", "guidance_scale", "max_grad_norm", "adam_epsilon",
                      "adam_weight_decay", "lora_dropout"):
             v = getattr(self, name)
@@ -231,6 +266,9 @@ class TrainConfig(MethodFlags):
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.max_train_steps is not None and self.max_train_steps < 1:
             raise ValueError(f"--max_train_steps must be >= 1, got {self.max_train_steps}")
+        if self.hub_model_id is not None and not re.fullmatch(r"([\w.-]+/)?[\w.-]+",
+                                                               self.hub_model_id):
+            raise ValueError(f"--hub_model_id must look like user/name, got {self.hub_model_id!r}")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise ValueError(f"--checkpoints_total_limit must be >= 1, got "
                              f"{self.checkpoints_total_limit}")
@@ -301,8 +339,11 @@ class TrainConfig(MethodFlags):
         return [m.strip() for m in self.lora_target_modules.split(",") if m.strip()]
 
     def k_range(self) -> tuple[int, int]:
-        """(min K, max K) of truncated backprop, with -1 resolved to all steps."""
+        """(min K, max K) of truncated backprop, with -1 resolved to all steps (per_step: the
+        fewest and most steps that can carry gradients)."""
         n = self.sample_num_steps
+        if self.truncated_backprop == "per_step":
+            return 0, max(0, min(n, n - self.truncation_t_min))
         if self.truncated_backprop == "fixed":
             k = n if self.backprop_steps == -1 else self.backprop_steps
             return k, k
@@ -370,7 +411,10 @@ def _known_flags() -> set[str]:
 
 
 def load_preset(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a YAML/JSON preset; refuse unknown keys and non-mapping files."""
+    """Read a YAML/JSON preset (or a built-in one by name: ``original``); refuse unknown keys
+    and non-mapping files."""
+    if str(path) in BUILTIN_PRESETS:
+        return dict(BUILTIN_PRESETS[str(path)])
     p = Path(path).expanduser()
     if not p.is_file():
         raise ValueError(f"--config: preset file not found: {path}")
@@ -458,27 +502,45 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     preset: dict[str, Any] = {}
     sources = ([preset_path(known.preset)] if known.preset else []) + (
         [known.config] if known.config else [])
-    front: list[str] = []
-    for source in sources:   # a shipped --preset first, then --config over it
-        values = load_preset(source)
-        # Presets become parser defaults, so anything on the command line wins; the
-        # original's flag names in a preset go in front of the command line for the same
-        # reason. Our own keys are checked and converted as the command line would.
-        ours, tokens = preset_tokens(values)
-        parser.set_defaults(**_typed_preset(parser, ours, source))
-        front += tokens
+    loaded = [(source, load_preset(source)) for source in sources]
+    for _, values in loaded:    # a shipped --preset first, then --config over it
         preset.update(values)
+    # Defaults, lowest first: ours (the dataclasses), the original's (--semantics original),
+    # each preset's; the command line wins over all of them.
+    defaults: dict[str, Any] = {}
+    if semantics_of(args, preset) == "original":
+        defaults.update(ORIGINAL_DEFAULTS["train"])
+    front: list[str] = []
+    for source, values in loaded:
+        # The original's flag names in a preset go in front of the command line (so it
+        # wins); our own keys are checked and converted as the command line would.
+        ours, tokens = preset_tokens(values)
+        defaults.update(_typed_preset(parser, ours, source))
+        front += tokens
     args = front + args
+    if defaults:
+        parser.set_defaults(**defaults)
     train, rewards, *extra = parser.parse_args_into_dataclasses(
         args=args, look_for_args_file=False)
     changes = original_changes(stored_original(extra[0] if extra else None),
                                sample_num_steps=train.sample_num_steps,
-                               tracker_run_name=train.tracker_run_name, argv=args, preset=preset)
+                               tracker_run_name=train.tracker_run_name, argv=args, preset=preset,
+                               semantics=rewards.semantics, num_epochs=train.num_epochs,
+                               max_train_steps=train.max_train_steps)
     if changes:
         train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
     rewards = resolve_defaults(rewards, people_judge=bool(train.preferences))
+    if (rewards.semantics == "original" and rewards.original_repo and not train.prompt_file
+            and not _given_flag(args, "--prompt") and "prompt" not in preset):
+        # the original's built-in edit instruction, read from the user's clone
+        train = dataclasses.replace(train,
+                                    prompt=read_original_texts(rewards.original_repo).instruction)
     check_combination(train, rewards)
     return train, rewards
+
+
+def _given_flag(argv: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
 def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> RewardFlags:
@@ -494,10 +556,47 @@ def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> Reward
     return rewards
 
 
+def startup_notes(argv: Sequence[str], train: TrainConfig, rewards: RewardFlags) -> list[str]:
+    """One-line notes the training command prints before it starts (what the original's flags
+    and semantics do here, so nothing differs silently)."""
+    notes = []
+    hint = semantics_hint(list(argv), "train")
+    if hint:
+        notes.append(hint)
+    if any(a == "--sample_eta" or a.startswith("--sample_eta=") for a in argv):
+        notes.append("--sample_eta is ignored, as in the original (its flow sampler never read "
+                     "it)")
+    if rewards.semantics != "original":
+        return notes
+    if rewards.original_repo:
+        notes.append(read_original_texts(rewards.original_repo).summary())
+    elif rewards.uses_internvl():
+        notes.append("--semantics original without --original_repo: the InternVL terms ask our "
+                     "presets for the original's use cases (studio, eyes_skin, photoshoot, "
+                     "same_subject), not its questions")
+    if not rewards.original_repo and train.prompt == DEFAULT_PROMPT and not train.prompt_file:
+        notes.append("--semantics original without --original_repo: the edit instruction is ours "
+                     "(--prompt), not the original's built-in one")
+    if (rewards.style_reference is not None
+            and rewards.aesthetic_model_type != "internvl"):
+        notes.append("--style_reference is ignored: the original read it only with "
+                     "--aesthetic_model_type internvl")
+    if train.truncated_backprop == "per_step":
+        n, lo, hi = train.sample_num_steps, train.truncation_t_min, train.truncation_t_max
+        share = math.prod(1.0 - min(1.0, max(0.0, (i - lo + 1) / (hi - lo + 1)))
+                          for i in range(n))
+        notes.append(f"truncated backprop as TRL did it: each of the {n} steps draws T in "
+                     f"[{lo}, {hi}] and carries gradients when its index >= T; "
+                     f"{100 * share:.0f}% of micro-batches will carry no gradient "
+                     f"(counted in train/no_grad_micro_batches)")
+    return notes
+
+
 def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:
     """Every flag in one flat JSON-able dict (saved with the run)."""
     return {**asdict(train), **asdict(rewards)}
 
 
 __all__ = ["MissingDependencyError", "TrainConfig", "RewardFlags", "parse_config", "load_preset", "check_combination",
-           "config_dict", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS"]
+           "config_dict", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS", "startup_notes",
+           "BUILTIN_PRESETS"]

@@ -23,7 +23,8 @@ from typing import Sequence
 import torch
 
 from common.cli import UserError
-from common.images import ImageLoadError, list_images, load_image, resize_to, unsupported_note
+from common.images import (ImageLoadError, folder_counts, list_images, load_image, resize_to,
+                           unsupported_note)
 
 from .prompts import draw, lookup, read_prompt_file
 
@@ -49,14 +50,19 @@ class ImageFolder:
     """Readable images of ``folder`` with their prompts, resized to (height, width)."""
 
     def __init__(self, folder: str | Path, height: int, width: int, prompt: str,
-                 prompt_file: str | Path | None = None, seed: int = 0):
+                 prompt_file: str | Path | None = None, seed: int = 0, recursive: bool = True):
         try:
-            paths = list_images(folder)
+            paths = list_images(folder, recursive=recursive)
         except (FileNotFoundError, NotADirectoryError) as exc:
             raise DataError(f"--data_dir: {exc}") from None
+        where = " or its sub-folders" if recursive else " (sub-folders not searched)"
         if not paths:
-            raise DataError(f"--data_dir {folder} holds no images (looked for .jpg, .jpeg, .png, "
-                            f".webp, .bmp, .tif, .tiff){unsupported_note(folder)}")
+            raise DataError(f"--data_dir {folder}{where} holds no images (looked for .jpg, .jpeg, "
+                            f".png, .webp, .bmp, .tif, .tiff)"
+                            f"{unsupported_note(folder, recursive)}")
+        counts = folder_counts(paths, folder) if recursive else None
+        if counts:
+            logger.info("--data_dir: %s", counts)
         self.height, self.width = height, width
         # Resized images are kept (up to CACHE_BYTES) from this first decode on, so a
         # training step never decodes a photo again, and a file that later disappears
@@ -148,13 +154,18 @@ def seed_for(*parts) -> int:
 
 
 class SampleStream:
-    """Deterministic infinite sample order; ``position`` = samples already consumed."""
+    """Deterministic infinite sample order; ``position`` = samples already consumed.
 
-    def __init__(self, size: int, seed: int, position: int = 0):
-        self.size, self.seed, self.position = size, seed, position
+    Shuffled per epoch from the seed; ``shuffle=False`` cycles through the folder's (sorted)
+    order, as the original trainer did (--semantics original)."""
+
+    def __init__(self, size: int, seed: int, position: int = 0, shuffle: bool = True):
+        self.size, self.seed, self.position, self.shuffle = size, seed, position, shuffle
         self._epoch, self._perm = -1, None
 
     def _index(self, j: int) -> int:
+        if not self.shuffle:
+            return j % self.size
         epoch = j // self.size
         if epoch != self._epoch:
             g = torch.Generator().manual_seed(self.seed * 7919 + epoch)

@@ -257,6 +257,7 @@ class Batch:
     step: int                       # optimizer step
     k: int                          # backpropagated steps (alignprop)
     targets: Optional[torch.Tensor] = None   # imagerefl paired targets (B,3,H,W)
+    grad_steps: Optional[list] = None        # --truncated_backprop per_step: bool per step
     identity_text: Any = None                # imagerefl identity prompt embeds (batch 1)
     rollout: Optional[RolloutSlice] = None   # grpo / d3po: stored trajectories to train on
 
@@ -341,7 +342,8 @@ def alignprop(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     sampler, metrics = models.sampler, {}
     noise = sampler.initial_noise(len(batch.inputs), batch.generator, batch.inputs.device)
     images, latents = sampler.sample(batch.inputs, batch.text, backprop_steps=batch.k,
-                                     noise=noise, return_latents=True)
+                                     noise=noise, return_latents=True,
+                                     grad_steps=batch.grad_steps)
     loss, reward = _reward_loss(models, images, batch, metrics)
     if flags.base_consistency_weight > 0:
         with torch.no_grad(), base_model(models.bare):

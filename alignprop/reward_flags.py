@@ -24,8 +24,11 @@ from typing import Any, Optional
 
 from common.cli import UserError
 from common.hub import ModelUnavailableError, resolve_device_dtype
-from rewards import build_rewards
-from rewards.base import CompositeReward
+from common.original_flags import SEMANTICS
+from common.original_repo import read_original_texts
+from rewards import REGISTRY, option_flags, record, selecting_flags
+from rewards import build_term as build_one
+from rewards.base import CompositeReward, RewardTerm
 from rewards.command import check_command
 from rewards.edit_specialist import DEFAULT_SEMANTIC_PROMPT
 
@@ -33,6 +36,8 @@ from rewards.edit_specialist import DEFAULT_SEMANTIC_PROMPT
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
 # Qwen2.5-VL, Qwen3-VL; read from its config.json), so two VLMs can serve different terms.
 VLM_BACKENDS = ("internvl", "qwen")
+# registry names of the VLM rewards (ours; the original's scoring for --semantics original)
+VLM_REWARDS = ("internvl", "original_vlm")
 AESTHETIC_BACKENDS = ("none", "internvl", "aesthetic_scorer", "v2.5", "qwen")
 SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-content", "dreamsim")
 PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
@@ -65,9 +70,27 @@ def _f(default: Any, help: str, choices: tuple | None = None, **kw) -> Any:
     return field(default=default, metadata=meta, **kw)
 
 
+# --semantics original without --original_repo: our presets for the original's use cases
+# (rewards/prompt_presets.py), by task.
+ORIGINAL_USE_CASE_PRESETS = {"single": "studio", "sharpness": "eyes_skin",
+                             "similarity": "photoshoot", "content-similarity": "same_subject"}
+
+
 @dataclass
 class RewardFlags:
     """Every reward option; a weight/scale of 0 or a backend of ``none`` disables a term."""
+
+    # ---------------------------------------------------------------- semantics
+    semantics: str = _f(
+        "ours", "'ours': our measures and defaults; 'original': the original "
+                "promptable-differentiable-rewards scripts' measures, defaults, sampler and step "
+                "counting (docs/original_mode.md), so their command lines train their objective. "
+                "--config original is the same.", SEMANTICS)
+    original_repo: Optional[str] = _f(
+        None, "Your clone of the original promptable-differentiable-rewards repository: its "
+              "rating questions and default edit instruction are read from there (no code of it "
+              "runs) for --semantics original. Without it, our presets for the same use cases "
+              "are asked (studio, eyes_skin, photoshoot, same_subject).")
 
     # ---------------------------------------------------------------- FFT anti-grid
     grid_ratio_weight: float = _f(
@@ -297,6 +320,10 @@ class RewardFlags:
                     "InternVL term of the original: subtract the answer log-probs for a "
                     "neutral gray image, cached) or 'none'; see rewards/vlm.py.",
         INTERNVL_CALIBRATIONS)
+    internvl_max_tiles: Optional[int] = _f(
+        None, "InternVL terms: most tiles per image (default: the checkpoint's max_patches, as "
+              "its processor tiles; a 512x512 image is one tile, 512x768 seven); 1 = one "
+              "squashed tile. --semantics original always uses one bilinear tile.")
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
     internvl_answer_scale: Optional[str] = _f(
@@ -347,7 +374,8 @@ class RewardFlags:
                             ("internvl_dtype", INTERNVL_DTYPES),
                             ("qwen_dtype", INTERNVL_DTYPES),
                             ("internvl_objective", INTERNVL_OBJECTIVES),
-                            ("internvl_calibration", INTERNVL_CALIBRATIONS)):
+                            ("internvl_calibration", INTERNVL_CALIBRATIONS),
+                            ("semantics", SEMANTICS)):
             value = getattr(self, name)
             if value not in valid:
                 raise ValueError(f"--{name} {value!r} is not valid; choose one of: "
@@ -384,6 +412,8 @@ class RewardFlags:
             raise ValueError(f"--lpips_resolution must be >= {LPIPS_MIN_RESOLUTION} (the LPIPS "
                              f"backbones downsample too far below that), got "
                              f"{self.lpips_resolution}")
+        if self.internvl_max_tiles is not None and self.internvl_max_tiles < 1:
+            raise ValueError(f"--internvl_max_tiles must be >= 1, got {self.internvl_max_tiles}")
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
         for task in ("aesthetic", "style", "content", "sharpness"):
@@ -413,6 +443,18 @@ class RewardFlags:
             if self.reward_command_timeout <= 0:
                 raise ValueError(f"--reward_command_timeout must be > 0 seconds, got "
                                  f"{self.reward_command_timeout}")
+        if self.original_repo is not None and not Path(self.original_repo).expanduser().is_dir():
+            raise ValueError(f"--original_repo: folder not found: {self.original_repo}")
+        if self.semantics == "original":
+            qwen = [f"--{n} {getattr(self, n)}" for n in ("aesthetic_model_type",
+                                                          "similarity_backend",
+                                                          "sharpness_backend", "style_backend")
+                    if getattr(self, n) in ("qwen", "qwen-content")
+                    and (n != "style_backend" or self.style_reference is not None)]
+            if qwen:
+                raise ValueError(f"{', '.join(qwen)}: the original had InternVL only (its code "
+                                 f"scored 'qwen' with the LAION aesthetic model); use internvl, "
+                                 f"or --semantics ours for Qwen-VL")
         if self.photo_backend == "aide" and self.photo_reward_scale > 0:
             if not self.aide_repo or not self.aide_resume:
                 raise ValueError("--photo_backend aide needs --aide_repo (your clone of the AIDE "
@@ -424,7 +466,7 @@ class RewardFlags:
     # ------------------------------------------------------------------ helpers
     def uses_internvl(self) -> bool:
         """True when any enabled term needs a VLM (of either backend)."""
-        return any(s["name"] == "internvl" for s in reward_specs(self))
+        return any(s["name"] in VLM_REWARDS for s in reward_specs(self))
 
 
 def _require_file(path: Optional[str], flag: str, why: str = "") -> None:
@@ -452,6 +494,8 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
     are left out, so an empty list means "no reward enabled". ``ranking``: the scores rank
     samples of a round (GRPO / D3PO), so the edit-specialist objective z-scores its parts.
     """
+    if flags.semantics == "original":
+        return original_reward_specs(flags, device)
     specs: list[dict] = []
 
     def add(term: str, name: str, weight: float, **options: Any) -> None:
@@ -477,6 +521,8 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
                 "calibration": flags.internvl_calibration,
                 "temperature": flags.internvl_temperature,
                 "trust_remote_code": flags.trust_remote_code, **extra}
+        if flags.internvl_max_tiles is not None:
+            opts["max_tiles"] = flags.internvl_max_tiles
         scale = getattr(flags, f"{prompt_key}_answer_scale") or flags.internvl_answer_scale
         if scale is not None:
             opts["answer_scale"] = scale
@@ -582,32 +628,113 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
     return specs
 
 
+def original_questions(flags: RewardFlags) -> dict[str, str]:
+    """The question of each VLM task for --semantics original: the clone's (--original_repo),
+    else the name of our preset for the same use case."""
+    if flags.original_repo:
+        return read_original_texts(flags.original_repo).questions
+    return dict(ORIGINAL_USE_CASE_PRESETS)
+
+
+def original_reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
+    """The original trainer's reward terms (docs/original_mode.md): its anchors and grid term
+    (batch means on the eval-resized image), its InternVL scoring, LPIPS as exp(-5 d)."""
+    specs: list[dict] = []
+    questions = original_questions(flags)
+    size = flags.grid_eval_resize
+
+    def add(term: str, name: str, weight: float, **options: Any) -> None:
+        if weight > 0:
+            specs.append({"name": name, "term": term, "weight": float(weight), **options})
+
+    add("grid", "original_grid", flags.grid_ratio_weight, period=int(flags.grid_ratio_period),
+        max_harm=flags.grid_ratio_max_harm, eval_resize=size)
+    add("brightness", "original_brightness", flags.brightness_anchor_weight,
+        target=flags.brightness_target, band=flags.brightness_band, eval_resize=size)
+    add("crispness", "original_crispness", flags.crispness_weight or 0.0, eval_resize=size)
+
+    def vlm(task: str, key: str, **extra: Any) -> dict:
+        opts = {"task": task, "model_id": flags.internvl_model_id,
+                "model_flag": "--internvl_model_id",
+                "dtype": _internvl_dtype(flags, device, "internvl"), "device": device,
+                "objective": flags.internvl_objective, "calibration": flags.internvl_calibration,
+                "temperature": flags.internvl_temperature,
+                "trust_remote_code": flags.trust_remote_code, **extra}
+        scale = getattr(flags, f"{key}_answer_scale") or flags.internvl_answer_scale
+        if scale is not None:
+            opts["answer_scale"] = scale
+        prompt, prompt_file = getattr(flags, f"{key}_prompt"), getattr(flags, f"{key}_prompt_file")
+        if prompt_file is not None:
+            opts["prompt_file"] = prompt_file
+        else:
+            opts["prompt"] = prompt if prompt is not None else questions[task]
+        return opts
+
+    aesthetic = flags.aesthetic_model_type
+    if aesthetic == "internvl" and flags.style_reference is not None:
+        # the original: the style question takes the aesthetic term's place and weight
+        add("style", "original_vlm", flags.aesthetic_reward_scale,
+            **vlm("similarity", "style", reference=flags.style_reference))
+    elif aesthetic == "internvl":
+        add("aesthetic", "original_vlm", flags.aesthetic_reward_scale, **vlm("single", "aesthetic"))
+    elif aesthetic == "aesthetic_scorer":
+        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code,
+            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
+    elif aesthetic == "v2.5":
+        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
+            trust_remote_code=flags.trust_remote_code,
+            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
+                     head_filename=flags.aesthetic_head_filename))
+
+    similarity = flags.similarity_backend
+    if similarity == "lpips":
+        add("similarity", "lpips", flags.image_reward_scale, net=flags.lpips_net,
+            resolution=None, form="exp", device=device,
+            **_given(backbone_path=flags.lpips_backbone))
+    elif similarity == "face":
+        add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
+            device=device)
+    elif similarity == "internvl-content":
+        add("similarity", "original_vlm", flags.image_reward_scale,
+            **vlm("content-similarity", "content"))
+    elif similarity == "dreamsim":
+        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
+            dreamsim_type=flags.dreamsim_type, device=device)
+    if flags.sharpness_backend == "internvl":
+        add("sharpness", "original_vlm", flags.sharpness_reward_scale,
+            **vlm("sharpness", "sharpness"))
+    if flags.photo_backend == "aide":
+        add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
+            aide_resume=flags.aide_resume, device=device,
+            trust_remote_code=flags.trust_remote_code)
+    if flags.preference_backend != "none":   # our extension; the original had none
+        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
+        opts.update(_given(model_path=flags.preference_model,
+                           tokenizer=flags.preference_tokenizer))
+        if flags.preference_backend == "hpsv2":
+            opts["version"] = flags.hpsv2_version
+        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
+    return specs
+
+
 def _given(**options: Any) -> dict:
     """Only the options the user set (the factories keep their own defaults otherwise)."""
     return {k: v for k, v in options.items() if v is not None}
 
 
-# Factory keyword named in a ModelUnavailableError -> the flag that reaches it, per
-# registry name; errors are renamed with ModelUnavailableError.for_cli so a CLI user is
-# told which FLAG takes a local path, never a Python argument.
-FACTORY_FLAGS: dict[str, dict[str, str]] = {
-    "lpips": {"backbone_path=": "--lpips_backbone"},
-    "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
-    "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
-    "face": {"weights_path=": "--face_weights"},
-    "dreamsim": {"model_dir=": "--dreamsim_dir"},
-    **{name: {"model_path=": "--preference_model", "tokenizer=": "--preference_tokenizer"}
-       for name in ("imagereward", "hpsv2", "pickscore")},
-}
+def cli_model_error(exc: Exception, spec: dict):
+    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged).
 
-
-def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_model_id"):
-    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged)."""
-    if not isinstance(exc, ModelUnavailableError):
+    The registry record says which flag reaches each file option (``backbone_path=`` ->
+    ``--lpips_backbone``; a VLM's ``model_id=`` -> its term's ``--internvl_/--qwen_model_id``).
+    """
+    if not isinstance(exc, ModelUnavailableError) or spec.get("name") not in REGISTRY:
         return exc
-    names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
-    if spec.get("name") == "internvl" and exc.flag:  # the VLM loader's only path is the model
-        names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
+    names = option_flags(spec)
+    if "model_id" in record(spec["name"]).files and exc.flag:
+        names[exc.flag] = names["model_id="]      # a VLM loader's only path is the model
     return exc.for_cli(names)
 
 
@@ -615,35 +742,36 @@ def require_reward(flags: RewardFlags, device: Any = None, ranking: bool = False
     """The reward specs of ``flags``; refuse flags that enable no reward term (one line)."""
     specs = reward_specs(flags, device=device, ranking=ranking)
     if not specs:
-        raise RewardBuildError(
-            "no reward is enabled: set at least one of --grid_ratio_weight, "
-            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
-            "--preference_backend, --edit_specialist_weight, --reward_command")
+        known = {f.name for f in fields(flags)}
+        raise RewardBuildError("no reward is enabled: set at least one of "
+                               + ", ".join(selecting_flags(known)))
     return specs
 
 
-def build_reward_from_flags(flags: RewardFlags, device: Any = None, ranking: bool = False):
-    """Build the composite reward; every failure becomes one clear ``RewardBuildError``.
+def build_term(spec: dict) -> RewardTerm:
+    """One reward term; every failure becomes one :class:`RewardBuildError` line naming the
+    term and the flag that caused it (training and ``alignprop.evaluate`` both build here).
 
-    Missing reward modules (NotImplementedError from the registry), options a
-    factory refuses (ValueError) and models that cannot be loaded
-    (ModelUnavailableError) are re-raised with the term and flag that caused them,
-    so the CLI prints one line instead of a traceback.
+    Missing reward modules (NotImplementedError from the registry), options a factory
+    refuses (ValueError) and models that cannot be loaded (ModelUnavailableError) are
+    re-raised with the term and flag, so the CLI prints one line instead of a traceback.
     """
-    specs = require_reward(flags, device=device, ranking=ranking)
-    built = []
-    for spec in specs:
-        try:
-            built.append(build_rewards([spec]).terms[0])
-        except NotImplementedError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
-        except ModelUnavailableError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r}: "
-                                   f"{cli_model_error(exc, spec)}") from exc
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
-    return CompositeReward(built)
+    try:
+        return build_one(spec)
+    except NotImplementedError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
+    except ModelUnavailableError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r}: "
+                               f"{cli_model_error(exc, spec)}") from exc
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
+
+
+def build_reward_from_flags(flags: RewardFlags, device: Any = None, ranking: bool = False):
+    """Build the composite reward of ``flags`` (one :class:`RewardBuildError` line on failure);
+    ``ranking``: its scores rank a round's samples (GRPO / D3PO), see :func:`reward_specs`."""
+    return CompositeReward([build_term(spec)
+                            for spec in require_reward(flags, device=device, ranking=ranking)])
 
 
 class RewardBuildError(UserError):
@@ -651,6 +779,6 @@ class RewardBuildError(UserError):
 
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "require_reward",
-           "build_reward_from_flags",
+           "build_reward_from_flags", "build_term", "cli_model_error",
            "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
            "PREFERENCE_BACKENDS", "STYLE_BACKENDS", "VLM_BACKENDS"]

@@ -13,10 +13,11 @@ import json
 import logging
 import math
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -32,6 +33,7 @@ from .distributed import is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker_config,
                             truncate_metrics)
 from .lora import add_lora, load_lora_into, lora_state_dict, save_lora
+from .model_card import push, write_card
 from .methods import GRADIENT_METHODS, SCORE_METHODS, Models
 from .placement import place_reward, reward_device
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -255,7 +257,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     # preference examples, whose stored pairs are read and checked here.
     folder = (PreferencePairs(cfg.preferences, cfg.preference_mode, cfg) if cfg.preferences
               else ImageFolder(cfg.data_dir, cfg.image_height, cfg.image_width, cfg.prompt,
-                               cfg.prompt_file, seed=cfg.seed))
+                               cfg.prompt_file, seed=cfg.seed, recursive=cfg.recursive))
     targets = paired_targets(cfg, folder)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
@@ -365,7 +367,8 @@ def resume_run(run: Run) -> None:
                             "%d later checkpoint(s) to %s", run.global_step, dropped, len(moved),
                             moved[0].parent if moved else "-")
         run.accelerator.wait_for_everyone()
-    run.stream = SampleStream(len(run.folder), run.cfg.seed, position)
+    run.stream = SampleStream(len(run.folder), run.cfg.seed, position,
+                              shuffle=run.reward_flags.semantics != "original")
 
 
 # --------------------------------------------------------------------------- description
@@ -383,15 +386,20 @@ def batch_arithmetic(run: Run) -> str:
             + grad)
 
 
-def describe_run(run: Run) -> None:
-    """run_config.json, the trackers, the metrics file and the batch arithmetic line."""
+def describe_run(run: Run, notes: Sequence[str] = ()) -> None:
+    """run_config.json, the trackers, the metrics file and the batch arithmetic line; the
+    command's one-line ``notes`` go to stderr (after the set-up, so a failing command still
+    prints one line) and into run_config.json."""
     cfg = run.cfg
     if run.main:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         run.out_dir.mkdir(parents=True, exist_ok=True)
         info = {"config": config_dict(cfg, run.reward_flags),
                 "rewards": describe_reward(run.reward_fn), "world_size": run.world,
                 "sharded": run.sharded, "images": len(run.folder),
-                "skipped_unreadable": [str(p) for p in run.folder.skipped]}
+                "skipped_unreadable": [str(p) for p in run.folder.skipped],
+                "notes": list(notes)}
         (run.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
         if run.log_with:
             init_kwargs = cfg.tracker_init_kwargs()  # --tracker_kwargs (the original's too)
@@ -483,6 +491,15 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
                    "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint else None,
                    "world_size": run.world, "lora_max_rank_difference": rank_diff,
                    "images_unreadable_during_run": run.folder.failed_during_run}
+        card = write_card(run.out_dir, config_dict(run.cfg, run.reward_flags),
+                          describe_reward(run.reward_fn), run.cfg.hub_model_id)
+        summary["model_card"] = str(card)
+        if run.cfg.push_to_hub:
+            summary["hub_url"], line = push(run.out_dir, run.cfg.hub_model_id)
+            if summary["hub_url"] is None:
+                logger.warning(line)
+            else:
+                accelerator.print(line)
         (run.out_dir / "run_summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     accelerator.end_training()

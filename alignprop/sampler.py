@@ -89,6 +89,12 @@ def stack_prompt_embeds(cache: dict[str, PromptEmbeds], prompts: Sequence[str]) 
                         items[0].text_ids)
 
 
+# exp(mu) of the schedule's time shift overflows float32 (the scheduler's sigmas) past
+# mu ~ 88: ~520k image tokens, between 8192 and 16384 px a side for FLUX.1. Such sizes are
+# refused in one line.
+MAX_SHIFT = 88.0
+
+
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
     """Resolution-dependent ``mu`` of FLUX's dynamic shifting (linear in token count)."""
@@ -263,6 +269,10 @@ class KontextSampler:
         mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
                              cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
                              cfg.get("max_shift", 1.15))
+        if mu > MAX_SHIFT:
+            raise ValueError(f"image size {self.height}x{self.width} is {seq_len} image tokens: "
+                             f"the schedule's resolution shift exp({mu:.0f}) overflows (FLUX.1 "
+                             f"Kontext was trained around 1 MP: 4096 tokens)")
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
         return sched.timesteps.clone(), sched.sigmas.clone().float()
 
@@ -361,13 +371,21 @@ class KontextSampler:
     # ------------------------------------------------------------------ sampling
     def sample(self, images: torch.Tensor, text: PromptEmbeds, backprop_steps: int | None = None,
                generator=None, noise: torch.Tensor | None = None,
-               image_tokens: torch.Tensor | None = None, return_latents: bool = False):
+               image_tokens: torch.Tensor | None = None, return_latents: bool = False,
+               grad_steps: Sequence[bool] | None = None):
         """Edit ``images`` (B,3,H,W in [0,1]) following ``text``; returns (B,3,H,W) in [0,1].
 
         ``backprop_steps`` = K: only the last K Euler steps (and the VAE decode) build
         a graph; None or K >= N means all steps. Called under ``torch.no_grad()``
         nothing builds a graph (parity tests, evaluation, image logging).
+        ``grad_steps`` (one bool per step, replaces K) is TRL's truncation: step i's velocity
+        carries gradients only where ``grad_steps[i]``; elsewhere it is a constant, but the
+        Euler step still passes the gradient of the latents through (TRL detaches the
+        prediction, not the latents).
         """
+        if grad_steps is not None:
+            return self._sample_masked(images, text, list(grad_steps), generator, noise,
+                                       image_tokens, return_latents)
         device = images.device
         b = images.shape[0]
         n = self.num_steps
@@ -385,6 +403,33 @@ class KontextSampler:
             with torch.set_grad_enabled(grad_on and i >= n - k):
                 latents = self.ode_step(latents, i, cond)
         with torch.set_grad_enabled(grad_on and k > 0):
+            out = self.decode(latents)
+        return (out, latents) if return_latents else out
+
+    def _sample_masked(self, images, text, grad_steps: list[bool], generator, noise,
+                       image_tokens, return_latents):
+        n = self.num_steps
+        if len(grad_steps) != n:
+            raise ValueError(f"grad_steps has {len(grad_steps)} entries for {n} sampler steps")
+        device, b = images.device, images.shape[0]
+        if image_tokens is None:
+            image_tokens = self.encode_image(images)
+        latents = noise if noise is not None else self.initial_noise(b, generator, device)
+        latents = latents.to(device=device, dtype=self.dtype)
+        cond = self.condition(image_tokens.to(device), text)
+        grad_on = torch.is_grad_enabled()
+        first = next((i for i, g in enumerate(grad_steps) if g), n) if grad_on else n
+        for i in range(n):
+            if i < first:   # nothing before the first gradient step can carry one
+                with torch.no_grad():
+                    latents = self.ode_step(latents, i, cond)
+            elif grad_steps[i]:
+                latents = self.ode_step(latents, i, cond)
+            else:           # the velocity is a constant; the latents keep their graph
+                with torch.no_grad():
+                    v = self.step_velocity(latents, i, cond)
+                latents = euler_step(latents, v, self._dt(i, device), self.euler_fp32)
+        with torch.set_grad_enabled(grad_on and first < n):
             out = self.decode(latents)
         return (out, latents) if return_latents else out
 
@@ -474,5 +519,5 @@ class KontextSampler:
 
 
 __all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
-           "stack_prompt_embeds", "calculate_shift", "euler_step", "sde_step", "sde_std_scale",
+           "stack_prompt_embeds", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
            "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]

@@ -31,7 +31,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -76,11 +76,24 @@ class StepResult:
 
 
 def choose_k(cfg: TrainConfig, step: int) -> int:
-    """Number of backpropagated steps for ``step`` (same on every rank, resume-stable)."""
+    """Number of backpropagated steps for ``step`` (same on every rank, resume-stable);
+    --truncated_backprop per_step: the most steps that can carry gradients (the micro-batches
+    draw theirs with :func:`choose_grad_steps`)."""
     lo, hi = cfg.k_range()
-    if lo == hi:
-        return lo
+    if lo == hi or cfg.truncated_backprop == "per_step":
+        return hi
     return random.Random(seed_for(cfg.seed, "K", step)).randint(lo, hi)
+
+
+def choose_grad_steps(cfg: TrainConfig, step: int, micro: int, rank: int) -> list[bool] | None:
+    """--truncated_backprop per_step (TRL's code): denoising step i carries gradients when
+    i >= T_i, each T_i drawn from [t_min, t_max] (both included); resume-stable, and, like
+    TRL's processes, every rank draws its own."""
+    if cfg.truncated_backprop != "per_step":
+        return None
+    rng = random.Random(seed_for(cfg.seed, "T", step, micro, rank))
+    return [i >= rng.randint(cfg.truncation_t_min, cfg.truncation_t_max)
+            for i in range(cfg.sample_num_steps)]
 
 
 class _StopFlag:
@@ -122,11 +135,14 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
     cfg, step = run.cfg, run.global_step
     picks = run.stream.take(run.micro_global, run.rank, run.per_device)
     inputs, prompts = load_batch(run.folder, picks)
+    grad_steps = choose_grad_steps(cfg, step, micro, run.rank)
+    if grad_steps is not None:
+        k = sum(grad_steps)
     return Batch(inputs.to(run.device), prompts, stack_prompt_embeds(run.text_cache, prompts),
                  torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, micro, run.rank)),
                  seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
                  identity_text=run.identity_text,
-                 targets=run.targets(picks) if run.targets else None)
+                 targets=run.targets(picks) if run.targets else None, grad_steps=grad_steps)
 
 
 def optimizer_step(run: Run) -> StepResult:
@@ -140,6 +156,7 @@ def optimizer_step(run: Run) -> StepResult:
     sums: dict[str, float] = {}
     skip_reason, batch, out = None, None, None
     passes = run.micro_steps   # accumulation steps (x trained transitions for GRPO / D3PO)
+    no_grad = 0
     for micro in range(passes):
         batch = micro_batch(run, micro, k)
         # Gradients are all-reduced only on the last micro-batch of the step.
@@ -154,9 +171,16 @@ def optimizer_step(run: Run) -> StepResult:
                 skip_reason = "non-finite reward"
                 break  # every rank sees the same decision, so DDP stays in step
             loss = out.loss / passes
-            acc.backward(loss)
+            if not loss.requires_grad:   # --truncated_backprop per_step drew no step
+                no_grad += 1
+                if run.world > 1:   # every rank must join the gradient all-reduce: zeros
+                    loss = loss + 0.0 * sum(p.sum() for p in run.lora_params)
+            if loss.requires_grad:
+                acc.backward(loss)
         for key, v in {"loss": loss.item() * passes, **out.metrics}.items():
             sums[key] = sums.get(key, 0.0) + float(v) / passes
+    if run.cfg.truncated_backprop == "per_step":
+        sums["no_grad_micro_batches"] = float(no_grad)
 
     grad_norm = float("nan")
     if skip_reason is None:
@@ -234,13 +258,15 @@ def _emergency_checkpoint(run: Run, exc: BaseException, step_start) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn=None,
-          accelerator=None) -> TrainResult:
-    """Train a LoRA; ``reward_fn`` overrides the flags' reward (tests, demo)."""
+          accelerator=None, notes: Sequence[str] = ()) -> TrainResult:
+    """Train a LoRA; ``reward_fn`` overrides the flags' reward (tests, demo). ``notes``: one-line
+    notes of the command (alignprop.config.startup_notes), printed once the run is set up and
+    kept in run_config.json."""
     from tqdm.auto import tqdm
 
     run = setup_run(cfg, reward_flags, reward_fn, accelerator)
     resume_run(run)
-    describe_run(run)
+    describe_run(run, notes)
     progress = tqdm(total=run.total_steps, initial=run.global_step, disable=not run.main,
                     desc="steps")
     interrupted, step_start = None, (run.stream.position, run.skipped_total)

@@ -41,6 +41,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
+from common.cli import positive_float, positive_int  # noqa: E402
 
 TRAIN = ("hubble_deep_field", "retina", "camera", "coins")
 PROMPT = "Make this photo brighter."
@@ -243,9 +244,9 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--budget_s", type=float, default=45.0, help="training seconds per run")
-    ap.add_argument("--eval_every", type=int, default=2)
-    ap.add_argument("--lr", type=float, default=1e-2, help="every method's learning rate")
+    ap.add_argument("--budget_s", type=positive_float, default=90.0, help="training seconds per run")
+    ap.add_argument("--eval_every", type=positive_int, default=2)
+    ap.add_argument("--lr", type=positive_float, default=1e-2, help="every method's learning rate")
     ap.add_argument("--settings", default="a,b")
     ap.add_argument("--out_dir", default="outputs/bench_judges")
     ap.add_argument("--plot", default="media/bench_judges.png")

@@ -37,6 +37,20 @@ def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
                   and not p.name.startswith("."))
 
 
+def folder_counts(paths: Iterable[Path], root: str | Path) -> str | None:
+    """"5 image(s) in DIR: . (2), portraits (3)": how many of ``paths`` each sub-folder of
+    ``root`` holds, printed when a recursive search found images in sub-folders (so what was
+    taken from where shows); None when they all sit in ``root`` itself."""
+    from collections import Counter
+
+    root = Path(root).expanduser()
+    counts = Counter(Path(p).parent.relative_to(root).as_posix() for p in paths)
+    if set(counts) <= {"."}:
+        return None
+    listing = ", ".join(f"{k} ({n})" for k, n in sorted(counts.items()))
+    return f"{sum(counts.values())} image(s) in {root}: {listing}"
+
+
 def unsupported_note(folder: str | Path, recursive: bool = False) -> str:
     """For "no images" errors: which file types in ``folder`` were passed over, e.g.
     ``"; it holds 3 file(s) of unsupported types: .gif (2), .heic (1)"`` ("" if none)."""

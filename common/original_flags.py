@@ -16,9 +16,11 @@ readable. ``docs/original_flags.md`` explains the table for users of the origina
 ``tests/test_original_flags.py`` runs every flag of the original through the three parsers.
 
 This module answers "what happens to an original flag" for every command: the table, the
-argparse plumbing, and the pure translation of the trainer's ``convert`` flags into our flag
-values (:func:`original_changes`). It lives in the bottom package because the trainer, the
-scorer and the benchmark all read it.
+argparse plumbing, the pure translation of the trainer's ``convert`` flags into our flag
+values (:func:`original_changes`), the original's defaults that ``--semantics original`` puts
+in place of ours (:data:`ORIGINAL_DEFAULTS`, checked against the table's ``default`` column by
+a test) and the one line that suggests that mode (:func:`semantics_hint`). It lives in the
+bottom package because the trainer, the scorer and the benchmark all read it.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from typing import Any, Callable, Sequence
 from .cli import UserError, parse_bool
 
 STATUSES = ("same", "alias", "convert", "refused")
+# ours: our measures and defaults; original: the original scripts' (docs/original_mode.md)
+SEMANTICS = ("ours", "original")
 HELP_GROUP = ("flags of the original promptable-differentiable-rewards scripts (accepted "
               "under their old names, or refused with the replacement; docs/original_flags.md)")
 
@@ -59,9 +63,6 @@ def _s(name, status, ours="", note="", default=""):
 def _b(name, status, ours="", note="", default=""):
     return OriginalFlag("benchmark", name, status, ours, note, default)
 
-
-NO_HUB_UPLOAD = ("nothing is uploaded by the trainer; the LoRA is in --output_dir "
-                 "(pytorch_lora_weights.safetensors): upload it with `huggingface-cli upload`")
 
 TABLE: tuple[OriginalFlag, ...] = (
     # ------------------------------------------------------------- trainer: script flags
@@ -131,7 +132,10 @@ TABLE: tuple[OriginalFlag, ...] = (
     _t("--project_kwargs", "refused", "--output_dir, --save_freq, --checkpoints_total_limit",
        "checkpoint naming and rotation are ours: --output_dir, --save_freq and "
        "--checkpoints_total_limit", default="{}"),
-    _t("--num_epochs", "same", "--num_epochs", default="100"),
+    _t("--num_epochs", "same", "--num_epochs",
+       "the original counted optimizer updates (one TRL epoch = one update); ours counts passes "
+       "over the data; with --semantics original it means the original's (= --max_train_steps)",
+       default="100"),
     _t("--save_freq", "same", "--save_freq", "ours counts optimizer steps", default="1"),
     _t("--num_checkpoint_limit", "alias", "--checkpoints_total_limit", default="5"),
     _t("--mixed_precision", "same", "--mixed_precision", default="no"),
@@ -141,9 +145,11 @@ TABLE: tuple[OriginalFlag, ...] = (
     _t("--log_with", "same", "--log_with", default="None"),
     _t("--log_image_freq", "same", "--log_image_freq", default="25"),
     _t("--sample_num_steps", "same", "--sample_num_steps", default="50"),
-    _t("--sample_eta", "convert", "(refused unless 0)",
-       "the Kontext flow-matching sampler is a deterministic Euler ODE: there is no DDIM eta. "
-       "0 is accepted (it is what we do); for variety use --seed", default="1.0"),
+    _t("--image_height", "same", "--image_height", default="512"),
+    _t("--image_width", "same", "--image_width", default="512"),
+    _t("--sample_eta", "convert", "(ignored)",
+       "the original's flow sampler never read it (a deterministic Euler ODE has no DDIM eta): "
+       "accepted and ignored, with one line; for variety use --seed", default="1.0"),
     _t("--sample_guidance_scale", "alias", "--guidance_scale",
        "Kontext-dev is guidance-distilled: the scale is embedded, one forward per step",
        default="5.0"),
@@ -159,19 +165,20 @@ TABLE: tuple[OriginalFlag, ...] = (
     _t("--train_max_grad_norm", "alias", "--max_grad_norm", default="1.0"),
     _t("--train_gradient_checkpointing", "alias", "--gradient_checkpointing",
        "our default is off", default="True"),
-    _t("--truncated_backprop_rand", "convert", "--truncated_backprop random|fixed",
-       "true: the number of final steps that carry gradients is drawn per optimizer step",
-       default="True"),
+    _t("--truncated_backprop_rand", "convert", "--truncated_backprop per_step|fixed",
+       "true (TRL's code): every denoising step i draws T in [min, max] and carries gradients "
+       "when i >= T (--truncated_backprop per_step); false: fixed truncation", default="True"),
     _t("--truncated_backprop_timestep", "convert", "--backprop_steps N-T",
        "gradients flow through the denoising steps from index T on, i.e. the last "
        "--sample_num_steps - T (at least 1)", default="49"),
-    _t("--truncated_rand_backprop_minmax", "convert", "--backprop_steps_min/--backprop_steps_max",
-       "T ~ U[min, max] -> the last N-T steps carry gradients: --backprop_steps_min "
-       "max(1, N-max), --backprop_steps_max N-min", default="(0, 50)"),
+    _t("--truncated_rand_backprop_minmax", "convert", "--truncation_t_min/--truncation_t_max",
+       "the range T is drawn from, per denoising step (both ends included)", default="(0, 50)"),
     _t("--negative_prompts", "refused", "--prompt",
        "Kontext-dev is guidance-distilled (one forward per step, no classifier-free guidance), "
        "so there is no negative prompt; say what you want in --prompt", default="None"),
-    _t("--push_to_hub", "convert", "(refused unless false)", NO_HUB_UPLOAD, default="False"),
+    _t("--push_to_hub", "same", "--push_to_hub",
+       "uploads the run folder (LoRA, model card) with huggingface_hub to --hub_model_id; "
+       "offline or not logged in, one line says why nothing was uploaded", default="False"),
     # ------------------------------------------------------------- internvl_scorer.py
     _s("inputs", "same", "paths", "image files and folders, in the order the task groups them"),
     _s("--task", "same", "--task", default="single"),
@@ -184,8 +191,10 @@ TABLE: tuple[OriginalFlag, ...] = (
     _s("--temperature", "same", "--temperature", default="1.0"),
     _s("--margin_temp", "same", "--margin_temp", "margin objective: sigmoid(margin / margin_temp)",
        default="1.0"),
-    _s("--entropy_coef", "alias", "--entropy_bonus",
-       "adds coef x the answer distribution's entropy (normalised by log K here)", default="0.0"),
+    _s("--entropy_coef", "convert", "--entropy_bonus coef x ln K",
+       "adds coef x the entropy in nats of the answer distribution (rating tasks; the original "
+       "added none to pair/triplet); our --entropy_bonus divides the entropy by ln K",
+       default="0.0"),
     _s("--calibration", "same", "--calibration", default="none"),
     _s("--print_probs", "same", "--print_probs", default="off"),
     _s("--trace_layers", "same", "--trace_layers", default="off"),
@@ -204,13 +213,15 @@ TABLE: tuple[OriginalFlag, ...] = (
     # ------------------------------------------------------------- benchmark_anti_periodic.py
     _b("--artifacts_dir", "same", "--artifacts_dir", default="artifact"),
     _b("--clean_dir", "same", "--clean_dir", default="no_artifact"),
-    _b("--resize", "alias", "--eval_resize",
-       "long side the images are scaled to (never up); the comb follows the scale", default="512"),
+    _b("--resize", "convert", "--semantics original",
+       "the original resized every image to a resize x resize SQUARE (aspect not kept); with "
+       "--semantics original it does that; ours is --eval_resize (long side, never up)",
+       default="512"),
     _b("--period", "same", "--period", default="16"),
     _b("--max_harm", "same", "--max_harm", "our default is 3", default="6"),
     _b("--sigma_bins", "same", "--sigma_bins", "our default is 0.5", default="2.0"),
     _b("--window", "alias", "--local_window", default="128"),
-    _b("--hop", "alias", "--local_stride", "our default is 64", default="32"),
+    _b("--hop", "alias", "--local_stride", "our default is 128", default="32"),
     _b("--edge_penalty", "same", "--edge_penalty", default="8.0"),
     _b("--template_16", "same", "--template_16", default="None"),
     _b("--tau", "same", "--tau", default="None"),
@@ -353,8 +364,7 @@ def _converters() -> dict:
 
     def sample_eta(group, flag):
         group.add_argument(flag.name, dest="original_sample_eta", action=_Store, type=float,
-                           check=_refuse_when(lambda eta: eta != 0, flag),
-                           help=f"refused unless 0: {flag.note}")
+                           help=f"ignored: {flag.note}")
 
     def text(group, flag):
         group.add_argument(flag.name, dest=f"original_{flag.dest}", action=_Store,
@@ -371,7 +381,6 @@ def _converters() -> dict:
                            help=f"-> {flag.ours}: {flag.note}")
 
     return {"--use_lora": harmless_value(lambda on: not on),
-            "--push_to_hub": harmless_value(lambda on: on),
             "--sample_eta": sample_eta, "--debug_images": _bool_flag,
             "--exp_name": text, "--run_name": text, "--logdir": text,
             "--truncated_backprop_rand": _bool_flag,
@@ -413,14 +422,22 @@ def stored_original(extra: argparse.Namespace | None) -> dict[str, Any]:
 
 
 def original_changes(got: dict[str, Any], *, sample_num_steps: int, tracker_run_name,
-                     argv: Sequence[str], preset: dict[str, Any] | None = None) -> dict[str, Any]:
+                     argv: Sequence[str], preset: dict[str, Any] | None = None,
+                     semantics: str = "ours", num_epochs: int | None = None,
+                     max_train_steps: int | None = None) -> dict[str, Any]:
     """Our flag values that the original trainer's ``convert`` flags ask for (pure).
 
     ``got`` is :func:`stored_original`'s result; the caller applies the returned
-    {our flag: value} (and re-validates).
+    {our flag: value} (and re-validates). With ``semantics="original"`` ``--num_epochs`` counts
+    optimizer updates (TRL's epoch is one update): it becomes ``--max_train_steps`` unless that
+    is given.
     """
     changes: dict[str, Any] = {}
     preset = preset or {}
+    if (semantics == "original" and max_train_steps is None and num_epochs is not None
+            and not _given(argv, "--max_train_steps") and not _given(argv, "--max_steps")
+            and "max_train_steps" not in preset):
+        changes["max_train_steps"] = num_epochs
     if got.get("debug_images"):
         changes["log_image_freq"] = 1
     # --logdir / --run_name / --exp_name: the run folder and the tracker's run name.
@@ -430,8 +447,9 @@ def original_changes(got: dict[str, Any], *, sample_num_steps: int, tracker_run_
     if "logdir" in got and not (_given(argv, "--output_dir") or "output_dir" in preset):
         changes["output_dir"] = os.path.join(got["logdir"], got.get("run_name") or "")
         changes["output_dir"] = changes["output_dir"].rstrip("/") or got["logdir"]
-    # Truncated backprop: TRL detaches the denoising steps with index < T, so the last
-    # N - T steps carry gradients (N = --sample_num_steps).
+    # Truncated backprop as TRL's code did it: a step's prediction is detached when its index
+    # i < T. Random: T is drawn again for every denoising step (--truncated_backprop per_step);
+    # fixed: the last N - T steps carry gradients (N = --sample_num_steps).
     n = sample_num_steps
     rand = got.get("truncated_backprop_rand")
     if rand is None and "truncated_rand_backprop_minmax" in got:
@@ -440,15 +458,139 @@ def original_changes(got: dict[str, Any], *, sample_num_steps: int, tracker_run_
         rand = False
     if rand is True:
         lo, hi = got.get("truncated_rand_backprop_minmax", _ORIGINAL_MINMAX)
-        k_lo, k_hi = max(1, min(n, n - hi)), max(1, min(n, n - lo))
-        changes.update(truncated_backprop="random", backprop_steps_min=k_lo,
-                       backprop_steps_max=k_hi)
+        changes.update(truncated_backprop="per_step", truncation_t_min=lo, truncation_t_max=hi)
     elif rand is False:
         t = got.get("truncated_backprop_timestep", 49)
         changes.update(truncated_backprop="fixed", backprop_steps=max(1, min(n, n - t)))
     return changes
 
 
+# --------------------------------------------------------------------------- --semantics original
+# The original scripts' defaults, by OUR flag name: what --semantics original puts in place of
+# our defaults (a preset or the command line still wins). tests/test_original_flags.py checks
+# every value against the table's ``default`` column and against what parse_config returns.
+ORIGINAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "train": {
+        "pretrained_model": "black-forest-labs/FLUX.1-Kontext-dev", "lora_rank": 8,
+        "aesthetic_model_type": "aesthetic_scorer", "aesthetic_reward_scale": 0.4,
+        "similarity_backend": "lpips", "image_reward_scale": 0.5,
+        "photo_backend": "none", "photo_reward_scale": 0.0, "aide_repo": "./AIDE",
+        "grid_ratio_weight": 0.0, "grid_ratio_period": 16, "grid_ratio_max_harm": 3,
+        "grid_ratio_sigma_bins": 0.8, "grid_tau": 2e-4, "grid_eval_resize": 512,
+        "brightness_anchor_weight": 0.2, "brightness_target": 0.50, "brightness_band": 0.06,
+        "brightness_measure": "original", "crispness_weight": 0.2,
+        "sharpness_backend": "none", "sharpness_reward_scale": 0.0,
+        "data_dir": "./train_images",
+        "tracker_project_name": "trl", "num_epochs": 100, "save_freq": 1,
+        "checkpoints_total_limit": 5, "mixed_precision": "no", "allow_tf32": True, "seed": 0,
+        "log_with": "none", "log_image_freq": 25, "sample_num_steps": 50, "guidance_scale": 5.0,
+        "image_height": 512, "image_width": 512,
+        "train_batch_size": 1, "train_learning_rate": 1e-3,
+        "train_gradient_accumulation_steps": 1, "use_8bit_adam": False, "adam_beta1": 0.9,
+        "adam_beta2": 0.999, "adam_weight_decay": 1e-4, "adam_epsilon": 1e-8,
+        "max_grad_norm": 1.0, "gradient_checkpointing": True,
+        "truncated_backprop": "per_step", "truncation_t_min": 0, "truncation_t_max": 50,
+        "internvl_model_id": "OpenGVLab/InternVL3-14B-hf", "internvl_objective": "expected",
+        "internvl_calibration": "pmi_null", "internvl_temperature": 1.0,
+    },
+    "scorer": {
+        "task": "single", "objective": "expected", "device": "auto", "dtype": "bfloat16",
+        "batch_size": 4, "model_id": "OpenGVLab/InternVL3-14B-hf", "temperature": 1.0,
+        "margin_temp": 1.0, "calibration": "none", "viz_outdir": "debug_images",
+        "viz_alpha": 0.6, "viz_norm": "percentile", "viz_pmin": 2.0, "viz_pmax": 98.0,
+        "viz_log_alpha": 10.0, "viz_blur": 0.0,
+    },
+    "benchmark": {
+        "artifacts_dir": "artifact", "clean_dir": "no_artifact", "period": 16.0, "max_harm": 6,
+        "sigma_bins": 2.0, "local_window": 128, "local_stride": 32, "edge_penalty": 8.0,
+        "combo_mode": "ratio", "w_local": 0.2, "selective_top_p": 0.35,
+        "selective_coverage_alpha": 0.5, "proj_harmonics": "1,2,3", "proj_top_p": 0.35,
+    },
+}
+# Table rows whose original default has no counterpart among our defaults, and why.
+NO_DEFAULT = {
+    "--pretrained_revision": "main is what no revision means",
+    "--hf_hub_aesthetic_model_id": "our aesthetic factory's default is the same repository",
+    "--hf_hub_aesthetic_model_filename": "our aesthetic factory's default is the same file",
+    "--use_lora": "LoRA is the only mode", "--aide_resume": "no default checkpoint",
+    "--prompt_list_file": "none", "--style_reference": "none", "--debug_images": "off",
+    "--exp_name": "a tracker name", "--run_name": "a tracker name",
+    "--logdir": "--output_dir is ours", "--tracker_kwargs": "none",
+    "--accelerator_kwargs": "refused", "--project_kwargs": "refused",
+    "--resume_from": "none", "--log_with": "None is our 'none'",
+    "--sample_eta": "ignored", "--truncated_backprop_rand": "= --truncated_backprop per_step",
+    "--truncated_backprop_timestep": "used only with --truncated_backprop_rand false",
+    "--truncated_rand_backprop_minmax": "= --truncation_t_min 0 --truncation_t_max 50",
+    "--negative_prompts": "refused", "--push_to_hub": "off",
+    "inputs": "positional", "--print_probs": "off", "--trace_layers": "off",
+    "--print_layer_logprobs": "off", "--print_layer_probs": "off", "--artifact_ref1": "none",
+    "--artifact_ref2": "none", "--viz_grads": "off", "--entropy_coef": "0",
+    "--resize": "the square resize of --semantics original", "--template_16": "none",
+    "--tau": "none", "--tau_global": "none", "--tau_local": "none",
+    "--no_proj_detach_norm": "off", "--out": "file name", "--summary_out": "file name",
+    "--dtype": "bf16 = bfloat16",
+}
+
+
+def parse_default(text: str) -> Any:
+    """The table's ``default`` text as a value ("True" -> True, "(0, 50)" -> (0, 50), ...)."""
+    if text in ("True", "False"):
+        return text == "True"
+    if text in ("None", ""):
+        return None
+    t = text.strip()
+    if t.startswith("(") and t.endswith(")"):
+        return tuple(parse_default(v.strip()) for v in t[1:-1].split(","))
+    if t.startswith('"') and t.endswith('"'):
+        return t[1:-1]
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        return t
+
+
+def our_dest(flag: OriginalFlag) -> str:
+    """Our flag (destination) an original flag's default belongs to."""
+    if flag.status == "alias" or (flag.status == "same" and flag.ours.startswith("--")):
+        return flag.ours.lstrip("-").split()[0]
+    return flag.dest
+
+
+def semantics_of(argv: Sequence[str], preset: dict[str, Any] | None = None) -> str:
+    """--semantics from the command line (last one wins), else the preset's, else "ours"."""
+    value = (preset or {}).get("semantics", "ours")
+    for i, a in enumerate(argv):
+        if a == "--semantics" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--semantics="):
+            value = a.split("=", 1)[1]
+    if value not in SEMANTICS:
+        raise UserError(f"--semantics must be one of {', '.join(SEMANTICS)}, got {value!r}")
+    return value
+
+
+def semantics_hint(argv: Sequence[str], command: str) -> str | None:
+    """One line when every flag of a command line is one of the original scripts' (and
+    neither --semantics nor --config is given): they run with OUR measures and defaults here,
+    and --semantics original gives the original's."""
+    names = {f.name for f in table(command)}
+    given = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    if not given or "--semantics" in given or "--config" in given:
+        return None
+    if any(g not in names for g in given):
+        return None
+    extra = ("; --num_epochs counts passes over the data here, optimizer updates there"
+             if "--num_epochs" in given else "")
+    return ("every flag given is also the original scripts': they run with our measures and "
+            "defaults; add --semantics original for the original's objective, measures and "
+            f"defaults (docs/original_mode.md){extra}")
+
+
 __all__ = ["OriginalFlag", "TABLE", "table", "add_original_flags", "RefuseAction", "refusal",
            "HELP_GROUP", "add_train_original_flags", "original_changes", "stored_original",
-           "preset_tokens", "original_names"]
+           "preset_tokens", "original_names", "SEMANTICS", "ORIGINAL_DEFAULTS", "NO_DEFAULT",
+           "parse_default", "our_dest", "semantics_of", "semantics_hint"]

@@ -21,12 +21,14 @@ have stored it). ``pretrained=False`` keeps the random backbone (tests only).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 
 import torch
 import torch.nn.functional as F
 
-from common.hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
+from common.hub import (ModelUnavailableError, WeightFileError, brief, load_state_dict_file,
+                        resolve_device_dtype,
                         resolve_weight_file, torch_hub_checkpoint)
 from common.images import load_image
 
@@ -53,7 +55,7 @@ def _load_backbone(lp, net: str, backbone_path) -> None:
         backbone_path, filename, f"the LPIPS {net} backbone (torchvision ImageNet weights)",
         "backbone_path=", default_cache=torch_hub_checkpoint(filename), url=url)
     try:
-        tv_state = load_state_dict_file(path)
+        tv_state = load_state_dict_file(path, flag="backbone_path=")
     except Exception as exc:
         raise ModelUnavailableError(
             f"Could not read the LPIPS {net} backbone weights {path!r} "
@@ -101,8 +103,12 @@ def _resize(x: torch.Tensor, resolution: int | None) -> torch.Tensor:
                          align_corners=False, antialias=True)
 
 
+LPIPS_FORMS = ("linear", "exp")
+
+
 def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretrained: bool = True,
-                      backbone_path=None, version: str = "0.1", device=None, dtype="float32"):
+                      backbone_path=None, version: str = "0.1", device=None, dtype="float32",
+                      form: str = "linear"):
     """LPIPS similarity of ``images`` to ``inputs``: ``1 - LPIPS distance`` (<= 1).
 
     Args:
@@ -115,8 +121,13 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
         backbone_path: torchvision weight file of the trunk, or a directory holding
             it; default: torch hub's cache.
         version: lpips head version ("0.1", the default of the package).
+        form: "linear" = ``1 - d``; "exp" = ``exp(-5 d)`` floored at 1e-4, the original
+            project's similarity (in (0, 1]; its slope at d = 0 is 5, not 1), here with
+            gradients (the original computed it without).
     Metrics: ``distance`` (mean LPIPS distance).
     """
+    if form not in LPIPS_FORMS:
+        raise ValueError(f"form must be one of {LPIPS_FORMS}, got {form!r}")
     if resolution is not None and (not isinstance(resolution, int) or resolution < 32):
         raise ValueError(f"resolution must be an int >= 32 or None, got {resolution!r}")
     device, dtype = resolve_device_dtype(device, dtype)
@@ -135,6 +146,8 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
         # normalize=True maps [0,1] to the [-1,1] range lpips expects.
         dist = model(x, y, normalize=True).reshape(x.shape[0]).float()
         metrics: Metrics = {"distance": dist.detach().mean().item()}
+        if form == "exp":
+            return torch.exp((-5.0 * dist).clamp(max=20)).clamp_min(1e-4), metrics
         return 1.0 - dist, metrics
 
     reward.model = model  # exposed for inspection and tests
@@ -206,15 +219,28 @@ def build_dreamsim_model(dreamsim_type: str = "open_clip_vitb32", model_dir=None
     cfg = dreamsim_args["model_config"][dreamsim_type]
     torch.manual_seed(seed)
     if pretrained:
-        model = PerceptualModel(**cfg, device="cpu", load_dir=os.fspath(model_dir),
-                                normalize_embeds=True)
-        with open(os.path.join(model_dir, lora_dir, "adapter_config.json")) as f:
-            adapter = json.load(f)
-        lora = peft.LoraConfig(**{k: adapter[k] for k in
-                                  ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")})
-        model = peft.get_peft_model(model, lora)
-        model = peft.PeftModel.from_pretrained(model.base_model.model,
-                                               os.path.join(model_dir, lora_dir))
+        try:
+            model = PerceptualModel(**cfg, device="cpu", load_dir=os.fspath(model_dir),
+                                    normalize_embeds=True)
+            with open(os.path.join(model_dir, lora_dir, "adapter_config.json")) as f:
+                adapter = json.load(f)
+            lora = peft.LoraConfig(**{k: adapter[k] for k in
+                                      ("r", "lora_alpha", "lora_dropout", "bias",
+                                       "target_modules")})
+            model = peft.get_peft_model(model, lora)
+            model = peft.PeftModel.from_pretrained(model.base_model.model,
+                                                   os.path.join(model_dir, lora_dir))
+        except pickle.UnpicklingError:   # torch's own words advise the unsafe path
+            raise WeightFileError(
+                f"DreamSim {dreamsim_type} in {os.fspath(model_dir)!r}: a weight file holds "
+                f"pickled Python objects besides tensors; it is not loaded (unpickling them "
+                f"could run code); pass the checkpoint's folder with {DREAMSIM_FLAG}",
+                DREAMSIM_FLAG) from None
+        except (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError) as exc:
+            raise WeightFileError(
+                f"DreamSim {dreamsim_type} in {os.fspath(model_dir)!r} cannot be loaded "
+                f"({type(exc).__name__}: {brief(exc, 160)}); pass the unzipped checkpoint's "
+                f"folder with {DREAMSIM_FLAG}", DREAMSIM_FLAG) from None
     else:
         # The package builds its backbone inside ViTExtractor from files; hand it a small
         # random one instead for the duration of the build.

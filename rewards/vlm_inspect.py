@@ -17,14 +17,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.checks import MAX_ASPECT, check_image, check_paths
 from common.cli import UserError, one_line
 from common.hub import ModelUnavailableError
-from common.images import (IMAGE_EXTENSIONS, ImageLoadError, list_images, load_image, save_image,
-                           unsupported_note)
+from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list_images,
+                           load_image, save_image, unsupported_note)
 from common.paths import check_outputs_spare_inputs, check_writable_dir
 
 from .vlm import make_internvl_reward
-from .vlm_prompts import TASK_IMAGES
+from .vlm_families import tiny_names
+from .vlm_families.qwen2_5_vl import MAX_PIXELS
+from .vlm_original import load_image_original, make_original_vlm_reward
+from .vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, parse_answer_scale
 
 # our dtype names and the original scorer's spellings
 DTYPES = {"auto": "auto", "float32": "float32", "bfloat16": "bfloat16", "float16": "float16",
@@ -44,15 +48,24 @@ def pixel_count(path: Path) -> int:
         return 0
 
 
-def expand_paths(paths: list[str]) -> list[Path]:
+def expand_paths(paths: list[str], recursive: bool = False,
+                 notes: list[str] | None = None) -> list[Path]:
+    """Files of ``paths`` (folders expanded, sorted); ``notes`` collects the per-sub-folder
+    counts of recursive searches (printed once the command's checks have passed)."""
+    notes = [] if notes is None else notes
     files: list[Path] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if path.is_dir():
-            found = list_images(path)
+            found = list_images(path, recursive=recursive)
             if not found:
-                raise UserError(f"folder {path} contains no images ({', '.join(IMAGE_EXTENSIONS)})"
-                                f"{unsupported_note(path)}")
+                where = " or its sub-folders" if recursive else ""
+                raise UserError(f"folder {path}{where} contains no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)})"
+                                f"{unsupported_note(path, recursive)}")
+            counts = folder_counts(found, path) if recursive else None
+            if counts:
+                notes.append(f"found {counts}")
             files.extend(found)
         elif path.exists():
             files.append(path)
@@ -144,11 +157,33 @@ def check_viz_args(args) -> Path | None:
     return Path(args.viz_outdir if args.viz_grads is True else args.viz_grads)
 
 
+def entropy_bonus(args) -> float:
+    """Our --entropy_bonus, or the original's --entropy_coef (nats) in our units: the original
+    added ``coef x H`` to rating tasks only, ours adds ``bonus x H / ln K``."""
+    coef = getattr(args, "original_entropy_coef", None)
+    if coef is None:
+        return args.entropy_bonus
+    if getattr(args, "semantics", "ours") == "original":
+        return coef                       # the original reward takes it as it is
+    if args.task in COMPARATIVE_TASKS:
+        print("internvl_scorer.py: note: --entropy_coef is ignored for pair/triplet, as in the "
+              "original", file=sys.stderr)
+        return 0.0
+    k = len(parse_answer_scale(args.answer_scale, args.task).words)
+    return coef * math.log(k)
+
+
 def score_files(args) -> list[dict]:
-    """Score the files of ``args.paths`` as the scorer's flags say; one row per sample."""
+    """Score the files of ``args.paths`` as the scorer's flags say; one row per sample.
+
+    ``args.semantics == "original"``: the original scorer's reward
+    (:mod:`rewards.vlm_original`), its file loading (every file stretched to 512 x 1024) and
+    its recursive folder search."""
+    original = getattr(args, "semantics", "ours") == "original"
+    load = load_image_original if original else load_image
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if args.max_tiles < 1:
+    if args.max_tiles is not None and args.max_tiles < 1:
         raise UserError(f"--max_tiles must be >= 1, got {args.max_tiles}")
     if not (math.isfinite(args.temperature) and args.temperature > 0):
         raise UserError(f"--temperature must be a positive number, got {args.temperature}")
@@ -158,7 +193,9 @@ def score_files(args) -> list[dict]:
     has_ref = bool(args.reference)
     if not args.paths:
         raise UserError("give image files or folders to score (or --list_prompts)")
-    groups = group_files(expand_paths(args.paths), args.task, has_ref)
+    recursive = original or getattr(args, "recursive", True)
+    notes: list[str] = []
+    groups = group_files(expand_paths(args.paths, recursive, notes), args.task, has_ref)
     viz = check_viz_args(args)
     if viz is not None:  # gradient pictures never land among (or over) the images being scored
         flag = "--viz_outdir" if args.viz_grads is True else "--viz_grads"
@@ -170,6 +207,19 @@ def score_files(args) -> list[dict]:
     refs = [r for r in (args.artifact_ref1, args.artifact_ref2) if r]
     if refs and (len(refs) != 2 or args.task != "artifact"):
         raise UserError("--artifact_ref1 and --artifact_ref2 go together, with --task artifact")
+    for flag in ("min_pixels", "max_pixels"):   # before a typo allocates 120 GB
+        value = getattr(args, flag)
+        if value is not None and not 0 < value <= MAX_PIXELS:
+            raise UserError(f"--{flag} must be in [1, {MAX_PIXELS}] pixels (16384 vision tokens "
+                            f"of 32x32, the largest budget of the Qwen-VL processors), got {value}")
+    # every path a flag names, before the model loads (one line naming the flag); an image
+    # that is one sample among many is checked when its batch is read, and skipped alone
+    check_paths([("--model_id", "model", args.model_id),
+                 ("--prompt_file", "file", args.prompt_file)], names=tiny_names())
+    for flag, value in (("--reference", args.reference), ("--artifact_ref1", args.artifact_ref1),
+                        ("--artifact_ref2", args.artifact_ref2)):
+        if value:
+            check_image(flag, value, max_aspect=MAX_ASPECT)
     trace = args.trace_layers or args.print_layer_logprobs or args.print_layer_probs
 
     if args.device == "auto":  # the original's default: CUDA when there is one
@@ -177,18 +227,24 @@ def score_files(args) -> list[dict]:
     dtype = DTYPES[args.dtype]
     if dtype == "auto":
         dtype = "bfloat16" if (torch.cuda.is_available() and args.device != "cpu") else "float32"
+    common = dict(task=args.task, model_id=args.model_id, dtype=dtype, device=args.device,
+                  prompt=args.prompt, prompt_file=args.prompt_file,
+                  answer_scale=args.answer_scale, objective=args.objective,
+                  calibration=args.calibration, temperature=args.temperature,
+                  entropy_bonus=entropy_bonus(args), trust_remote_code=args.trust_remote_code,
+                  margin_temp=args.margin_temp, artifact_refs=refs)
     try:
-        reward = make_internvl_reward(
-            task=args.task, model_id=args.model_id, dtype=dtype, device=args.device,
-            prompt=args.prompt, prompt_file=args.prompt_file, answer_scale=args.answer_scale,
-            objective=args.objective, calibration=args.calibration, temperature=args.temperature,
-            entropy_bonus=args.entropy_bonus, max_tiles=args.max_tiles,
-            min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-            trust_remote_code=args.trust_remote_code, margin_temp=args.margin_temp,
-            artifact_refs=refs)
+        if original:
+            reward = make_original_vlm_reward(**common)
+        else:
+            reward = make_internvl_reward(**common, max_tiles=args.max_tiles,
+                                          min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     except ModelUnavailableError as exc:  # name this command's flag, not the trainer's
         raise exc.for_cli({exc.flag: "--model_id"} if exc.flag else {}) from None
-    ref = load_image(args.reference) if has_ref else None
+    args.resolved_device = str(reward.bundle.device)
+    for note in notes:
+        print(note, file=sys.stderr)
+    ref = load(args.reference) if has_ref else None
     # which slot the fixed reference fills: similarity -> image 2, triplet -> image 1
     ref_slot = 1 if args.task in ("similarity", "content-similarity") else 0
     names = slot_names(args.task, has_ref)
@@ -210,7 +266,12 @@ def score_files(args) -> list[dict]:
                 yield chunk, images
                 chunk, images, pixels = [], {}, 0
             try:
-                loaded = {f: images.get(f) if f in images else load_image(f) for f in files}
+                loaded = {f: images.get(f) if f in images else load(f) for f in files}
+                for f, x in loaded.items():   # a size the model's processor refuses
+                    try:
+                        reward.check_image_size(*x.shape[-2:])
+                    except ValueError as exc:
+                        raise ImageLoadError(one_line(exc)) from None
             except (ImageLoadError, OSError) as exc:
                 skipped.append((files[0] if len(files) == 1 else files, one_line(exc)))
                 continue
@@ -258,6 +319,7 @@ def score_files(args) -> list[dict]:
                 for name, f in zip(names, all_files):
                     row[name] = str(f)
                 row["score"] = float(out.scores[bi].detach())
+                row["_probs"] = [p[bi].tolist() for p in out.probs]
                 if args.print_probs:
                     for oi, probs in enumerate(out.probs):
                         tag = f"{out.orders[oi]} " if out.orders else ""
@@ -282,8 +344,8 @@ def score_files(args) -> list[dict]:
     if not rows:
         raise UserError(f"no sample could be scored: {len(skipped)} skipped ({skipped[0][1]})")
     if skipped:
-        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} with unreadable images "
-              f"(listed above)", file=sys.stderr)
+        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} whose images could not be "
+              f"read or used (listed above)", file=sys.stderr)
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 
@@ -325,6 +387,27 @@ def layer_tables(row: dict, probs: bool, logprobs: bool) -> str:
                 out.append(f"  {li:>5} | " + " ".join(f"{x:8.3f}" for x in p)
                            + f" | {arg[:8]:>8} | {d:8.4f}")
     return "\n".join(out)
+
+
+def render_original(rows: list[dict], task: str, device: str, print_probs: bool = False) -> str:
+    """The original scorer's output: a header line, then ``names<TAB>score`` per sample (4
+    decimals), with ``--print_probs`` its grade list or its pair_a / pair_b / pair_comb."""
+    lines = [f"{len(rows)} samples | device={device} | task={task}"]
+    for r in rows:
+        names = ",".join(Path(r[k]).name for k in r
+                         if not k.startswith("_") and k not in ("score",) and isinstance(r[k], str))
+        line = f"{names}\t{r['score']:.4f}"
+        if print_probs:
+            probs = r["_probs"]
+            if len(probs) == 1:
+                line += "\tgrades:[" + ",".join(f"{v:.4f}" for v in probs[0]) + "]"
+            else:
+                a, b = probs
+                comb = 0.5 * (a[0] + (1.0 - b[0]))
+                line += (f"\tpair_a:[{a[0]:.4f},{a[1]:.4f}]\tpair_b:[{b[0]:.4f},{b[1]:.4f}]"
+                         f"\tpair_comb:[{comb:.4f},{1.0 - comb:.4f}]")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def render(rows: list[dict], fmt: str) -> str:

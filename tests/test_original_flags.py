@@ -63,7 +63,9 @@ TRAIN = {
     "--log_with": (["none"], {"log_with": "none"}),
     "--log_image_freq": (["25"], {"log_image_freq": 25}),
     "--sample_num_steps": (["50"], {"sample_num_steps": 50}),
-    "--sample_eta": (["1.0"], "refused: --seed"),
+    "--image_height": (["256"], {"image_height": 256}),
+    "--image_width": (["256"], {"image_width": 256}),
+    "--sample_eta": (["1.0"], {"sample_num_steps": 28}),   # never read by a flow sampler
     "--sample_guidance_scale": (["5.0"], {"guidance_scale": 5.0}),
     "--train_batch_size": (["1"], {"train_batch_size": 1}),
     "--train_learning_rate": (["1e-3"], {"train_learning_rate": 1e-3}),
@@ -75,14 +77,15 @@ TRAIN = {
     "--train_adam_epsilon": (["1e-6"], {"adam_epsilon": 1e-6}),
     "--train_max_grad_norm": (["0.5"], {"max_grad_norm": 0.5}),
     "--train_gradient_checkpointing": (["True"], {"gradient_checkpointing": True}),
-    # TRL detaches steps with index < T: with 28 steps, T=26 leaves the last 2 with gradients
+    # TRL detaches steps with index < T: with 28 steps, T=26 leaves the last 2 with gradients;
+    # random: T drawn again for every denoising step
     "--truncated_backprop_rand": (["False"], {"truncated_backprop": "fixed", "backprop_steps": 1}),
     "--truncated_backprop_timestep": (["26"], {"truncated_backprop": "fixed", "backprop_steps": 2}),
-    "--truncated_rand_backprop_minmax": (["20", "26"], {"truncated_backprop": "random",
-                                                        "backprop_steps_min": 2,
-                                                        "backprop_steps_max": 8}),
+    "--truncated_rand_backprop_minmax": (["20", "26"], {"truncated_backprop": "per_step",
+                                                        "truncation_t_min": 20,
+                                                        "truncation_t_max": 26}),
     "--negative_prompts": (["blurry"], "refused: --prompt"),
-    "--push_to_hub": (["True"], "refused: huggingface-cli upload"),
+    "--push_to_hub": (["True"], {"push_to_hub": True}),   # uploads (tests/test_model_card.py)
 }
 
 
@@ -148,9 +151,10 @@ def test_original_names_work_in_presets(files, tmp_path):
                       "truncated_rand_backprop_minmax: [20, 26]\n")
     train, rewards = parse_config(["--config", str(preset), "--train_adam_beta1", "0.7"])
     assert rewards.crispness_weight == 0.3 and train.adam_beta1 == 0.7  # command line wins
-    assert (train.backprop_steps_min, train.backprop_steps_max) == (2, 8)
-    preset.write_text(f"data_dir: {files['data']}\npush_to_hub: true\n")
-    with pytest.raises(UserError, match="--push_to_hub"):
+    assert (train.truncated_backprop, train.truncation_t_min, train.truncation_t_max) == (
+        "per_step", 20, 26)
+    preset.write_text(f"data_dir: {files['data']}\nnegative_prompts: blurry\n")
+    with pytest.raises(UserError, match="--negative_prompts"):
         parse_config(["--config", str(preset)])
 
 
@@ -162,7 +166,7 @@ def test_help_groups_the_original_flags_apart(capsys):
     out = capsys.readouterr().out
     assert len(out.split("\n\n")[0].splitlines()) <= 3  # a short usage line, not 150 flags
     head, _, tail = out.partition("flags of the original promptable-differentiable-rewards")
-    assert tail and "--crispness_anchor_weight" in tail and "--push_to_hub" in tail
+    assert tail and "--crispness_anchor_weight" in tail and "--negative_prompts" in tail
     assert "--crispness_anchor_weight" not in head and "--crispness_weight" in head
 
 
@@ -260,7 +264,7 @@ def test_original_brightness_measure_is_linear_light_with_linear_hinge():
 BENCH = {
     "--artifacts_dir": (["A"], {"artifacts_dir": "A"}),
     "--clean_dir": (["C"], {"clean_dir": "C"}),
-    "--resize": (["256"], {"eval_resize": 256}),
+    "--resize": (["256"], {"original_resize": 256}),   # a square: --semantics original only
     "--period": (["16"], {"period": 16.0}),
     "--max_harm": (["6"], {"max_harm": 6}),
     "--sigma_bins": (["2.0"], {"sigma_bins": 2.0}),
@@ -320,7 +324,11 @@ def test_original_readme_benchmark_command_writes_both_files_with_baselines(tmp_
     assert bench.main(["--artifacts_dir", "./artifacts", "--clean_dir", "./clean_images",
                        "--out", "results.csv", "--no_progress"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
-    summary = {r["penalty"]: r for r in csv.DictReader(open(tmp_path / "anti_periodic_summary.csv"))}
+    # our columns go to our file name; the original's name holds only its own columns
+    # (--semantics original, tests/test_original_reference.py)
+    assert not (tmp_path / "anti_periodic_summary.csv").exists()
+    summary = {r["penalty"]: r
+               for r in csv.DictReader(open(tmp_path / "grid_benchmark_summary.csv"))}
     baselines = ["fft_global", "local", "local_adaptive", "combo", "guard_dc_safe",
                  "selective_local", "proj_cosine", "amp_hinge", "original_trainer"]
     assert len(rows) == 6 and all(c in rows[0] for c in ["grid"] + baselines)
@@ -341,7 +349,7 @@ SCORER = {
     "--model_id": (["tiny"], {"model_id": "tiny"}),
     "--temperature": (["0.5"], {"temperature": 0.5}),
     "--margin_temp": (["2.0"], {"margin_temp": 2.0}),
-    "--entropy_coef": (["0.1"], {"entropy_bonus": 0.1}),
+    "--entropy_coef": (["0.1"], {"original_entropy_coef": 0.1}),   # in nats: see below
     "--calibration": (["pmi_null"], {"calibration": "pmi_null"}),
     "--print_probs": ([], {"print_probs": True}),
     "--trace_layers": ([], {"trace_layers": True}),

@@ -317,3 +317,21 @@ def test_answer_scale_parsing():
     assert s.words[s.best] == "excellent" and s.normalised_values()[-1] == 0.0
     assert parse_answer_scale("bad,ok,great", "single").values == (0.0, 1.0, 2.0)
     assert parse_answer_scale({"A": 1, "B": 0}, "pair").words == ("A", "B")
+
+
+def test_default_tiling_is_the_processors_on_non_square_photos(bundle):
+    """Without max_tiles the reward tiles as InternVLProcessor does at its defaults (its call
+    default crop_to_patches=True beats the image processor's own False; max_patches from the
+    checkpoint): same tile count and pixels as processor(images=...) on non-square photos."""
+    from PIL import Image
+
+    r = reward("single")
+    assert r.max_tiles == bundle.processor.image_processor.max_patches == 12
+    for h, w in ((90, 160), (160, 90), (96, 64)):
+        arr = photo(h, w)
+        ref = bundle.processor(text=["<IMG_CONTEXT>"], images=[[Image.fromarray(arr)]],
+                               return_tensors="pt")["pixel_values"]
+        ours = r._prepare(as_tensor(arr)).pixels[0]
+        assert ours.shape == ref.shape and ref.shape[0] > 1, (h, w, ref.shape)
+        assert (ours - ref).abs().max() < 0.035 and (ours - ref).abs().mean() < 0.01
+    assert reward("single", max_tiles=1)._prepare(as_tensor(photo(90, 160))).pixels.shape[1] == 1

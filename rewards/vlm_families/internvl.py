@@ -1,8 +1,10 @@
 """InternVL3 (transformers ``-hf`` checkpoints, ``model_type == "internvl"``).
 
-Preprocessing: one tile per image by default (antialiased bicubic resize to the tile size), or
-InternVL dynamic tiling with ``max_tiles > 1`` (grid chosen by transformers' own canvas search,
-row-major tiles, then a thumbnail of the whole image); rescale, normalise. Each tile becomes
+Preprocessing as ``InternVLProcessor`` does it by default: dynamic tiling (its call default is
+``crop_to_patches=True``, whatever the image processor's own attribute says), up to the
+checkpoint's ``max_patches`` tiles (``min_patches`` at least): the grid chosen by transformers' own
+canvas search, row-major tiles, then a thumbnail of the whole image; antialiased bicubic resizes;
+rescale, normalise. ``max_tiles=1`` is one squashed tile (the cheapest). Each tile becomes
 ``image_seq_length`` tokens: the placeholder expands to ``<img>`` + ``<IMG_CONTEXT>`` x (tokens
 per tile x tiles) + ``</img>``, exactly as ``InternVLProcessor`` does.
 
@@ -50,6 +52,8 @@ class InternVLSpec:
     image_std: tuple[float, ...]
     resample: str                   # "bicubic" | "bilinear" (torch interpolate mode)
     image_seq_length: int           # tokens per tile after pixel shuffle
+    max_patches: int = 12           # the image processor's tiling limits (processor default)
+    min_patches: int = 1
 
 
 def build_tiny_tokenizer():
@@ -108,13 +112,15 @@ def tile_grid(height: int, width: int, tile: tuple[int, int], max_tiles: int,
     return get_optimal_tiled_canvas((height, width), tile, min_tiles, max_tiles)
 
 
-def num_tiles(height: int, width: int, tile: tuple[int, int], max_tiles: int) -> int:
-    cols, rows = tile_grid(height, width, tile, max_tiles)
+def num_tiles(height: int, width: int, tile: tuple[int, int], max_tiles: int,
+              min_tiles: int = 1) -> int:
+    cols, rows = tile_grid(height, width, tile, max_tiles, min_tiles)
     n = cols * rows
     return n + 1 if n > 1 else 1          # + thumbnail when the image was split
 
 
-def preprocess(images: torch.Tensor, bundle_or_cfg, max_tiles: int = 1) -> torch.Tensor:
+def preprocess(images: torch.Tensor, bundle_or_cfg, max_tiles: int = 1,
+               min_tiles: int = 1) -> torch.Tensor:
     """(B,3,H,W) in [0,1] -> pixel_values (B*T,3,th,tw) normalised, differentiable.
 
     Matches ``InternVLProcessor(images=..., crop_to_patches=max_tiles > 1, max_patches=max_tiles)``:
@@ -127,7 +133,7 @@ def preprocess(images: torch.Tensor, bundle_or_cfg, max_tiles: int = 1) -> torch
     th, tw = cfg.tile_size
     mode = cfg.resample
     h, w = images.shape[-2:]
-    cols, rows = tile_grid(h, w, (th, tw), max_tiles)
+    cols, rows = tile_grid(h, w, (th, tw), max_tiles, min_tiles)
 
     def resize(x, size):
         if tuple(x.shape[-2:]) == tuple(size):
@@ -163,7 +169,7 @@ class InternVLFamily(VLMFamily):
     tiny_names = ("tiny", "tiny-internvl")
     model_class_name = "InternVLForConditionalGeneration"
     example_model_id = "OpenGVLab/InternVL3-14B-hf"
-    image_options = {"max_tiles": 1}
+    image_options = {"max_tiles": None}     # None: the checkpoint's max_patches (processor's)
 
     def build_tiny(self):
         return build_tiny_internvl()
@@ -177,17 +183,26 @@ class InternVLFamily(VLMFamily):
         return InternVLSpec(tile_size=_size_hw(ip.size),
                             image_mean=tuple(float(m) for m in ip.image_mean),
                             image_std=tuple(float(s) for s in ip.image_std),
-                            resample=mode, image_seq_length=int(seq))
+                            resample=mode, image_seq_length=int(seq),
+                            max_patches=int(getattr(ip, "max_patches", 12) or 12),
+                            min_patches=int(getattr(ip, "min_patches", 1) or 1))
 
     def check_image_options(self, options: dict[str, Any]) -> dict[str, Any]:
         out = super().check_image_options(options)
-        if int(out["max_tiles"]) < 1:
-            raise ValueError(f"max_tiles must be >= 1, got {out['max_tiles']!r}")
-        out["max_tiles"] = int(out["max_tiles"])
+        if out["max_tiles"] is not None:
+            if int(out["max_tiles"]) < 1:
+                raise ValueError(f"max_tiles must be >= 1, got {out['max_tiles']!r}")
+            out["max_tiles"] = int(out["max_tiles"])
         return out
 
+    def resolve_image_options(self, bundle, options: dict[str, Any]) -> dict[str, Any]:
+        if options.get("max_tiles") is None:
+            options = {**options, "max_tiles": bundle.spec.max_patches}
+        return options
+
     def prepare(self, bundle, images: torch.Tensor, options: dict[str, Any]):
-        pv = preprocess(images.to(bundle.device), bundle.spec, options["max_tiles"])
+        pv = preprocess(images.to(bundle.device), bundle.spec, options["max_tiles"],
+                        bundle.spec.min_patches if options["max_tiles"] > 1 else 1)
         tiles = pv.view(images.shape[0], -1, *pv.shape[1:])          # (R, T, 3, th, tw)
         return tiles, tiles.shape[1]
 
