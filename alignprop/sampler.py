@@ -436,16 +436,19 @@ class KontextSampler:
     @torch.no_grad()
     def sample_sde(self, images: torch.Tensor, text: PromptEmbeds, noise_level: float,
                    seeds: Sequence[int], image_tokens: torch.Tensor | None = None,
-                   reduction: str = "mean", prompts: Sequence[str] = ()
+                   reduction: str = "mean", prompts: Sequence[str] = (),
+                   initial_noise: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, Trajectory]:
         """Sample with Flow-GRPO's SDE; returns the images and the stored trajectory.
 
         Sample b draws its initial noise, then each step's noise, from its own generator
         seeded with ``seeds[b]`` (so a sample does not depend on its batch neighbours and
-        the initial noise is the pipeline's for that seed). ``noise_level`` 0 gives the
-        ODE sampler's latents bit for bit (its log-probs are NaN: a deterministic step has
-        no density). No gradient: training recomputes log-probs with
-        :func:`alignprop.trajectory.replay_log_probs`.
+        the initial noise is the pipeline's for that seed). ``initial_noise`` (B, L, C)
+        given: the samples start there and their generators draw only the steps' noise
+        (D3PO's pairs share the starting point and differ by the steps' noise).
+        ``noise_level`` 0 gives the ODE sampler's latents bit for bit (its log-probs are
+        NaN: a deterministic step has no density). No gradient: training recomputes
+        log-probs with :func:`alignprop.trajectory.replay_log_probs`.
         """
         if noise_level < 0 or not math.isfinite(noise_level):
             raise ValueError(f"the SDE noise level must be a finite number >= 0, got {noise_level}")
@@ -456,7 +459,10 @@ class KontextSampler:
         if image_tokens is None:
             image_tokens = self.encode_image(images)
         cond = self.condition(image_tokens.to(device), text)
-        latents = self.initial_noise(b, generators, device).to(self.dtype)
+        if initial_noise is None:
+            latents = self.initial_noise(b, generators, device).to(self.dtype)
+        else:
+            latents = initial_noise.to(device=device, dtype=self.dtype)
         states, log_probs = [latents], []
         for i in range(self.num_steps):
             step = self.sde_step(latents, i, cond, noise_level, generators, reduction=reduction)

@@ -218,6 +218,13 @@ _RECORDS = [
             reads_input=_vlm_reads_input, reads_reference=_vlm_reads_reference,
             differentiable=False, files=_VLM_FILES, weightless={"pretrained": False},
             weightless_note="as 'internvl', without gradient"),
+    _record("edit_specialist", "rewards.edit_specialist", "make_edit_specialist_reward",
+            "Image-Editing Specialists' objective: structural (content kept) + score_alpha x "
+            "(semantic: a VLM asked whether the edit follows the instruction - rec_lambda x "
+            "pixel MSE to the input), z-scored over the batch for ranking (GRPO / D3PO)",
+            ["--edit_specialist_weight > 0 (--preset edit_specialist sets it)"], reads_input=True,
+            weightless_note="the editing-specialist objective: its VLM (the semantic question) "
+                            "and its structural judge (--edit_structural) are not traced yet"),
     _record("command", "rewards.command", "make_command_reward",
             "scores written by a user's program run on the batch's images "
             "(--reward_command; protocol in rewards/command.py); no gradient",
