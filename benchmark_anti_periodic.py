@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from common.checks import check_paths
 from common.cli import UserError as UsageError
 from common.cli import (amplitude, finite_float, fraction, jpeg_quality, nonneg_float, nonneg_int,
                         positive_float, positive_int, run_cli, unit_float)
@@ -29,8 +30,8 @@ from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, a
                                    semantics_hint, semantics_of, table)
 from common.paths import check_no_overwrite, check_outputs_spare_inputs
 from rewards.anchors import DEFAULT_CRISPNESS_FLOOR
-from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_KINDS, list_folder, run_benchmark,
-                               synthesize, write_demo_photos)
+from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_COLOURS, GRID_KINDS, list_folder,
+                               run_benchmark, synthesize, write_demo_photos)
 from rewards.grid_eval_original import run_original_benchmark
 from rewards.grid_original import parse_harmonics
 
@@ -79,6 +80,10 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
                      help="peak grid amplitudes in [0,1] pixel units (default: 0.005 0.01 0.02 0.04)")
     syn.add_argument("--synth_kinds", nargs="+", default=list(GRID_KINDS), choices=GRID_KINDS,
                      help="grid kinds, one drawn at random per image (default: all)")
+    syn.add_argument("--synth_colours", nargs="+", default=list(GRID_COLOURS),
+                     choices=GRID_COLOURS,
+                     help="luma (every channel, slight tint) and/or chroma (colour without luma) "
+                          "grids; each photo gets every combination with each (default: both)")
     syn.add_argument("--synth_jpeg", type=jpeg_quality, nargs="+", default=[0, 90],
                      help="JPEG qualities; 0 = lossless PNG (default: 0 90)")
     syn.add_argument("--synth_variants", type=positive_int, default=None,
@@ -180,13 +185,19 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--eval_resize must be 0 or >= 32")
     if args.crispness_floor is None:
         args.crispness_floor = DEFAULT_CRISPNESS_FLOOR
+    # every path a flag names, before any image is scored (one line naming the flag)
+    check_paths([("--artifacts_dir", "dir", args.artifacts_dir),
+                 ("--clean_dir", "dir", args.clean_dir),
+                 ("--synthesize_from", "dir", args.synthesize_from),
+                 ("--template_16", "image", args.template_16)])
     if args.demo:
         out = args.out_dir
         clean_dir, art_dir = out / "clean", out / "artifacts"
         t0 = time.perf_counter()
         clean = write_demo_photos(clean_dir)
         synthesize(clean, art_dir, args.synth_periods, args.synth_amplitudes, args.synth_kinds,
-                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress)
+                   args.synth_jpeg, args.synth_variants, args.seed, not args.no_progress,
+                   args.synth_colours)
         args.out = args.out or out / "per_image.csv"
         args.summary_out = args.summary_out or out / "summary.csv"
         args.plot = args.plot or out / "roc.png"
@@ -204,7 +215,7 @@ def _main(argv: Sequence[str] | None) -> int:
         check_no_overwrite([args.synth_out / "manifest.csv"], clean, "--synth_out")
         manifest = synthesize(clean, args.synth_out, args.synth_periods, args.synth_amplitudes,
                               args.synth_kinds, args.synth_jpeg, args.synth_variants, args.seed,
-                              not args.no_progress)
+                              not args.no_progress, args.synth_colours)
         print(f"wrote {len(manifest)} artifact images to {args.synth_out}")
         if args.artifacts_dir is None and args.clean_dir is None:
             return 0

@@ -9,7 +9,8 @@ terms, shared with evaluation). Each validates itself in ``__post_init__``;
 Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
 given on the command line override the preset, whatever name either uses (the rule:
 :func:`parse_config`). Unknown keys in a preset are refused (a typo must not silently fall
-back to a default).
+back to a default). ``--preset NAME`` reads a shipped one (``alignprop/presets/NAME.yaml``,
+e.g. ``edit_specialist``) under --config.
 """
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ from common.original_flags import (ORIGINAL_DEFAULTS, Setting, add_train_origina
                                    in_preset, original_names, preset_tokens, record_given,
                                    resolve_source, semantics_hint, semantics_of, show,
                                    translate_train)
+from rewards import is_differentiable
 from common.original_repo import read_original_texts
 
-from .methods import MethodFlags
+from .methods import GRADIENT_METHODS, SCORE_METHODS, MethodFlags
 from .placement import check_reward_device
 from .reward_flags import RewardFlags, require_reward, reward_specs
 
@@ -45,6 +47,9 @@ LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRUNCATION = ("fixed", "random", "per_step")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
+# billions of steps.
+MAX_SAMPLE_STEPS = 1_000_000
 # The original's crispness_anchor_weight default (see resolve_defaults).
 TRAIN_CRISPNESS_DEFAULT = 0.2
 # --config original: the built-in preset that switches the original's semantics on.
@@ -208,7 +213,10 @@ class TrainConfig(MethodFlags):
     def validate(self) -> None:
         """Refuse missing/invalid values with a message naming the flag (ValueError)."""
         self.validate_method()
-        if not self.data_dir:
+        if self.preferences and self.data_dir:
+            raise ValueError("give --data_dir or --preferences, not both: with --preferences the "
+                             "inputs are the stored pairs' (their trajectories are the data)")
+        if not self.data_dir and not self.preferences:
             raise ValueError("--data_dir is required: a folder of input images to edit")
         for name in ("image_height", "image_width"):
             v = getattr(self, name)
@@ -221,6 +229,9 @@ class TrainConfig(MethodFlags):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_num_steps > MAX_SAMPLE_STEPS:
+            raise ValueError(f"--sample_num_steps must be <= {MAX_SAMPLE_STEPS}, got "
+                             f"{self.sample_num_steps}")
         if self.max_sequence_length > 512:
             raise ValueError(f"--max_sequence_length must be <= 512, got {self.max_sequence_length}")
         n = self.sample_num_steps
@@ -284,6 +295,40 @@ class TrainConfig(MethodFlags):
         if (self.resume_from not in (None, "latest")
                 and not Path(self.resume_from).expanduser().is_dir()):
             raise ValueError(f"--resume_from: checkpoint folder not found: {self.resume_from}")
+        if self.method in SCORE_METHODS:
+            self._validate_rounds()
+
+    def _validate_rounds(self) -> None:
+        """GRPO / D3PO: a round's units must split into whole optimizer steps."""
+        if self.estimate:
+            raise ValueError(f"--estimate traces AlignProp's step; it does not model --method "
+                             f"{self.method} yet (sampling rounds, stored trajectories)")
+        if self.rl_timesteps == "window" and self.rl_window > self.sample_num_steps:
+            raise ValueError(f"--rl_window ({self.rl_window}) must be <= --sample_num_steps "
+                             f"({self.sample_num_steps})")
+        if self.preferences:
+            return
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        units = self.rl_units_per_round()
+        if units % per_step:
+            what = (f"--rl_inputs_per_round {self.rl_inputs_per_round} x --grpo_group_size "
+                    f"{self.grpo_group_size} = {units} samples" if self.method == "grpo" else
+                    f"--rl_inputs_per_round {self.rl_inputs_per_round} = {units} pairs")
+            raise ValueError(f"--method {self.method}: a round's {what} per process must split "
+                             f"into whole optimizer steps of --train_batch_size "
+                             f"{self.train_batch_size} x --train_gradient_accumulation_steps "
+                             f"{self.train_gradient_accumulation_steps} = {per_step}")
+
+    def rl_units_per_round(self) -> int:
+        """GRPO: samples per process per round; D3PO: pairs."""
+        return self.rl_inputs_per_round * (self.grpo_group_size if self.method == "grpo" else 1)
+
+    def rl_updates_per_round(self) -> int:
+        """Optimizer steps one GRPO / D3PO round lasts (1 with --preferences)."""
+        if self.preferences:
+            return 1
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        return self.rl_units_per_round() // per_step * self.rl_inner_epochs
 
     # ------------------------------------------------------------------ derived values
     def tracker_init_kwargs(self) -> dict[str, dict]:
@@ -357,8 +402,20 @@ def flag_default(name: str) -> Any:
 
 
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
-    """Refuse flag combinations that involve both dataclasses."""
-    require_reward(rewards)
+    """Refuse flag combinations that involve both dataclasses (before any model loads)."""
+    if train.preferences:
+        specs = reward_specs(rewards)
+        if specs:
+            raise ValueError(f"--preferences trains on people's choices; the reward term(s) "
+                             f"{', '.join(s['term'] for s in specs)} would not be used: drop "
+                             f"their flags")
+        return
+    specs = require_reward(rewards)
+    without = [s["term"] for s in specs if not is_differentiable(s["name"])]
+    if train.method in GRADIENT_METHODS and without:
+        raise ValueError(f"--method {train.method} backpropagates the reward, but "
+                         f"{', '.join(without)} gives no gradient; use --method grpo|d3po, "
+                         f"which learn from scores alone")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -374,7 +431,29 @@ def _parser():
     parser.add_argument("--config", default=None,
                         help="YAML or JSON preset of flag: value pairs; command-line flags "
                              "override it.")
+    parser.add_argument("--preset", default=None, choices=shipped_presets(),
+                        help="A shipped preset (alignprop/presets/NAME.yaml): 'edit_specialist' "
+                             "= the Image-Editing Specialists objective (structural + score_alpha "
+                             "x semantic, rec_lambda) trained with D3PO (--method grpo or "
+                             "alignprop also run it). --config and command-line flags override "
+                             "it.")
     return parser
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def shipped_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of ``--preset NAME`` (one-line error naming the shipped ones)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if name not in shipped_presets():
+        raise ValueError(f"--preset {name!r} is not shipped; choose one of: "
+                         f"{', '.join(shipped_presets())}")
+    return path
 
 
 def _known_flags() -> set[str]:
@@ -468,34 +547,39 @@ ORIGINAL_SOURCE = "the defaults of --semantics original"
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
     """Parse command-line flags (plus an optional preset) into validated dataclasses.
 
-    Which value wins (one rule, common/original_flags.py): the command line over the preset,
-    the preset over the defaults of ``--semantics original``, those over ours; within one
-    source, names that set the same flag must agree. Validation errors are ``ValueError`` with
+    Which value wins (one rule, common/original_flags.py): the command line over
+    ``--config``, ``--config`` over a shipped ``--preset``, both over the defaults of
+    ``--semantics original``, those over ours; within one source, names that set the same flag
+    must agree. Validation errors are ``ValueError`` with
     the flag named; argparse itself exits with status 2 for unknown flags and bad choices.
     """
     args = list(argv) if argv is not None else sys.argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(args)
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
     given = record_given(parser)
-    preset: dict[str, Any] = load_preset(known.config) if known.config else {}
-    semantics = semantics_of(args, preset)
+    # a shipped --preset first, then --config over it: two sources, each its own level
+    loaded = ([(f"--preset {known.preset}", preset_path(known.preset))] if known.preset else []
+              ) + ([(f"--config {known.config}", known.config)] if known.config else [])
+    loaded = [(label, path, load_preset(path)) for label, path in loaded]
+    semantics = semantics_of(args, {k: v for _, _, values in loaded for k, v in values.items()})
     sources: list[tuple[str, list[Setting]]] = []
     if semantics == "original":
         sources.append((ORIGINAL_SOURCE, [
             Setting(k, v, "--semantics original", f"--semantics original (--{k} {show(v)})")
             for k, v in ORIGINAL_DEFAULTS["train"].items()]))
-    if preset:
+    for label, path, values in loaded:
         # Our keys are checked and converted as the command line would convert them; the
         # original's names go through their parser actions (aliases, conversions, refusals).
-        ours, tokens = preset_tokens(preset)
+        ours, tokens = preset_tokens(values)
         settings = [Setting(k, v, f"--{k}", f"{k}: {show(v)}")
-                    for k, v in _typed_preset(parser, ours, known.config).items()]
+                    for k, v in _typed_preset(parser, ours, path).items()]
         given.clear()
         parser.parse_known_args(tokens)
-        sources.append((f"--config {known.config}", settings + in_preset(given)))
+        sources.append((label, settings + in_preset(given)))
     # lower sources as argparse defaults, so that --help shows them
     parser.set_defaults(**{s.dest: s.value for _, settings in sources for s in settings
                            if not s.dest.startswith("original_")})
@@ -503,7 +587,8 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     namespace, rest = parser.parse_known_args(args)
     if rest:
         raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {rest}")
-    sources.append(("the command line", [s for s in given if s.dest != "config"]))
+    sources.append(("the command line", [s for s in given
+                                         if s.dest not in ("config", "preset")]))
     # Convert flags need --sample_num_steps, which no convert flag sets: the highest source's.
     n = next((s.value for _, settings in reversed(sources) for s in reversed(settings)
               if s.dest == "sample_num_steps"), _default("sample_num_steps"))
@@ -516,9 +601,9 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     values = {**vars(namespace), **{dest: s.value for dest, (_, _, s) in final.items()}}
     train = TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.init})
     rewards = RewardFlags(**{f.name: values[f.name] for f in fields(RewardFlags) if f.init})
-    rewards = resolve_defaults(rewards)
+    rewards = resolve_defaults(rewards, people_judge=bool(train.preferences))
     if (rewards.semantics == "original" and rewards.original_repo and not train.prompt_file
-            and final.get("prompt", (0,))[0] <= 1):
+            and final.get("prompt", (0, ORIGINAL_SOURCE))[1] == ORIGINAL_SOURCE):
         # the original's built-in edit instruction, read from the user's clone
         train = dataclasses.replace(train,
                                     prompt=read_original_texts(rewards.original_repo).instruction)
@@ -532,7 +617,7 @@ def _default(name: str) -> Any:
 
 def _where(label: str) -> str:
     """The prefix of a message about a setting of this source ("--config p.yaml: ")."""
-    return f"{label}: " if label.startswith("--config") else ""
+    return f"{label}: " if label.startswith(("--config", "--preset")) else ""
 
 
 def _check_truncation_flags(final: dict[str, tuple[int, str, Setting]]) -> None:
@@ -551,15 +636,16 @@ def _check_truncation_flags(final: dict[str, tuple[int, str, Setting]]) -> None:
                          f"{why}; add --truncated_backprop {needs}, or drop it")
 
 
-def resolve_defaults(rewards: RewardFlags) -> RewardFlags:
+def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> RewardFlags:
     """Defaults that depend on other flags, resolved in one visible place.
 
     ``--crispness_weight`` left unset: the original's crispness floor (0.2) guards every run
     that has another reward term; alone it is no objective, so "no reward" stays an error.
+    Training on people's choices (``--preferences``) has no reward, so no floor either.
     """
     if rewards.crispness_weight is None:
-        rewards = dataclasses.replace(
-            rewards, crispness_weight=TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) else 0.0)
+        floor = TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) and not people_judge else 0.0
+        rewards = dataclasses.replace(rewards, crispness_weight=floor)
     return rewards
 
 

@@ -240,7 +240,7 @@ TABLE: tuple[OriginalFlag, ...] = (
     _b("--max_harm", "same", "--max_harm", "our default is 3", default="6"),
     _b("--sigma_bins", "same", "--sigma_bins", "our default is 0.5", default="2.0"),
     _b("--window", "alias", "--local_window", default="128"),
-    _b("--hop", "alias", "--local_stride", "our default is 64", default="32"),
+    _b("--hop", "alias", "--local_stride", "our default is 128", default="32"),
     _b("--edge_penalty", "same", "--edge_penalty", default="8.0"),
     _b("--template_16", "same", "--template_16", default="None"),
     _b("--tau", "same", "--tau", default="None"),
@@ -430,10 +430,10 @@ def preset_tokens(preset: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 # --------------------------------------------------------------------------- which value wins
 # ONE rule for every command, its presets and --semantics original (docs/original_flags.md,
 # "Which value wins"; tests/test_precedence.py runs every pair of names the table gives):
-# * Sources rank, lowest first: our defaults, the defaults of --semantics original, a --config
-#   preset, the command line. For each of our flags the highest source that sets it wins,
-#   whatever name it used there: our flag, one of its aliases, or an original flag that
-#   translates into it.
+# * Sources rank, lowest first: our defaults, the defaults of --semantics original, a shipped
+#   --preset, a --config preset, the command line. For each of our flags the highest source
+#   that sets it wins, whatever name it used there: our flag, one of its aliases, or an
+#   original flag that translates into it.
 # * Within one source, every name that sets the same flag of ours must agree (an original flag
 #   beside ours, two spellings of ours, an original flag's translation beside the flag it sets);
 #   otherwise the command stops with one line naming both. One name given twice: the last wins

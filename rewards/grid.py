@@ -4,8 +4,10 @@ Over-optimised FLUX outputs acquire a faint periodic texture whose period is the
 VAE stride times the transformer patch (8 x 2 = 16 px). This module measures how
 much spectral energy sits on the *comb* of that period's harmonics compared with
 the neighbouring frequency bins (a local spectral contrast), so that broadband
-natural textures (brick, text, foliage) are not mistaken for a grid. The design,
-the parameter choices and the measured detection figures are in docs/anti_grid.md.
+natural textures (brick, text, foliage) are not mistaken for a grid. It reads the luma and,
+by default, the two opponent colours (a grid of colour without luma is invisible in the luma).
+The design, the parameter choices and the measured detection figures are in
+docs/anti_grid.md.
 
 Public API
 ----------
@@ -62,12 +64,20 @@ class GridConfig:
     extra_periods: tuple[float, ...] = (8.0, 32.0)  # octaves also covered by the comb
     ring: tuple[float, float] = (1.0, 1.5)  # neighbour ring (Chebyshev bins) around each tooth
     local_window: int = 128       # local window side (eval pixels)
-    local_stride: int = 64        # local window stride (50% overlap)
+    local_stride: int = 128       # local window stride (= window: side by side)
     min_amplitude: float = 5e-5   # energy floor: a tone this weak ([0,1] units) counts as nothing
     margin: float = 0.5           # log-contrast a tooth needs before it counts (noise level)
     period_temperature: float = 0.05  # soft max over the periods' scores (0 = hard max)
     local_top: float = 0.25       # local score = mean of the top fraction of windows
     local_weight: float = 0.5     # combined = global + local_weight * local
+    # Colour: the opponent channels R-G and (R+G)/2-B are read too, each with its own comb
+    # evidence, and the image's evidence is the larger of luma's and colour's. Their margin
+    # is higher: natural colour photos (JPEG-born ones especially) carry faint colour combs
+    # of their own. They are read at 1/chroma_scale of the resolution (box average): colour
+    # costs 2/chroma_scale^2 of the luma's FFTs.
+    chroma: bool = True
+    chroma_margin: float = 1.25
+    chroma_scale: int = 2
 
     def __post_init__(self):
         periods = (self.period, *self.extra_periods)
@@ -98,6 +108,15 @@ class GridConfig:
             raise ValueError(f"local_top must be in (0, 1], got {self.local_top}")
         if not (self.local_weight >= 0 and math.isfinite(self.local_weight)):
             raise ValueError(f"local_weight must be >= 0, got {self.local_weight}")
+        if not (self.chroma_margin >= 0 and math.isfinite(self.chroma_margin)):
+            raise ValueError(f"chroma_margin must be >= 0, got {self.chroma_margin}")
+        if not (isinstance(self.chroma_scale, int) and self.chroma_scale >= 1):
+            raise ValueError(f"chroma_scale must be an int >= 1, got {self.chroma_scale!r}")
+        if self.chroma and (self.local_window % self.chroma_scale
+                            or self.local_stride % self.chroma_scale):
+            raise ValueError(f"local_window ({self.local_window}) and local_stride "
+                             f"({self.local_stride}) must be multiples of chroma_scale "
+                             f"({self.chroma_scale}), so colour windows cover the luma's")
 
     @property
     def periods(self) -> tuple[float, ...]:
@@ -286,14 +305,19 @@ class GridPenalty:
         e_ring = (vals * tab.ring_w).sum(-1)
         return torch.log((e_peak + tab.eps) / (e_ring + tab.eps))
 
-    def _score(self, contrast: torch.Tensor, tab: CombTables) -> torch.Tensor:
-        """(N, T) tooth contrasts -> (N,) evidence.
+    def _score(self, contrast: torch.Tensor, tab: CombTables,
+               margin: float | None = None) -> torch.Tensor:
+        """(N, T) tooth contrasts -> (N,) evidence (``(N, C, T)`` -> ``(N,)``: per period
+        the largest over the C channels).
 
         Per period: mean over its comb's teeth of the excess over the noise margin; then a
         soft maximum over the periods, so a grid that lights a few teeth of one comb is not
         diluted by the teeth of the other periods.
         """
-        per_period = torch.relu(contrast - self.config.margin) @ tab.group.T   # (N, n_periods)
+        margin = self.config.margin if margin is None else margin
+        per_period = torch.relu(contrast - margin) @ tab.group.T   # (N, [C,] n_periods)
+        if per_period.ndim == 3:
+            per_period = per_period.amax(1)
         t = self.config.period_temperature
         if t == 0 or per_period.shape[-1] == 1:
             return per_period.amax(-1)
@@ -301,43 +325,84 @@ class GridPenalty:
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Images -> evaluated luminance (B,h,w) (resized, cropped to whole periods), scale."""
+        lum, _, scale = self.prepare_channels(images)
+        return lum, scale
+
+    def prepare_channels(self, images: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+        """Images -> luma (B,h,w), opponent colours (B,2,h/s,w/s) or None, and the scale.
+
+        Resized and cropped to whole periods as described in docs/anti_grid.md; the colour
+        channels are box-averaged by ``chroma_scale`` (s) after that crop.
+        """
         check_images(images)
+        cfg = self.config
         H0, W0 = images.shape[-2:]
-        nh, nw, scale, multiple = _eval_geometry(H0, W0, self.config)
-        x = images
+        nh, nw, scale, multiple = _eval_geometry(H0, W0, cfg)
+        x = images.float() if images.dtype in (torch.float16, torch.bfloat16) else images
         if (nh, nw) != (H0, W0):
-            x = F.interpolate(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x,
-                              size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
-        lum = luminance(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True,
+                              align_corners=False)
         if multiple > 1:
             ch, cw = nh // multiple * multiple, nw // multiple * multiple
             top, left = (nh - ch) // 2, (nw - cw) // 2
-            lum = lum[:, top:top + ch, left:left + cw]
-        return lum, scale
+            x = x[..., top:top + ch, left:left + cw]
+        lum = luminance(x)
+        if not cfg.chroma:
+            return lum, None, scale
+        r, g, b = x.unbind(1)
+        colour = torch.stack([r - g, 0.5 * (r + g) - b], 1)
+        s = cfg.chroma_scale
+        if s > 1:
+            h, w = colour.shape[-2:]
+            colour = F.avg_pool2d(colour[..., : h // s * s, : w // s * s], s)
+        return lum, colour, scale
 
-    def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Unhinged ``global`` and/or ``local`` scores [B] (only those the mode needs)."""
-        cfg = self.config
-        lum, scale = self.prepare(images)
-        B, h, w = lum.shape
-        zero = lum.sum(dim=(-2, -1)) * 0.0   # keeps the graph (finite zero gradient)
+    def _channel_terms(self, x: torch.Tensor, scale: float, margin: float, kind: str,
+                       window: int, stride: int, need: tuple[str, ...]
+                       ) -> dict[str, torch.Tensor]:
+        """Global and local scores [B] of one group of channels x (B,C,h,w)."""
+        B, C, h, w = x.shape
+        zero = x.sum(dim=(1, 2, 3)) * 0.0   # keeps the graph (finite zero gradient)
         out: dict[str, torch.Tensor] = {}
-        if cfg.mode in ("global", "combined"):
-            tab = self.tables(h, w, scale, "global", lum.device, lum.dtype)
-            out["global"] = self._score(self._contrast(lum, tab), tab) if tab is not None else zero
-        if cfg.mode in ("local", "combined"):
-            L, S = cfg.local_window, cfg.local_stride
+        if "global" in need:
+            tab = self.tables(h, w, scale, kind + "global", x.device, x.dtype)
+            out["global"] = zero if tab is None else self._score(
+                self._contrast(x.reshape(B * C, h, w), tab).reshape(B, C, -1), tab, margin)
+        if "local" in need:
+            L, S = window, stride
             if min(h, w) < L:
                 L = S = min(h, w)
-            tab = self.tables(L, L, scale, "local", lum.device, lum.dtype)
+            tab = self.tables(L, L, scale, kind + "local", x.device, x.dtype)
             if tab is None:
                 out["local"] = zero
             else:
-                tiles = lum[:, None].unfold(2, L, S).unfold(3, L, S)  # (B,1,nh,nw,L,L)
-                n_tiles = tiles.shape[2] * tiles.shape[3]
-                c = self._contrast(tiles.reshape(B * n_tiles, L, L), tab)
-                per_window = self._score(c, tab).reshape(B, n_tiles)
-                out["local"] = _top_mean(per_window, cfg.local_top)
+                if S == L:   # side by side: a reshape, whose backward is cheap
+                    nh, nw = h // L, w // L
+                    tiles = x[..., : nh * L, : nw * L].reshape(B, C, nh, L, nw, L)
+                    tiles = tiles.permute(0, 2, 4, 1, 3, 5)               # (B,nh,nw,C,L,L)
+                else:
+                    tiles = x.unfold(2, L, S).unfold(3, L, S).permute(0, 2, 3, 1, 4, 5)
+                n_tiles = tiles.shape[1] * tiles.shape[2]
+                tiles = tiles.reshape(B * n_tiles * C, L, L)
+                c = self._contrast(tiles, tab).reshape(B * n_tiles, C, -1)
+                per_window = self._score(c, tab, margin).reshape(B, n_tiles)
+                out["local"] = _top_mean(per_window, self.config.local_top)
+        return out
+
+    def terms(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Unhinged ``global`` and/or ``local`` scores [B] (only those the mode needs): the
+        larger of the luma's and the colour channels' evidence."""
+        cfg = self.config
+        lum, colour, scale = self.prepare_channels(images)
+        need = ("global", "local") if cfg.mode == "combined" else (cfg.mode,)
+        out = self._channel_terms(lum[:, None], scale, cfg.margin, "", cfg.local_window,
+                                  cfg.local_stride, need)
+        if colour is not None:
+            s = cfg.chroma_scale
+            col = self._channel_terms(colour, scale / s, cfg.chroma_margin, "chroma ",
+                                      cfg.local_window // s, cfg.local_stride // s, need)
+            out = {k: torch.maximum(v, col[k]) for k, v in out.items()}
         return out
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -348,6 +413,40 @@ class GridPenalty:
             score = terms[self.config.mode]
         penalty = torch.relu(score - self.config.tau)
         return penalty, terms
+
+
+def _fine_texture_energy(images: torch.Tensor, block: int) -> torch.Tensor:
+    """(B,3,H,W) -> (B, H/block, W/block): energy of the detail finer than 3 px (image minus
+    its 3x3 box blur) in luma + half of it in each opponent colour, per block x block cell."""
+    x = images.float()
+    r, g, b = x.unbind(1)
+    y = torch.stack([REC709[0] * r + REC709[1] * g + REC709[2] * b, r - g, 0.5 * (r + g) - b], 1)
+    fine = y - F.avg_pool2d(F.pad(y, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    e = fine.pow(2)
+    e = e[:, 0] + 0.5 * (e[:, 1] + e[:, 2])
+    return F.avg_pool2d(e[:, None], block)[:, 0]
+
+
+def texture_added(images: torch.Tensor, inputs: torch.Tensor, block: int = 4,
+                  gain: float = 1.5, floor: float = 2e-5) -> torch.Tensor:
+    """[B] fine texture the output adds over its input, cell by cell (differentiable).
+
+    A periodic-comb penalty sees a grid, not noise: a model that puts a different offset
+    on every token (4 px for the tiny model, 16 for FLUX) makes blocky *aperiodic* texture,
+    whose spectrum has no comb teeth. This measures it where it shows: per ``block`` x
+    ``block`` cell, the fine-detail energy (luma and colour, :func:`_fine_texture_energy`)
+    above ``gain``^2 times the input's (an edit may raise contrast by ``gain``) and above
+    ``floor`` (what the base model already adds), averaged over the cells. A flat dark sky
+    that turns blocky scores; detail the input had, sharpened by up to ``gain``, does not.
+    """
+    check_images(images)
+    check_images(inputs, "inputs")
+    if images.shape != inputs.shape:
+        raise ValueError(f"texture_added: images {tuple(images.shape)} and inputs "
+                         f"{tuple(inputs.shape)} differ in shape")
+    out = _fine_texture_energy(images, block)
+    ref = _fine_texture_energy(inputs, block)
+    return torch.relu(out - gain ** 2 * ref - floor).mean(dim=(1, 2))
 
 
 _DEFAULT_PENALTIES: dict[GridConfig, GridPenalty] = {}
@@ -376,12 +475,14 @@ def grid_penalty_terms(images: torch.Tensor, **options) -> dict[str, torch.Tenso
 def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 0.5,
                      tau: float = 0.0, eval_resize: int | None = 512, mode: str = "combined",
                      extra_periods: Sequence[float] = (8, 32), ring: Sequence[float] = (1.0, 1.5),
-                     local_window: int = 128, local_stride: int = 64, min_amplitude: float = 5e-5,
+                     local_window: int = 128, local_stride: int = 128, min_amplitude: float = 5e-5,
                      margin: float = 0.5, local_top: float = 0.25, local_weight: float = 0.5,
-                     period_temperature: float = 0.05):
+                     period_temperature: float = 0.05, chroma: bool = True,
+                     chroma_margin: float = 1.25, chroma_scale: int = 2):
     """Anti-grid reward: ``fn(images, inputs, prompts) -> (-penalty[B], metrics)``.
 
-    ``extra_periods=()`` restricts the comb to ``period`` alone. Metrics (batch means):
+    ``extra_periods=()`` restricts the comb to ``period`` alone; ``chroma=False`` reads the
+    luma only. Metrics (batch means):
     ``grid_penalty`` (hinged, positive) and the unhinged ``grid_global`` / ``grid_local``.
     """
     penalty = GridPenalty(GridConfig(
@@ -390,7 +491,8 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
         ring=tuple(float(r) for r in ring), local_window=int(local_window),
         local_stride=int(local_stride), min_amplitude=float(min_amplitude), margin=float(margin),
         local_top=float(local_top), local_weight=float(local_weight),
-        period_temperature=float(period_temperature)))
+        period_temperature=float(period_temperature), chroma=bool(chroma),
+        chroma_margin=float(chroma_margin), chroma_scale=int(chroma_scale)))
 
     def grid_reward(images, inputs=None, prompts=None):
         pen, terms = penalty(images)
@@ -404,4 +506,4 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
 
 
 __all__ = ["GridConfig", "GridPenalty", "grid_penalty", "grid_penalty_terms",
-           "luminance", "make_grid_reward"]
+           "luminance", "make_grid_reward", "texture_added"]

@@ -24,11 +24,17 @@ from common.paths import check_no_overwrite
 from common.photos import write_photos
 
 from .anchors import brightness_penalty, crispness_penalty
-from .grid import GridConfig, GridPenalty, luminance
+from .grid import REC709, GridConfig, GridPenalty, luminance
 from .grid_original import COLUMNS as BASELINES
 from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
 
 GRID_KINDS = ("lines", "sinusoid", "tile")
+# "luma": the pattern in every channel with a slight per-channel tint (what a decoder grid
+# mostly is); "chroma": colour without luma (a direction orthogonal to the Rec.709 weights),
+# which a luma-only detector cannot see.
+GRID_COLOURS = ("luma", "chroma")
+# An artifact image whose saved file holds less of its grid than this is not written.
+MIN_GRID_KEPT = 0.25
 # Our file names (the original's, anti_periodic_*.csv, hold only its own columns: written by
 # --semantics original); both files are written unless --demo chooses others.
 DEFAULT_OUT = Path("grid_benchmark_per_image.csv")
@@ -107,13 +113,54 @@ def grid_pattern(h: int, w: int, period: int, kind: str, rng: np.random.Generato
     return pat / max(np.abs(pat).max(), 1e-12)
 
 
+def chroma_direction(rng: np.random.Generator) -> np.ndarray:
+    """A random colour (3,) with zero Rec.709 luma and max |component| = 1."""
+    w = np.asarray(REC709, dtype=np.float64)
+    v = rng.standard_normal(3)
+    v -= w * (v @ w) / (w @ w)          # remove the luma component
+    return v / np.abs(v).max()
+
+
+def grid_signal(shape: Sequence[int], period: int, amplitude: float, kind: str,
+                rng: np.random.Generator, colour: str = "luma") -> torch.Tensor:
+    """The grid alone, (3,H,W) for an image of ``shape`` (3,H,W): peak ``amplitude``.
+
+    ``colour="luma"``: every channel, gains 0.8-1.2 (a slight tint); ``"chroma"``: along a
+    random luma-free colour direction (:func:`chroma_direction`), peak ``amplitude`` in the
+    channel that moves most.
+    """
+    if colour not in GRID_COLOURS:
+        raise ValueError(f"unknown grid colour {colour!r}; use one of {', '.join(GRID_COLOURS)}")
+    _, h, w = shape
+    pat = torch.from_numpy(grid_pattern(h, w, period, kind, rng)).float()
+    gains = rng.uniform(0.8, 1.2, size=3) if colour == "luma" else chroma_direction(rng)
+    return amplitude * torch.from_numpy(gains).float().view(3, 1, 1) * pat
+
+
 def add_grid(image: torch.Tensor, period: int, amplitude: float, kind: str,
-             rng: np.random.Generator) -> torch.Tensor:
-    """Add a grid of peak ``amplitude`` ([0,1] units) to a (3,H,W) image; slight per-channel tint."""
-    _, h, w = image.shape
-    pat = torch.from_numpy(grid_pattern(h, w, period, kind, rng)).to(image.dtype)
-    gains = torch.from_numpy(rng.uniform(0.8, 1.2, size=3)).to(image.dtype).view(3, 1, 1)
-    return (image + amplitude * gains * pat).clamp(0, 1)
+             rng: np.random.Generator, colour: str = "luma") -> torch.Tensor:
+    """Add a grid of peak ``amplitude`` ([0,1] units) to a (3,H,W) image (see grid_signal)."""
+    signal = grid_signal(image.shape, period, amplitude, kind, rng, colour)
+    return (image + signal.to(image.dtype)).clamp(0, 1)
+
+
+def periodic_part(x: torch.Tensor, period: int) -> torch.Tensor:
+    """(C,H,W) -> (C,p,p): the mean over every whole p x p cell (what repeats every p px)."""
+    c, h, w = x.shape
+    hh, ww = h // period * period, w // period * period
+    cells = x[:, :hh, :ww].reshape(c, hh // period, period, ww // period, period)
+    return cells.mean(dim=(1, 3))
+
+
+def surviving_fraction(saved: torch.Tensor, saved_clean: torch.Tensor, signal: torch.Tensor,
+                       period: int) -> float:
+    """How much of the grid the saved file still holds: RMS of the periodic part of
+    ``saved - saved_clean`` over that of ``signal`` (both files written the same way, so the
+    compression error of the photo itself cancels; folding to one period averages out what
+    does not repeat). About 1 when the grid is intact, 0 when the format erased it."""
+    d = periodic_part(saved.float() - saved_clean.float(), period)
+    g = periodic_part(signal.float(), period)
+    return float(d.norm() / g.norm().clamp_min(1e-12))
 
 
 def save_jpeg(image: torch.Tensor, path: Path, quality: int) -> None:
@@ -121,19 +168,37 @@ def save_jpeg(image: torch.Tensor, path: Path, quality: int) -> None:
     to_pil(image).save(path, format="JPEG", quality=quality, subsampling=0)
 
 
+def _jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    to_pil(image).save(buf, format="JPEG", quality=quality, subsampling=0)
+    buf.seek(0)
+    arr = np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
 def synthesize(clean_paths: Sequence[Path], out_dir: Path, periods: Sequence[int],
                amplitudes: Sequence[float], kinds: Sequence[str], jpeg_qualities: Sequence[int],
-               variants: int | None, seed: int, progress: bool = True) -> list[dict]:
+               variants: int | None, seed: int, progress: bool = True,
+               colours: Sequence[str] = ("luma",)) -> list[dict]:
     """Write grid-artifact versions of ``clean_paths`` into ``out_dir``; returns the manifest.
 
-    For each photo the combinations period x amplitude x JPEG quality (0 = PNG) are made
-    (all of them, or ``variants`` drawn at random), each with a random kind and phase.
+    For each photo the combinations period x amplitude x JPEG quality (0 = PNG) x colour
+    are made (all of them, or ``variants`` drawn at random), each with a random kind and
+    phase. Luma grids keep the names (and random draws) they had before colours existed;
+    chroma grids are named ``..._chroma``.
     """
     from tqdm import tqdm
 
-
     rng = np.random.default_rng(seed)
-    combos = [(p, a, q) for p in periods for a in amplitudes for q in jpeg_qualities]
+    # Chroma grids draw from their own generator, so adding them leaves every luma grid of
+    # a full set (no ``variants``) exactly as it was.
+    rngs = {"luma": rng, "chroma": np.random.default_rng([seed, 1])}
+    combos = [(p, a, q, c) for c in colours for p in periods for a in amplitudes
+              for q in jpeg_qualities]
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = []
     for path in tqdm(clean_paths, desc="synthesize", disable=not progress):
@@ -142,25 +207,43 @@ def synthesize(clean_paths: Sequence[Path], out_dir: Path, periods: Sequence[int
         except ImageLoadError as exc:
             print(f"skipped unreadable image: {exc}", file=sys.stderr)
             continue
+        saved_clean: dict[int, torch.Tensor] = {}   # the photo itself, saved like each artifact
         chosen = combos if variants is None or variants >= len(combos) else [
             combos[i] for i in rng.choice(len(combos), size=variants, replace=False)]
-        for period, amp, q in chosen:
-            kind = kinds[rng.integers(len(kinds))]
-            art = add_grid(img, period, amp, kind, rng)
-            name = f"{path.stem}_p{period}_a{amp * 100:g}_{kind}_{'q%d' % q if q else 'png'}"
+        for period, amp, q, colour in chosen:
+            r = rngs[colour]
+            kind = kinds[r.integers(len(kinds))]
+            signal = grid_signal(img.shape, period, amp, kind, r, colour)
+            art = (img + signal.to(img.dtype)).clamp(0, 1)
+            name = (f"{path.stem}_p{period}_a{amp * 100:g}_{kind}_{'q%d' % q if q else 'png'}"
+                    + ("_chroma" if colour == "chroma" else ""))
             dest = out_dir / (name + (".jpg" if q else ".png"))
             if q:
                 save_jpeg(art, dest, q)
             else:
                 save_image(art, dest)
-            manifest.append({"file": dest.name, "source": path.name, "period": period,
-                             "amplitude": amp, "kind": kind, "jpeg_quality": q})
+            # A positive must hold a grid: JPEG q=90 zeroes a 0.5 % colour-only grid on a
+            # grey photo (its chroma is quantised away), and such a file is not an artifact.
+            if q not in saved_clean:
+                saved_clean[q] = img if not q else _jpeg_roundtrip(img, q)
+            kept = surviving_fraction(load_image(dest), saved_clean[q], signal, period)
+            row = {"file": dest.name, "source": path.name, "period": period, "amplitude": amp,
+                   "kind": kind, "jpeg_quality": q, "colour": colour,
+                   "grid_kept": round(kept, 3), "dropped": ""}
+            if kept < MIN_GRID_KEPT:
+                dest.unlink()
+                row["dropped"] = f"the saved file holds {kept:.0%} of the grid"
+            manifest.append(row)
     with open(out_dir / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "source", "period", "amplitude", "kind",
-                                               "jpeg_quality"])
+        writer = csv.DictWriter(f, fieldnames=list(manifest[0]) if manifest else ["file"])
         writer.writeheader()
         writer.writerows(manifest)
-    return manifest
+    dropped = [m for m in manifest if m["dropped"]]
+    if dropped:
+        print(f"dropped {len(dropped)} of {len(manifest)} artifact images whose file kept less "
+              f"than {MIN_GRID_KEPT:.0%} of the grid (JPEG; listed in manifest.csv)",
+              file=sys.stderr)
+    return [m for m in manifest if not m["dropped"]]
 
 
 # --------------------------------------------------------------------------------------

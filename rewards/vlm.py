@@ -47,7 +47,7 @@ import torch
 
 from common.images import load_image
 
-from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
+from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, build_weightless_vlm, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
 
@@ -255,6 +255,10 @@ class VLMReward:
         }
 
     # ------------------------------------------------------------------ model access
+    def check_image_size(self, height: int, width: int) -> None:
+        """ValueError (saying why) if the family cannot take an image of this size."""
+        self.family.check_image_size(self.bundle, height, width, self.image_options)
+
     def _prepare(self, x: torch.Tensor) -> SlotPixels:
         """(R,3,H,W) in [0,1] -> the family's model inputs for this slot, differentiable."""
         pixels, layout = self.family.prepare(self.bundle, x, self.image_options)
@@ -455,7 +459,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                     reference: Any = None, trust_remote_code: bool = False,
                     max_tiles: int | None = None, min_pixels: int | None = None,
                     max_pixels: int | None = None, model_flag: str = MODEL_FLAG,
-                    margin_temp: float = 1.0, artifact_refs: Sequence[Any] = ()) -> VLMReward:
+                    margin_temp: float = 1.0, artifact_refs: Sequence[Any] = (),
+                    pretrained: bool = True, config: Any = None) -> VLMReward:
     """Build the VLM reward for ``task`` (see module doc). Higher score is better.
 
     ``model_id``: hub id or local directory of any supported family (InternVL3 ``-hf``,
@@ -472,6 +477,9 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     ``margin_temp``: the margin objective is ``sigmoid(margin / margin_temp)``.
     ``artifact_refs``: two example images (paths or (3,H,W) tensors) of the artifact, shown
     before the rated image in task ``artifact`` (the default question then refers to them).
+    ``pretrained=False``: the model at its real size without weights, from ``config`` (a hub
+    id) or the folder's config.json (:func:`rewards.vlm_model.build_weightless_vlm`; for
+    ``--estimate`` under fake tensors).
     """
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
@@ -490,8 +498,12 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
             raise ValueError(f"reference is used by tasks similarity, content-similarity and "
                              f"triplet, not by {task!r}")
         ref, ref_source = _load_reference(reference)
-    bundle = load_vlm(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                      flag=model_flag)
+    if pretrained:
+        bundle = load_vlm(model_id, dtype=dtype, device=device,
+                          trust_remote_code=trust_remote_code, flag=model_flag)
+    else:
+        bundle = build_weightless_vlm(model_id, config, dtype=dtype, device=device,
+                                      flag=model_flag)
     return VLMReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
                      calibration=calibration, temperature=temperature,
                      entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,

@@ -45,7 +45,9 @@ def test_cli_synthesize_then_benchmark(folders, capsys):
                      "--synth_amplitudes", "0.04", "--synth_jpeg", "0", "90", "--synth_kinds", "tile",
                      "--no_progress"])
     assert rc == 0
-    assert len(list(art.glob("*.png"))) == 4 and len(list(art.glob("*.jpg"))) == 4
+    # every photo x PNG/JPEG x luma/colour-only: 4% grids survive JPEG q=90, none is dropped
+    assert len(list(art.glob("*.png"))) == 8 and len(list(art.glob("*.jpg"))) == 8
+    assert len(list(art.glob("*_chroma.*"))) == 8
     (art / "broken.png").write_bytes(b"not an image")
     out, summ, roc = tmp / "per_image.csv", tmp / "summary.csv", tmp / "roc.png"
     rc = cli.main(["--artifacts_dir", str(art), "--clean_dir", str(clean), "--out", str(out),
@@ -54,7 +56,7 @@ def test_cli_synthesize_then_benchmark(folders, capsys):
     assert rc == 0
     assert "broken.png" in captured.err and "skipped" in captured.err
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 12
+    assert len(rows) == 20
     assert set(bench.PENALTY_COLUMNS) <= set(rows[0])
     summary = {r["penalty"]: r for r in csv.DictReader(open(summ))}
     from rewards.grid_original import (
@@ -96,3 +98,43 @@ def test_cli_exit_code_from_a_subprocess(folders):
                           capture_output=True, text=True, cwd=root, timeout=120)
     assert proc.returncode == 2
     assert "error: --artifacts_dir" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chroma_grid_has_no_luma_and_the_default_penalty_sees_it():
+    from rewards.grid import GridPenalty, luminance
+
+    import skimage.data
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(np.asarray(skimage.data.coffee(), dtype=np.float32) / 255.0)
+    x = x.permute(2, 0, 1)[:, :256, :256].contiguous()
+    signal = bench.grid_signal(x.shape, 16, 0.02, "sinusoid", rng, "chroma")
+    assert luminance(signal[None]).abs().max() < 1e-6          # colour only
+    assert signal.abs().amax() == pytest.approx(0.02, rel=1e-5)
+    dirty = (x + signal).clamp(0, 1)[None]
+    clean = x[None]
+    luma_only = GridPenalty(chroma=False)
+    assert luma_only(dirty)[0].item() == pytest.approx(luma_only(clean)[0].item(), abs=0.05)
+    seen, base = GridPenalty()(dirty)[0].item(), GridPenalty()(clean)[0].item()
+    assert seen > base + 0.3 and seen > 3 * base
+
+
+def test_a_grid_the_format_erased_is_not_written_as_an_artifact(tmp_path):
+    # JPEG q=90 quantises a 0.5 % colour-only grid on a grey photo away entirely for some
+    # colour directions (seed 2's; others it keeps, coarsened)
+    import skimage.data
+
+    clean = tmp_path / "clean"
+    arr = np.asarray(skimage.data.moon(), dtype=np.float32)[:128, :128] / 255.0
+    save_image(torch.from_numpy(arr).expand(3, -1, -1).clone(), clean / "moon.png")
+    kept = bench.synthesize([clean / "moon.png"], tmp_path / "art", periods=(16,),
+                            amplitudes=(0.005,), kinds=("sinusoid",), jpeg_qualities=(90,),
+                            variants=None, seed=2, progress=False, colours=("luma", "chroma"))
+    names = {m["file"] for m in kept}
+    assert "moon_p16_a0.5_sinusoid_q90_chroma.jpg" not in names
+    assert not (tmp_path / "art" / "moon_p16_a0.5_sinusoid_q90_chroma.jpg").exists()
+    assert names == {"moon_p16_a0.5_sinusoid_q90.jpg"}      # the luma grid survives
+    rows = list(csv.DictReader(open(tmp_path / "art" / "manifest.csv")))
+    dropped = [r for r in rows if r["dropped"]]
+    assert len(dropped) == 1 and float(dropped[0]["grid_kept"]) < bench.MIN_GRID_KEPT
+    assert all(float(r["grid_kept"]) > 0.5 for r in rows if not r["dropped"])

@@ -191,3 +191,26 @@ def test_a_grid_lighting_few_teeth_is_not_diluted_by_the_other_periods_combs(pho
     union = grid_penalty_terms(x)["global"].item()                      # combs of 16, 8 and 32
     alone = grid_penalty_terms(x, period=32, extra_periods=())["global"].item()
     assert union > 0.9 * alone > 0
+
+
+def test_texture_added_sees_blocky_noise_on_flat_areas_not_edits_or_kept_detail(photos):
+    from rewards.grid import texture_added
+
+    torch.manual_seed(0)
+    flat = torch.full((1, 3, 64, 64), 0.15)
+    # a different offset on every 4x4 token: aperiodic, so no comb tooth lights up
+    blocks = 0.03 * torch.randn(1, 3, 16, 16).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    blocky = (flat + blocks).clamp(0, 1)
+    assert texture_added(blocky, flat).item() > 1e-4
+    assert texture_added(flat + 0.3, flat).item() == 0.0          # a brightness edit adds none
+    x = photos["astronaut"][..., :128, :128]
+    contrast = ((x - 0.5) * 1.3 + 0.5).clamp(0, 1)
+    assert texture_added(contrast, x).item() < 1e-5               # detail kept, sharpened < gain
+    assert texture_added(x, x).item() == 0.0
+    noisy = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    assert texture_added(noisy, x).item() > texture_added(x, x).item()
+    xi = blocky.clone().requires_grad_(True)
+    texture_added(xi, flat).sum().backward()
+    assert torch.isfinite(xi.grad).all() and xi.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="differ in shape"):
+        texture_added(blocky, x)
