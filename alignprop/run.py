@@ -430,7 +430,13 @@ def resume_run(run: Run) -> None:
         changed = run.segments[-1].get("changed", {}) if run.segments else {}
         if set(changed) & set(OPTIMIZER_FLAGS):   # --allow_changed_config: the new ones rule
             apply_optimizer_flags(run)
-        if run.rollouts is not None:   # a round interrupted mid-way continues as it was
+        if run.rollouts is not None and set(changed) & set(ROUND_FLAGS):
+            # --allow_changed_config under another method or round shape: the checkpoint's
+            # unfinished round (if any) is not one of these; a fresh round starts
+            logger.warning("resuming at step %d with other round flags (%s): a fresh round "
+                           "starts", run.global_step,
+                           ", ".join(sorted(set(changed) & set(ROUND_FLAGS))))
+        elif run.rollouts is not None:   # a round interrupted mid-way continues as it was
             run.rollouts.load(run.resume_dir, run.rank, run.global_step)
         if state.get("world_size", run.world) * state.get("train_batch_size", run.per_device) \
                 != run.micro_global:
@@ -450,6 +456,10 @@ def resume_run(run: Run) -> None:
                               shuffle=run.reward_flags.semantics != "original")
 
 
+# The flags that shape a GRPO / D3PO round: a checkpoint's unfinished round under others is not
+# this run's.
+ROUND_FLAGS = ("method", "rl_inputs_per_round", "rl_inner_epochs", "grpo_group_size",
+               "train_batch_size", "train_gradient_accumulation_steps")
 # The flags a checkpoint's optimizer and LR schedule state would otherwise bring back.
 OPTIMIZER_FLAGS = ("train_learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
                    "adam_beta2", "adam_weight_decay", "adam_epsilon")

@@ -171,3 +171,16 @@ def test_resuming_from_an_older_checkpoint_drops_the_later_segments(run_copy):
           reward_fn=_brightness)
     segments = json.loads((run_copy / "out" / "run_config.json").read_text())["segments"]
     assert [(s["from_step"], s["to_step"]) for s in segments] == [(0, 2)]
+
+
+def test_a_resume_allowed_to_change_the_method_starts_a_fresh_round(run_copy):
+    """AlignProp's checkpoint holds no GRPO round: resumed under --method grpo (allowed), the
+    run goes on with a round of its own, and the segment says so."""
+    cfg = _cfg(run_copy, resume_from="latest", max_train_steps=3, method="grpo",
+               grpo_group_size=2, rl_inputs_per_round=2, rl_inner_epochs=1,
+               allow_changed_config=True)
+    result = train(cfg, REWARD, reward_fn=_brightness)
+    assert result.global_step == 3
+    segments = json.loads((run_copy / "out" / "run_config.json").read_text())["segments"]
+    assert segments[1]["changed"]["method"] == ["alignprop", "grpo"]
+    assert (segments[1]["from_step"], segments[1]["to_step"]) == (2, 3)
