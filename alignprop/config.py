@@ -457,7 +457,14 @@ def preset_path(name: str) -> Path:
 
 
 def _known_flags() -> set[str]:
-    return {f.name for dc in (TrainConfig, RewardFlags) for f in fields(dc)}
+    return {f.name for dc in (TrainConfig, RewardFlags) for f in fields(dc)} | _aliases()
+
+
+def _aliases() -> set[str]:
+    """Our flags' other names (``learning_rate`` for ``train_learning_rate``), without dashes:
+    a preset may use them as the command line does."""
+    return {a.lstrip("-") for dc in (TrainConfig, RewardFlags) for f in fields(dc)
+            for a in f.metadata.get("aliases", ())}
 
 
 def load_preset(path: str | os.PathLike) -> dict[str, Any]:
@@ -574,7 +581,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     for label, path, values in loaded:
         # Our keys are checked and converted as the command line would convert them; the
         # original's names go through their parser actions (aliases, conversions, refusals).
-        ours, tokens = preset_tokens(values)
+        ours, tokens = preset_tokens(values, also=_aliases())
         settings = [Setting(k, v, f"--{k}", f"{k}: {show(v)}")
                     for k, v in _typed_preset(parser, ours, path).items()]
         given.clear()

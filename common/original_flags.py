@@ -413,10 +413,13 @@ def original_names() -> set[str]:
     return {f.dest for f in table("train") if f.status != "same"}
 
 
-def preset_tokens(preset: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Split a preset into (our flags, command-line tokens for the original's flags)."""
+def preset_tokens(preset: dict[str, Any], also: Sequence[str] = ()
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """Split a preset into (our flags, command-line tokens for the original's flags and the
+    other names ``also`` lists: our flags' aliases), so that the parser's own actions read
+    them and the one rule sees the name each used."""
     ours, tokens = {}, []
-    names = original_names()
+    names = original_names() | set(also)
     for key, value in preset.items():
         if key not in names:
             ours[key] = value

@@ -17,7 +17,8 @@ import torch
 import alignprop_fluxkontext
 import benchmark_anti_periodic
 import internvl_scorer
-from alignprop.config import TRUNCATION_FLAGS, _parser, parse_config
+from alignprop.config import (TRUNCATION_FLAGS, _parser, load_preset, parse_config, preset_path,
+                              shipped_presets)
 from common.original_flags import add_train_original_flags, show, table
 from rewards.vlm_inspect import entropy_bonus
 
@@ -257,6 +258,20 @@ def test_dataclass_aliases_that_agree_are_accepted_and_the_last_name_twice_wins(
     assert train.lora_rank == 8   # one name twice: argparse's rule, the last wins
 
 
+
+def test_a_preset_may_use_our_aliases_under_the_same_rule(tmp, capsys):
+    base = _fill(BASE, tmp)
+    (tmp / "a.yaml").write_text("learning_rate: 2.0e-4\nmax_steps: 3\n")
+    train, _ = parse_config(base + ["--config", str(tmp / "a.yaml")])
+    assert (train.train_learning_rate, train.max_train_steps) == (2e-4, 3)
+    train, _ = parse_config(base + ["--config", str(tmp / "a.yaml"), "--train_learning_rate",
+                                    "3e-4"])
+    assert train.train_learning_rate == 3e-4
+    (tmp / "b.yaml").write_text("learning_rate: 2.0e-4\ntrain_learning_rate: 3.0e-4\n")
+    _refused(alignprop_fluxkontext.main, base + ["--config", str(tmp / "b.yaml")], capsys,
+             "b.yaml", "learning_rate: 0.0002", "train_learning_rate: 0.0003")
+
+
 # --------------------------------------------------------------------------- trainer, the issue's class
 def test_truncation_flags_the_mode_in_force_does_not_read_are_refused(tmp, capsys):
     base = _fill(BASE, tmp)
@@ -399,3 +414,59 @@ def test_original_benchmark_refuses_our_flags_it_does_not_read(tmp, capsys, monk
     with pytest.raises(_Stop):
         benchmark_anti_periodic.main(base + ["--resize", "256", "--window", "64", "--hop", "16",
                                              "--no-recursive"])
+
+
+
+# --------------------------------------------------------------------------- trainer, shipped presets
+def _preset_cases():
+    """(preset, key, name) for every key of every shipped preset and every name that sets it:
+    our flag's spellings, the original's aliases and convert flags (the table)."""
+    actions = _actions(_train_parser())
+    cases = []
+    for preset in shipped_presets():
+        for key in load_preset(preset_path(preset)):
+            names = [s for a in actions[key] for s in a.option_strings]
+            names += [f.name for f in table("train") if f.status == "convert" and key in f.targets]
+            cases += [pytest.param(preset, key, n, id=f"{preset}:{key}<-{n}") for n in names]
+    return cases
+
+
+def _settings_of(name, dest, base, tmp):
+    """(tokens, value of --dest they give) for the name: every valid value we try."""
+    if name in CONVERT_EXAMPLES:                    # an original convert flag
+        return [(_fill([name, *values], tmp), None) for values in CONVERT_EXAMPLES[name]]
+    action = next(a for a in _train_parser()._actions if name in a.option_strings)
+    if action.nargs == 0:                           # --no_x: its value is fixed
+        return [([name], action.const)]
+    return [([name, c], None) for c in _fill(_candidates(action, dest), tmp)]
+
+
+@pytest.mark.parametrize("preset,dest,name", _preset_cases())
+def test_the_command_line_and_config_win_over_a_shipped_preset_whatever_the_name(
+        preset, dest, name, tmp):
+    """--preset < --config < the command line, for every key a shipped preset sets and every
+    name of it (docs/original_flags.md, "Which value wins")."""
+    base = _fill(BASE, tmp) + ["--preset", preset] + _mode(dest)
+    shipped = _value(parse_config(base), dest)
+    options = []
+    for tokens, _ in _settings_of(name, dest, base, tmp):
+        try:
+            options.append((tokens, _value(parse_config(base + tokens), dest)))
+        except ValueError:   # not valid beside the preset's other flags
+            continue
+    differs = [(t, v) for t, v in options if v != shipped]
+    if not differs:   # --x / --no_x saying what the preset says: nothing to override
+        assert len(options) == 1 and options[0][0] == [name], (name, options)
+        return
+    tokens, wins = differs[0]
+    # that value is the name's own, not the preset's: the same tokens without the preset
+    assert _value(parse_config(_fill(BASE, tmp) + _mode(dest) + tokens), dest) == wins
+    if len(tokens) == 1 or "-" in tokens[0].lstrip("-"):   # --no_x, --dash-spelling: the
+        return                                              # command line's, not a key
+    # --config over the shipped preset (the key spelled as the name), the command line over both
+    key, vals = tokens[0].lstrip("-"), tokens[1:]
+    (tmp / "over.yaml").write_text(f"{key}: " + (f"[{', '.join(vals)}]" if len(vals) > 1
+                                                 else f"'{vals[0]}'") + "\n")
+    config = ["--config", str(tmp / "over.yaml")]
+    assert _value(parse_config(base + config), dest) == wins
+    assert _value(parse_config(base + config + [f"--{dest}", show(shipped)]), dest) == shipped
