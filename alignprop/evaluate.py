@@ -49,6 +49,7 @@ from common.cli import UserError, run_cli
 from common.hub import resolve_device_dtype
 from common.images import (ImageLoadError, folder_counts, list_images, load_image,
                            relative_name, resize_to)
+from common.original_flags import record_given, resolve_source
 from common.paths import check_outputs_spare_inputs, check_writable_dir
 from rewards import available_rewards, reads_input
 
@@ -541,16 +542,24 @@ def print_report(stats, wins, terms, unpaired, unreadable, problems, diversity) 
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None):
+def build_parser():
     from transformers import HfArgumentParser
 
+    return HfArgumentParser([RewardFlags, EvalArgs], prog="python -m alignprop.evaluate",
+                            description=__doc__.split("\n\n")[0])
 
-    parser = HfArgumentParser([RewardFlags, EvalArgs], prog="python -m alignprop.evaluate",
-                              description=__doc__.split("\n\n")[0])
+
+def parse_args(argv: Sequence[str] | None):
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         return loader(argv[0])
+    # two names of one flag must agree (--recursive / --no_recursive), checked before the
+    # dataclasses validate what one of them said
+    given = record_given(parser)
+    parser.parse_known_args(argv)
+    resolve_source(given)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

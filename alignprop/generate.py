@@ -45,6 +45,7 @@ from common.cli import UserError, run_cli
 from common.hub import resolve_device_dtype
 from common.images import (ImageLoadError, folder_counts, list_images, load_image,
                            relative_name, resize_to, save_image, unsupported_note)
+from common.original_flags import record_given, resolve_source
 from common.checks import check_paths
 from common.paths import (check_distinct, check_no_overwrite, check_outputs_spare_inputs,
                           check_writable_dir)
@@ -308,7 +309,10 @@ def validate(args) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    given = record_given(parser)
+    args = parser.parse_args(argv)
+    resolve_source(given)   # --recursive beside --no-recursive: one line (the one rule)
     sheets = validate(args)
     # every path a flag names, before any model loads (one line naming the flag)
     check_paths([("--input_dir", "dir", args.input_dir),

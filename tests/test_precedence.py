@@ -470,3 +470,46 @@ def test_the_command_line_and_config_win_over_a_shipped_preset_whatever_the_name
     config = ["--config", str(tmp / "over.yaml")]
     assert _value(parse_config(base + config), dest) == wins
     assert _value(parse_config(base + config + [f"--{dest}", show(shipped)]), dest) == shipped
+
+
+# --------------------------------------------------------------------------- generate, evaluate
+def _other_commands():
+    from alignprop import evaluate, generate
+
+    return {"generate": (generate.cli, generate.build_parser,
+                         ["--input_dir", "{tmp}/data", "--output_dir", "{tmp}/o1",
+                          "--pretrained_model", "tiny"]),
+            "evaluate": (evaluate.cli, evaluate.build_parser,
+                         ["--originals_dir", "{tmp}/data", "--lora_dir", "{tmp}/data2",
+                          "--output_dir", "{tmp}/o1", "--rewards", "brightness"])}
+
+
+def _several_names(build):
+    """(name A, tokens A, name B, tokens B) for every flag the parser takes under several
+    names, the two saying different values."""
+    cases = []
+    for dest, actions in _actions(build()).items():
+        names = [(s, a) for a in actions for s in a.option_strings]
+        if dest == "help" or len(names) < 2:
+            continue
+        (first, a), others = names[0], names[1:]
+        for other, b in others:
+            if b.nargs == 0 and a.nargs == 0:        # --x / --no-x (BooleanOptionalAction)
+                ta, tb = [first], [other]
+            elif b.nargs == 0:                        # --no_x beside --x true|false
+                ta, tb = [first, "true" if b.const is False else "false"], [other]
+            else:
+                c = _candidates(a, dest)
+                ta, tb = [first, c[0]], [other, c[1]]
+            cases.append((first, ta, other, tb))
+    return cases
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate"])
+def test_generate_and_evaluate_refuse_two_names_of_one_flag_that_disagree(command, tmp, capsys):
+    main, build, base = _other_commands()[command]
+    cases = _several_names(build)
+    assert any("recursive" in c[0] for c in cases), cases   # the flag this round added
+    for first, ta, other, tb in cases:
+        _refused(main, _fill(base, tmp) + ta + tb, capsys, first, other)
+        _refused(main, _fill(base, tmp) + tb + ta, capsys, first, other)
