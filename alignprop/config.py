@@ -699,5 +699,5 @@ def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:
 
 __all__ = ["MissingDependencyError", "TrainConfig", "RewardFlags", "parse_config", "load_preset", "check_combination",
            "config_dict", "step_flags", "flag_default", "STEP_TRAIN_FLAGS", "RUN_TRAIN_FLAGS",
-           "RUN_REWARD_FLAGS", "LORA_SHAPE_FLAGS", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS", "startup_notes",
-           "BUILTIN_PRESETS"]
+           "RUN_REWARD_FLAGS", "LORA_SHAPE_FLAGS", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS",
+           "startup_notes", "BUILTIN_PRESETS"]

@@ -18,8 +18,8 @@ readable. ``docs/original_flags.md`` explains the table for users of the origina
 This module answers "what happens to an original flag" for every command: the table, the
 argparse plumbing, the pure translation of the trainer's ``convert`` flags into our flag
 values (:func:`translate_train`), the one rule for which value wins when several names or
-sources set one flag (:func:`resolve_source`), the original's defaults that ``--semantics original`` puts
-in place of ours (:data:`ORIGINAL_DEFAULTS`, checked against the table's ``default`` column by
+sources set one flag (:func:`resolve_source`), the original's defaults that ``--semantics
+original`` puts in place of ours (:data:`ORIGINAL_DEFAULTS`, checked against the table's ``default`` column by
 a test) and the one line that suggests that mode (:func:`semantics_hint`). It lives in the
 bottom package because the trainer, the scorer and the benchmark all read it.
 """
@@ -725,5 +725,6 @@ def semantics_hint(argv: Sequence[str], command: str) -> str | None:
 
 __all__ = ["OriginalFlag", "TABLE", "table", "add_original_flags", "RefuseAction", "refusal",
            "HELP_GROUP", "add_train_original_flags", "Setting", "record_given", "in_preset",
-           "resolve_source", "translate_train", "show", "same_value", "preset_tokens", "original_names", "SEMANTICS", "ORIGINAL_DEFAULTS", "NO_DEFAULT",
+           "resolve_source", "translate_train", "show", "same_value", "preset_tokens",
+           "original_names", "SEMANTICS", "ORIGINAL_DEFAULTS", "NO_DEFAULT",
            "parse_default", "our_dest", "semantics_of", "semantics_hint"]

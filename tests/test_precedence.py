@@ -272,7 +272,7 @@ def test_a_preset_may_use_our_aliases_under_the_same_rule(tmp, capsys):
              "b.yaml", "learning_rate: 0.0002", "train_learning_rate: 0.0003")
 
 
-# --------------------------------------------------------------------------- trainer, the issue's class
+# ------------------------------------------------------------------ trainer, the issue's class
 def test_truncation_flags_the_mode_in_force_does_not_read_are_refused(tmp, capsys):
     base = _fill(BASE, tmp)
     main = alignprop_fluxkontext.main
@@ -417,7 +417,7 @@ def test_original_benchmark_refuses_our_flags_it_does_not_read(tmp, capsys, monk
 
 
 
-# --------------------------------------------------------------------------- trainer, shipped presets
+# ------------------------------------------------------------------ trainer, shipped presets
 def _preset_cases():
     """(preset, key, name) for every key of every shipped preset and every name that sets it:
     our flag's spellings, the original's aliases and convert flags (the table)."""

@@ -26,7 +26,8 @@ def _photos(d, n=2):
 
 def _cfg(tmp_path, **kw):
     # relative folders (each test runs in its copy of the run): the same flags in every copy
-    base = dict(pretrained_model="tiny", data_dir="imgs", output_dir="out", image_height=16, image_width=16,
+    base = dict(pretrained_model="tiny", data_dir="imgs", output_dir="out", image_height=16,
+                image_width=16,
                 sample_num_steps=2, max_train_steps=2, train_batch_size=1, save_freq=2,
                 log_image_freq=0, log_with="none", lora_rank=2, mixed_precision="no", seed=1)
     base.update(kw)
