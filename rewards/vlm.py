@@ -47,6 +47,7 @@ import torch
 
 from common.images import load_image
 
+from .base import batch_mean
 from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
@@ -345,15 +346,15 @@ class VLMReward:
         score = expected if self.objective == "expected" else torch.sigmoid(margin / self.margin_temp)
         if self.entropy_bonus:
             score = score + self.entropy_bonus * entropy
-        metrics = {
-            "expected": expected.detach().mean().item(),
-            "margin": torch.sigmoid(margin.detach() / self.margin_temp).mean().item(),
-            "entropy": entropy.detach().mean().item(),
-            "p_best": torch.stack([p[:, self.answer_scale.best] for p in probs]).mean().item(),
+        metrics = {  # 0-dim tensors on the model's device: no host sync while scoring
+            "expected": batch_mean(expected),
+            "margin": batch_mean(torch.sigmoid(margin.detach() / self.margin_temp)),
+            "entropy": batch_mean(entropy),
+            "p_best": batch_mean(torch.stack([p[:, self.answer_scale.best] for p in probs])),
         }
         if len(reads) == 2:
             # > 0: the model prefers whichever image comes first (what the debiasing removes)
-            metrics["position_bias"] = (reads[0][0] + reads[1][0] - 1.0).detach().mean().item()
+            metrics["position_bias"] = batch_mean(reads[0][0] + reads[1][0] - 1.0)
         return ScoreOutput(scores=score, probs=[p.detach() for p in probs],
                            logprobs=[lp.detach() for lp in logps], metrics=metrics,
                            orders=["AB", "BA"][:len(orders)] if len(orders) == 2 else [])
