@@ -235,6 +235,14 @@ def _encode_and_free_text(pipe, prompts, device, max_sequence_length) -> dict:
     return cache
 
 
+def batch_nograd(cfg: TrainConfig, device) -> bool:
+    """--batch_nograd_steps resolved: alignprop only; 'auto' = on with a GPU (on a CPU a
+    batched matmul gains nothing and would change the last bits of the numbers)."""
+    if cfg.method != "alignprop" or cfg.batch_nograd_steps == "off":
+        return False
+    return cfg.batch_nograd_steps == "on" or torch.device(device).type == "cuda"
+
+
 # --------------------------------------------------------------------------- setup_run
 def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
               accelerator=None) -> Run:
@@ -327,6 +335,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
         logger.info(sampler.attention.describe())
     if cfg.compile:
         compile_regions(bare, pipe.vae, find_modules(reward_fn))
+        sampler.grad_start_leaf = True  # one graph for every K (sampler.py)
     models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
     identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
                      if cfg.extra_prompts() else None)
@@ -335,10 +344,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
                weight_dtype=dtype, transformer=transformer, bare=bare, lora_params=lora_params,
                optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
                reward_fn=reward_fn, text_cache=text_cache, targets=targets,
-               identity_text=identity_text,
-               nograd_batched=cfg.method == "alignprop" and (
-                   cfg.batch_nograd_steps == "on"
-                   or (cfg.batch_nograd_steps == "auto" and device.type == "cuda")))
+               identity_text=identity_text, nograd_batched=batch_nograd(cfg, device))
 
 
 # --------------------------------------------------------------------------- resume
@@ -498,4 +504,4 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
 
 __all__ = ["Run", "setup_run", "resume_run", "describe_run", "checkpoint_run", "export_lora",
            "count_lost_images", "lora_rank_difference", "describe_reward", "make_optimizer",
-           "weight_dtype", "batch_arithmetic"]
+           "weight_dtype", "batch_arithmetic", "batch_nograd", "InputTokens"]

@@ -270,6 +270,12 @@ class KontextSampler:
         self.timesteps, self.sigmas = self._schedule()
         # Attention kernels per phase (alignprop/attention.py); the default changes nothing.
         self.attention = AttentionPhases()
+        # --compile: the latents entering the first grad step become a leaf that requires
+        # grad, so every grad step feeds the transformer the same kind of input whatever K is
+        # (compiled graphs are guarded on requires_grad; K=1 would otherwise get one graph
+        # and a later K>1 another). It adds only the gradient of that leaf; LoRA gradients
+        # are unchanged.
+        self.grad_start_leaf = False
         # Device copies of the schedule and of the position ids, made once: a CPU tensor
         # copied to a GPU inside every step makes the host wait for the device.
         self._on_device: dict = {}
@@ -443,12 +449,16 @@ class KontextSampler:
         grad_on = torch.is_grad_enabled()
         # Steps before the last K run without a graph: the latents entering the first
         # backpropagated step are a constant, so memory is O(K) not O(N).
-        with phase(NOGRAD), torch.no_grad(), self.attention.nograd():
-            for i in range(first, n - k):
-                latents = self.ode_step(latents, i, cond)
-        with phase(GRAD), self.attention.grad() if grad_on else self.attention.nograd():
-            for i in range(max(first, n - k), n):
-                latents = self.ode_step(latents, i, cond)
+        if first < n - k:
+            with phase(NOGRAD), torch.no_grad(), self.attention.nograd():
+                for i in range(first, n - k):
+                    latents = self.ode_step(latents, i, cond)
+        if k > 0:
+            if grad_on and self.grad_start_leaf:
+                latents = latents.detach().requires_grad_(True)
+            with phase(GRAD), self.attention.grad() if grad_on else self.attention.nograd():
+                for i in range(max(first, n - k), n):
+                    latents = self.ode_step(latents, i, cond)
         with torch.set_grad_enabled(grad_on and k > 0):
             out = self.decode(latents)
         return (out, latents) if return_latents else out

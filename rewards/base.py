@@ -19,6 +19,8 @@ composite has the same sign convention.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
@@ -32,6 +34,31 @@ Metrics = dict[str, "float | torch.Tensor"]
 def batch_mean(x: torch.Tensor) -> torch.Tensor:
     """A metric: the detached fp32 mean of ``x``, left on its device (no host sync)."""
     return x.detach().float().mean()
+
+
+_CALL_MEMO: contextvars.ContextVar = contextvars.ContextVar("reward_call_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_call():
+    """Inside: rewards may share work on the same tensors (one composite call's scope).
+
+    The VLM terms of a composite encode each distinct image once per call
+    (:mod:`rewards.vlm`); the memo is dropped when the call ends.
+    """
+    if _CALL_MEMO.get() is not None:   # nested: the outer call's memo holds
+        yield
+        return
+    token = _CALL_MEMO.set({})
+    try:
+        yield
+    finally:
+        _CALL_MEMO.reset(token)
+
+
+def call_memo() -> dict | None:
+    """The memo of the enclosing :func:`shared_call` (None outside one)."""
+    return _CALL_MEMO.get()
 
 
 def metrics_to_floats(metrics: dict) -> dict[str, float]:
@@ -123,6 +150,11 @@ class CompositeReward:
 
     def __call__(self, images, inputs=None, prompts=None):
         check_images(images)
+        # terms share work on the same images (one vision pass each); a profiler range
+        with shared_call(), phase(REWARD):
+            return self._call(images, inputs, prompts)
+
+    def _call(self, images, inputs, prompts):
         total = None
         metrics: Metrics = {}
         for term in self.terms:
