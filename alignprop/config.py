@@ -202,7 +202,8 @@ class TrainConfig(MethodFlags):
     estimate: bool = _f(
         False, "Do not train: build every model of this run at its real size without weights "
                "(no download, no GPU), trace one optimizer step and print parameters, FLOPs, time "
-               "at 40%% of H100/A100/L40S/RTX 4090 peaks, peak memory by part and a verdict for "
+               "on H100/A100/L40S/RTX 4090 (rates measured on an H200; 40%% of peak beside it), "
+               "peak memory by part and a verdict for "
                "24/40/48/80/141 GB GPUs (see docs/scale.md).")
 
     def __post_init__(self) -> None:
