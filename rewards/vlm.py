@@ -210,6 +210,7 @@ class VLMReward:
         # device copies made once (a copy per call would make the host wait for the GPU)
         self._on_device: dict[tuple, torch.Tensor] = {}
         self._mask_kwargs: dict[str, Any] | None = None
+        self._share: bool | None = None
         # the reward's own images (style reference, artifact examples): their views and, for
         # families that share vision passes, their features, computed once per run
         self._constant_views: dict[tuple, torch.Tensor] = {}
@@ -355,6 +356,15 @@ class VLMReward:
         self.num_forwards += 1
         return self._answer_logprobs(out.logits)
 
+    def _shares_vision(self) -> bool:
+        """The family can, and the model is whole: a model sharded with FSDP2
+        (``--reward_device shard``) gathers its weights in the hooks of its own forward, which
+        the vision pass alone would skip."""
+        if self._share is None:
+            self._share = self.family.shares_vision and not any(
+                hasattr(p, "device_mesh") for p in self.bundle.model.parameters())
+        return self._share
+
     def _causal_only_mask(self) -> dict[str, Any]:
         """One prompt per forward, no padding: the language model's mask is plain causal.
 
@@ -427,7 +437,7 @@ class VLMReward:
             swapped[i], swapped[j] = slots[j], slots[i]
             orders.append(swapped)
         sizes = [[tuple(x.shape[-2:]) for x in order] for order in orders]
-        if self.family.shares_vision:
+        if self._shares_vision():
             logps = self._shared_logprobs(orders, bsz)
         else:
             logps = self._logprobs_from_pixels(orders, bsz)

@@ -229,8 +229,8 @@ def test_vlm_terms_share_one_vision_pass_and_score_as_before(photos, monkeypatch
     # per call: the output and the input (shared by 4 questions and both orders); once per
     # run: each reward's reference
     assert passes == 2 + 2 + 2
-    family = vlm[0].family
-    monkeypatch.setattr(family, "shares_vision", False)  # the model's own forward on pixels
+    for t in vlm:  # the model's own forward on pixels, as before
+        monkeypatch.setattr(t, "_share", False)
     before = score()
     assert sum(t.vision_passes for t in vlm) == passes
     for now in shared:
