@@ -19,12 +19,15 @@ import sys
 from alignprop.config import parse_config, startup_notes
 from alignprop.estimate import estimate_training
 from alignprop.trainer import train
+from alignprop.validate import check_train_paths
 from common.cli import run_cli
 
 
 def _main(argv: list[str] | None) -> int:
     train_cfg, reward_flags = parse_config(argv)
     notes = startup_notes(sys.argv[1:] if argv is None else argv, train_cfg, reward_flags)
+    # every file and folder a flag names, before any model loads (one line naming the flag)
+    check_train_paths(train_cfg, reward_flags, estimate=train_cfg.estimate)
     if train_cfg.estimate:  # a dry run at real size: needs no data, weights or output folder
         print(estimate_training(train_cfg, reward_flags).report())
         for note in notes:

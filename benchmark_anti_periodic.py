@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from common.checks import check_paths
 from common.cli import UserError as UsageError
 from common.cli import (amplitude, finite_float, fraction, jpeg_quality, nonneg_float, nonneg_int,
                         positive_float, positive_int, run_cli, unit_float)
@@ -181,6 +182,11 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("--eval_resize must be 0 or >= 32")
     if args.crispness_floor is None:
         args.crispness_floor = DEFAULT_CRISPNESS_FLOOR
+    # every path a flag names, before any image is scored (one line naming the flag)
+    check_paths([("--artifacts_dir", "dir", args.artifacts_dir),
+                 ("--clean_dir", "dir", args.clean_dir),
+                 ("--synthesize_from", "dir", args.synthesize_from),
+                 ("--template_16", "image", args.template_16)])
     if args.demo:
         out = args.out_dir
         clean_dir, art_dir = out / "clean", out / "artifacts"

@@ -305,11 +305,13 @@ def set_rng_state(state: dict) -> None:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
                     total_limit: int | None = None, *, model=None, optimizer=None,
-                    scheduler=None, save_model=None, barrier: bool = True) -> Path:
+                    scheduler=None, save_model=None, save_rank=None, barrier: bool = True
+                    ) -> Path:
     """Save LoRA, optimizer, scheduler, RNG and trainer state atomically; every rank calls this.
 
     ``save_model(directory)`` writes the trainable weights (the trainer passes the LoRA
-    writer); rank 0 writes everything except the RNG state, which each rank writes.
+    writer); rank 0 writes everything except the RNG state, which each rank writes, and
+    what ``save_rank(directory)`` writes on every rank (GRPO / D3PO: an unfinished round).
     ``barrier=False`` (after an unexpected error, when the other ranks may not be
     listening): only the main process writes, its own RNG state included; a sharded run
     cannot save then (gathering its shards needs every rank) and says so.
@@ -340,6 +342,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         write_state_files(tmp, RNG.format(rank=accelerator.process_index), rng_state())
+        if save_rank is not None:
+            save_rank(tmp)
         if save_model is not None and (main or sharded):  # gathering shards is collective
             save_model(tmp)
         opt_state = None

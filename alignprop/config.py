@@ -8,7 +8,8 @@ terms, shared with evaluation). Each validates itself in ``__post_init__``;
 
 Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
 given on the command line override the preset. Unknown keys in a preset are
-refused (a typo must not silently fall back to a default).
+refused (a typo must not silently fall back to a default). ``--preset NAME`` reads a
+shipped one (``alignprop/presets/NAME.yaml``, e.g. ``edit_specialist``) under --config.
 """
 from __future__ import annotations
 
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from common.cli import UserError
+from rewards import is_differentiable
 from common.original_flags import (ORIGINAL_DEFAULTS, add_train_original_flags,
                                    original_changes, original_names, preset_tokens,
                                    semantics_hint, semantics_of, stored_original)
 from common.original_repo import read_original_texts
 
-from .methods import MethodFlags
+from .methods import GRADIENT_METHODS, SCORE_METHODS, MethodFlags
 from .placement import check_reward_device
 from .reward_flags import RewardFlags, require_reward, reward_specs
 
@@ -44,6 +46,9 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 TRUNCATION = ("fixed", "random", "per_step")
 NOGRAD_BATCHING = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
+# Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
+# billions of steps.
+MAX_SAMPLE_STEPS = 1_000_000
 # The original's crispness_anchor_weight default (see resolve_defaults).
 TRAIN_CRISPNESS_DEFAULT = 0.2
 # --config original: the built-in preset that switches the original's semantics on.
@@ -212,7 +217,10 @@ class TrainConfig(MethodFlags):
     def validate(self) -> None:
         """Refuse missing/invalid values with a message naming the flag (ValueError)."""
         self.validate_method()
-        if not self.data_dir:
+        if self.preferences and self.data_dir:
+            raise ValueError("give --data_dir or --preferences, not both: with --preferences the "
+                             "inputs are the stored pairs' (their trajectories are the data)")
+        if not self.data_dir and not self.preferences:
             raise ValueError("--data_dir is required: a folder of input images to edit")
         for name in ("image_height", "image_width"):
             v = getattr(self, name)
@@ -225,6 +233,9 @@ class TrainConfig(MethodFlags):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_num_steps > MAX_SAMPLE_STEPS:
+            raise ValueError(f"--sample_num_steps must be <= {MAX_SAMPLE_STEPS}, got "
+                             f"{self.sample_num_steps}")
         if self.max_sequence_length > 512:
             raise ValueError(f"--max_sequence_length must be <= 512, got {self.max_sequence_length}")
         n = self.sample_num_steps
@@ -291,6 +302,40 @@ class TrainConfig(MethodFlags):
         if (self.resume_from not in (None, "latest")
                 and not Path(self.resume_from).expanduser().is_dir()):
             raise ValueError(f"--resume_from: checkpoint folder not found: {self.resume_from}")
+        if self.method in SCORE_METHODS:
+            self._validate_rounds()
+
+    def _validate_rounds(self) -> None:
+        """GRPO / D3PO: a round's units must split into whole optimizer steps."""
+        if self.estimate:
+            raise ValueError(f"--estimate traces AlignProp's step; it does not model --method "
+                             f"{self.method} yet (sampling rounds, stored trajectories)")
+        if self.rl_timesteps == "window" and self.rl_window > self.sample_num_steps:
+            raise ValueError(f"--rl_window ({self.rl_window}) must be <= --sample_num_steps "
+                             f"({self.sample_num_steps})")
+        if self.preferences:
+            return
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        units = self.rl_units_per_round()
+        if units % per_step:
+            what = (f"--rl_inputs_per_round {self.rl_inputs_per_round} x --grpo_group_size "
+                    f"{self.grpo_group_size} = {units} samples" if self.method == "grpo" else
+                    f"--rl_inputs_per_round {self.rl_inputs_per_round} = {units} pairs")
+            raise ValueError(f"--method {self.method}: a round's {what} per process must split "
+                             f"into whole optimizer steps of --train_batch_size "
+                             f"{self.train_batch_size} x --train_gradient_accumulation_steps "
+                             f"{self.train_gradient_accumulation_steps} = {per_step}")
+
+    def rl_units_per_round(self) -> int:
+        """GRPO: samples per process per round; D3PO: pairs."""
+        return self.rl_inputs_per_round * (self.grpo_group_size if self.method == "grpo" else 1)
+
+    def rl_updates_per_round(self) -> int:
+        """Optimizer steps one GRPO / D3PO round lasts (1 with --preferences)."""
+        if self.preferences:
+            return 1
+        per_step = self.train_batch_size * self.train_gradient_accumulation_steps
+        return self.rl_units_per_round() // per_step * self.rl_inner_epochs
 
     # ------------------------------------------------------------------ derived values
     def tracker_init_kwargs(self) -> dict[str, dict]:
@@ -323,8 +368,20 @@ class TrainConfig(MethodFlags):
 
 
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
-    """Refuse flag combinations that involve both dataclasses."""
-    require_reward(rewards)
+    """Refuse flag combinations that involve both dataclasses (before any model loads)."""
+    if train.preferences:
+        specs = reward_specs(rewards)
+        if specs:
+            raise ValueError(f"--preferences trains on people's choices; the reward term(s) "
+                             f"{', '.join(s['term'] for s in specs)} would not be used: drop "
+                             f"their flags")
+        return
+    specs = require_reward(rewards)
+    without = [s["term"] for s in specs if not is_differentiable(s["name"])]
+    if train.method in GRADIENT_METHODS and without:
+        raise ValueError(f"--method {train.method} backpropagates the reward, but "
+                         f"{', '.join(without)} gives no gradient; use --method grpo|d3po, "
+                         f"which learn from scores alone")
 
 
 # --------------------------------------------------------------------------- parsing
@@ -340,7 +397,29 @@ def _parser():
     parser.add_argument("--config", default=None,
                         help="YAML or JSON preset of flag: value pairs; command-line flags "
                              "override it.")
+    parser.add_argument("--preset", default=None, choices=shipped_presets(),
+                        help="A shipped preset (alignprop/presets/NAME.yaml): 'edit_specialist' "
+                             "= the Image-Editing Specialists objective (structural + score_alpha "
+                             "x semantic, rec_lambda) trained with D3PO (--method grpo or "
+                             "alignprop also run it). --config and command-line flags override "
+                             "it.")
     return parser
+
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def shipped_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The file of ``--preset NAME`` (one-line error naming the shipped ones)."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if name not in shipped_presets():
+        raise ValueError(f"--preset {name!r} is not shipped; choose one of: "
+                         f"{', '.join(shipped_presets())}")
+    return path
 
 
 def _known_flags() -> set[str]:
@@ -431,24 +510,30 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
+    pre.add_argument("--preset", default=None)
     known, _ = pre.parse_known_args(argv)
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
     args = list(argv) if argv is not None else sys.argv[1:]
     preset: dict[str, Any] = {}
-    if known.config:
-        preset = load_preset(known.config)
+    sources = ([preset_path(known.preset)] if known.preset else []) + (
+        [known.config] if known.config else [])
+    loaded = [(source, load_preset(source)) for source in sources]
+    for _, values in loaded:    # a shipped --preset first, then --config over it
+        preset.update(values)
     # Defaults, lowest first: ours (the dataclasses), the original's (--semantics original),
-    # the preset's; the command line wins over all of them.
+    # each preset's; the command line wins over all of them.
     defaults: dict[str, Any] = {}
     if semantics_of(args, preset) == "original":
         defaults.update(ORIGINAL_DEFAULTS["train"])
-    if preset:
+    front: list[str] = []
+    for source, values in loaded:
         # The original's flag names in a preset go in front of the command line (so it
         # wins); our own keys are checked and converted as the command line would.
-        ours, tokens = preset_tokens(preset)
-        defaults.update(_typed_preset(parser, ours, known.config))
-        args = tokens + args
+        ours, tokens = preset_tokens(values)
+        defaults.update(_typed_preset(parser, ours, source))
+        front += tokens
+    args = front + args
     if defaults:
         parser.set_defaults(**defaults)
     train, rewards, *extra = parser.parse_args_into_dataclasses(
@@ -460,7 +545,7 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
                                max_train_steps=train.max_train_steps)
     if changes:
         train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
-    rewards = resolve_defaults(rewards)
+    rewards = resolve_defaults(rewards, people_judge=bool(train.preferences))
     if (rewards.semantics == "original" and rewards.original_repo and not train.prompt_file
             and not _given_flag(args, "--prompt") and "prompt" not in preset):
         # the original's built-in edit instruction, read from the user's clone
@@ -474,15 +559,16 @@ def _given_flag(argv: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in argv)
 
 
-def resolve_defaults(rewards: RewardFlags) -> RewardFlags:
+def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> RewardFlags:
     """Defaults that depend on other flags, resolved in one visible place.
 
     ``--crispness_weight`` left unset: the original's crispness floor (0.2) guards every run
     that has another reward term; alone it is no objective, so "no reward" stays an error.
+    Training on people's choices (``--preferences``) has no reward, so no floor either.
     """
     if rewards.crispness_weight is None:
-        rewards = dataclasses.replace(
-            rewards, crispness_weight=TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) else 0.0)
+        floor = TRAIN_CRISPNESS_DEFAULT if reward_specs(rewards) and not people_judge else 0.0
+        rewards = dataclasses.replace(rewards, crispness_weight=floor)
     return rewards
 
 

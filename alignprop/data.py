@@ -14,6 +14,7 @@ exactly the images it would have seen.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,12 @@ class ImageFolder:
                         f"during the run")
 
 
+def seed_for(*parts) -> int:
+    """Stable 63-bit seed from any parts (python's hash() is salted per process): every draw
+    a step makes is seeded from (seed, purpose, step, micro-batch, rank, ...)."""
+    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
+
+
 class SampleStream:
     """Deterministic infinite sample order; ``position`` = samples already consumed.
 
@@ -192,4 +199,4 @@ def load_batch(folder: ImageFolder, picks: Sequence[tuple[int, int]], return_ind
     return images, prompts
 
 
-__all__ = ["ImageFolder", "SampleStream", "DataError", "load_batch"]
+__all__ = ["ImageFolder", "SampleStream", "DataError", "load_batch", "seed_for"]

@@ -39,18 +39,19 @@ import torch
 
 from alignprop.diversity import _SEED_SUFFIX, build_metric, folder_diversity, group_seed_outputs
 from alignprop.generate import read_prompts
-from alignprop.reward_flags import VLM_REWARDS, RewardFlags, cli_model_error, reward_specs
+from alignprop.reward_flags import RewardBuildError, RewardFlags, build_term, reward_specs
+from alignprop.validate import check_reward_specs
+from common.checks import check_paths
 from common.cli import UserError, run_cli
-from common.hub import ModelUnavailableError, resolve_device_dtype
+from common.hub import resolve_device_dtype
 from common.images import ImageLoadError, list_images, load_image, resize_to
 from common.paths import check_outputs_spare_inputs, check_writable_dir
-from rewards import available_rewards, build_rewards
+from rewards import available_rewards, reads_input
 
 FOLDERS = ("original", "base", "lora")          # column order everywhere
 COMPARISONS = (("lora", "base"), ("lora", "original"), ("base", "original"))
 CHECK_TERMS = ("grid", "brightness")            # reward-hacking monitors
 SKIP_FILES = {"contact_sheet"}                   # what alignprop.generate writes beside outputs
-INPUT_TASKS = {"content-similarity", "pair", "triplet"}
 # Most pixels scored in one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
 BATCH_PIXELS = 16 * 1024 * 1024
 
@@ -124,9 +125,9 @@ class EvalArgs:
 
 # --------------------------------------------------------------------------- rewards
 def uses_input(spec: dict) -> bool:
-    """Does this reward compare the image with the input (so scoring an original is moot)?"""
-    return spec["name"] in ("lpips", "face") or (
-        spec["name"] in VLM_REWARDS and spec.get("task") in INPUT_TASKS)
+    """Does this reward compare the image with the input (so scoring an original is moot)?
+    The registry record says (a VLM or DreamSim term with a reference image does not)."""
+    return reads_input(spec)
 
 
 def collect_specs(flags, args: EvalArgs, device) -> tuple[list[dict], list[dict]]:
@@ -173,13 +174,12 @@ def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
     for role, group in (("target", specs), ("check", checks)):
         for spec in group:
             try:
-                term = build_rewards([spec]).terms[0]
-            except (NotImplementedError, ModelUnavailableError, ValueError, TypeError) as exc:
-                msg = f"reward term {spec['term']!r} ({spec['name']}): {cli_model_error(exc, spec)}"
+                term = build_term(spec)
+            except RewardBuildError as exc:
                 if role == "check":
-                    print(f"warning: hacking-check {msg}; not scored", file=sys.stderr)
+                    print(f"warning: hacking-check {exc}; not scored", file=sys.stderr)
                     continue
-                raise UserError(msg) from None
+                raise
             built.append({"term": spec["term"], "reward": spec["name"], "weight": term.weight,
                           "role": role, "uses_input": uses_input(spec), "fn": term.fn,
                           "options": {k: v for k, v in spec.items()
@@ -267,6 +267,22 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
             return None
         return resize_to(img, shape[1], shape[2], mode="crop")
 
+    def score_items(t, x, inp, batch_prompts, files) -> list[float]:
+        """One term's scores; an image the term refuses (a VLM's processor: too elongated)
+        is NaN for that term and reported, never fatal to the folder."""
+        try:
+            with torch.no_grad():
+                s, _ = t["fn"](x, inp, batch_prompts)
+            return [float(v) + 0.0 for v in s.detach().float().cpu()]  # no -0.0
+        except ValueError as exc:
+            if len(files) == 1:
+                unreadable.append({"folder": label, "file": str(files[0]),
+                                   "reason": f"term {t['term']}: {' '.join(str(exc).split())}"})
+                return [math.nan]
+            return [v for i in range(len(files)) for v in score_items(
+                t, x[i:i + 1], None if inp is None else inp[i:i + 1], batch_prompts[i:i + 1],
+                files[i:i + 1])]
+
     total = len(names) * len(index)
     with tqdm(total=total, desc="evaluate", unit="img", disable=None if progress else True) as bar:
         for label in [f for f in FOLDERS if f in index]:
@@ -283,9 +299,8 @@ def score_folders(terms: list[dict], index: dict, names: list[str], prompts: dic
                     if t["uses_input"] and (label == "original" or inp is None):
                         scores[t["term"]] = [math.nan] * len(items)
                         continue
-                    with torch.no_grad():
-                        s, _ = t["fn"](x, inp, batch_prompts)
-                    scores[t["term"]] = [float(v) + 0.0 for v in s.detach().float().cpu()]  # no -0.0
+                    scores[t["term"]] = score_items(t, x, inp, batch_prompts,
+                                                    [index[label][it[0]] for it in items])
                 for i, it in enumerate(items):
                     rows[(label, it[0])] = {t["term"]: scores[t["term"]][i] for t in terms}
                 bar.update(len(items))
@@ -542,6 +557,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs.update({f"--diversity_dir {k}": v
                        for k, v in parse_diversity_dirs(args.diversity_dir).items()})
     check_outputs_spare_inputs({"--output_dir": out}, inputs)
+    # every path a flag names, before any reward model loads (one line naming the flag)
+    check_paths([*((flag, "dir", d) for flag, d in inputs.items()),
+                 ("--reward_spec", "file", args.reward_spec),
+                 ("--prompt_file", "file", args.prompt_file)])
+    if args.diversity_dir and args.diversity_metric == "lpips" and args.lpips_pretrained:
+        check_paths([("--lpips_backbone", "path", flags.lpips_backbone)])
     check_writable_dir("--output_dir", out)
     summary: dict[str, Any] = {"folders": {k: str(v) for k, v in folders.items()}}
     t0 = time.time()
@@ -549,6 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if folders:
         index, common, unpaired, problems = pair_folders(folders)
         specs, checks = collect_specs(flags, args, device)
+        check_reward_specs(specs + checks)   # the registry says which options name files
         terms = build_terms(specs, checks)
         need_input = [t["term"] for t in terms if t["uses_input"]]
         if need_input and "original" not in index:

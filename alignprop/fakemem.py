@@ -10,6 +10,9 @@ transformer and a 14B VLM are traced on a laptop CPU.
 torch's own ``MemTracker`` refuses modules with frozen parameters (it hooks gradients), which
 is every model here, hence this small tracker.
 
+Values read back from fake tensors (``.item()``: metrics, checks) are fixed placeholders
+(:func:`_placeholder`): nothing the trace measures depends on them.
+
 FLOPs are counted per op with torch's FLOP formulas (``torch.utils.flop_counter``), split into
 forward / backward / recompute: an op running inside ``loss.backward()`` with grad mode ON is
 a gradient-checkpointing recompute (the engine runs backward ops with grad mode off).
@@ -114,6 +117,10 @@ class Tracker(TorchDispatchMode):
         self.peak_where = ""
         self.flops: dict[str, int] = defaultdict(int)
         self.flops_by_label: dict[str, int] = defaultdict(int)
+        # FLOPs by (bucket, phase): a gradient hook switches the bucket when the backward of
+        # one traced call begins, which tells that call's backward apart from the others'
+        self.bucket = "main"
+        self.flops_by_bucket: dict[tuple[str, str], int] = defaultdict(int)
 
     # ------------------------------------------------------------------ context
     @contextmanager
@@ -133,6 +140,10 @@ class Tracker(TorchDispatchMode):
             yield
         finally:
             self._phase = old
+
+    def set_bucket(self, name: str) -> None:
+        """FLOPs from now on are also counted under ``name`` (see ``flops_by_bucket``)."""
+        self.bucket = name
 
     def reset_peak(self) -> None:
         self.peak = self.total
@@ -185,6 +196,8 @@ class Tracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is aten._local_scalar_dense.default and _is_fake(args[0]):
+            return _placeholder(args[0])
         out = func(*args, **kwargs)
         packet = func._overloadpacket
         if packet in self._flops_of:
@@ -194,10 +207,44 @@ class Tracker(TorchDispatchMode):
                 phase = "recompute"
             self.flops[phase] += n
             self.flops_by_label[self._label] += n
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.track(t)
+            self.flops_by_bucket[(self.bucket, phase)] += n
+        label = self._label
+        if func is aten._to_copy.default and _is_trainable_leaf(args[0]):
+            # autocast's cast of a trainable weight: cached until the autocast region ends
+            # (on CUDA as here), so it lives through the whole step, whichever call made it
+            self._label = AUTOCAST_CACHE
+        try:
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.track(t)
+        finally:
+            self._label = label
         return out
+
+
+AUTOCAST_CACHE = "autocast cache: low-precision copies of LoRA weights"
+
+
+def _is_trainable_leaf(t) -> bool:
+    return isinstance(t, torch.Tensor) and t.requires_grad and t.is_leaf
+
+
+def _is_fake(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def _placeholder(t: torch.Tensor):
+    """What ``.item()`` of a fake tensor gives inside the trace: a fixed value of its kind.
+
+    A trace knows shapes, not values. The code traced reads values only for its metrics,
+    checks that hold on a real run (``torch._check`` of token counts, "all finite") and
+    AdamW's step count: True, 1 and 1.0 keep all of them on the path a real step takes.
+    """
+    if t.dtype == torch.bool:
+        return True
+    return 1.0 if t.is_floating_point() else 1
 
 
 @contextmanager
@@ -238,4 +285,4 @@ def param_counts(module: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "frozen": total - train, "trainable": train}
 
 
-__all__ = ["Tracker", "fake_mode", "param_counts"]
+__all__ = ["AUTOCAST_CACHE", "Tracker", "fake_mode", "param_counts"]

@@ -36,14 +36,16 @@ import torch
 
 from alignprop.contact_sheet import write_html, write_png
 from alignprop.estimate import estimate_generate
-from alignprop.models import DEFAULT_MODEL, load_kontext_pipeline
+from alignprop.models import DEFAULT_MODEL, TINY, TINY_PHOTO, load_kontext_pipeline
 from alignprop.lora import load_lora, resolve_lora
 from alignprop.prompts import prompt_for, read_prompt_file
 from common.cli import UserError, run_cli
 from common.hub import resolve_device_dtype
 from common.images import (ImageLoadError, list_images, load_image, resize_to, save_image,
                            unsupported_note)
-from common.paths import check_no_overwrite, check_outputs_spare_inputs, check_writable_dir
+from common.checks import check_paths
+from common.paths import (check_distinct, check_no_overwrite, check_outputs_spare_inputs,
+                          check_writable_dir)
 
 MULTIPLE = 16  # FLUX: VAE downsamples 8x, the transformer patchifies 2x2
 
@@ -295,6 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     sheets = validate(args)
+    # every path a flag names, before any model loads (one line naming the flag)
+    check_paths([("--input_dir", "dir", args.input_dir),
+                 ("--prompt_file", "file", args.prompt_file), ("--lora", "path", args.lora),
+                 ("--pretrained_model", "model", args.pretrained_model)], names=(TINY, TINY_PHOTO))
     out_dir = Path(args.output_dir).expanduser()
     base_dir = Path(args.base_dir).expanduser() if args.base_dir else out_dir / "base"
     use_lora = args.lora is not None
@@ -323,12 +329,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--base_dir {base_dir} is --output_dir: base and LoRA outputs would "
                         "overwrite each other; choose another --base_dir")
     folders = [out_dir] + ([base_dir] if use_lora and want_base else [])
-    planned = [out_dir / n for n in ("contact_sheet.html", "contact_sheet.png",
-                                     "generate_log.json")]
-    planned += [f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p])
+    out_flag = "--output_dir" if len(folders) == 1 else "--output_dir/--base_dir"
+    planned = [(out_dir / f"contact_sheet.{kind}", f"the {kind} contact sheet")
+               for kind in sheets] + [(out_dir / "generate_log.json", "the run log")]
+    planned += [(f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p]),
+                 f"the output of input {p.name}")
                 for f in folders for p in paths for k in range(args.num_seeds)]
-    check_no_overwrite(planned, paths, "--output_dir" if len(folders) == 1
-                       else "--output_dir/--base_dir")
+    # an input named contact_sheet.png must not have its output replaced by the sheet
+    check_distinct(planned, out_flag)
+    check_no_overwrite([path for path, _ in planned], paths, out_flag)
     prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
     jobs, skipped = plan_jobs(paths, args)
     if args.estimate:  # a dry run writes nothing, so it needs no output folder

@@ -27,7 +27,18 @@ is the same for all of them (``--method`` picks the function from :data:`METHODS
     adds both every step; the flow-matching term is weighted by ``--imagerefl_fm_weight``
     (default 1.0).
 
-Base consistency (every method, ``--base_consistency_weight`` > 0): the distance between
+``grpo`` (Flow-GRPO, Liu et al. 2025; yifan123/flow_grpo scripts/train_sd3.py)
+    Learns from scores, no reward gradient. Rounds of G SDE samples per input are judged
+    and stored (alignprop/rollout.py); each call trains one stored transition of a
+    micro-batch: PPO-clipped ratio to the sampling policy times the group-normalised
+    advantage, optional KL to the LoRA-off model.
+``d3po`` (D3PO, Yang et al. 2024; yk7333/d3po scripts/rm/train_d3po.py)
+    Learns from preferences: pairs sharing their starting noise, the better-scored (or
+    people's chosen, ``--preferences``) sample preferred; each call trains one stored
+    transition: -log sigmoid(beta (log r_a - log r_b) s), r the policy / LoRA-off ratio
+    clamped to [1 - eps, 1 + eps]. Equations and differences: docs/methods.md.
+
+Base consistency (gradient methods, ``--base_consistency_weight`` > 0): the distance between
 the LoRA's prediction and the base model's (adapters disabled, no grad) for the same input,
 noise and prompt -- the final latents for ``alignprop``, the one-step clean-latent
 prediction for the others -- as mean squared error in latent space (``latent``) or LPIPS of
@@ -39,6 +50,7 @@ import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -47,10 +59,18 @@ import torch.nn.functional as F
 from rewards.base import batch_mean
 
 from .sampler import cat_prompt_embeds
+from .trajectory import replay
 
-METHOD_NAMES = ("alignprop", "draft-lv", "refl", "imagerefl")
+METHOD_NAMES = ("alignprop", "draft-lv", "refl", "imagerefl", "grpo", "d3po")
+# Methods that learn from scores alone (the reward runs without gradient) ...
+SCORE_METHODS = ("grpo", "d3po")
+# ... and those that backpropagate the reward into the sampler: they need its gradient.
+GRADIENT_METHODS = tuple(m for m in METHOD_NAMES if m not in SCORE_METHODS)
 BASE_METRICS = ("latent", "lpips")
 IMAGEREFL_SCHEDULES = ("alternate", "mix")
+RL_TIMESTEPS = ("all", "window")
+GRPO_STD = ("group", "batch")
+PREFERENCE_MODES = ("majority", "every")   # = alignprop.preferences.MODES (a test checks)
 DEFAULT_IDENTITY_PROMPT = "Keep this photo exactly as it is."
 
 
@@ -94,9 +114,60 @@ class MethodFlags:
                   "'lpips' (LPIPS of the decoded images; uses --lpips_net/--lpips_backbone).",
         BASE_METRICS)
 
+    # ---------------------------------------------------------------- grpo / d3po
+    sde_noise: float = _f(
+        0.7, "GRPO / D3PO: noise level a of the stochastic sampler (Flow-GRPO's SDE: per-step "
+             "std a sqrt(t/(1-t)) sqrt(-dt); published a = 0.7). Must be > 0: a deterministic "
+             "step has no log-probability.")
+    rl_inputs_per_round: int = _f(
+        1, "GRPO / D3PO: input images per process per sampling round. Each gives "
+           "--grpo_group_size samples (GRPO) or one pair (D3PO); the round's samples (pairs) "
+           "are then trained on in micro-batches of --train_batch_size for --rl_inner_epochs "
+           "passes, so a round lasts inputs x G / (batch x accumulation) x epochs optimizer "
+           "steps (printed before step 0).")
+    rl_inner_epochs: int = _f(
+        1, "GRPO / D3PO: passes over a round's stored trajectories before sampling again "
+           "(Flow-GRPO / D3PO num_inner_epochs; published 1).")
+    rl_timesteps: str = _f(
+        "all", "GRPO / D3PO: which transitions of each stored trajectory are trained: 'all' "
+               "(the published setting) or 'window' (--rl_window consecutive steps, the window "
+               "drawn per round from the seed).", RL_TIMESTEPS)
+    rl_window: int = _f(2, "GRPO / D3PO: transitions per sample with --rl_timesteps window.")
+    grpo_group_size: int = _f(
+        4, "GRPO: samples per input (same image and instruction, different noise); advantages "
+           "are normalised within each group.")
+    grpo_clip_range: float = _f(
+        1e-4, "GRPO: PPO clip range of the probability ratio (Flow-GRPO's default 1e-4; the "
+              "log-probs are per-dimension means).")
+    grpo_adv_clip: float = _f(5.0, "GRPO: advantages are clipped to [-c, c] (Flow-GRPO: 5).")
+    grpo_kl_beta: float = _f(
+        0.0, "GRPO: weight of the KL term to the base model (the LoRA switched off: no second "
+             "copy), Flow-GRPO's ||mean - mean_ref||^2 / (2 std^2); 0 = off (Flow-GRPO's "
+             "configs use 0.01-0.04).")
+    grpo_std: str = _f(
+        "group", "GRPO: the std that divides the advantages: 'group' (within each group, as the "
+                 "mean) or 'batch' (over the whole round on every process, Flow-GRPO's "
+                 "global_std).", GRPO_STD)
+    dpo_beta: float = _f(
+        0.1, "D3PO: beta of the DPO loss -log sigmoid(beta (log r_w - log r_l)), r = clamped "
+             "policy / reference ratio of a transition (D3PO's default 0.1).")
+    d3po_eps: float = _f(
+        0.1, "D3PO: the ratios are clamped to [1 - eps, 1 + eps] (D3PO's default 0.1).")
+    preferences: Optional[str] = _f(
+        None, "D3PO: train on people's choices instead of a reward: the preferences.jsonl in a "
+              "pairs folder (python -m alignprop.sample_pairs, then python -m alignprop.annotate);"
+              " the stored trajectories of the chosen pairs are the training data (no "
+              "--data_dir, no reward flags).")
+    preference_mode: str = _f(
+        "majority", "D3PO with --preferences: 'majority' (one example per pair, the edit most "
+                    "people chose; ties left out) or 'every' (one example per choice).",
+        PREFERENCE_MODES)
+
     def validate_method(self) -> None:
         for name, valid in (("method", METHOD_NAMES), ("base_consistency_metric", BASE_METRICS),
-                            ("imagerefl_schedule", IMAGEREFL_SCHEDULES)):
+                            ("imagerefl_schedule", IMAGEREFL_SCHEDULES),
+                            ("rl_timesteps", RL_TIMESTEPS), ("grpo_std", GRPO_STD),
+                            ("preference_mode", PREFERENCE_MODES)):
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name} {getattr(self, name)!r} is not valid; choose one of: "
                                  f"{', '.join(valid)}")
@@ -110,13 +181,54 @@ class MethodFlags:
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
         if self.imagerefl_target_dir is not None:
-            from pathlib import Path
-
             if self.method != "imagerefl":
                 raise ValueError("--imagerefl_target_dir is used only with --method imagerefl")
             if not Path(self.imagerefl_target_dir).expanduser().is_dir():
                 raise ValueError(f"--imagerefl_target_dir: folder not found: "
                                  f"{self.imagerefl_target_dir}")
+        self._validate_score_methods()
+
+    def _validate_score_methods(self) -> None:
+        """GRPO / D3PO flags (their batch arithmetic is checked in TrainConfig.validate)."""
+        for name in ("rl_inputs_per_round", "rl_inner_epochs", "rl_window", "grpo_group_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sde_noise", "grpo_clip_range", "grpo_adv_clip", "grpo_kl_beta", "dpo_beta",
+                     "d3po_eps"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
+        if self.method in SCORE_METHODS:
+            if self.sde_noise == 0:
+                raise ValueError(f"--method {self.method} needs --sde_noise > 0 (at 0 the sampler "
+                                 f"is deterministic and its steps have no log-probability)")
+            positive = (("grpo_clip_range", "grpo_adv_clip") if self.method == "grpo"
+                        else ("dpo_beta",))
+            for name in positive:
+                if getattr(self, name) == 0:
+                    raise ValueError(f"--{name} must be > 0 with --method {self.method}")
+            if self.method == "d3po" and not 0 < self.d3po_eps < 1:
+                raise ValueError(f"--d3po_eps must be in (0, 1), got {self.d3po_eps}")
+        if self.method in SCORE_METHODS and self.base_consistency_weight > 0:
+            raise ValueError(f"--base_consistency_weight is for the gradient methods; --method "
+                             f"{self.method} stays near the base model through "
+                             + ("--grpo_kl_beta" if self.method == "grpo" else
+                                "its reference ratio (--d3po_eps, --dpo_beta)"))
+        if self.method == "grpo" and self.grpo_group_size < 2:
+            raise ValueError("--grpo_group_size must be >= 2 (advantages compare the samples of "
+                             "a group)")
+        if self.preferences is not None:
+            if self.method != "d3po":
+                raise ValueError(f"--preferences trains with --method d3po, not --method "
+                                 f"{self.method}")
+            p = Path(self.preferences).expanduser()
+            if not p.is_file():
+                raise ValueError(f"--preferences: file not found: {self.preferences} (python -m "
+                                 f"alignprop.annotate DIR writes DIR/preferences.jsonl)")
+
+    def transitions(self, num_steps: int) -> int:
+        """GRPO / D3PO: transitions of each stored trajectory trained per update."""
+        return num_steps if self.rl_timesteps == "all" else min(self.rl_window, num_steps)
 
     def extra_prompts(self) -> list[str]:
         """Prompts the method needs encoded besides the data's (the identity edit)."""
@@ -160,6 +272,21 @@ class Batch:
         """The inputs' Kontext tokens: cached by the trainer, or encoded now."""
         return self.image_tokens if self.image_tokens is not None \
             else sampler.encode_image(self.inputs)
+    rollout: Optional[RolloutSlice] = None   # grpo / d3po: stored trajectories to train on
+
+
+@dataclass
+class RolloutSlice:
+    """GRPO / D3PO: one micro-batch of a round's stored trajectories and the transition
+    ``x_step -> x_{step+1}`` trained on it (built by alignprop/rollout.py)."""
+
+    traj: Any                       # Trajectory: GRPO B samples; D3PO 2B rows, a's then b's
+    step: int                       # the transition's index j in the sampler's schedule
+    advantages: Optional[torch.Tensor] = None   # GRPO (B,) group-normalised
+    prefer: Optional[torch.Tensor] = None       # D3PO (B,): +1 a preferred, -1 b, 0 tie
+    rewards: Optional[torch.Tensor] = None      # (rows,) the judge's scores (None: people)
+    images: Optional[torch.Tensor] = None       # (B,3,H,W) decoded samples (logging)
+    metrics: dict = field(default_factory=dict)  # the round's judge statistics
 
 
 @dataclass
@@ -336,8 +463,65 @@ def imagerefl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     return out
 
 
+# ------------------------------------------------------------------ learning from scores
+# Both replay one stored transition per call (the trainer accumulates over the trained
+# transitions and the micro-batches, as Flow-GRPO and D3PO accumulate over timesteps), so a
+# backward pass holds one transformer step whatever the number of steps.
+def grpo(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
+    """Flow-GRPO's loss on transition j of B stored samples (scripts/train_sd3.py):
+    ratio = exp(log p_theta - log p_old), loss = mean(max(-A ratio, -A clip(ratio, 1 -+ c)))
+    (+ beta KL to the LoRA-off model)."""
+    r = batch.rollout
+    (step,) = replay(models.sampler, r.traj, batch.text, [r.step])
+    old = r.traj.log_probs[:, r.step].to(step.log_prob.device)
+    ratio = torch.exp(step.log_prob - old)
+    adv = r.advantages.to(ratio.device).clamp(-flags.grpo_adv_clip, flags.grpo_adv_clip)
+    c = flags.grpo_clip_range
+    policy = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - c, 1 + c)).mean()
+    metrics = {**r.metrics, "policy_loss": policy.item(),
+               "ratio_dev": (ratio - 1).abs().mean().item(),
+               "clip_fraction": ((ratio - 1).abs() > c).float().mean().item()}
+    loss = policy
+    if flags.grpo_kl_beta > 0:
+        with torch.no_grad(), base_model(models.bare):
+            (ref,) = replay(models.sampler, r.traj, batch.text, [r.step])
+        dims = tuple(range(1, step.mean.ndim))
+        kl = ((step.mean - ref.mean) ** 2).mean(dims) / (2 * step.std ** 2)
+        loss = loss + flags.grpo_kl_beta * kl.mean()
+        metrics["kl"] = kl.mean().item()
+    return MethodOutput(loss, r.images, metrics, r.rewards)
+
+
+def d3po(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
+    """D3PO's loss on transition j of B stored pairs (yk7333/d3po scripts/rm/train_d3po.py):
+    r = clamp(p_theta / p_ref, 1 - eps, 1 + eps) per sample, the reference being the LoRA
+    switched off; loss = -mean log sigmoid(beta (log r_a - log r_b) s), s = +1 when a is
+    preferred, -1 when b is, 0 for a tie."""
+    r = batch.rollout
+    (step,) = replay(models.sampler, r.traj, batch.text, [r.step])
+    with torch.no_grad(), base_model(models.bare):
+        (ref,) = replay(models.sampler, r.traj, batch.text, [r.step])
+    log_ratio = step.log_prob - ref.log_prob
+    # D3PO clamps the ratio itself: outside the band the pair gives no gradient.
+    eps = flags.d3po_eps
+    clamped = torch.log(torch.exp(log_ratio).clamp(1 - eps, 1 + eps))
+    b = len(r.prefer)
+    prefer = r.prefer.to(clamped.device)
+    logits = flags.dpo_beta * (clamped[:b] - clamped[b:]) * prefer
+    loss = -F.logsigmoid(logits).mean()   # = D3PO's -log(sigmoid(.)), without its underflow
+    decided = prefer != 0
+    metrics = {**r.metrics, "dpo_loss": loss.item(),
+               "log_ratio": log_ratio.detach().abs().mean().item(),
+               "clamped_fraction": ((log_ratio.detach().exp() - 1).abs() > eps).float()
+               .mean().item(),
+               "implicit_accuracy": ((logits.detach() > 0) & decided).float().sum().item()
+               / max(int(decided.sum()), 1)}
+    return MethodOutput(loss, r.images, metrics, r.rewards)
+
+
 METHODS: dict[str, Callable[[Batch, Models, MethodFlags], MethodOutput]] = {
-    "alignprop": alignprop, "draft-lv": draft_lv, "refl": refl, "imagerefl": imagerefl}
+    "alignprop": alignprop, "draft-lv": draft_lv, "refl": refl, "imagerefl": imagerefl,
+    "grpo": grpo, "d3po": d3po}
 
 
 def run_method(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
@@ -349,5 +533,6 @@ def run_method(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput
     return fn(batch, models, flags)
 
 
-__all__ = ["MethodFlags", "Models", "Batch", "MethodOutput", "METHODS", "METHOD_NAMES",
-           "run_method", "shared_nograd_pass", "base_model", "refl_step", "flow_matching_loss"]
+__all__ = ["MethodFlags", "Models", "Batch", "MethodOutput", "RolloutSlice", "METHODS",
+           "METHOD_NAMES", "SCORE_METHODS", "GRADIENT_METHODS", "run_method", "shared_nograd_pass",
+           "base_model", "refl_step", "flow_matching_loss"]

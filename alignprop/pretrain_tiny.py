@@ -1,6 +1,6 @@
 """Pretrain ``tiny-photo``: the built-in tiny FLUX Kontext taught to keep and edit photos.
 
-    python -m alignprop.pretrain_tiny --output_dir alignprop/assets/tiny-photo
+    python -m alignprop.pretrain_tiny --output_dir outputs/tiny-photo
 
 Trains, on CPU, from the photographs bundled with scikit-image and matplotlib
 (random multi-scale 64x64 crops with flips, channel swaps, tints of the grey
@@ -42,16 +42,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.cli import run_cli
 from common.images import resize_to
+from common.paths import check_not_shipped, check_writable_dir, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN, load_files
 
 from .config import DEFAULT_PROMPT
 from .photo_sets import load_second_set, second_set_paths
 from .sampler import _grid_ids, _pack, calculate_shift, encode_prompts
-from .tiny_photo import (COMPONENTS, EDIT_PROMPTS, EDIT_STATISTIC, IDENTITY_PROMPT, MANIFEST, NAME,
-                         apply_edit, build_untrained, psnr, sha256_file, statistic)
+from .tiny_photo import (ASSET_DIR, COMPONENTS, EDIT_PROMPTS, EDIT_STATISTIC, IDENTITY_PROMPT,
+                         MANIFEST, NAME, apply_edit, build_untrained, psnr, sha256_file,
+                         statistic)
 
 SIZE = 64
+SHIPPED_ROOT = ASSET_DIR.parent     # alignprop/assets: every model the project ships
 # Prompts the base model must leave the photo unchanged for: the identity instruction,
 # the project's default training prompt (a LoRA is what makes photos "more beautiful"),
 # and unrelated instructions, so an unknown prompt means "keep" rather than noise.
@@ -381,6 +385,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: reproducible and best on a shared machine).")
+    parser.add_argument("--force", action="store_true",
+                        help="Write the model even when its checks fail (by default nothing is "
+                             "written then). Files of an earlier model in --output_dir are moved "
+                             "to --output_dir/replaced-<time>/ in every case, never overwritten.")
     args = parser.parse_args(argv)
     for name in ("vae_steps", "vae_batch", "transformer_steps", "transformer_batch", "crops",
                  "threads"):
@@ -389,6 +397,9 @@ def main(argv=None) -> int:
     if not (args.black_and_white_weight > 0 and math.isfinite(args.black_and_white_weight)):
         parser.error("--black_and_white_weight must be a positive number")
     out = Path(args.output_dir)
+    # Nothing the project ships can be replaced by a command: never into alignprop/assets.
+    check_not_shipped("--output_dir", out, [SHIPPED_ROOT])
+    check_writable_dir("--output_dir", out)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     start = time.time()
@@ -432,13 +443,19 @@ def main(argv=None) -> int:
         "report_second_held_out_set": second,
         "versions": {"torch": torch.__version__, **_versions()},
     }
-    manifest = save_assets(pipe, out, manifest)
     log(json.dumps(report, indent=2))
     for name, ok in report["checks"].items():
         print(f"check {name}: {'PASS' if ok else 'FAIL'}")
+    passed = all(report["checks"].values())
+    if not passed and not args.force:
+        print(f"checks failed: nothing written to {out} (--force writes it anyway)")
+        return 1
+    kept = set_aside(out, [f"{n}.safetensors" for n in COMPONENTS] + [MANIFEST],
+                     time.strftime("%Y%m%d-%H%M%S"))
+    manifest = save_assets(pipe, out, manifest)
     print(f"wrote {out} ({manifest['total_bytes'] / 1e6:.2f} MB) in {train_s / 60:.1f} min of "
-          f"training")
-    return 0 if all(report["checks"].values()) else 1
+          f"training" + (f"; the earlier model's files are in {kept}" if kept else ""))
+    return 0 if passed else 1
 
 
 def _versions() -> dict:
@@ -448,5 +465,9 @@ def _versions() -> dict:
     return {"diffusers": diffusers.__version__, "transformers": transformers.__version__}
 
 
+def cli(argv=None) -> int:
+    return run_cli(main, argv, "alignprop.pretrain_tiny")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

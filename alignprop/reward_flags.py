@@ -13,7 +13,7 @@ message that names the flag and the valid values.
 
 Term names (what is logged as ``reward/<term>``): ``grid``, ``brightness``,
 ``crispness``, ``aesthetic``, ``similarity``, ``sharpness``, ``style``, ``photo``,
-``preference``.
+``preference``, ``edit_specialist``, ``command``.
 """
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ from common.cli import UserError
 from common.hub import ModelUnavailableError, resolve_device_dtype
 from common.original_flags import SEMANTICS
 from common.original_repo import read_original_texts
-from rewards import build_rewards
-from rewards.base import CompositeReward
+from rewards import REGISTRY, option_flags, record, selecting_flags
+from rewards import build_term as build_one
+from rewards.base import CompositeReward, RewardTerm
+from rewards.command import check_command
+from rewards.edit_specialist import DEFAULT_SEMANTIC_PROMPT
 
 # VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
@@ -40,6 +43,7 @@ SIMILARITY_BACKENDS = ("none", "lpips", "face", "internvl-content", "qwen-conten
 PREFERENCE_BACKENDS = ("none", "imagereward", "hpsv2", "pickscore")
 SHARPNESS_BACKENDS = ("none", "internvl", "qwen")
 STYLE_BACKENDS = VLM_BACKENDS + ("dreamsim",)
+EDIT_STRUCTURAL = ("lpips", "dreamsim", "internvl-content", "qwen-content")
 DREAMSIM_TYPES = ("open_clip_vitb32", "clip_vitb32")  # = rewards.perceptual.DREAMSIM_TYPES
 HPSV2_VERSIONS = ("v2.1", "v2.0")
 PHOTO_BACKENDS = ("none", "aide")
@@ -249,6 +253,46 @@ class RewardFlags:
     aide_repo: Optional[str] = _f(None, "Path to your clone of the AIDE repository.")
     aide_resume: Optional[str] = _f(None, "Path to the AIDE checkpoint to load.")
 
+    # ---------------------------------------------------------------- editing specialist
+    edit_specialist_weight: float = _f(
+        0.0, "Weight of the Image-Editing Specialists objective (--preset edit_specialist sets "
+             "it): structural score (content kept, --edit_structural) + --score_alpha x "
+             "(semantic score: a VLM asked whether the edit follows the instruction - "
+             "--rec_lambda x pixel MSE to the input); with --method grpo|d3po both scores are "
+             "z-scored over the round as the paper ranks edits, with gradient methods summed as "
+             "they are. See rewards/edit_specialist.py for where it differs from the paper.")
+    edit_structural: str = _f(
+        "lpips", "Structural (content kept) judge of the edit-specialist objective: 'lpips' "
+                 "(1 - LPIPS to the input; --lpips_net/--lpips_backbone), 'dreamsim' "
+                 "(--dreamsim_dir), 'internvl-content' / 'qwen-content' (a VLM content "
+                 "question). The paper uses depth maps, which this project does not ship.",
+        EDIT_STRUCTURAL)
+    edit_semantic_backend: str = _f(
+        "internvl", "VLM of the semantic score: 'internvl' (--internvl_model_id) or 'qwen' "
+                    "(--qwen_model_id); it sees the edit and the input.", VLM_BACKENDS)
+    edit_semantic_prompt: str = _f(
+        DEFAULT_SEMANTIC_PROMPT, "Semantic question; {instruction} is replaced by each sample's "
+                                 "edit instruction (Image 1 = the edit, Image 2 = the input).")
+    score_alpha: float = _f(
+        1.0, "Edit specialist: weight of the semantic score relative to the structural one "
+             "(the paper's score_alpha, default 1).")
+    rec_lambda: float = _f(
+        0.5, "Edit specialist: weight of the pixel reconstruction MSE inside the semantic score "
+             "(the paper's rec_lambda, default 0.5; here over the whole image, no object mask).")
+
+    # ---------------------------------------------------------------- a judge as a program
+    reward_command: Optional[str] = _f(
+        None, "A judge given as a command line, e.g. \"python judge.py --strict\" (gives no "
+              "gradient: --method grpo|d3po only). Each batch's images are written as PNGs into "
+              "a temporary folder with a manifest.json (inputs, prompts); the program, run "
+              "without a shell with the manifest's path as its last argument, writes one score "
+              "per image (higher is better) to scores.json or scores.csv there. Protocol and "
+              "errors: rewards/command.py.")
+    reward_command_weight: float = _f(1.0, "Weight of the --reward_command score.")
+    reward_command_timeout: float = _f(
+        600.0, "Seconds --reward_command may take per batch; then it and its children are "
+               "killed and training stops with that error.")
+
     # ---------------------------------------------------------------- InternVL (shared)
     internvl_model_id: str = _f(
         DEFAULT_INTERNVL, "VLM of the 'internvl' backends: a hub id or local directory of "
@@ -320,6 +364,8 @@ class RewardFlags:
                             ("photo_backend", PHOTO_BACKENDS),
                             ("preference_backend", PREFERENCE_BACKENDS),
                             ("style_backend", STYLE_BACKENDS),
+                            ("edit_structural", EDIT_STRUCTURAL),
+                            ("edit_semantic_backend", VLM_BACKENDS),
                             ("dreamsim_type", DREAMSIM_TYPES),
                             ("hpsv2_version", HPSV2_VERSIONS),
                             ("grid_mode", GRID_MODES),
@@ -383,6 +429,20 @@ class RewardFlags:
                              "shipped tokenizer)")
         if self.dreamsim_dir is not None and not Path(self.dreamsim_dir).expanduser().is_dir():
             raise ValueError(f"--dreamsim_dir: folder not found: {self.dreamsim_dir}")
+        for name in ("score_alpha", "rec_lambda"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if "{instruction}" not in self.edit_semantic_prompt:
+            raise ValueError("--edit_semantic_prompt must contain {instruction} (where each "
+                             "sample's edit instruction goes)")
+        if (self.edit_specialist_weight > 0 and self.edit_structural == "dreamsim"
+                and self.dreamsim_dir is None):
+            raise ValueError("--edit_structural dreamsim needs --dreamsim_dir")
+        if self.reward_command is not None:
+            check_command(self.reward_command)   # RewardCommandError: one line
+            if self.reward_command_timeout <= 0:
+                raise ValueError(f"--reward_command_timeout must be > 0 seconds, got "
+                                 f"{self.reward_command_timeout}")
         if self.original_repo is not None and not Path(self.original_repo).expanduser().is_dir():
             raise ValueError(f"--original_repo: folder not found: {self.original_repo}")
         if self.semantics == "original":
@@ -426,12 +486,13 @@ def _internvl_dtype(flags: RewardFlags, device, backend: str = "internvl") -> st
     return str(resolve_device_dtype(device, "auto")[1]).removeprefix("torch.")
 
 
-def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
+def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) -> list[dict]:
     """Specs for :func:`rewards.build_rewards`, one per enabled term, in a fixed order.
 
     ``device`` (optional) is passed to model-backed rewards (None = their default:
     CUDA if available, else CPU). Disabled terms (weight 0 or backend ``none``)
-    are left out, so an empty list means "no reward enabled".
+    are left out, so an empty list means "no reward enabled". ``ranking``: the scores rank
+    samples of a round (GRPO / D3PO), so the edit-specialist objective z-scores its parts.
     """
     if flags.semantics == "original":
         return original_reward_specs(flags, device)
@@ -531,6 +592,30 @@ def reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
         add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
             aide_resume=flags.aide_resume, device=device,
             trust_remote_code=flags.trust_remote_code)
+    if flags.edit_specialist_weight > 0:
+        structural = {"lpips": lambda: {"name": "lpips", "net": flags.lpips_net,
+                                        "resolution": flags.lpips_resolution, "device": device,
+                                        **_given(backbone_path=flags.lpips_backbone)},
+                      "dreamsim": lambda: {"name": "dreamsim", "model_dir": flags.dreamsim_dir,
+                                           "dreamsim_type": flags.dreamsim_type,
+                                           "device": device}}.get(flags.edit_structural)
+        structural = structural() if structural else {
+            "name": "internvl", **internvl("content-similarity", "content",
+                                           flags.edit_structural.removesuffix("-content"))}
+        semantic = internvl("content-similarity", "content", flags.edit_semantic_backend)
+        for key in ("task", "prompt", "prompt_file"):   # the question is the objective's own
+            semantic.pop(key, None)
+        if flags.internvl_answer_scale is None:
+            semantic.pop("answer_scale", None)
+        else:
+            semantic["answer_scale"] = flags.internvl_answer_scale
+        add("edit_specialist", "edit_specialist", flags.edit_specialist_weight,
+            structural=structural, semantic=semantic, score_alpha=flags.score_alpha,
+            rec_lambda=flags.rec_lambda, standardize=ranking,
+            semantic_prompt=flags.edit_semantic_prompt)
+    if flags.reward_command is not None:
+        add("command", "command", flags.reward_command_weight, command=flags.reward_command,
+            timeout=flags.reward_command_timeout)
     if flags.preference_backend != "none":
         opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
         if flags.preference_model is not None:
@@ -639,63 +724,54 @@ def _given(**options: Any) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-# Factory keyword named in a ModelUnavailableError -> the flag that reaches it, per
-# registry name; errors are renamed with ModelUnavailableError.for_cli so a CLI user is
-# told which FLAG takes a local path, never a Python argument.
-FACTORY_FLAGS: dict[str, dict[str, str]] = {
-    "lpips": {"backbone_path=": "--lpips_backbone"},
-    "aesthetic_scorer": {"clip_model=": "--aesthetic_clip_model", "head_path=": "--aesthetic_head"},
-    "aesthetic_v25": {"encoder=": "--aesthetic_encoder", "model_path=": "--aesthetic_head"},
-    "face": {"weights_path=": "--face_weights"},
-    "dreamsim": {"model_dir=": "--dreamsim_dir"},
-    **{name: {"model_path=": "--preference_model", "tokenizer=": "--preference_tokenizer"}
-       for name in ("imagereward", "hpsv2", "pickscore")},
-}
+def cli_model_error(exc: Exception, spec: dict):
+    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged).
 
-
-def cli_model_error(exc: Exception, spec: dict, model_flag: str = "--internvl_model_id"):
-    """``exc`` with factory keywords renamed to this command's flags (other errors unchanged)."""
-    if not isinstance(exc, ModelUnavailableError):
+    The registry record says which flag reaches each file option (``backbone_path=`` ->
+    ``--lpips_backbone``; a VLM's ``model_id=`` -> its term's ``--internvl_/--qwen_model_id``).
+    """
+    if not isinstance(exc, ModelUnavailableError) or spec.get("name") not in REGISTRY:
         return exc
-    names = dict(FACTORY_FLAGS.get(spec.get("name", ""), {}))
-    if spec.get("name") in VLM_REWARDS and exc.flag:  # the VLM loader's only path is the model
-        names[exc.flag] = spec.get("model_flag", model_flag)    # --internvl_ / --qwen_model_id
+    names = option_flags(spec)
+    if "model_id" in record(spec["name"]).files and exc.flag:
+        names[exc.flag] = names["model_id="]      # a VLM loader's only path is the model
     return exc.for_cli(names)
 
 
-def require_reward(flags: RewardFlags, device: Any = None) -> list[dict]:
+def require_reward(flags: RewardFlags, device: Any = None, ranking: bool = False) -> list[dict]:
     """The reward specs of ``flags``; refuse flags that enable no reward term (one line)."""
-    specs = reward_specs(flags, device=device)
+    specs = reward_specs(flags, device=device, ranking=ranking)
     if not specs:
-        raise RewardBuildError(
-            "no reward is enabled: set at least one of --grid_ratio_weight, "
-            "--brightness_anchor_weight, --crispness_weight, --aesthetic_model_type, "
-            "--similarity_backend, --sharpness_backend, --style_reference, --photo_backend, "
-            "--preference_backend")
+        known = {f.name for f in fields(flags)}
+        raise RewardBuildError("no reward is enabled: set at least one of "
+                               + ", ".join(selecting_flags(known)))
     return specs
 
 
-def build_reward_from_flags(flags: RewardFlags, device: Any = None):
-    """Build the composite reward; every failure becomes one clear ``RewardBuildError``.
+def build_term(spec: dict) -> RewardTerm:
+    """One reward term; every failure becomes one :class:`RewardBuildError` line naming the
+    term and the flag that caused it (training and ``alignprop.evaluate`` both build here).
 
-    Missing reward modules (NotImplementedError from the registry), options a
-    factory refuses (ValueError) and models that cannot be loaded
-    (ModelUnavailableError) are re-raised with the term and flag that caused them,
-    so the CLI prints one line instead of a traceback.
+    Missing reward modules (NotImplementedError from the registry), options a factory
+    refuses (ValueError) and models that cannot be loaded (ModelUnavailableError) are
+    re-raised with the term and flag, so the CLI prints one line instead of a traceback.
     """
-    specs = require_reward(flags, device=device)
-    built = []
-    for spec in specs:
-        try:
-            built.append(build_rewards([spec]).terms[0])
-        except NotImplementedError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
-        except ModelUnavailableError as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r}: "
-                                   f"{cli_model_error(exc, spec)}") from exc
-        except (ValueError, TypeError, FileNotFoundError) as exc:
-            raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
-    return CompositeReward(built)
+    try:
+        return build_one(spec)
+    except NotImplementedError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} is not available: {exc}") from exc
+    except ModelUnavailableError as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r}: "
+                               f"{cli_model_error(exc, spec)}") from exc
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise RewardBuildError(f"reward term {spec['term']!r} ({spec['name']}): {exc}") from exc
+
+
+def build_reward_from_flags(flags: RewardFlags, device: Any = None, ranking: bool = False):
+    """Build the composite reward of ``flags`` (one :class:`RewardBuildError` line on failure);
+    ``ranking``: its scores rank a round's samples (GRPO / D3PO), see :func:`reward_specs`."""
+    return CompositeReward([build_term(spec)
+                            for spec in require_reward(flags, device=device, ranking=ranking)])
 
 
 class RewardBuildError(UserError):
@@ -703,6 +779,6 @@ class RewardBuildError(UserError):
 
 
 __all__ = ["RewardFlags", "RewardBuildError", "reward_specs", "require_reward",
-           "build_reward_from_flags",
+           "build_reward_from_flags", "build_term", "cli_model_error",
            "AESTHETIC_BACKENDS", "SIMILARITY_BACKENDS", "SHARPNESS_BACKENDS", "PHOTO_BACKENDS",
            "PREFERENCE_BACKENDS", "STYLE_BACKENDS", "VLM_BACKENDS"]

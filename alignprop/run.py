@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from common.cli import CurrentStderrHandler, UserError
 from common.images import load_image, resize_to
 from rewards.perceptual import build_lpips_model
 
@@ -35,9 +36,10 @@ from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker
                             truncate_metrics)
 from .lora import add_lora, load_lora_into, lora_state_dict, save_lora
 from .model_card import push, write_card
-from .methods import Models
+from .methods import GRADIENT_METHODS, SCORE_METHODS, Models
 from .placement import place_reward, reward_device
 from .reward_flags import RewardFlags, build_reward_from_flags
+from .rollout import PreferencePairs, Rollouts
 from .sampler import KontextSampler, encode_prompts
 
 logger = logging.getLogger("alignprop")
@@ -102,6 +104,7 @@ class Run:
     identity_text: Any = None               # imagerefl identity prompt embeds
     nograd_batched: bool = False            # --batch_nograd_steps resolved (alignprop)
     input_tokens: InputTokens = field(default_factory=InputTokens)
+    rollouts: Optional[Rollouts] = None     # grpo / d3po: rounds of stored trajectories
     # progress (what a checkpoint stores)
     global_step: int = 0
     skipped_total: int = 0
@@ -134,6 +137,12 @@ class Run:
     @property
     def accum(self) -> int:
         return self.cfg.train_gradient_accumulation_steps
+
+    @property
+    def micro_steps(self) -> int:
+        """Backward passes per optimizer step: the accumulation steps, times the trained
+        transitions for GRPO / D3PO (one transition per pass)."""
+        return self.accum * (self.rollouts.transitions if self.rollouts is not None else 1)
 
     @property
     def micro_global(self) -> int:
@@ -243,6 +252,41 @@ def batch_nograd(cfg: TrainConfig, device) -> bool:
     return cfg.batch_nograd_steps == "on" or torch.device(device).type == "cuda"
 
 
+def count_steps(cfg: TrainConfig, n_items: int, world: int) -> int:
+    """Optimizer steps of the run: --max_train_steps, or --num_epochs passes over the data.
+
+    GRPO / D3PO with a reward: a pass is ``n_items / (inputs per round x processes)``
+    rounds of ``updates per round`` steps each; otherwise ``n_items / images (or preference
+    examples) per optimizer step``.
+    """
+    if cfg.max_train_steps is not None:
+        return cfg.max_train_steps
+    if cfg.method in SCORE_METHODS and not cfg.preferences:
+        rounds = max(1, math.ceil(cfg.num_epochs * n_items / (cfg.rl_inputs_per_round * world)))
+        return rounds * cfg.rl_updates_per_round()
+    step_global = cfg.train_batch_size * world * cfg.train_gradient_accumulation_steps
+    return max(1, math.ceil(cfg.num_epochs * n_items / step_global))
+
+
+class RewardWithoutGradientError(UserError):
+    """A gradient method was given a reward that gives no gradient."""
+
+
+def check_reward_fits_method(method: str, reward_fn) -> None:
+    """Gradient methods backpropagate the reward: refuse one without a gradient (one line).
+
+    The reward flags are checked before any model loads (config.check_combination); this
+    covers a reward given as a function (tests, the demo, benchmarks).
+    """
+    if method not in GRADIENT_METHODS or getattr(reward_fn, "differentiable", True):
+        return
+    names = getattr(reward_fn, "terms_without_gradient", None) or [
+        getattr(reward_fn, "__name__", type(reward_fn).__name__)]
+    raise RewardWithoutGradientError(
+        f"--method {method} backpropagates the reward, but {', '.join(names)} gives no "
+        f"gradient; use --method grpo|d3po, which learn from scores alone")
+
+
 # --------------------------------------------------------------------------- setup_run
 def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
               accelerator=None) -> Run:
@@ -258,8 +302,11 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     # (writable, and not another run's folder unless resuming it), and the data (every image
     # decoded once, so an unreadable one is found now, not at step 10,000).
     resume_dir = preflight(cfg)
-    folder = ImageFolder(cfg.data_dir, cfg.image_height, cfg.image_width, cfg.prompt,
-                         cfg.prompt_file, seed=cfg.seed, recursive=cfg.recursive)
+    # The data stream runs over the input images, or (D3PO on people's choices) over the
+    # preference examples, whose stored pairs are read and checked here.
+    folder = (PreferencePairs(cfg.preferences, cfg.preference_mode, cfg) if cfg.preferences
+              else ImageFolder(cfg.data_dir, cfg.image_height, cfg.image_width, cfg.prompt,
+                               cfg.prompt_file, seed=cfg.seed, recursive=cfg.recursive))
     targets = paired_targets(cfg, folder)
     log_with = check_tracker(cfg.log_with)
     if accelerator is None:
@@ -269,7 +316,8 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
             project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                 logging_dir=str(out_dir / "logs")))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[CurrentStderrHandler()])
     device = accelerator.device
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -283,10 +331,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     set_seed(cfg.seed)
 
     # ---------------------------------------------------------------- steps
-    step_global = cfg.train_batch_size * accelerator.num_processes \
-        * cfg.train_gradient_accumulation_steps
-    total_steps = (cfg.max_train_steps if cfg.max_train_steps is not None
-                   else max(1, math.ceil(cfg.num_epochs * len(folder) / step_global)))
+    total_steps = count_steps(cfg, len(folder), accelerator.num_processes)
 
     # ---------------------------------------------------------------- models
     dtype = weight_dtype(accelerator.mixed_precision)
@@ -303,10 +348,15 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     # --reward_device: the reward models on this process's device, another one, or sharded.
     r_device = reward_device(cfg.reward_device, device, accelerator.local_process_index,
                              int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if reward_fn is None:
-        reward_fn = build_reward_from_flags(reward_flags, device=r_device)
-    reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
-                             sharded_run=is_sharded(accelerator))
+    if cfg.preferences:   # people are the judge: no reward model
+        reward_fn = None
+    else:
+        if reward_fn is None:
+            reward_fn = build_reward_from_flags(reward_flags, device=r_device,
+                                                ranking=cfg.method in SCORE_METHODS)
+        check_reward_fits_method(cfg.method, reward_fn)
+        reward_fn = place_reward(reward_fn, cfg.reward_device, r_device, device,
+                                 sharded_run=is_sharded(accelerator))
 
     # ---------------------------------------------------------------- LoRA + optimizer
     transformer = pipe.transformer
@@ -339,12 +389,15 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
     identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
                      if cfg.extra_prompts() else None)
+    rollouts = (Rollouts(cfg, folder if cfg.preferences else None)
+                if cfg.method in SCORE_METHODS else None)
     return Run(cfg=cfg, reward_flags=reward_flags, accelerator=accelerator, out_dir=out_dir,
                resume_dir=resume_dir, log_with=log_with, folder=folder, total_steps=total_steps,
                weight_dtype=dtype, transformer=transformer, bare=bare, lora_params=lora_params,
                optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
                reward_fn=reward_fn, text_cache=text_cache, targets=targets,
-               identity_text=identity_text, nograd_batched=batch_nograd(cfg, device))
+               identity_text=identity_text, nograd_batched=batch_nograd(cfg, device),
+               rollouts=rollouts)
 
 
 # --------------------------------------------------------------------------- resume
@@ -357,6 +410,8 @@ def resume_run(run: Run) -> None:
                                 load_model=lambda d: load_lora_into(run.bare, d))
         run.global_step, position = state["global_step"], state["samples_seen"]
         run.skipped_total = state.get("skipped_steps", 0)
+        if run.rollouts is not None:   # a round interrupted mid-way continues as it was
+            run.rollouts.load(run.resume_dir, run.rank, run.global_step)
         if state.get("world_size", run.world) * state.get("train_batch_size", run.per_device) \
                 != run.micro_global:
             warnings.warn("resuming with a different global batch size: the data order "
@@ -378,6 +433,8 @@ def resume_run(run: Run) -> None:
 # --------------------------------------------------------------------------- description
 def batch_arithmetic(run: Run) -> str:
     cfg = run.cfg
+    if run.rollouts is not None:
+        return run.rollouts.describe(run.world, len(run.folder), run.total_steps)
     k_lo, k_hi = cfg.k_range()
     grad = (f"gradient through the last {k_lo if k_lo == k_hi else f'U[{k_lo},{k_hi}]'}"
             if cfg.method == "alignprop" else f"method {cfg.method} (one grad step)")
@@ -427,6 +484,11 @@ def checkpoint_run(run: Run, barrier: bool = True) -> Path:
         if run.main:
             save_lora(bare, ckpt_dir, state=state)
 
+    save_rank = None
+    if run.rollouts is not None:   # GRPO / D3PO: each process's unfinished round
+        def save_rank(ckpt_dir):
+            run.rollouts.save(ckpt_dir, run.rank, run.global_step)
+
     state = {"global_step": run.global_step, "samples_seen": run.stream.position,
              "epoch": run.stream.epoch, "skipped_steps": run.skipped_total,
              "world_size": run.world, "train_batch_size": run.per_device, "seed": run.cfg.seed,
@@ -434,7 +496,8 @@ def checkpoint_run(run: Run, barrier: bool = True) -> Path:
     run.last_checkpoint = save_checkpoint(run.accelerator, run.out_dir, run.global_step, state,
                                           run.cfg.checkpoints_total_limit,
                                           optimizer=run.optimizer, scheduler=run.lr_scheduler,
-                                          save_model=save_model, barrier=barrier)
+                                          save_model=save_model, save_rank=save_rank,
+                                          barrier=barrier)
     return run.last_checkpoint
 
 
@@ -504,4 +567,5 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
 
 __all__ = ["Run", "setup_run", "resume_run", "describe_run", "checkpoint_run", "export_lora",
            "count_lost_images", "lora_rank_difference", "describe_reward", "make_optimizer",
-           "weight_dtype", "batch_arithmetic", "batch_nograd", "InputTokens"]
+           "weight_dtype", "batch_arithmetic", "batch_nograd", "InputTokens", "count_steps",
+           "check_reward_fits_method", "RewardWithoutGradientError"]

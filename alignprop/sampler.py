@@ -107,6 +107,12 @@ def stack_prompt_embeds(cache: dict[str, PromptEmbeds], prompts: Sequence[str]) 
                         items[0].text_ids)
 
 
+# exp(mu) of the schedule's time shift overflows float32 (the scheduler's sigmas) past
+# mu ~ 88: ~520k image tokens, between 8192 and 16384 px a side for FLUX.1. Such sizes are
+# refused in one line.
+MAX_SHIFT = 88.0
+
+
 def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
                     base_shift: float = 0.5, max_shift: float = 1.15) -> float:
     """Resolution-dependent ``mu`` of FLUX's dynamic shifting (linear in token count)."""
@@ -292,6 +298,10 @@ class KontextSampler:
         mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
                              cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
                              cfg.get("max_shift", 1.15))
+        if mu > MAX_SHIFT:
+            raise ValueError(f"image size {self.height}x{self.width} is {seq_len} image tokens: "
+                             f"the schedule's resolution shift exp({mu:.0f}) overflows (FLUX.1 "
+                             f"Kontext was trained around 1 MP: 4096 tokens)")
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
         return sched.timesteps.clone(), sched.sigmas.clone().float()
 
@@ -493,16 +503,19 @@ class KontextSampler:
     @torch.no_grad()
     def sample_sde(self, images: torch.Tensor, text: PromptEmbeds, noise_level: float,
                    seeds: Sequence[int], image_tokens: torch.Tensor | None = None,
-                   reduction: str = "mean", prompts: Sequence[str] = ()
+                   reduction: str = "mean", prompts: Sequence[str] = (),
+                   initial_noise: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, Trajectory]:
         """Sample with Flow-GRPO's SDE; returns the images and the stored trajectory.
 
         Sample b draws its initial noise, then each step's noise, from its own generator
         seeded with ``seeds[b]`` (so a sample does not depend on its batch neighbours and
-        the initial noise is the pipeline's for that seed). ``noise_level`` 0 gives the
-        ODE sampler's latents bit for bit (its log-probs are NaN: a deterministic step has
-        no density). No gradient: training recomputes log-probs with
-        :func:`alignprop.trajectory.replay_log_probs`.
+        the initial noise is the pipeline's for that seed). ``initial_noise`` (B, L, C)
+        given: the samples start there and their generators draw only the steps' noise
+        (D3PO's pairs share the starting point and differ by the steps' noise).
+        ``noise_level`` 0 gives the ODE sampler's latents bit for bit (its log-probs are
+        NaN: a deterministic step has no density). No gradient: training recomputes
+        log-probs with :func:`alignprop.trajectory.replay_log_probs`.
         """
         if noise_level < 0 or not math.isfinite(noise_level):
             raise ValueError(f"the SDE noise level must be a finite number >= 0, got {noise_level}")
@@ -513,7 +526,10 @@ class KontextSampler:
         if image_tokens is None:
             image_tokens = self.encode_image(images)
         cond = self.condition(image_tokens.to(device), text)
-        latents = self.initial_noise(b, generators, device).to(self.dtype)
+        if initial_noise is None:
+            latents = self.initial_noise(b, generators, device).to(self.dtype)
+        else:
+            latents = initial_noise.to(device=device, dtype=self.dtype)
         states, log_probs = [latents], []
         for i in range(self.num_steps):
             step = self.sde_step(latents, i, cond, noise_level, generators, reduction=reduction)
@@ -572,5 +588,5 @@ class KontextSampler:
 
 
 __all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
-           "stack_prompt_embeds", "cat_prompt_embeds", "to_device", "calculate_shift", "euler_step", "sde_step", "sde_std_scale",
+           "stack_prompt_embeds", "cat_prompt_embeds", "to_device", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
            "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]

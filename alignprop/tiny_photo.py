@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -137,13 +138,36 @@ def sha256_file(path: Path) -> str:
 
 
 def read_manifest(asset_dir: Path = ASSET_DIR) -> dict:
+    """The manifest, checked field by field: valid JSON of the wrong shape is one line too."""
     path = Path(asset_dir) / MANIFEST
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(
             f"--pretrained_model {NAME}: cannot read {path} ({type(exc).__name__}); "
-            f"rebuild it with `python -m alignprop.pretrain_tiny`.") from None
+            f"restore it with git or rebuild the model with `python -m alignprop.pretrain_tiny`."
+        ) from None
+
+    def bad(what: str) -> ModelUnavailableError:
+        return ModelUnavailableError(f"--pretrained_model {NAME}: {path} is not this model's "
+                                     f"manifest ({what}); restore it with git")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"a JSON {type(manifest).__name__}, not an object")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise bad("no 'files' object")
+    for name in COMPONENTS:
+        entry = files.get(f"{name}.safetensors")
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and len(entry["sha256"]) == 64):
+            raise bad(f"no sha256 for {name}.safetensors")
+    factors = manifest.get("vae_factors")
+    if not (isinstance(factors, dict) and all(
+            isinstance(factors.get(k), (int, float)) and not isinstance(factors.get(k), bool)
+            and math.isfinite(factors[k]) for k in ("shift_factor", "scaling_factor"))):
+        raise bad("no finite vae_factors shift_factor / scaling_factor")
+    return manifest
 
 
 def verify_assets(asset_dir: Path = ASSET_DIR) -> dict:
@@ -151,9 +175,9 @@ def verify_assets(asset_dir: Path = ASSET_DIR) -> dict:
     asset_dir = Path(asset_dir)
     manifest = read_manifest(asset_dir)
     for name in COMPONENTS:
-        entry = manifest["files"].get(f"{name}.safetensors")
+        entry = manifest["files"][f"{name}.safetensors"]
         path = asset_dir / f"{name}.safetensors"
-        if entry is None or not path.is_file():
+        if not path.is_file():
             raise ModelUnavailableError(
                 f"--pretrained_model {NAME}: {path} is missing; rebuild it with "
                 f"`{manifest.get('command', 'python -m alignprop.pretrain_tiny')}`.")

@@ -3,15 +3,19 @@
 ``train`` reads top to bottom: set up the run (alignprop/run.py), resume, describe it, then
 one :func:`optimizer_step` per step -- log, checkpoint, stop on a signal -- and export::
 
-    A micro-batches: inputs (B,3,H,W) + prompts  <- SampleStream (deterministic, resumable)
+    for each of P = A micro-batches (gradient accumulation; GRPO / D3PO: A x T transitions):
+        inputs (B,3,H,W) + prompts          <- SampleStream (deterministic, resumable)
+            grpo / d3po: B stored trajectories + one transition, from the round
+            (alignprop/rollout.py samples and judges a new round when one is used up)
     alignprop: the N-K no-grad Euler steps of all A micro-batches in one batched pass
         (--batch_nograd_steps; on with a GPU)
-    for each micro-batch (gradient accumulation):
+    for each micro-batch:
         loss, outputs, reward[B], metrics = method(batch, models)   <- alignprop/methods.py
             alignprop: outputs = sampler(inputs, text, K) (last K Euler steps + VAE decode
             carry grad), loss = -mean(reward_fn(outputs, inputs, prompts)); draft-lv / refl /
-            imagerefl: one grad step (see methods.py); + base consistency if asked
-        backward(loss / A)                  <- LoRA parameters only
+            imagerefl: one grad step (see methods.py); + base consistency if asked;
+            grpo / d3po: the transition's log-prob under the LoRA -> clipped-ratio / DPO loss
+        backward(loss / P)                  <- LoRA parameters only
     one read of the step's metrics and finite flags from the device
     if any rank's loss was non-finite: skip the step (collective decision), weights unchanged
     else clip grad norm (read: a NaN norm skips the step) -> optimizer step -> LR schedule step
@@ -19,12 +23,12 @@ one :func:`optimizer_step` per step -- log, checkpoint, stop on a signal -- and 
 Nothing inside the step waits for the device: metrics stay tensors until those two reads, and
 noise, ids, sigmas, prompt embeddings and the inputs' VAE latents are on the device already.
 
-Everything that decides what a step sees (data order, noise, random K) is a pure
-function of (seed, step, micro-batch, rank), so ``--resume_from`` continues exactly.
+Everything that decides what a step sees (data order, noise, random K, rounds' seeds and
+orders) is a pure function of (seed, step, micro-batch, rank), and an unfinished round is
+saved with the checkpoint, so ``--resume_from`` continues exactly.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import random
@@ -40,9 +44,10 @@ import torch
 
 from common.profiling import BACKWARD, METRICS, OPTIMIZER, phase
 from rewards.base import metrics_to_floats
+from common.cli import UserError
 
 from .config import TrainConfig
-from .data import load_batch
+from .data import load_batch, seed_for
 from .distributed import grad_norm as total_grad_norm
 from .logging_utils import image_grid, log_image_grid
 from .lora import LORA_FILE
@@ -79,11 +84,6 @@ class StepResult:
     outputs: torch.Tensor
 
 
-def _seed_for(*parts) -> int:
-    """Stable 63-bit seed from any parts (python's hash() is salted per process)."""
-    return int(hashlib.sha256("-".join(map(str, parts)).encode()).hexdigest()[:15], 16)
-
-
 def choose_k(cfg: TrainConfig, step: int) -> int:
     """Number of backpropagated steps for ``step`` (same on every rank, resume-stable);
     --truncated_backprop per_step: the most steps that can carry gradients (the micro-batches
@@ -91,7 +91,7 @@ def choose_k(cfg: TrainConfig, step: int) -> int:
     lo, hi = cfg.k_range()
     if lo == hi or cfg.truncated_backprop == "per_step":
         return hi
-    return random.Random(_seed_for(cfg.seed, "K", step)).randint(lo, hi)
+    return random.Random(seed_for(cfg.seed, "K", step)).randint(lo, hi)
 
 
 def choose_grad_steps(cfg: TrainConfig, step: int, micro: int, rank: int) -> list[bool] | None:
@@ -100,7 +100,7 @@ def choose_grad_steps(cfg: TrainConfig, step: int, micro: int, rank: int) -> lis
     TRL's processes, every rank draws its own."""
     if cfg.truncated_backprop != "per_step":
         return None
-    rng = random.Random(_seed_for(cfg.seed, "T", step, micro, rank))
+    rng = random.Random(seed_for(cfg.seed, "T", step, micro, rank))
     return [i >= rng.randint(cfg.truncation_t_min, cfg.truncation_t_max)
             for i in range(cfg.sample_num_steps)]
 
@@ -135,7 +135,12 @@ class _StopFlag:
 
 # --------------------------------------------------------------------------- one step
 def micro_batch(run: Run, micro: int, k: int) -> Batch:
-    """Micro-batch ``micro`` of the current step: images, prompts, embeds, noise and seeds."""
+    """Micro-batch ``micro`` of the current step: images, prompts, embeds, noise and seeds.
+
+    GRPO / D3PO: stored trajectories and one transition instead (alignprop/rollout.py
+    samples a new round at the first micro-batch of a round's first step)."""
+    if run.rollouts is not None:
+        return run.rollouts.micro_batch(run, micro, k)
     cfg, step = run.cfg, run.global_step
     picks = run.stream.take(run.micro_global, run.rank, run.per_device)
     inputs, prompts, used = load_batch(run.folder, picks, return_indices=True)
@@ -150,8 +155,8 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
             return sampler.encode_image(inputs)
 
     return Batch(inputs, prompts, stack_prompt_embeds(run.text_cache, prompts).to(run.device),
-                 torch.Generator().manual_seed(_seed_for(cfg.seed, "noise", step, micro, run.rank)),
-                 _seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
+                 torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, micro, run.rank)),
+                 seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
                  identity_text=run.identity_text,
                  targets=run.targets(picks) if run.targets else None, grad_steps=grad_steps,
                  image_tokens=run.input_tokens.get(tuple(used), encode))
@@ -165,7 +170,8 @@ def optimizer_step(run: Run) -> StepResult:
     """
     acc = run.accelerator
     k = choose_k(run.cfg, run.global_step)
-    batches = [micro_batch(run, micro, k) for micro in range(run.accum)]
+    passes = run.micro_steps   # accumulation steps (x trained transitions for GRPO / D3PO)
+    batches = [micro_batch(run, micro, k) for micro in range(passes)]
     if run.nograd_batched:
         with acc.autocast():
             shared_nograd_pass(batches, run.models)
@@ -175,7 +181,7 @@ def optimizer_step(run: Run) -> StepResult:
     no_grad = 0
     for micro, batch in enumerate(batches):
         # Gradients are all-reduced only on the last micro-batch of the step.
-        sync = micro == run.accum - 1 or run.world == 1
+        sync = micro == passes - 1 or run.world == 1
         with nullcontext() if sync else acc.no_sync(run.transformer):
             with acc.autocast():
                 out = run_method(batch, run.models, run.cfg)
@@ -184,7 +190,7 @@ def optimizer_step(run: Run) -> StepResult:
             finite = ok if finite is None else finite & ok
             # A non-finite loss is backpropagated too (its NaN gradients are discarded with
             # the step below): deciding here would make the host wait for the device.
-            loss = out.loss / run.accum
+            loss = out.loss / passes
             if not loss.requires_grad:   # --truncated_backprop per_step drew no step
                 no_grad += 1
                 if run.world > 1:   # every rank must join the gradient all-reduce: zeros
@@ -193,9 +199,9 @@ def optimizer_step(run: Run) -> StepResult:
                 with phase(BACKWARD):
                     acc.backward(loss)
         # sums in float64, as Python floats summed them before
-        for key, v in {"loss": loss.detach().double() * run.accum, **out.metrics}.items():
+        for key, v in {"loss": loss.detach().double() * passes, **out.metrics}.items():
             v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
-            sums[key] = sums[key] + v / run.accum if key in sums else v / run.accum
+            sums[key] = sums[key] + v / passes if key in sums else v / passes
     if run.cfg.truncated_backprop == "per_step":
         sums["no_grad_micro_batches"] = float(no_grad)
 
@@ -241,7 +247,8 @@ def log_step(run: Run, res: StepResult, seconds: float) -> dict:
         local = dict(zip(names, vec.tolist()))
     log = {**local, "train/grad_norm": res.grad_norm,
            "train/lr": run.lr_scheduler.get_last_lr()[0],
-           "train/backprop_steps": res.k if run.cfg.method == "alignprop" else 1,
+           "train/backprop_steps": (res.k if run.cfg.method == "alignprop" else
+                                    run.rollouts.transitions if run.rollouts else 1),
            "train/sec_per_step": seconds, "train/epoch": run.stream.position / len(run.folder),
            "train/skipped_steps": run.skipped_total,
            "train/skipped_images": count_lost_images(run)}
@@ -260,6 +267,8 @@ def _emergency_checkpoint(run: Run, exc: BaseException, step_start) -> None:
     """As on SIGTERM: keep the work done so far when a step fails, then let the error surface."""
     if run.phase == "compute":  # the failed step had not touched the weights
         run.stream.position, run.skipped_total = step_start
+    if run.global_step == 0 and isinstance(exc, UserError):
+        return  # nothing trained, nothing lost: the one-line error says it all
     if run.phase == "update" or run.global_step == 0 or not run.main:
         if run.main:
             logger.error("unexpected %s at step %d; no checkpoint saved (%s)",

@@ -78,6 +78,23 @@ class Trajectory:
                           [self.prompts[i] for i in pick] if self.prompts else [],
                           self.noise_level, self.reduction)
 
+    @classmethod
+    def cat(cls, parts: Sequence["Trajectory"]) -> "Trajectory":
+        """The samples of several trajectories of one schedule, in order, as one batch."""
+        first = parts[0]
+        for t in parts[1:]:
+            if (t.num_steps != first.num_steps or t.noise_level != first.noise_level
+                    or t.reduction != first.reduction
+                    or not torch.equal(t.sigmas.cpu(), first.sigmas.cpu())):
+                raise TrajectoryError("cannot join trajectories of different schedules, noise "
+                                      "levels or log-prob reductions")
+        if any(bool(t.prompts) != bool(first.prompts) for t in parts):
+            raise TrajectoryError("cannot join trajectories with and without prompts")
+        return cls(torch.cat([t.latents for t in parts]), torch.cat([t.log_probs for t in parts]),
+                   first.timesteps, first.sigmas, torch.cat([t.seeds for t in parts]),
+                   torch.cat([t.image_tokens for t in parts]),
+                   [p for t in parts for p in t.prompts], first.noise_level, first.reduction)
+
     def to(self, device) -> "Trajectory":
         return Trajectory(*(getattr(self, n).to(device) for n in _TENSORS), list(self.prompts),
                           self.noise_level, self.reduction)

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common.cli import nonneg_int  # noqa: E402
 
 
 def run_seed(seed: int, out: Path) -> tuple[int, float]:
@@ -60,7 +62,7 @@ def table(out_dir: Path, seeds: list[int]) -> tuple[str, bool]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--out_dir", type=Path, default=Path("outputs/demo_seeds"))
     ap.add_argument("--from_json", action="store_true",
                     help="only print the table of the summaries already in --out_dir")

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rewards.grid_eval import roc_auc  # noqa: E402
 from rewards.grid import GridPenalty, luminance  # noqa: E402
+from common.cli import nonneg_int, positive_int
 
 
 # ----------------------------------------------------------------------------------------
@@ -166,18 +167,18 @@ def auc_on(folder: Path, fns: dict, limit: int | None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
-    ap.add_argument("--size", type=int, default=512, help="square image side (default 512)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    ap.add_argument("--repeats", type=int, default=7, help="timed calls; the median is reported")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    ap.add_argument("--batch", type=positive_int, default=4, help="batch size (default 4)")
+    ap.add_argument("--size", type=positive_int, default=512, help="square image side (default 512)")
+    ap.add_argument("--warmup", type=nonneg_int, default=2, help="untimed calls first (default 2)")
+    ap.add_argument("--repeats", type=positive_int, default=7, help="timed calls; the median is reported")
+    ap.add_argument("--threads", type=positive_int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     ap.add_argument("--auc_dir", type=Path, default=None,
                     help="demo folder (artifacts/, clean/) to score both on (default: synthesize a "
                          "subset in a temporary folder, see --auc_variants)")
-    ap.add_argument("--auc_limit", type=int, default=72,
+    ap.add_argument("--auc_limit", type=positive_int, default=72,
                     help="with --auc_dir: at most this many artifact images, evenly spaced; 0 = all "
                          "(default 72; the naive baseline takes ~0.35 s per image)")
-    ap.add_argument("--auc_variants", type=int, default=4,
+    ap.add_argument("--auc_variants", type=positive_int, default=4,
                     help="without --auc_dir: random period x amplitude x JPEG combinations per photo "
                          "(default 4 -> 72 artifact images)")
     ap.add_argument("--no_auc", action="store_true", help="time only, skip the ROC-AUC part")

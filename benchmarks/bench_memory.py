@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from common.cli import positive_int  # noqa: E402
 
 TRAIN_DATA = """
 import sys
@@ -99,8 +101,8 @@ def case_cmd(case: str, photos: Path, work: Path) -> list[str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", type=Path, default=ROOT, help="checkout whose commands are measured")
-    p.add_argument("--counts", type=int, nargs="+", default=[1, 8], help="photos per run")
-    p.add_argument("--size", type=int, nargs=2, default=[12000, 9000], metavar=("W", "H"))
+    p.add_argument("--counts", type=positive_int, nargs="+", default=[1, 8], help="photos per run")
+    p.add_argument("--size", type=positive_int, nargs=2, default=[12000, 9000], metavar=("W", "H"))
     p.add_argument("--cases", nargs="+", default=["train-data", "evaluate", "scorer"],
                    choices=["train-data", "evaluate", "scorer"])
     p.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "bench_memory",

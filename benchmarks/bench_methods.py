@@ -40,6 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # bench_trainer: RSS helpers
+from common.checks import check_paths  # noqa: E402
+from common.cli import nonneg_int, positive_float, positive_int  # noqa: E402
 
 VARIANTS = {  # name -> trainer flags (besides the common ones)
     "alignprop K=1": {"method": "alignprop", "backprop_steps": 1},
@@ -220,12 +222,12 @@ def plot(rows, path: Path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", help="'tiny', 'tiny-photo' or a local directory")
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=8, help="sampler steps N")
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--budget_s", type=float, default=45.0, help="training seconds per method")
-    ap.add_argument("--eval_every", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=positive_int, default=64)
+    ap.add_argument("--steps", type=positive_int, default=8, help="sampler steps N")
+    ap.add_argument("--lr", type=positive_float, default=1e-2)
+    ap.add_argument("--budget_s", type=positive_float, default=45.0, help="training seconds per method")
+    ap.add_argument("--eval_every", type=positive_int, default=2)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
     ap.add_argument("--methods", default=",".join(VARIANTS))
     ap.add_argument("--out_dir", default="outputs/bench_methods")
     ap.add_argument("--plot", default="media/bench_methods.png")
@@ -233,7 +235,11 @@ def main():
                     help="Print the table (and redraw the plot) of an earlier run's "
                          "bench_methods.json instead of training")
     args = ap.parse_args()
+    unknown = [m for m in args.methods.split(",") if m not in VARIANTS]
+    if unknown:
+        ap.error(f"--methods: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.from_json:
+        check_paths([("--from_json", "file", args.from_json)])
         rows = json.loads(Path(args.from_json).read_text())
         plot(rows, Path(args.plot))
         print(f"model {args.model}, {args.size} px, N={args.steps}, (from {args.from_json})")

@@ -29,6 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common.cli import positive_int  # noqa: E402
 
 
 def photos(size: int) -> list[torch.Tensor]:
@@ -117,7 +118,7 @@ def grid(images: list[torch.Tensor]) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", type=int, default=256, help="long side of the photos (default 256)")
+    p.add_argument("--size", type=positive_int, default=256, help="long side of the photos (default 256)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()

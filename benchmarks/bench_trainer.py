@@ -35,6 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # run from anywhere; full_size_step
+from common.cli import nonneg_int, positive_int  # noqa: E402
 
 
 # --------------------------------------------------------------------------- CPU memory
@@ -171,14 +172,14 @@ def main():
     p.add_argument("--full_size", action="store_true",
                    help="Random-weight full-size FLUX Kontext transformer/VAE (needs a GPU).")
     p.add_argument("--cpu", action="store_true", help="Force CPU.")
-    p.add_argument("--size", type=int, default=None, help="Image side (default 64 tiny, 512 full).")
-    p.add_argument("--steps", type=int, default=None, help="Sampler steps N (default 8 tiny, 28 full).")
-    p.add_argument("--batch", type=int, default=1, help="Images per step.")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank.")
-    p.add_argument("--text_len", type=int, default=None, help="T5 tokens (default 32 tiny, 512 full).")
-    p.add_argument("--burn_in", type=int, default=1, help="Untimed steps first.")
-    p.add_argument("--iters", type=int, default=3, help="Timed steps.")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--size", type=positive_int, default=None, help="Image side (default 64 tiny, 512 full).")
+    p.add_argument("--steps", type=positive_int, default=None, help="Sampler steps N (default 8 tiny, 28 full).")
+    p.add_argument("--batch", type=positive_int, default=1, help="Images per step.")
+    p.add_argument("--rank", type=positive_int, default=16, help="LoRA rank.")
+    p.add_argument("--text_len", type=positive_int, default=None, help="T5 tokens (default 32 tiny, 512 full).")
+    p.add_argument("--burn_in", type=nonneg_int, default=1, help="Untimed steps first.")
+    p.add_argument("--iters", type=positive_int, default=3, help="Timed steps.")
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="torch CPU threads in each run (default 1: on a shared CPU, OpenMP "
                         "threads waiting for a busy core made tiny-model steps 10-50x slower; "
                         "0 = torch's default, for a dedicated machine).")

@@ -19,6 +19,8 @@ import time
 import torch
 
 from rewards.vlm import make_internvl_reward
+from rewards.vlm_prompts import TASKS
+from common.cli import positive_int
 
 
 def naive_score(fn, slots):
@@ -79,14 +81,18 @@ def bench(task, args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--calls", type=int, default=10, help="timed reward calls per variant")
-    p.add_argument("--batch", type=int, default=4, help="samples per call")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--calls", type=positive_int, default=10, help="timed reward calls per variant")
+    p.add_argument("--batch", type=positive_int, default=4, help="samples per call")
+    p.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
     p.add_argument("--model_id", default="tiny", help="InternVL -hf checkpoint or 'tiny'")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="float32 | bfloat16")
     p.add_argument("--tasks", default="single,pair,triplet", help="comma-separated tasks")
     args = p.parse_args()
+    unknown = [t for t in args.tasks.split(",") if t.strip() not in TASKS]
+    if unknown:
+        p.error(f"--tasks: unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
     torch.manual_seed(0)
     print(f"model={args.model_id} device={args.device} dtype={args.dtype} batch={args.batch} "
           f"size={args.size} calls={args.calls}, calibration=pmi_null, forward+backward per call")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common.cli import positive_int
 
 GB = 1e9
 # Public configurations (diffusers / transformers layouts).
@@ -172,7 +173,7 @@ def _verdict(need: float, card_gb: float) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lora_rank", type=int, default=16)
+    ap.add_argument("--lora_rank", type=positive_int, default=16)
     ap.add_argument("--vlm", default="14B", choices=sorted(INTERNVL3),
                     help="InternVL3 size of the reward VLM")
     ap.add_argument("--no_vlm", action="store_true", help="no VLM reward (math rewards only)")

@@ -149,7 +149,7 @@ def _build_on(device: torch.device, dtype: torch.dtype):
 def random_kontext_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
 
-    from alignprop.estimate import _build_kontext, kontext_configs
+    from alignprop.estimate import build_kontext, kontext_configs
     from alignprop.tiny_kontext import build_tiny_pipeline, tiny_clip_tokenizer, tiny_t5_tokenizer
 
     if tiny:
@@ -157,7 +157,7 @@ def random_kontext_pipeline(device: torch.device, dtype: torch.dtype, tiny: bool
     cfg, _ = kontext_configs("black-forest-labs/FLUX.1-Kontext-dev")
     torch.manual_seed(0)
     with _build_on(device, dtype):  # the estimator's builder, on real tensors this time
-        m = _build_kontext(cfg, None, with_text=True)
+        m = build_kontext(cfg, None, with_text=True)
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(
         {k: v for k, v in cfg["scheduler"].items() if not k.startswith("_")})
     pipe = FluxKontextPipeline(scheduler=scheduler, tokenizer=tiny_clip_tokenizer(),

@@ -34,7 +34,7 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def brief(text: str, limit: int = 200) -> str:
+def brief(text, limit: int = 200) -> str:
     """First line of ``text``, at most ``limit`` characters, cut at a word boundary."""
     line = (str(text).strip().splitlines() or [""])[0].strip()
     if len(line) <= limit:
@@ -153,12 +153,68 @@ def resolve_weight_file(source, filename: str, what: str, flag: str, default_cac
         raise model_unavailable(f"{what} ({filename})", source, flag, exc) from None
 
 
-def load_state_dict_file(path: str) -> dict:
-    """Load a state dict from .safetensors or a torch pickle with ``weights_only=True``."""
+def weight_format(path) -> str:
+    """What a weight file holds, from its first bytes (its name is not trusted):
+    "safetensors", "torch-zip", "torch-legacy" (a bare pickle) or "unknown"."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return "unknown"
+
+
+class WeightFileError(ModelUnavailableError):
+    """A weight file that is truncated, mislabelled or holds more than tensors (one line)."""
+
+
+def load_torch_file(path, mmap: bool = False, allowed=(), flag: str | None = None):
+    """``torch.load(weights_only=True)``; every failure one :class:`WeightFileError` line.
+
+    A file that needs other Python objects is refused in our own words: torch's message
+    suggests ``weights_only=False``, the unsafe path, which this project never takes.
+    ``allowed``: plain classes a known format stores (AIDE: ``argparse.Namespace``).
+    """
+    import argparse
+    import pickle
+    import zipfile
+
     import torch
 
-    if str(path).endswith(".safetensors"):
+    where = f"{flag} {path}" if flag else f"{path}"
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace, *allowed]):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise WeightFileError(f"{where}: holds pickled Python objects besides tensors; it is not "
+                              f"loaded (unpickling them could run code): save the weights as a "
+                              f"state dict or as safetensors", flag) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise WeightFileError(f"{where}: is truncated or not a torch weight file "
+                              f"({type(exc).__name__}: {brief(exc, 120)})", flag) from None
+
+
+def load_state_dict_file(path: str, flag: str | None = None) -> dict:
+    """A state dict from a safetensors or torch file (read by content, ``weights_only``).
+
+    Truncated, mislabelled or pickled-object files are one :class:`WeightFileError` line
+    naming ``flag`` (when given) and the file.
+    """
+    kind = weight_format(path)
+    where = f"{flag} {path}" if flag else f"{path}"
+    if kind == "safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightFileError(f"{where}: is truncated or not a safetensors file "
+                                  f"({brief(exc, 120)})", flag) from None
+    if kind == "unknown":
+        raise WeightFileError(f"{where}: is not a weight file (neither safetensors nor a torch "
+                              f"file)", flag)
+    return load_torch_file(path, flag=flag)

@@ -51,6 +51,21 @@ def check_no_overwrite(planned: Iterable[str | os.PathLike], input_files: Iterab
                                   f"choose another {out_flag}")
 
 
+def check_distinct(planned: Iterable[tuple[str | os.PathLike, str]], out_flag: str) -> None:
+    """Refuse two planned outputs on one path (the later would replace the earlier).
+
+    ``planned``: (file the command will write, what it is: "the contact sheet", "the output of
+    input cat.png") pairs; paths are compared resolved.
+    """
+    seen: dict[str, str] = {}
+    for path, what in planned:
+        key = str(_real(path))
+        if key in seen:
+            raise OutputPathError(f"{out_flag}: {what} and {seen[key]} would both be written to "
+                                  f"{path}; rename the input or choose another output name")
+        seen[key] = what
+
+
 def check_writable_dir(flag: str, path: str | os.PathLike) -> Path:
     """Create ``path`` if needed and prove a file can be written there; one-line error if not."""
     p = Path(path).expanduser()
@@ -70,6 +85,32 @@ def check_writable_dir(flag: str, path: str | os.PathLike) -> Path:
                errno.ENOTDIR: "a part of the path is a file"}.get(exc.errno, exc.strerror or str(exc))
         raise OutputPathError(f"{flag} {path}: cannot write there ({why})") from None
     return p
+
+
+def check_not_shipped(flag: str, path: str | os.PathLike, shipped: Iterable[str | os.PathLike]
+                      ) -> None:
+    """Refuse an output folder inside what the project ships (its model assets): nothing a
+    command writes may replace them. Compared resolved: a symlink or ``..`` is no way in."""
+    out = _real(path)
+    for root in shipped:
+        r = _real(root)
+        if out == r or r in out.parents:
+            raise OutputPathError(f"{flag} {path} is inside {r}, which holds the models the project "
+                                  f"ships; write to another folder (e.g. outputs/...)")
+
+
+def set_aside(folder: str | os.PathLike, names: Iterable[str], stamp: str) -> Path | None:
+    """Move the files ``names`` that exist in ``folder`` into ``folder/replaced-<stamp>/``
+    (kept, never deleted) before new ones are written; returns that folder, or None."""
+    folder = Path(folder)
+    present = [n for n in names if (folder / n).exists()]
+    if not present:
+        return None
+    keep = folder / f"replaced-{stamp}"
+    keep.mkdir(parents=True, exist_ok=False)
+    for n in present:
+        os.replace(folder / n, keep / n)
+    return keep
 
 
 def check_writable_file(flag: str, path: str | os.PathLike) -> Path:

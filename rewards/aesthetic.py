@@ -26,7 +26,8 @@ vision backbone; preprocessing is done in torch so gradients reach the pixels.
     std = 0.5. Scores on a 1-10 scale; its authors call 5.5+ a great score.
 
 Both run in eval mode (dropout off) with frozen parameters. ``pretrained=False``
-builds tiny random backbones and heads (tests; no file is read).
+builds random backbones and heads without reading a file: tiny ones (tests), or the real
+architecture with ``config="real"`` (what ``--estimate`` traces, without weights).
 """
 from __future__ import annotations
 
@@ -103,8 +104,9 @@ def _head_file(source, default_repo: str | None, filename: str, what: str, flag:
     return resolve_weight_file(source, filename, what, flag, default_cache=default_cache, url=url)
 
 
-def _load_head(head: nn.Module, path: str, strip: tuple[str, ...] = ()) -> None:
-    state = load_state_dict_file(path)
+def _load_head(head: nn.Module, path: str, strip: tuple[str, ...] = (),
+               flag: str = "head_path=") -> None:
+    state = load_state_dict_file(path, flag=flag)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     for prefix in strip:  # e.g. a full-model dict of v2.5 stores the head under "layers."
@@ -164,10 +166,28 @@ def tiny_clip_vision_config():
                             num_attention_heads=2, image_size=32, patch_size=8, projection_dim=16)
 
 
+def real_clip_vision_config():
+    """The vision tower of openai/clip-vit-large-patch14 (what the LAION head reads)."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                            num_attention_heads=16, image_size=224, patch_size=14,
+                            projection_dim=768, hidden_act="quick_gelu")
+
+
+def _random_config(config, tiny, real):
+    """The config of a random (``pretrained=False``) build: tiny by default, "real", or given."""
+    if config is None:
+        return tiny()
+    if isinstance(config, str) and config == "real":
+        return real()
+    return config
+
+
 def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14", head_path=None,
                                 pretrained: bool = True, trust_remote_code: bool = False,
                                 device=None, dtype="float32", seed: int = 0,
-                                head_filename: str | None = None):
+                                head_filename: str | None = None, config=None):
     """LAION aesthetic score (AVA 1-10 scale) of ``images``; ``inputs`` are ignored.
 
     Args:
@@ -178,7 +198,9 @@ def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14
             repo id; default ``trl-lib/ddpo-aesthetic-predictor``.
         head_filename: the head's file name inside that directory or repo (default
             ``aesthetic-model.pth``; the original's --hf_hub_aesthetic_model_filename).
-        pretrained: False builds a tiny random CLIP + random head (``seed``), for tests.
+        pretrained: False builds a random CLIP + random head (``seed``) from ``config``.
+        config: of a random build: None = tiny (tests), "real" = CLIP ViT-L/14, or a
+            ``CLIPVisionConfig``.
         trust_remote_code: passed to ``from_pretrained`` (off unless asked).
     Metric: ``aesthetic`` (batch mean score).
     """
@@ -195,7 +217,8 @@ def make_laion_aesthetic_reward(clip_model: str = "openai/clip-vit-large-patch14
         _load_head(head, path)
     else:
         torch.manual_seed(seed)
-        vision = CLIPVisionModelWithProjection(tiny_clip_vision_config())
+        vision = CLIPVisionModelWithProjection(
+            _random_config(config, tiny_clip_vision_config, real_clip_vision_config))
         head = LaionAestheticHead(vision.config.projection_dim)
     vision = _freeze(vision).to(device=device, dtype=dtype)
     head = _freeze(head).to(device=device, dtype=dtype)
@@ -219,9 +242,17 @@ def tiny_siglip_vision_config():
                               num_attention_heads=2, image_size=32, patch_size=8)
 
 
+def real_siglip_vision_config():
+    """The vision tower of google/siglip-so400m-patch14-384 (what the v2.5 head reads)."""
+    from transformers import SiglipVisionConfig
+
+    return SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                              num_attention_heads=16, image_size=384, patch_size=14)
+
+
 def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretrained: bool = True,
                               trust_remote_code: bool = False, device=None, dtype="float32",
-                              seed: int = 0, head_filename: str | None = None):
+                              seed: int = 0, head_filename: str | None = None, config=None):
     """Aesthetic Predictor V2.5 score (1-10 scale) of ``images``; ``inputs`` are ignored.
 
     Args:
@@ -231,7 +262,9 @@ def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretr
             its download.
         encoder: hub id or local directory of the SigLIP so400m-patch14-384 model
             (a full ``SiglipModel`` checkpoint works; only the vision tower is loaded).
-        pretrained: False builds a tiny random SigLIP + random head (``seed``), for tests.
+        pretrained: False builds a random SigLIP + random head (``seed``) from ``config``.
+        config: of a random build: None = tiny (tests), "real" = SigLIP so400m, or a
+            ``SiglipVisionConfig``.
         trust_remote_code: passed to ``from_pretrained`` (off unless asked).
     Metric: ``aesthetic_v25`` (batch mean score).
     """
@@ -247,10 +280,11 @@ def make_aesthetic_v25_reward(model_path=None, encoder: str = V25_ENCODER, pretr
         path = _head_file(model_path, None, filename, "the aesthetic predictor v2.5 head",
                           "model_path=", default_cache=torch_hub_checkpoint(filename),
                           url=V25_HEAD_URL)
-        _load_head(head, path, strip=("layers.",))
+        _load_head(head, path, strip=("layers.",), flag="model_path=")
     else:
         torch.manual_seed(seed)
-        vision = SiglipVisionModel(tiny_siglip_vision_config())
+        vision = SiglipVisionModel(
+            _random_config(config, tiny_siglip_vision_config, real_siglip_vision_config))
         head = AestheticV25Head(vision.config.hidden_size)
     vision = _freeze(vision).to(device=device, dtype=dtype)
     head = _freeze(head).to(device=device, dtype=dtype)

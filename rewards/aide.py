@@ -37,7 +37,6 @@ needs the open_clip ConvNeXt file to build; the checkpoint overwrites it).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import sys
@@ -46,7 +45,7 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
-from common.hub import ModelUnavailableError, resolve_device_dtype
+from common.hub import ModelUnavailableError, load_state_dict_file, resolve_device_dtype
 
 from .base import Metrics, batch_mean, check_images
 
@@ -174,12 +173,8 @@ def load_aide_checkpoint(path) -> dict:
         raise ModelUnavailableError(
             f"AIDE checkpoint {os.fspath(path)!r} not found; download a released AIDE checkpoint "
             "(see the AIDE README) and pass the file with --aide_resume.")
-    if str(path).endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    # by content, weights_only; argparse.Namespace (AIDE's "args") is allow-listed there
+    ckpt = load_state_dict_file(path, flag="aide_resume=")
     for key in ("model", "model_ema", "state_dict", "module"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]

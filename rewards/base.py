@@ -184,6 +184,11 @@ class CompositeReward:
                  **({} if t.differentiable else {"differentiable": False})} for t in self.terms]
 
 
+class NotWeightless(NotImplementedError):
+    """This reward cannot be built at its real size without weights (the message says why);
+    ``--estimate`` then names it on its NOT COUNTED line."""
+
+
 def as_reward(fn: Callable) -> Reward:
     """Identity helper that documents intent at factory return sites."""
     return fn

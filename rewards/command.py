@@ -87,6 +87,14 @@ def _check_program(program: str) -> None:
                                  f"executable" + ("" if os.sep in program else " (not on PATH)"))
 
 
+def check_command(command: str | Sequence[str]) -> list[str]:
+    """The argument list of ``command``, refusing (one line) one that cannot be split, is
+    empty, or whose program is not found or not executable."""
+    argv = _argv(command)
+    _check_program(argv[0])
+    return argv
+
+
 class CommandReward:
     """Reward = the scores a user's program writes for the batch (see the module doc)."""
 
@@ -94,8 +102,7 @@ class CommandReward:
 
     def __init__(self, command: str | Sequence[str], timeout: float = 600.0,
                  workdir: str | Path | None = None):
-        self.argv = _argv(command)
-        _check_program(self.argv[0])
+        self.argv = check_command(command)
         if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and timeout > 0):
             raise RewardCommandError(f"reward command timeout must be a number of seconds > 0, "
                                      f"got {timeout!r}")
@@ -247,5 +254,5 @@ def make_command_reward(command: str | Sequence[str], timeout: float = 600.0,
     return CommandReward(command, timeout=timeout, workdir=workdir)
 
 
-__all__ = ["CommandReward", "RewardCommandError", "make_command_reward", "read_scores",
+__all__ = ["CommandReward", "RewardCommandError", "make_command_reward", "read_scores", "check_command",
            "PROTOCOL_VERSION"]

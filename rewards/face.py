@@ -65,7 +65,7 @@ def build_facenet(weights_path=None, pretrained: bool = True):
         path = resolve_weight_file(weights_path, VGGFACE2_FILE,
                                    "FaceNet InceptionResnetV1 VGGFace2 weights", "weights_path=",
                                    default_cache=_facenet_cache_path(), url=VGGFACE2_URL)
-        state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith("logits.")}
+        state = {k: v for k, v in load_state_dict_file(path, flag="weights_path=").items() if not k.startswith("logits.")}
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -98,7 +98,7 @@ class _BoxCache:
 
 def make_face_identity_reward(weights_path=None, no_face: str = "whole_image", pretrained: bool = True,
                               margin: float = 0.0, min_face_prob: float = 0.9, device=None,
-                              dtype="float32"):
+                              dtype="float32", detect_faces: bool = True):
     """FaceNet identity similarity between the face in ``images`` and in ``inputs``.
 
     Args:
@@ -110,6 +110,9 @@ def make_face_identity_reward(weights_path=None, no_face: str = "whole_image", p
         margin: extra border around the MTCNN box, in pixels of the 160 px crop
             (facenet-pytorch's ``margin`` convention; 0 = its default).
         min_face_prob: MTCNN detections below this confidence count as no face.
+        detect_faces: False skips MTCNN: every image is compared whole, as when no face is
+            found (the weightless build of ``--estimate``: MTCNN runs on the input without
+            grad, so it holds no activations for backward).
     Returns scores in [-1, 1] (1 = identical face crops). Metrics: ``similarity``
     (mean over samples with a score), ``no_face_rate``, ``face_prob``.
     """
@@ -125,12 +128,16 @@ def make_face_identity_reward(weights_path=None, no_face: str = "whole_image", p
     device, dtype = resolve_device_dtype(device, dtype)
     net = build_facenet(weights_path, pretrained).to(device=device, dtype=dtype)
     # MTCNN runs on the input only, in float32 (its NMS / thresholds are tuned for it).
-    detector = MTCNN(device=device, keep_all=False, select_largest=True)
-    detector.eval().requires_grad_(False)
+    detector = None
+    if detect_faces:
+        detector = MTCNN(device=device, keep_all=False, select_largest=True)
+        detector.eval().requires_grad_(False)
     cache = _BoxCache()
 
     def detect(inputs: torch.Tensor) -> list[tuple[list[float], float] | None]:
         """One (x1, y1, x2, y2) box in input pixels + its probability per image, or None."""
+        if detector is None:
+            return [None] * len(inputs)
         u8 = (inputs.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
         keys = [_BoxCache.key(im) for im in u8]
         todo = [i for i, k in enumerate(keys) if cache.get(k) is None]

@@ -21,12 +21,14 @@ have stored it). ``pretrained=False`` keeps the random backbone (tests only).
 from __future__ import annotations
 
 import os
+import pickle
 import re
 
 import torch
 import torch.nn.functional as F
 
-from common.hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
+from common.hub import (ModelUnavailableError, WeightFileError, brief, load_state_dict_file,
+                        resolve_device_dtype,
                         resolve_weight_file, torch_hub_checkpoint)
 from common.images import load_image
 
@@ -53,7 +55,7 @@ def _load_backbone(lp, net: str, backbone_path) -> None:
         backbone_path, filename, f"the LPIPS {net} backbone (torchvision ImageNet weights)",
         "backbone_path=", default_cache=torch_hub_checkpoint(filename), url=url)
     try:
-        tv_state = load_state_dict_file(path)
+        tv_state = load_state_dict_file(path, flag="backbone_path=")
     except Exception as exc:
         raise ModelUnavailableError(
             f"Could not read the LPIPS {net} backbone weights {path!r} "
@@ -217,15 +219,28 @@ def build_dreamsim_model(dreamsim_type: str = "open_clip_vitb32", model_dir=None
     cfg = dreamsim_args["model_config"][dreamsim_type]
     torch.manual_seed(seed)
     if pretrained:
-        model = PerceptualModel(**cfg, device="cpu", load_dir=os.fspath(model_dir),
-                                normalize_embeds=True)
-        with open(os.path.join(model_dir, lora_dir, "adapter_config.json")) as f:
-            adapter = json.load(f)
-        lora = peft.LoraConfig(**{k: adapter[k] for k in
-                                  ("r", "lora_alpha", "lora_dropout", "bias", "target_modules")})
-        model = peft.get_peft_model(model, lora)
-        model = peft.PeftModel.from_pretrained(model.base_model.model,
-                                               os.path.join(model_dir, lora_dir))
+        try:
+            model = PerceptualModel(**cfg, device="cpu", load_dir=os.fspath(model_dir),
+                                    normalize_embeds=True)
+            with open(os.path.join(model_dir, lora_dir, "adapter_config.json")) as f:
+                adapter = json.load(f)
+            lora = peft.LoraConfig(**{k: adapter[k] for k in
+                                      ("r", "lora_alpha", "lora_dropout", "bias",
+                                       "target_modules")})
+            model = peft.get_peft_model(model, lora)
+            model = peft.PeftModel.from_pretrained(model.base_model.model,
+                                                   os.path.join(model_dir, lora_dir))
+        except pickle.UnpicklingError:   # torch's own words advise the unsafe path
+            raise WeightFileError(
+                f"DreamSim {dreamsim_type} in {os.fspath(model_dir)!r}: a weight file holds "
+                f"pickled Python objects besides tensors; it is not loaded (unpickling them "
+                f"could run code); pass the checkpoint's folder with {DREAMSIM_FLAG}",
+                DREAMSIM_FLAG) from None
+        except (RuntimeError, OSError, EOFError, KeyError, TypeError, ValueError) as exc:
+            raise WeightFileError(
+                f"DreamSim {dreamsim_type} in {os.fspath(model_dir)!r} cannot be loaded "
+                f"({type(exc).__name__}: {brief(exc, 160)}); pass the unzipped checkpoint's "
+                f"folder with {DREAMSIM_FLAG}", DREAMSIM_FLAG) from None
     else:
         # The package builds its backbone inside ViTExtractor from files; hand it a small
         # random one instead for the duration of the build.

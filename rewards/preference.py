@@ -28,7 +28,7 @@ prompt, without grad (the prompt is not trained).
     ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``. Preprocessing as ``CLIPImageProcessor``.
 
 Each factory builds from a config without weights (``pretrained=False``: small random
-models for tests; ``config=`` to give the real-size one, e.g. for memory estimates), and
+models for tests; ``config="real"`` or a config for the real size: ``--estimate``), and
 turns a missing weight/tokenizer into one :class:`~common.hub.ModelUnavailableError`
 naming the option (and training flag) that takes a local path.
 """
@@ -59,7 +59,7 @@ PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 # The keywords that take local paths, named in errors (commands rename them to their flags,
-# --preference_model / --preference_tokenizer, see alignprop/reward_flags.FACTORY_FLAGS).
+# --preference_model / --preference_tokenizer: the registry records in rewards/__init__.py).
 MODEL_FLAG = "model_path="
 TOKENIZER_FLAG = "tokenizer="
 
@@ -234,22 +234,31 @@ def make_imagereward_reward(model_path=None, tokenizer=IMAGEREWARD_TOKENIZER, pr
         tokenizer: directory (or hub id) of the ``bert-base-uncased`` tokenizer.
         prompt: fixed caption scored for every image (default: the batch's prompts).
         pretrained: False builds a random model from ``config`` (default: a tiny one),
-            for tests; ``tokenizer`` must then be a local tokenizer directory.
-        config: ``(BlipVisionConfig, BlipTextConfig)``; default: the real ImageReward sizes
-            when ``pretrained``, the tiny ones otherwise.
+            for tests; ``tokenizer`` then a local tokenizer directory (the hub default is
+            replaced by a small stand-in: a random model reads ids only by their count).
+        config: ``(BlipVisionConfig, BlipTextConfig)`` or "real"; default: the real
+            ImageReward sizes when ``pretrained``, the tiny ones otherwise.
     Metric: ``imagereward`` (batch mean).
     """
     device, dtype = resolve_device_dtype(device, dtype)
-    vcfg, tcfg = config or imagereward_configs(tiny=not pretrained)
+    vcfg, tcfg = (imagereward_configs() if isinstance(config, str) and config == "real"
+                  else config or imagereward_configs(tiny=not pretrained))
     # Find the files before building anything: a missing file fails in a second.
     if pretrained:
         path = resolve_weight_file(model_path or IMAGEREWARD_REPO, IMAGEREWARD_FILE,
                                    "the ImageReward model", MODEL_FLAG)
-    tok = _bert_tokenizer(tokenizer, "the ImageReward (bert-base-uncased) tokenizer")
+    if not pretrained and tokenizer == IMAGEREWARD_TOKENIZER and not os.path.isdir(tokenizer):
+        # a random model reads token ids only by count (padded to IMAGEREWARD_MAX_TOKENS)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tok = _bert_tokenizer(tiny_bert_tokenizer(tmp), "a stand-in tokenizer")
+    else:
+        tok = _bert_tokenizer(tokenizer, "the ImageReward (bert-base-uncased) tokenizer")
     torch.manual_seed(seed)
     model = ImageRewardModel(vcfg, tcfg)
     if pretrained:
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(path, flag=MODEL_FLAG)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         converted = convert_imagereward_state_dict(state)
         missing, unexpected = model.load_state_dict(converted, strict=False)
@@ -321,14 +330,15 @@ def make_hpsv2_reward(model_path=None, version: str = "v2.1", prompt=None, pretr
     if version not in HPSV2_FILES:
         raise ValueError(f"unknown HPSv2 version {version!r}; use one of {sorted(HPSV2_FILES)}")
     device, dtype = resolve_device_dtype(device, dtype)
-    cfg = config or hpsv2_config(tiny=not pretrained)
+    cfg = (hpsv2_config() if isinstance(config, str) and config == "real"
+           else config or hpsv2_config(tiny=not pretrained))
     if pretrained:  # find the file before building the 1B-parameter model
         path = resolve_weight_file(model_path or HPSV2_REPO, HPSV2_FILES[version],
                                    f"the HPS {version} model", MODEL_FLAG)
     torch.manual_seed(seed)
     model = build_open_clip(cfg)
     if pretrained:
-        state = load_state_dict_file(path)
+        state = load_state_dict_file(path, flag=MODEL_FLAG)
         state = state.get("state_dict", state)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         try:
@@ -465,7 +475,8 @@ def make_pickscore_reward(model_path=PICKSCORE_MODEL, tokenizer="bundled", promp
             raise model_unavailable("the PickScore model", model_path, MODEL_FLAG, exc) from None
     else:
         torch.manual_seed(seed)
-        model = CLIPModel(config or pickscore_config(tiny=True))
+        model = CLIPModel(pickscore_config() if isinstance(config, str) and config == "real"
+                          else config or pickscore_config(tiny=True))
     tok = _clip_tokenizer(tokenizer, "the PickScore (CLIP-H) tokenizer")
     model = _freeze(model).to(device=device, dtype=dtype)
     size = model.config.vision_config.image_size

@@ -48,7 +48,7 @@ import torch
 from common.images import load_image
 
 from .base import batch_mean, call_memo
-from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, load_vlm
+from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, build_weightless_vlm, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
 
@@ -205,7 +205,7 @@ class VLMReward:
         # the answer tokens as the model sees them: right after the assistant prefix
         self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words,
                                              context=self.prompt_template)
-        self._ids_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._ids_cache: dict[tuple, list[int]] = {}
         self._null_cache: dict[tuple, torch.Tensor] = {}
         # device copies made once (a copy per call would make the host wait for the GPU)
         self._on_device: dict[tuple, torch.Tensor] = {}
@@ -247,9 +247,16 @@ class VLMReward:
             text = parts[0]
             for layout, part in zip(layouts, parts[1:]):
                 text += self.family.placeholder(self.bundle, layout) + part
-            ids = self.bundle.tokenizer(text, return_tensors="pt")["input_ids"]
-            self._ids_cache[key] = ids
-        return self._ids_cache[key]
+            # kept as a list: the image positions below are read from it on the host (also
+            # under --estimate's fake tensors, where a tensor's values are unknown)
+            self._ids_cache[key] = list(self.bundle.tokenizer(text)["input_ids"])
+        return torch.tensor([self._ids_cache[key]], dtype=torch.long)
+
+    def _image_positions(self, layouts: Sequence[Any]) -> list[int]:
+        """Indices of the image placeholder tokens in :meth:`input_ids`."""
+        self.input_ids(layouts)
+        image_id = self.family.image_token_id(self.bundle)
+        return [i for i, t in enumerate(self._ids_cache[tuple(layouts)]) if t == image_id]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (saved with a run, shown in logs)."""
@@ -266,6 +273,10 @@ class VLMReward:
         }
 
     # ------------------------------------------------------------------ model access
+    def check_image_size(self, height: int, width: int) -> None:
+        """ValueError (saying why) if the family cannot take an image of this size."""
+        self.family.check_image_size(self.bundle, height, width, self.image_options)
+
     def _prepare(self, x: torch.Tensor) -> SlotPixels:
         """(R,3,H,W) in [0,1] -> the family's model inputs for this slot, differentiable."""
         pixels, layout = self.family.prepare(self.bundle, x, self.image_options)
@@ -348,8 +359,8 @@ class VLMReward:
         """Answer log-probs (R, K) of one language-model forward on image features."""
         b = self.bundle
         ids = self._device_ids(layouts).expand(features[0].shape[0], -1)
-        positions = self._device_copy(("positions", tuple(layouts)), lambda: torch.nonzero(
-            self.input_ids(layouts)[0] == self.family.image_token_id(b)).flatten().to(b.device))
+        positions = self._device_copy(("positions", tuple(layouts)), lambda: torch.tensor(
+            self._image_positions(layouts), dtype=torch.long, device=b.device))
         embeds = self.family.embed_inputs(b, ids, positions, features)
         out = b.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1,
                       **self._causal_only_mask())
@@ -582,7 +593,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                     reference: Any = None, trust_remote_code: bool = False,
                     max_tiles: int | None = None, min_pixels: int | None = None,
                     max_pixels: int | None = None, model_flag: str = MODEL_FLAG,
-                    margin_temp: float = 1.0, artifact_refs: Sequence[Any] = ()) -> VLMReward:
+                    margin_temp: float = 1.0, artifact_refs: Sequence[Any] = (),
+                    pretrained: bool = True, config: Any = None) -> VLMReward:
     """Build the VLM reward for ``task`` (see module doc). Higher score is better.
 
     ``model_id``: hub id or local directory of any supported family (InternVL3 ``-hf``,
@@ -599,6 +611,9 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     ``margin_temp``: the margin objective is ``sigmoid(margin / margin_temp)``.
     ``artifact_refs``: two example images (paths or (3,H,W) tensors) of the artifact, shown
     before the rated image in task ``artifact`` (the default question then refers to them).
+    ``pretrained=False``: the model at its real size without weights, from ``config`` (a hub
+    id) or the folder's config.json (:func:`rewards.vlm_model.build_weightless_vlm`; for
+    ``--estimate`` under fake tensors).
     """
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
@@ -617,8 +632,12 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
             raise ValueError(f"reference is used by tasks similarity, content-similarity and "
                              f"triplet, not by {task!r}")
         ref, ref_source = _load_reference(reference)
-    bundle = load_vlm(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                      flag=model_flag)
+    if pretrained:
+        bundle = load_vlm(model_id, dtype=dtype, device=device,
+                          trust_remote_code=trust_remote_code, flag=model_flag)
+    else:
+        bundle = build_weightless_vlm(model_id, config, dtype=dtype, device=device,
+                                      flag=model_flag)
     return VLMReward(task, bundle, question, scale, answer_prefix=prefix, objective=objective,
                      calibration=calibration, temperature=temperature,
                      entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.checks import MAX_ASPECT, check_image, check_paths
 from common.cli import UserError, one_line
 from common.hub import ModelUnavailableError
 from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list_images,
@@ -24,6 +25,8 @@ from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list
 from common.paths import check_outputs_spare_inputs, check_writable_dir
 
 from .vlm import make_internvl_reward
+from .vlm_families import tiny_names
+from .vlm_families.qwen2_5_vl import MAX_PIXELS
 from .vlm_original import load_image_original, make_original_vlm_reward
 from .vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, parse_answer_scale
 
@@ -204,6 +207,19 @@ def score_files(args) -> list[dict]:
     refs = [r for r in (args.artifact_ref1, args.artifact_ref2) if r]
     if refs and (len(refs) != 2 or args.task != "artifact"):
         raise UserError("--artifact_ref1 and --artifact_ref2 go together, with --task artifact")
+    for flag in ("min_pixels", "max_pixels"):   # before a typo allocates 120 GB
+        value = getattr(args, flag)
+        if value is not None and not 0 < value <= MAX_PIXELS:
+            raise UserError(f"--{flag} must be in [1, {MAX_PIXELS}] pixels (16384 vision tokens "
+                            f"of 32x32, the largest budget of the Qwen-VL processors), got {value}")
+    # every path a flag names, before the model loads (one line naming the flag); an image
+    # that is one sample among many is checked when its batch is read, and skipped alone
+    check_paths([("--model_id", "model", args.model_id),
+                 ("--prompt_file", "file", args.prompt_file)], names=tiny_names())
+    for flag, value in (("--reference", args.reference), ("--artifact_ref1", args.artifact_ref1),
+                        ("--artifact_ref2", args.artifact_ref2)):
+        if value:
+            check_image(flag, value, max_aspect=MAX_ASPECT)
     trace = args.trace_layers or args.print_layer_logprobs or args.print_layer_probs
 
     if args.device == "auto":  # the original's default: CUDA when there is one
@@ -251,6 +267,11 @@ def score_files(args) -> list[dict]:
                 chunk, images, pixels = [], {}, 0
             try:
                 loaded = {f: images.get(f) if f in images else load(f) for f in files}
+                for f, x in loaded.items():   # a size the model's processor refuses
+                    try:
+                        reward.check_image_size(*x.shape[-2:])
+                    except ValueError as exc:
+                        raise ImageLoadError(one_line(exc)) from None
             except (ImageLoadError, OSError) as exc:
                 skipped.append((files[0] if len(files) == 1 else files, one_line(exc)))
                 continue
@@ -323,8 +344,8 @@ def score_files(args) -> list[dict]:
     if not rows:
         raise UserError(f"no sample could be scored: {len(skipped)} skipped ({skipped[0][1]})")
     if skipped:
-        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} with unreadable images "
-              f"(listed above)", file=sys.stderr)
+        print(f"scored {len(rows)} sample(s); skipped {len(skipped)} whose images could not be "
+              f"read or used (listed above)", file=sys.stderr)
     return [r for _, r in sorted(rows, key=lambda t: t[0])]
 
 

@@ -25,6 +25,7 @@ is mapped to its ``-hf`` twin with one logged line, a local folder is converted 
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,10 @@ from typing import Any
 
 import torch
 
-from common.hub import model_unavailable
+from common.hub import WeightFileError, brief, model_unavailable
+from common.qwen_vocab import build_internvl3_processor
 
+from .base import NotWeightless
 from .internvl_remote import REMOTE_MODEL_TYPE, hf_twin, load_remote_internvl, remote_config
 from .vlm_families import family_for_model_type, family_for_tiny, supported_families
 
@@ -194,11 +197,99 @@ def _load_pretrained(model_id: str, dtype: torch.dtype, trust_remote_code: bool,
         processor = AutoProcessor.from_pretrained(model_id, trust_remote_code=trust_remote_code)
         model = family.model_class().from_pretrained(model_id, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError:   # torch's own words advise the unsafe path: not shown
+        raise WeightFileError(f"{flag} {model_id}: a weight file of this model holds pickled "
+                              f"Python objects besides tensors; it is not loaded (unpickling "
+                              f"them could run code)", flag) from None
     except OSError as exc:
         raise model_unavailable(f"{family.name} model", model_id, flag, exc,
                                 repo_id=DEFAULT_MODEL_ID) from None
+    except (RuntimeError, ValueError, EOFError, KeyError) as exc:
+        # truncated shards (SafetensorError is a plain Exception: named below), wrong shapes
+        raise WeightFileError(f"{flag} {model_id}: its weights cannot be loaded "
+                              f"({type(exc).__name__}: {brief(exc, 160)})", flag) from None
+    except Exception as exc:  # noqa: BLE001 - safetensors' own error type
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise WeightFileError(f"{flag} {model_id}: a safetensors file of this model is truncated "
+                              f"or corrupt ({brief(exc, 160)})", flag) from None
     return family, model, processor
 
 
-__all__ = ["DEFAULT_MODEL_ID", "MODEL_FLAG", "VLMBundle", "check_vision_config", "clear_cache",
-           "load_vlm", "read_config", "resolve_device", "resolve_dtype"]
+# --------------------------------------------------------------------------- no weights
+# Weightless bundles of one estimate, shared by the terms that name the same model and
+# configuration (as load_vlm's cache shares a loaded model); emptied by the estimator.
+_WEIGHTLESS: dict[tuple, tuple[Any, VLMBundle]] = {}
+
+
+def clear_weightless_cache() -> None:
+    _WEIGHTLESS.clear()
+
+
+def _traceable(family, model_id: str) -> None:
+    if family.name != "InternVL3":
+        raise NotWeightless(f"{family.name} ({model_id}): not traced yet (its rope index and "
+                            f"dynamic-resolution inputs read values, which a weightless trace "
+                            f"has not)")
+
+
+def build_weightless_vlm(model_id: str, config: Any = None, dtype: Any = "bfloat16",
+                         device: Any = None, flag: str = MODEL_FLAG) -> VLMBundle:
+    """The model of ``model_id`` at its real size WITHOUT weights, and its processor.
+
+    For ``--estimate`` (built inside a fake-tensor mode: nothing is allocated); never cached,
+    so it cannot stand in for a loaded model. ``config``: the model's configuration (a
+    ``PretrainedConfig``) when ``model_id`` is a hub id -- nothing is downloaded; a local
+    folder's own ``config.json`` (and processor files, when present) are read; a tiny name is
+    the tiny model itself. Only InternVL3 is built this way so far: raises
+    :class:`rewards.base.NotWeightless` for the Qwen-VL families (their dynamic-resolution
+    inputs need their own processor files).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    key = (str(model_id), torch_dtype, str(dev), id(config))
+    if key in _WEIGHTLESS:
+        return _WEIGHTLESS[key][1]
+    tiny = family_for_tiny(model_id)
+    processor = None
+    if tiny is not None:
+        family = tiny
+        _traceable(family, model_id)
+        model, processor = family.build_tiny()
+    else:
+        local = Path(str(model_id)).expanduser()
+        if config is None:
+            if not local.is_dir():
+                raise NotWeightless(f"{model_id!r}: no configuration to build it from without "
+                                    f"weights (pass a local folder holding its config.json)")
+            config = read_config(str(local), flag=flag)
+        family = check_vision_config(config, model_id)
+        _traceable(family, model_id)
+        if local.is_dir():
+            try:
+                from transformers import AutoProcessor
+
+                processor = AutoProcessor.from_pretrained(str(local))
+            except (OSError, ValueError, TypeError):  # a config-only folder: the real vocabulary
+                processor = None
+        if processor is None:
+            vc = config.vision_config
+            tile = vc.image_size[0] if isinstance(vc.image_size, (list, tuple)) else vc.image_size
+            processor = build_internvl3_processor(image_seq_length=int(config.image_seq_length),
+                                                  tile_size=int(tile))
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch_dtype)   # built in its dtype: no float32 copy first
+        try:
+            model = family.model_class()(config)
+        finally:
+            torch.set_default_dtype(prev)
+    model = model.to(device=dev, dtype=torch_dtype).eval().requires_grad_(False)
+    bundle = VLMBundle(model=model, processor=processor, model_id=model_id, dtype=torch_dtype,
+                       device=dev, family=family, spec=family.image_spec(model, processor))
+    _WEIGHTLESS[key] = (config, bundle)    # holding the config keeps its id unique
+    return bundle
+
+
+__all__ = ["DEFAULT_MODEL_ID", "MODEL_FLAG", "VLMBundle", "build_weightless_vlm",
+           "check_vision_config", "clear_cache", "clear_weightless_cache", "load_vlm", "read_config", "resolve_device",
+           "resolve_dtype"]

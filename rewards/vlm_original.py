@@ -35,7 +35,7 @@ from common.images import ImageLoadError
 from .base import batch_mean
 from .vlm import (CALIBRATIONS, OBJECTIVES, TASKS, ScoreOutput, SlotPixels, VLMReward,
                   _check_choice, _load_reference)
-from .vlm_model import MODEL_FLAG, load_vlm
+from .vlm_model import MODEL_FLAG, build_weightless_vlm, load_vlm
 from .vlm_prompts import ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, resolve_prompt
 
 RATING_TASKS = ("single", "sharpness", "artifact", "similarity", "content-similarity")
@@ -222,10 +222,12 @@ def make_original_vlm_reward(task: str = "single", model_id: str = "OpenGVLab/In
                              temperature: float = 1.0, entropy_bonus: float = 0.0,
                              reference: Any = None, trust_remote_code: bool = False,
                              model_flag: str = MODEL_FLAG, margin_temp: float = 1.0,
-                             artifact_refs: Sequence[Any] = ()) -> OriginalVLMReward:
+                             artifact_refs: Sequence[Any] = (), pretrained: bool = True,
+                             config: Any = None) -> OriginalVLMReward:
     """The original's InternVL reward for ``task`` (options as :func:`rewards.vlm.make_vlm_reward`;
     ``entropy_bonus`` is the original's ``entropy_coef``, in nats). Triplet answers default to
-    "1" / "2" as in the original."""
+    "1" / "2" as in the original. ``pretrained=False`` with ``config``: no weights (as
+    :func:`rewards.vlm.make_vlm_reward`)."""
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
     _check_choice("calibration", calibration, CALIBRATIONS)
@@ -250,8 +252,12 @@ def make_original_vlm_reward(task: str = "single", model_id: str = "OpenGVLab/In
         t, src = _reference_tensor(reference)
         ref, src2 = _load_reference(t)
         ref_source = src or src2
-    bundle = load_vlm(model_id, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
-                      flag=model_flag)
+    if pretrained:
+        bundle = load_vlm(model_id, dtype=dtype, device=device,
+                          trust_remote_code=trust_remote_code, flag=model_flag)
+    else:   # the real architecture without weights (--estimate), as make_vlm_reward's
+        bundle = build_weightless_vlm(model_id, config, dtype=dtype, device=device,
+                                      flag=model_flag)
     return OriginalVLMReward(task, bundle, question, scale, objective=objective,
                              calibration=calibration, temperature=temperature,
                              entropy_bonus=entropy_bonus, reference=ref,

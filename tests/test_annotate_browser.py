@@ -11,6 +11,7 @@ README's picture).
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import alignprop_fluxkontext as train_cli
+from alignprop.held_out import HeldOut
 from alignprop.preferences import load_preferences, read_records
+from alignprop.sample_pairs import main as sample_pairs_main
+from common.photos import HELD_OUT_NAMES, write_photos
 
 from _annotate_helpers import REPO, start_server
 import _firefox
@@ -185,6 +190,54 @@ def test_scripted_person_preferring_brighter_edits_writes_their_preferences(brow
     assert prefs.counts.annotators == ("scripted-brightness",)
     # Both sides were shown and chosen: the order really is random, and the person read it.
     assert {j["chose"] for j in judged} == {"left", "right"}
+
+
+def _readme_people_commands() -> list[list[str]]:
+    """The README's three commands of 'People as the judge', as argument lists."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## People as the judge", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    joined = block.replace("\\\n", " ")
+    return [shlex.split(line.split("#")[0]) for line in joined.splitlines() if line.strip()]
+
+
+def test_readme_people_workflow_with_a_scripted_person_brightens_held_out_photos(browser,
+                                                                                 tmp_path):
+    """Issue 25's loop, with the README's own three commands: sample pairs, a person (always
+    the brighter edit) chooses in the browser, --method d3po --preferences trains on exactly
+    those stored trajectories, and the LoRA edits held-out photos (never seen by tiny-photo
+    nor here) brighter."""
+    sample, annotate, training = _readme_people_commands()
+    assert sample[:3] == ["python", "-m", "alignprop.sample_pairs"]
+    assert annotate == ["python", "-m", "alignprop.annotate", "pairs/"]
+    assert training[:2] == ["python", "alignprop_fluxkontext.py"]
+    paths = {"photos/": str(tmp_path / "photos"), "pairs/": str(tmp_path / "pairs"),
+             "pairs/preferences.jsonl": str(tmp_path / "pairs" / "preferences.jsonl"),
+             "outputs/people": str(tmp_path / "run")}
+    write_photos(tmp_path / "photos", ["hubble_deep_field", "retina", "camera", "coins"])
+    assert sample_pairs_main([paths.get(a, a) for a in sample[3:]]) == 0
+    srv = start_server(tmp_path / "pairs")
+    try:
+        browser.get(srv.url)
+        enter_name(browser, "scripted-brightness")
+        judged = scripted_person(browser)
+    finally:
+        srv.stop()
+    assert len(judged) == int(sample[sample.index("--num_pairs") + 1])
+    assert train_cli.main([paths.get(a, a) for a in training[2:]]) == 0
+    value = dict(zip(training[2::2], training[3::2]))
+    size, steps, seq = (int(value[k]) for k in ("--image_height", "--sample_num_steps",
+                                                "--max_sequence_length"))
+    targets = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_proj,attn.add_q_proj,"
+               "attn.add_v_proj,attn.to_add_out,ff.net.0.proj,ff.net.2,ff_context.net.0.proj,"
+               "ff_context.net.2").split(",")
+    prompt = sample[sample.index("--prompt") + 1]
+    held = HeldOut("tiny-photo", HELD_OUT_NAMES, prompt, size, steps, 16, targets, seq)
+
+    def luma(images, inputs, prompts):
+        return (0.2126 * images[:, 0] + 0.7152 * images[:, 1] + 0.0722 * images[:, 2]).mean((1, 2))
+
+    gain = held.score(tmp_path / "run", luma) - held.score(None, luma)
+    assert (gain > 0).all() and gain.mean() > 0.02, gain.tolist()
 
 
 # --------------------------------------------------------------------------- Firefox

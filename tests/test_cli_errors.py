@@ -32,7 +32,7 @@ def test_every_command_fails_the_same_way(tmp_path, capsys):
          "benchmark_anti_periodic.py", "--artifacts_dir"),
         (generate.cli, ["--input_dir", missing, "--output_dir", str(tmp_path / "o"),
                          "--prompt", "x", "--pretrained_model", "tiny"], "alignprop.generate",
-         "image folder not found"),
+         "--input_dir " + missing + ": folder not found"),
         (evaluate.cli, ["--lora_dir", missing, "--output_dir", str(tmp_path / "e")],
          "alignprop.evaluate", missing),
     ]

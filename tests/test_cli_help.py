@@ -19,6 +19,8 @@ COMMANDS = {
     "evaluate": (["-m", "alignprop.evaluate"], ["--originals_dir", "--brightness_target"]),
     "demo": (["-m", "alignprop.demo"], ["--output_dir"]),
     "annotate": (["-m", "alignprop.annotate"], ["--host", "--port", "--preferences"]),
+    "sample_pairs": (["-m", "alignprop.sample_pairs"], ["--num_pairs", "--sde_noise",
+                                                        "--output_dir", "--prompt_file"]),
 }
 
 

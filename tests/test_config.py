@@ -146,10 +146,12 @@ def test_cli_reports_bad_flags_without_traceback(data_dir, capsys):
 
 
 def test_missing_reward_module_is_a_clear_error(monkeypatch):
+    import dataclasses
+
     import rewards
 
-    monkeypatch.setitem(rewards._REGISTRY, "grid",
-                        ("rewards.not_written_yet", "make_grid_reward", "stand-in"))
+    monkeypatch.setitem(rewards.REGISTRY, "grid", dataclasses.replace(
+        rewards.REGISTRY["grid"], module="rewards.not_written_yet"))
     with pytest.raises(RewardBuildError, match="'grid' is not available"):
         build_reward_from_flags(RewardFlags(grid_ratio_weight=1.0))
 

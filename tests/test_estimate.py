@@ -24,12 +24,15 @@ def _train_flags(data_dir, tmp_path, *extra):
     return ["--data_dir", str(data_dir), "--pretrained_model", "tiny", "--internvl_model_id",
             "tiny", "--image_height", "32", "--image_width", "32", "--sample_num_steps", "3",
             "--aesthetic_model_type", "internvl", "--grid_ratio_weight", "1",
+            # the crispness floor (on by default beside another term) at the images' own size:
+            # resized to 512 px it would dominate a 32 px step
+            "--crispness_eval_resize", "0",
             "--output_dir", str(tmp_path / "out"), "--log_with", "none", *extra]
 
 
 def test_training_estimate_prints_breakdown_and_verdicts_and_writes_nothing(
         data_dir, tmp_path, capsys):
-    rc = alignprop_fluxkontext.main(_train_flags(data_dir, tmp_path, "--backprop_steps", "2",
+    rc = alignprop_fluxkontext.main(_train_flags(data_dir, tmp_path, "--backprop_steps", "3",
                                                  "--estimate"))
     out = capsys.readouterr().out
     assert rc == 0
@@ -37,7 +40,7 @@ def test_training_estimate_prints_breakdown_and_verdicts_and_writes_nothing(
                  "H100 SXM", "A100", "L40S", "RTX 4090", "peak device memory",
                  "weights: transformer", "activations: VAE decode",
                  "activations: reward aesthetic (internvl)", "AdamW state",
-                 "--use_8bit_adam", "K=2: peak and FLOPs extrapolated"):
+                 "--use_8bit_adam", "K=3: 2 backpropagated steps traced, the other 1 add"):
         assert text in out, text
     for gb in GPU_SIZES_GB:
         assert f"{gb} GB: fits" in out
@@ -96,9 +99,9 @@ def test_rewards_it_cannot_trace_are_named_never_silently_dropped(data_dir, tmp_
     assert not any("InternVL" in k for k in est.breakdown) and not any(
         "InternVL" in k for k in est.params)
     assert len(est.not_counted) == 2
-    assert "'aesthetic' (Qwen-VL tiny-qwen2.5-vl" in est.not_counted[0]
+    assert "'aesthetic' (internvl: Qwen2.5-VL (tiny-qwen2.5-vl)" in est.not_counted[0]
     assert "DreamSim" in est.not_counted[1]
-    assert any("PickScore" in k for k in est.breakdown)  # traced at its real size
+    assert any(k.startswith("weights: pickscore") for k in est.breakdown)  # traced
     report = est.report()
     assert "NOT COUNTED" in report and "a lower bound" in report
     assert "NOT COUNTED" not in estimate_training(*parse_config(_train_flags(data_dir, tmp_path))).report()
@@ -170,7 +173,7 @@ def test_cuda_autocast_policy_gives_cpu_traces_cudas_fp32_ops():
     recompute (run inside backward)."""
     import torch.nn.functional as F
 
-    from alignprop.estimate import _checkpoint_with_cuda_policy
+    from alignprop.estimate.trace import _checkpoint_with_cuda_policy
     from alignprop.fakemem import CudaAutocastPolicy
 
     x = torch.randn(2, 4, 8, dtype=torch.bfloat16, requires_grad=True)
@@ -212,3 +215,83 @@ def test_time_model_reproduces_every_measured_h200_step():
         # 40% of the peak was the optimistic model this replaces
         assert est["flops"] / (0.4 * GPU_PEAKS["H100 SXM"]) < 0.85 * row["sec_per_step"]
         assert seconds["A100"] / seconds["H100 SXM"] == pytest.approx(989 / 312)
+
+
+# --------------------------------------------------------------------------- issue 23, item 5
+def _est(data_dir, tmp_path, *extra):
+    from alignprop.config import parse_config
+
+    flags = _train_flags(data_dir, tmp_path, *extra)
+    flags[flags.index("--aesthetic_model_type") + 1] = "none"   # the step's own parts only
+    return estimate_training(*parse_config(flags))
+
+
+def test_every_option_that_changes_the_step_changes_the_estimate(data_dir, tmp_path):
+    """The estimate traces training's own method code: --method, DRaFT-LV's n, base
+    consistency and K each change what is traced, as they change what training runs."""
+    align = _est(data_dir, tmp_path)
+    n1 = _est(data_dir, tmp_path, "--method", "draft-lv", "--draft_lv_n", "1")
+    n4 = _est(data_dir, tmp_path, "--method", "draft-lv", "--draft_lv_n", "4")
+    assert n4.details["sampler_calls"]["grad"] == 4 and n1.details["sampler_calls"]["grad"] == 1
+    assert n4.flops["backward"] > 3 * n1.flops["backward"] and n4.peak_bytes > n1.peak_bytes
+    assert "draft-lv" in n4.title and "DRaFT-LV n=4" in n4.title
+    base = _est(data_dir, tmp_path, "--base_consistency_weight", "1")
+    assert base.total_flops > align.total_flops and "base consistency" in base.title
+    # the base model's denoising is one more kind of no-grad step (LoRA off), traced once
+    assert base.details["traced_no_grad_calls"] == align.details["traced_no_grad_calls"] + 1
+    refl = _est(data_dir, tmp_path, "--method", "refl")
+    assert refl.details["method"] == "refl" and refl.details["sampler_calls"]["grad"] == 1
+    assert any("ReFL" in n for n in refl.notes)
+    alt = _est(data_dir, tmp_path, "--method", "imagerefl")
+    assert any("both traced" in n for n in alt.notes)
+    k3 = _est(data_dir, tmp_path, "--backprop_steps", "3")
+    assert k3.details["sampler_calls"]["grad"] == 3 and k3.peak_bytes > align.peak_bytes
+
+
+def test_the_trace_does_not_grow_with_the_number_of_steps(data_dir, tmp_path):
+    """Fast for any N: one no-grad step is traced and the others add its FLOPs (the loop
+    runs N times in Python, the trace once)."""
+    few = _est(data_dir, tmp_path, "--sample_num_steps", "4")
+    many = _est(data_dir, tmp_path, "--sample_num_steps", "20000")
+    assert many.details["traced_no_grad_calls"] == few.details["traced_no_grad_calls"] == 1
+    assert many.details["sampler_calls"]["no_grad"] == 19999
+    per_step = (many.flops["forward"] - few.flops["forward"]) / (19999 - 3)
+    # memory grows only by the schedule, which training keeps on the device (a few bytes a step)
+    assert per_step > 0 and 0 <= many.peak_bytes - few.peak_bytes <= 8 * 20000
+
+
+@pytest.mark.parametrize("size", ["32768", "16384"])
+def test_nonsense_sizes_are_one_line(data_dir, tmp_path, capsys, size):
+    flags = _train_flags(data_dir, tmp_path, "--estimate", "--pretrained_model",
+                         "black-forest-labs/FLUX.1-Kontext-dev")
+    flags[flags.index("--image_height") + 1] = flags[flags.index("--image_width") + 1] = size
+    assert alignprop_fluxkontext.main(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "image tokens" in err and "overflows" in err
+
+
+def test_a_broken_config_json_is_one_line_naming_it(data_dir, tmp_path, capsys):
+    from alignprop.tiny_kontext import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline()
+    root = tmp_path / "kontext"
+    for part in ("transformer", "vae", "scheduler"):
+        getattr(pipe, part).save_config(root / part)
+    for part in ("text_encoder", "text_encoder_2"):
+        (root / part).mkdir(parents=True)
+        (root / part / "config.json").write_text(getattr(pipe, part).config.to_json_string())
+    cfg = root / "transformer" / "config.json"
+    good = cfg.read_text()
+    for broken in ('{"num_layers": 1', "[1, 2]", json.dumps({**json.loads(good),
+                                                             "num_layers": "many"})):
+        cfg.write_text(broken)
+        flags = _train_flags(data_dir, tmp_path, "--estimate")
+        flags[flags.index("tiny")] = str(root)
+        assert alignprop_fluxkontext.main(flags) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(cfg) in err, err
+
+
+def test_tiny_photo_is_estimated(data_dir, tmp_path):
+    est = _est(data_dir, tmp_path, "--pretrained_model", "tiny-photo")
+    assert "tiny-photo" in est.title and est.params["transformer"]["total"] > 3e5

@@ -135,12 +135,13 @@ def test_win_rate_ties_count_half():
     (["--rewards", "nonsense"], "unknown reward 'nonsense'"),
     (["--brightness_target", "2"], "--brightness_target must be in [0, 1]"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
-    (["--reward_spec", "{tmp}/missing.json"], "--reward_spec: file not found"),
+    (["--reward_spec", "{tmp}/missing.json"], "--reward_spec {tmp}/missing.json: file not found"),
     (["--rewards", "brightness", "--reward_spec", "{tmp}/dup.json"], "requested twice"),
 ])
 def test_user_errors_exit_2_one_line(folders, tmp_path, capsys, extra, msg):
     (tmp_path / "dup.json").write_text(json.dumps([{"name": "brightness"}]))
     extra = [e.format(tmp=tmp_path) for e in extra]
+    msg = msg.format(tmp=tmp_path)
     assert _run(folders, tmp_path / "e", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1, err

@@ -13,9 +13,10 @@ import random
 import pytest
 import torch
 
-from alignprop.estimate import (CONFIG_DIR, _learned_probes, internvl_config, internvl_forward,
-                                kontext_configs)
-from alignprop.fakemem import Tracker, fake_mode
+from alignprop.estimate import CONFIG_DIR, internvl_config, kontext_configs
+from alignprop.fakemem import Tracker, fake_mode, param_counts
+from rewards.vlm_model import clear_weightless_cache
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from alignprop.lora import add_lora
 from alignprop.sampler import KontextSampler, PromptEmbeds
 
@@ -84,46 +85,42 @@ def _tiles(n_img, max_tiles, h, w):
     ("OpenGVLab/InternVL3-38B-hf", "single", 1, (512, 512)),      # InternViT-6B vision tower
 ])
 def test_internvl_reward_at_real_tile_and_token_count(model_id, task, max_tiles, hw):
-    from transformers import InternVLForConditionalGeneration
-
-    from alignprop.estimate import _vlm_tokens
-    from rewards.internvl_model import preprocess
-    from common.qwen_vocab import IMAGE_TOKEN_ID, build_internvl3_processor
-    from rewards.vlm import find_answer_tokens
-    from rewards.vlm_prompts import DEFAULT_PROMPTS, TASK_IMAGES, parse_answer_scale
+    """The registry's weightless build of the VLM reward (what --estimate traces): the reward's
+    own preprocessing, token ids and the model's own forward, at the real tile and token count
+    and the real widths, with the real Qwen2.5 vocabulary."""
+    from common.qwen_vocab import IMAGE_TOKEN_ID
+    from rewards import build_weightless
+    from rewards.vlm_prompts import TASK_IMAGES
 
     cfg, _ = internvl_config(model_id)
     assert cfg.image_seq_length == 256 and cfg.image_token_id == IMAGE_TOKEN_ID
     cfg.vision_config.num_hidden_layers = 1                 # depth trimmed, widths real
     cfg.text_config.num_hidden_layers = 1
-    processor = build_internvl3_processor(image_seq_length=cfg.image_seq_length)
     n_img = TASK_IMAGES[task]
     tiles = _tiles(n_img, max_tiles, *hw)
-    ids = _vlm_tokens(processor, task, DEFAULT_PROMPTS[task], "", tiles)
-    assert ids.count(IMAGE_TOKEN_ID) == 256 * sum(tiles)
-    scale = parse_answer_scale(None, task)
-    answers = find_answer_tokens(processor.tokenizer, scale.words)
-
-    class Spec:
-        tile_size, resample = (448, 448), "bicubic"
-        image_mean, image_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-    with fake_mode():
-        model = InternVLForConditionalGeneration(cfg).eval().requires_grad_(False)
-        images = torch.rand(2, 3, *hw, dtype=torch.float32, requires_grad=True)
-        pv = torch.cat([preprocess(images, Spec, max_tiles).view(2, -1, 3, 448, 448)] * n_img, 1)
-        assert pv.shape[1] == sum(tiles)
-        feats = model.get_image_features(pixel_values=pv.flatten(0, 1).to(torch.bfloat16),
-                                         vision_feature_layer=-1,
-                                         vision_feature_select_strategy="default")
-        feats = getattr(feats, "pooler_output", feats)
-        # the vision tower's tokens per tile after pixel shuffle = the processor's expansion
-        assert feats.shape == (2 * sum(tiles), 256, cfg.text_config.hidden_size)
-        logp = internvl_forward(model, ids, IMAGE_TOKEN_ID, pv.flatten(0, 1).to(torch.bfloat16),
-                                2, answers)
-        assert logp.shape == (2, len(scale.words))
-        logp.sum().backward()
-        assert images.grad is not None and images.grad.shape == images.shape
+    spec = {"name": "internvl", "term": "t", "weight": 1.0, "task": task, "model_id": model_id,
+            "dtype": "bfloat16", "max_tiles": max_tiles, "calibration": "none"}
+    try:
+        with fake_mode(), Tracker():
+            reward = build_weightless(spec, device="cpu", config=cfg).fn
+            with unset_fake_temporarily():   # token ids are real numbers (the tokenizer's)
+                ids = reward.input_ids(tiles)[0].tolist()
+            assert ids.count(IMAGE_TOKEN_ID) == 256 * sum(tiles)
+            images = torch.rand(2, 3, *hw, dtype=torch.float32, requires_grad=True)
+            slots = [reward._prepare(x) for x in reward.slots_for(images, torch.rand(2, 3, *hw))]
+            assert [s.layout for s in slots] == tiles
+            feats = reward.bundle.model.get_image_features(
+                pixel_values=slots[0].pixels.flatten(0, 1).to(torch.bfloat16),
+                vision_feature_layer=-1, vision_feature_select_strategy="default")
+            feats = getattr(feats, "pooler_output", feats)
+            # the vision tower's tokens per tile after pixel shuffle = the processor's expansion
+            assert feats.shape == (2 * tiles[0], 256, cfg.text_config.hidden_size)
+            scores, _ = reward(images, torch.rand(2, 3, *hw), ["x", "x"])
+            assert scores.shape == (2,)
+            scores.float().sum().backward()
+            assert images.grad is not None and images.grad.shape == images.shape
+    finally:
+        clear_weightless_cache()
 
 
 @pytest.mark.parametrize("spec", [
@@ -138,18 +135,27 @@ def test_internvl_reward_at_real_tile_and_token_count(model_id, task, max_tiles,
     {"name": "pickscore", "params": 986_109_441},    # CLIP ViT-H/14 (same size)
 ], ids=lambda s: s["name"] + ("-" + s["net"] if "net" in s else ""))
 def test_learned_rewards_at_real_input_size(spec):
-    """LPIPS trunks at their resolution, FaceNet at 160 px, CLIP ViT-L/14 at 224 px, SigLIP
-    so400m at 384 px, the preference models at 224 px (real depth). AIDE's model lives in the
-    user's clone of the AIDE repository, so it is not built here."""
+    """The registry's weightless builds (each reward's own factory and preprocessing, what
+    --estimate traces): LPIPS trunks at their resolution, FaceNet at 160 px, CLIP ViT-L/14 at
+    224 px, SigLIP so400m at 384 px, the preference models at 224 px (real depth). AIDE's model
+    lives in the user's clone of the AIDE repository, so it is not built here."""
+    from transformers.initialization import no_init_weights
+
+    from alignprop.estimate.trace import _modules_of
+    from rewards import build_weightless
+
     torch.set_default_dtype(torch.float32)
-    with fake_mode(), Tracker() as tr:
-        probes, _, params = _learned_probes([{**spec, "term": "t", "weight": 1.0}], tr)
+    params = {k: v for k, v in spec.items() if k != "params"}
+    with fake_mode(), Tracker():
+        with no_init_weights():
+            term = build_weightless({**params, "term": "t", "weight": 1.0}, device="cpu")
         images = torch.rand(2, 3, 512, 512, requires_grad=True)
-        scores = probes[0].run(images, torch.rand(2, 3, 512, 512))
+        scores, _ = term.fn(images, torch.rand(2, 3, 512, 512), ["a photo", "a photo"])
         assert scores.shape == (2,)
         scores.float().sum().backward()
         assert images.grad is not None and images.grad.shape == images.shape
-    total = list(params.values())[0]["total"]
+    total = sum(param_counts(m)["total"] for m in _modules_of(term.fn)
+                if m is not getattr(term.fn, "head", None) or spec["name"].startswith("aes"))
     assert total > 5e5    # real trunks (squeeze: 0.7M)
     if "params" in spec:
         assert total == spec["params"]

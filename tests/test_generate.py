@@ -171,15 +171,17 @@ def test_resolve_lora_paths(lora_dir, tmp_path):
 
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--input_dir", "{missing}", "--prompt", "x"], "image folder not found"),
+    (["--input_dir", "{missing}", "--prompt", "x"], "--input_dir {missing}: folder not found"),
     (["--input_dir", "{inputs}"], "--prompt or --prompt_file"),
     (["--input_dir", "{inputs}", "--prompt", "x", "--num_steps", "0"], "--num_steps must be >= 1"),
     (["--input_dir", "{inputs}", "--prompt", "x", "--max_area", "100"], "--max_area must be 0"),
     (["--input_dir", "{inputs}", "--prompt", "x", "--contact_sheet", "pdf"], "unknown format"),
-    (["--input_dir", "{inputs}", "--prompt", "x", "--lora", "{missing}"], "no such file"),
+    (["--input_dir", "{inputs}", "--prompt", "x", "--lora", "{missing}"],
+     "--lora {missing}: not found"),
 ])
 def test_user_errors_exit_2_with_one_line(argv, msg, inputs, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "missing", inputs=inputs) for a in argv]
+    msg = msg.format(missing=tmp_path / "missing")
     rc = cli(argv + ["--output_dir", str(tmp_path / "o"), "--pretrained_model", "tiny"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and msg in err and len(err.splitlines()) == 1, err
@@ -191,7 +193,7 @@ def test_cli_subprocess_exit_code_and_no_traceback(tmp_path):
                         "--pretrained_model", "tiny"], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert r.returncode == 2
-    assert "Traceback" not in r.stderr and "image folder not found" in r.stderr
+    assert "Traceback" not in r.stderr and "--input_dir" in r.stderr and "folder not found" in r.stderr
 
 
 def test_prompt_file_json_per_image(inputs, tmp_path):

@@ -143,7 +143,9 @@ def test_help_states_the_published_defaults():
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
                               "PYTHONPATH": str(root)}).stdout
     text = " ".join(out.split())
-    for needle in ("--method {alignprop,draft-lv,refl,imagerefl}", "published default 2",
-                   "steps 30-39 of 40, f=0.75", "--imagerefl_fm_weight",
-                   "--base_consistency_weight", "--base_consistency_metric {latent,lpips}"):
+    for needle in ("--method {alignprop,draft-lv,refl,imagerefl,grpo,d3po}",
+                   "published default 2", "steps 30-39 of 40, f=0.75", "--imagerefl_fm_weight",
+                   "--base_consistency_weight", "--base_consistency_metric {latent,lpips}",
+                   "published a = 0.7", "default 1e-4;", "D3PO's default 0.1",
+                   "--preference_mode {majority,every}", "--reward_command"):
         assert needle in text, needle

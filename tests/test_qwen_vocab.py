@@ -110,10 +110,14 @@ def test_qalign_words_split_after_a_newline_are_read_by_their_single_token_forms
 def test_image_placeholder_expands_to_the_real_image_token_count(processor, tok, size,
                                                                  max_patches, tiles):
     """The processor's own expansion: <img> + 256 x tiles x <IMG_CONTEXT> + </img>; the
-    estimator's token builder (alignprop/estimate.py) gives the same ids."""
+    reward's own token builder (VLMReward.input_ids, what training and --estimate feed the
+    model) gives the same ids."""
+    import torch
     from PIL import Image
 
-    from alignprop.estimate import _vlm_tokens
+    from rewards.vlm import VLMReward
+    from rewards.vlm_families import family_for_model_type
+    from rewards.vlm_model import VLMBundle
 
     template = _template(processor, "single", DEFAULT_PROMPTS["single"])
     img = Image.fromarray(np.zeros((size[0], size[1], 3), dtype=np.uint8))
@@ -124,7 +128,13 @@ def test_image_placeholder_expands_to_the_real_image_token_count(processor, tok,
     assert ids.count(IMAGE_TOKEN_ID) == 256 * tiles
     first = ids.index(IMAGE_TOKEN_ID)
     assert ids[first - 1] == 151665 and ids[first + 256 * tiles] == 151666
-    assert _vlm_tokens(processor, "single", DEFAULT_PROMPTS["single"], "", [tiles]) == ids
+    family = family_for_model_type("internvl")
+    bundle = VLMBundle(model=None, processor=processor, model_id="real vocabulary",
+                       dtype=torch.bfloat16, device=torch.device("cpu"), family=family,
+                       spec=family.image_spec(None, processor))
+    reward = VLMReward("single", bundle, DEFAULT_PROMPTS["single"],
+                       parse_answer_scale(None, "single"))
+    assert reward.input_ids([tiles])[0].tolist() == ids
 
 
 def test_a_user_scale_the_vocabulary_splits_warns_or_errors(processor, tok):

@@ -49,6 +49,11 @@ class VLMFamily:
         """(model, processor): a random tiny model of the family (fixed seed), offline."""
         raise NotImplementedError
 
+    def check_image_size(self, bundle, height: int, width: int, options: dict[str, Any]) -> None:
+        """Raise ValueError (saying why) for an image this family's preprocessing refuses, so
+        a caller can skip that one image instead of failing a whole batch. Default: any size."""
+        return None
+
     def image_spec(self, model, processor) -> Any:
         """The image numbers (sizes, mean/std, ...) read from a loaded processor/model."""
         raise NotImplementedError

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 import torch.nn.functional as F
 
 from . import VLMFamily
@@ -161,10 +162,13 @@ _MEAN_STD: dict = {}
 def _mean_std(mean: tuple, std: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalisation tensors on ``device``, made once (a copy per call would wait for a GPU)."""
     key = (mean, std, str(device))
-    if key not in _MEAN_STD:
-        _MEAN_STD[key] = (torch.tensor(mean, device=device).view(1, 1, 3, 1, 1),
-                          torch.tensor(std, device=device).view(1, 1, 3, 1, 1))
-    return _MEAN_STD[key]
+    if key in _MEAN_STD:
+        return _MEAN_STD[key]
+    made = (torch.tensor(mean, device=device).view(1, 1, 3, 1, 1),
+            torch.tensor(std, device=device).view(1, 1, 3, 1, 1))
+    if not is_fake(made[0]):   # made inside --estimate's fake-tensor trace: not kept after it
+        _MEAN_STD[key] = made
+    return made
 
 
 def _size_hw(size) -> tuple[int, int]:

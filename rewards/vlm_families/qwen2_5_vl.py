@@ -177,6 +177,11 @@ def _budget(size) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+# The largest pixel budget any supported Qwen-VL processor uses (Qwen3-VL: 16384 tokens of
+# 32x32); a larger one is a typo (1e10 pixels would take ~120 GB as float32).
+MAX_PIXELS = 16384 * 32 * 32
+
+
 # --------------------------------------------------------------------------- the adapter
 class QwenVLFamily(VLMFamily):
     """Shared by every Qwen-VL with the 2x2-merged dynamic resolution (2.5-VL, 3-VL)."""
@@ -199,13 +204,27 @@ class QwenVLFamily(VLMFamily):
             value = out[key]
             if value is not None and not (isinstance(value, int) and value > 0):
                 raise ValueError(f"{key} must be a positive whole number of pixels, got {value!r}")
+            if value is not None and value > MAX_PIXELS:
+                raise ValueError(f"{key} must be at most {MAX_PIXELS} pixels (16384 vision tokens "
+                                 f"of 32x32, the largest budget of the families' processors), "
+                                 f"got {value}")
         if out["min_pixels"] and out["max_pixels"] and out["min_pixels"] > out["max_pixels"]:
             raise ValueError(f"min_pixels ({out['min_pixels']}) is larger than max_pixels "
                              f"({out['max_pixels']})")
         return out
 
+    def check_image_size(self, bundle, height: int, width: int, options: dict[str, Any]) -> None:
+        spec = bundle.spec
+        lo = options.get("min_pixels") or spec.min_pixels
+        hi = options.get("max_pixels") or spec.max_pixels
+        try:
+            resized_size(height, width, spec, lo, max(hi, lo))
+        except ValueError as exc:   # e.g. "absolute aspect ratio must be smaller than 200"
+            raise ValueError(f"{width}x{height} pixels: {exc}") from None
+
     def prepare(self, bundle, images: torch.Tensor, options: dict[str, Any]):
         spec = bundle.spec
+        self.check_image_size(bundle, *images.shape[-2:], options)   # names the size
         lo = options.get("min_pixels") or spec.min_pixels
         hi = options.get("max_pixels") or spec.max_pixels
         if hi < spec.factor ** 2:
