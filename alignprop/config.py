@@ -46,6 +46,7 @@ DEFAULT_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_
 LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 TRUNCATION = ("fixed", "random", "per_step")
+NOGRAD_BATCHING = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 # Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
 # billions of steps.
@@ -125,6 +126,17 @@ class TrainConfig(MethodFlags):
     gradient_checkpointing: bool = _f(
         False, "Recompute transformer block activations in backward (less memory, ~30%% "
                "more time per backpropagated step).")
+    batch_nograd_steps: str = _f(
+        "auto", "alignprop: run the N-K no-grad sampler steps of all micro-batches of an "
+                "optimizer step as one batched pass ('on'), or per micro-batch ('off'); 'auto' = "
+                "on with a GPU. It does not raise the peak: those steps keep no activations, and "
+                "one image's transient activations there (0.18 GB at 512 px) are small next to a "
+                "grad step's. Results equal per-micro-batch sampling up to the last bits of "
+                "batched matmuls.", NOGRAD_BATCHING)
+    compile: bool = _f(
+        False, "torch.compile the repeated regions: the transformer's double/single blocks, the "
+               "VAE decoder, the reward models' repeated layers (a VLM's vision and language "
+               "layers). Compiles during the first step, then no recompiles (docs/scale.md).")
     reward_device: str = _f(
         "replicate",
         "Where the frozen reward models live: 'replicate' (a copy on every process's device), "
@@ -204,7 +216,8 @@ class TrainConfig(MethodFlags):
     estimate: bool = _f(
         False, "Do not train: build every model of this run at its real size without weights "
                "(no download, no GPU), trace one optimizer step and print parameters, FLOPs, time "
-               "at 40%% of H100/A100/L40S/RTX 4090 peaks, peak memory by part and a verdict for "
+               "on H100/A100/L40S/RTX 4090 (rates measured on an H200; 40%% of peak beside it), "
+               "peak memory by part and a verdict for "
                "24/40/48/80/141 GB GPUs (see docs/scale.md).")
 
     def __post_init__(self) -> None:
@@ -267,6 +280,9 @@ class TrainConfig(MethodFlags):
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"--lora_alpha must be > 0, got {self.lora_alpha}")
 
+        if self.batch_nograd_steps not in NOGRAD_BATCHING:
+            raise ValueError(f"--batch_nograd_steps must be one of {list(NOGRAD_BATCHING)}, got "
+                             f"{self.batch_nograd_steps!r}")
         check_reward_device(self.reward_device)
         if not self.target_modules():
             raise ValueError("--lora_target_modules is empty")
@@ -373,9 +389,10 @@ STEP_TRAIN_FLAGS = (
     "max_grad_norm")
 # The run's, not the step's: free to change on resume (each segment records them). The
 # batch size changes how many images a step averages, not what it computes (a resume on
-# other hardware may need it); the data folder may grow.
+# other hardware may need it); the data folder may grow. Speed switches (--compile,
+# --batch_nograd_steps) run the same arithmetic, up to the last bits of a batched matmul.
 RUN_TRAIN_FLAGS = (
-    "data_dir", "recursive", "gradient_checkpointing", "reward_device", "train_batch_size",
+    "data_dir", "recursive", "gradient_checkpointing", "compile", "batch_nograd_steps", "reward_device", "train_batch_size",
     "train_gradient_accumulation_steps", "mixed_precision", "allow_tf32", "seed", "num_epochs",
     "max_train_steps", "output_dir", "save_freq", "push_to_hub", "hub_model_id",
     "checkpoints_total_limit", "resume_from", "allow_changed_config", "log_with",

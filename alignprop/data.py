@@ -188,12 +188,14 @@ class SampleStream:
         return self.position // self.size
 
 
-def load_batch(folder: ImageFolder, picks: Sequence[tuple[int, int]]
-               ) -> tuple[torch.Tensor, list[str]]:
-    """Images (B,3,H,W) in [0,1] and their prompts for (sample number, index) pairs."""
+def load_batch(folder: ImageFolder, picks: Sequence[tuple[int, int]], return_indices=False):
+    """Images (B,3,H,W) in [0,1] and their prompts for (sample number, index) pairs; with
+    ``return_indices`` also the indices of the images used (a lost file's substitute)."""
     loaded = [folder.load_or_substitute(i) for _, i in picks]
     images = torch.stack([img for img, _ in loaded])
     prompts = [folder.prompt_for(used, j) for (j, _), (_, used) in zip(picks, loaded)]
+    if return_indices:
+        return images, prompts, [used for _, used in loaded]
     return images, prompts
 
 

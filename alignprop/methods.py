@@ -56,6 +56,9 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from rewards.base import batch_mean
+
+from .sampler import cat_prompt_embeds
 from .trajectory import replay
 
 METHOD_NAMES = ("alignprop", "draft-lv", "refl", "imagerefl", "grpo", "d3po")
@@ -259,6 +262,16 @@ class Batch:
     targets: Optional[torch.Tensor] = None   # imagerefl paired targets (B,3,H,W)
     grad_steps: Optional[list] = None        # --truncated_backprop per_step: bool per step
     identity_text: Any = None                # imagerefl identity prompt embeds (batch 1)
+    image_tokens: Optional[torch.Tensor] = None  # the inputs' Kontext tokens (trainer's cache)
+    # alignprop, set by the step's shared no-grad pass (shared_nograd_pass): the initial
+    # noise and the latents entering step N-K
+    noise: Optional[torch.Tensor] = None
+    start: Optional[torch.Tensor] = None
+
+    def tokens(self, sampler) -> torch.Tensor:
+        """The inputs' Kontext tokens: cached by the trainer, or encoded now."""
+        return self.image_tokens if self.image_tokens is not None \
+            else sampler.encode_image(self.inputs)
     rollout: Optional[RolloutSlice] = None   # grpo / d3po: stored trajectories to train on
 
 
@@ -311,7 +324,7 @@ def _consistency(models: Models, flags: MethodFlags, lora_latents, base_latents,
         with torch.no_grad():
             b = sampler.decode(base_latents)
         d = models.lpips(a.float(), b.float(), normalize=True).mean()
-    metrics["base_consistency"] = d.item()
+    metrics["base_consistency"] = batch_mean(d)
     return flags.base_consistency_weight * d
 
 
@@ -338,16 +351,42 @@ def _one_step_loss(batch: Batch, models: Models, flags: MethodFlags, x_t, i: int
 
 
 # ------------------------------------------------------------------ the methods
+def shared_nograd_pass(batches: list[Batch], models: Models) -> None:
+    """alignprop: the N-K no-grad Euler steps of every micro-batch of an optimizer step as
+    one batched pass (one transformer call per step instead of one per micro-batch).
+
+    Sets each batch's ``noise`` (drawn from its own generator, as :func:`alignprop` draws it)
+    and ``start`` (the latents entering step N-K); the grad steps stay per micro-batch. The
+    result equals per-micro-batch sampling up to the last bits of the batched matmuls.
+    """
+    sampler = models.sampler
+    if any(b.grad_steps is not None or b.k != batches[0].k for b in batches):
+        return  # --truncated_backprop per_step: each micro-batch has its own steps
+    n = sampler.num_steps
+    stop = n - max(0, min(batches[0].k, n))
+    for b in batches:
+        b.noise = sampler.initial_noise(len(b.inputs), b.generator, b.inputs.device)
+    if stop == 0:
+        return
+    starts = sampler.denoise_to(torch.cat([b.noise for b in batches]),
+                                torch.cat([b.tokens(sampler) for b in batches]),
+                                cat_prompt_embeds([b.text for b in batches]), stop)
+    for b, start in zip(batches, starts.split([len(b.inputs) for b in batches])):
+        b.start = start
+
+
 def alignprop(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     sampler, metrics = models.sampler, {}
-    noise = sampler.initial_noise(len(batch.inputs), batch.generator, batch.inputs.device)
+    noise = batch.noise if batch.noise is not None else sampler.initial_noise(
+        len(batch.inputs), batch.generator, batch.inputs.device)
     images, latents = sampler.sample(batch.inputs, batch.text, backprop_steps=batch.k,
                                      noise=noise, return_latents=True,
-                                     grad_steps=batch.grad_steps)
+                                     grad_steps=batch.grad_steps,
+                                     image_tokens=batch.image_tokens, start=batch.start)
     loss, reward = _reward_loss(models, images, batch, metrics)
     if flags.base_consistency_weight > 0:
         with torch.no_grad(), base_model(models.bare):
-            tokens = sampler.encode_image(batch.inputs)
+            tokens = batch.tokens(sampler)
             base = sampler.denoise_to(noise, tokens, batch.text, sampler.num_steps)
         loss = loss + _consistency(models, flags, latents, base, metrics)
     return MethodOutput(loss, images, metrics, reward)
@@ -357,7 +396,7 @@ def draft_lv(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     sampler, metrics = models.sampler, {}
     b, device = len(batch.inputs), batch.inputs.device
     noise = sampler.initial_noise(b, batch.generator, device)
-    tokens = sampler.encode_image(batch.inputs)
+    tokens = batch.tokens(sampler)
     n = sampler.num_steps
     x0 = sampler.denoise_to(noise, tokens, batch.text, n)  # no grad
     sigma = sampler.sigmas[n - 1].to(device)
@@ -369,7 +408,7 @@ def draft_lv(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
                                                    metrics)
         loss = loss + step_loss / flags.draft_lv_n
         rewards.append(reward)
-    metrics["reward"] = torch.stack(rewards).mean().item()
+    metrics["reward"] = batch_mean(torch.stack(rewards))
     return MethodOutput(loss, images, metrics, torch.stack(rewards).mean(0))
 
 
@@ -383,7 +422,7 @@ def refl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     sampler, metrics = models.sampler, {}
     device = batch.inputs.device
     noise = sampler.initial_noise(len(batch.inputs), batch.generator, device)
-    tokens = sampler.encode_image(batch.inputs)
+    tokens = batch.tokens(sampler)
     i = refl_step(flags, sampler.num_steps, batch.seed)
     x_i = sampler.denoise_to(noise, tokens, batch.text, i)  # no grad
     loss, reward, images = _one_step_loss(batch, models, flags, x_i, i, tokens, metrics)
@@ -395,7 +434,7 @@ def flow_matching_loss(batch: Batch, models: Models, flags: MethodFlags, metrics
     """Flow-matching loss of the LoRA model on real (input -> target) pairs."""
     sampler = models.sampler
     b, device = len(batch.inputs), batch.inputs.device
-    cond = sampler.encode_image(batch.inputs)
+    cond = batch.tokens(sampler)
     if batch.targets is not None:
         z, text = sampler.encode_image(batch.targets.to(device)), batch.text
     else:  # the Kontext edit of the image to itself
@@ -409,7 +448,7 @@ def flow_matching_loss(batch: Batch, models: Models, flags: MethodFlags, metrics
     x_s = ((1 - s[:, None, None]) * z.float() + s[:, None, None] * eps.float()).to(z.dtype)
     v = sampler.velocity_at(x_s, s, cond, text)
     fm = F.mse_loss(v.float(), (eps - z).float())
-    metrics["flow_matching"] = fm.item()
+    metrics["flow_matching"] = batch_mean(fm)
     return fm
 
 
@@ -495,5 +534,5 @@ def run_method(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput
 
 
 __all__ = ["MethodFlags", "Models", "Batch", "MethodOutput", "RolloutSlice", "METHODS",
-           "METHOD_NAMES", "SCORE_METHODS", "GRADIENT_METHODS", "run_method", "base_model",
-           "refl_step", "flow_matching_loss"]
+           "METHOD_NAMES", "SCORE_METHODS", "GRADIENT_METHODS", "run_method", "shared_nograd_pass",
+           "base_model", "refl_step", "flow_matching_loss"]

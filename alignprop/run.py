@@ -21,18 +21,20 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from common.cli import UserError
+from common.cli import CurrentStderrHandler, UserError
 from common.images import load_image, resize_to
 from common.original_flags import show
 from rewards.perceptual import build_lpips_model
 
 from . import models as kontext_models
+from .attention import attention_phases
 from .checkpoint import (CheckpointError, load_checkpoint, preflight, read_state, save_checkpoint,
                          set_aside_later_checkpoints)
+from .compile import compile_regions
 from .config import (LORA_SHAPE_FLAGS, MissingDependencyError, TrainConfig, config_dict,
                      flag_default, step_flags)
 from .data import ImageFolder, SampleStream
-from .distributed import is_sharded, make_accelerator, trainable_parameters
+from .distributed import find_modules, is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker_config,
                             truncate_metrics)
 from .lora import add_lora, load_lora_into, lora_state_dict, save_lora
@@ -46,6 +48,37 @@ from .sampler import KontextSampler, encode_prompts
 logger = logging.getLogger("alignprop")
 
 RewardFn = Callable[[torch.Tensor, Optional[torch.Tensor], list], tuple]
+
+# Prompt embeddings stay on the training device up to this size (T5-XXL at 512 tokens: 4 MB a
+# prompt in bf16), on the host beyond it (a prompt file of thousands of instructions).
+TEXT_ON_DEVICE_BYTES = 1024 ** 3
+# The inputs' Kontext tokens kept on the device (128 KB an image at 512 px in bf16).
+INPUT_TOKENS_BYTES = 512 * 1024 ** 2
+
+
+class InputTokens:
+    """The inputs' VAE latents (packed Kontext tokens), encoded once per micro-batch content.
+
+    The VAE encode of an input is deterministic, so it is computed the first time a
+    micro-batch of these images (in this order) is drawn and reused whenever it is drawn
+    again: with one image per micro-batch (the README's runs) every image is encoded once.
+    The key is the whole micro-batch, not each image, because a batched encode differs from
+    a per-image one in the last bits; this keeps every number as before the cache. Bounded
+    by ``limit`` bytes (later content is encoded each time, as before).
+    """
+
+    def __init__(self, limit: int = INPUT_TOKENS_BYTES):
+        self.limit, self.used, self._tokens = limit, 0, {}
+
+    def get(self, key: tuple, encode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if key in self._tokens:
+            return self._tokens[key]
+        tokens = encode()
+        size = tokens.numel() * tokens.element_size()
+        if self.used + size <= self.limit:
+            self._tokens[key] = tokens
+            self.used += size
+        return tokens
 
 
 @dataclass
@@ -69,9 +102,11 @@ class Run:
     sampler: KontextSampler
     models: Models
     reward_fn: RewardFn
-    text_cache: dict                # prompt -> PromptEmbeds (on the CPU)
+    text_cache: dict                # prompt -> PromptEmbeds (on the device when small)
     targets: Optional[Callable] = None      # --imagerefl_target_dir loader
     identity_text: Any = None               # imagerefl identity prompt embeds
+    nograd_batched: bool = False            # --batch_nograd_steps resolved (alignprop)
+    input_tokens: InputTokens = field(default_factory=InputTokens)
     rollouts: Optional[Rollouts] = None     # grpo / d3po: rounds of stored trajectories
     # progress (what a checkpoint stores)
     global_step: int = 0
@@ -194,19 +229,33 @@ def describe_reward(reward_fn) -> list:
 
 
 def _encode_and_free_text(pipe, prompts, device, max_sequence_length) -> dict:
-    """Text embeddings of every prompt once (kept on the CPU); then free the text encoders."""
+    """Text embeddings of every prompt once; then free the text encoders.
+
+    Kept on the device (no copy in the step) up to ``TEXT_ON_DEVICE_BYTES``, else on the CPU.
+    """
     for enc in (pipe.text_encoder, pipe.text_encoder_2):
         enc.to(device).requires_grad_(False)
     # The loop variable would keep T5-XXL (9.5 GB in bf16) alive for the whole run after the
     # pipeline lets go of it below (measured on an H200: docs/scale.md).
     del enc
     cache = encode_prompts(pipe, prompts, device, max_sequence_length)
-    cache = {p: e.to(device="cpu") for p, e in cache.items()}
+    size = sum(t.numel() * t.element_size() for e in cache.values()
+               for t in (e.prompt_embeds, e.pooled_prompt_embeds, e.text_ids))
+    if size > TEXT_ON_DEVICE_BYTES:
+        cache = {p: e.to(device="cpu") for p, e in cache.items()}
     pipe.text_encoder = pipe.text_encoder_2 = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return cache
+
+
+def batch_nograd(cfg: TrainConfig, device) -> bool:
+    """--batch_nograd_steps resolved: alignprop only; 'auto' = on with a GPU (on a CPU a
+    batched matmul gains nothing and would change the last bits of the numbers)."""
+    if cfg.method != "alignprop" or cfg.batch_nograd_steps == "off":
+        return False
+    return cfg.batch_nograd_steps == "on" or torch.device(device).type == "cuda"
 
 
 def count_steps(cfg: TrainConfig, n_items: int, world: int) -> int:
@@ -275,7 +324,8 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
             project_config=ProjectConfiguration(project_dir=str(out_dir),
                                                 logging_dir=str(out_dir / "logs")))
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        handlers=[CurrentStderrHandler()])
     device = accelerator.device
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -283,6 +333,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
         # cuDNN's attention kernel failed in the backward pass of the full-size transformer
         # (torch 2.11, H200: "mha_graph.execute(...).is_good()"); the flash and
         # memory-efficient kernels run the same shapes, so SDPA picks one of those instead.
+        # The sampler's no-grad steps switch it back on (alignprop/attention.py).
         torch.backends.cuda.enable_cudnn_sdp(False)
     # Same seed on every rank: identical LoRA init (DDP also broadcasts rank 0's weights).
     set_seed(cfg.seed)
@@ -336,6 +387,13 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     sampler = KontextSampler(transformer, pipe.vae, pipe.scheduler, bare.config,
                              cfg.image_height, cfg.image_width, cfg.sample_num_steps,
                              cfg.guidance_scale, dtype=dtype)
+    # cuDNN attention only in the no-grad steps, FA3 there when installed (attention.py)
+    sampler.attention = attention_phases(device, dtype)
+    if sampler.attention.names != ("default", "default"):
+        logger.info(sampler.attention.describe())
+    if cfg.compile:
+        compile_regions(bare, pipe.vae, find_modules(reward_fn))
+        sampler.grad_start_leaf = True  # one graph for every K (sampler.py)
     models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
     identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
                      if cfg.extra_prompts() else None)
@@ -346,7 +404,8 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
                weight_dtype=dtype, transformer=transformer, bare=bare, lora_params=lora_params,
                optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
                reward_fn=reward_fn, text_cache=text_cache, targets=targets,
-               identity_text=identity_text, rollouts=rollouts, segments=segments)
+               identity_text=identity_text, nograd_batched=batch_nograd(cfg, device),
+               rollouts=rollouts, segments=segments)
 
 
 # --------------------------------------------------------------------------- segments
@@ -625,5 +684,5 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
 
 __all__ = ["Run", "setup_run", "resume_run", "describe_run", "checkpoint_run", "export_lora",
            "count_lost_images", "lora_rank_difference", "describe_reward", "make_optimizer",
-           "weight_dtype", "batch_arithmetic", "count_steps", "check_reward_fits_method",
-           "RewardWithoutGradientError"]
+           "weight_dtype", "batch_arithmetic", "batch_nograd", "InputTokens", "count_steps",
+           "check_reward_fits_method", "RewardWithoutGradientError"]

@@ -44,6 +44,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from common.profiling import GRAD, NOGRAD, VAE_DECODE, VAE_ENCODE, phase
+
+from .attention import AttentionPhases
 from .trajectory import Trajectory
 
 
@@ -76,6 +79,21 @@ def encode_prompts(pipe, prompts: Sequence[str], device, max_sequence_length: in
             max_sequence_length=max_sequence_length)
         cache[prompt] = PromptEmbeds(embeds.detach(), pooled.detach(), text_ids.detach())
     return cache
+
+
+def cat_prompt_embeds(parts: Sequence[PromptEmbeds]) -> PromptEmbeds:
+    """Several batches' embeds as one batch (same sequence length; ids of the first)."""
+    return PromptEmbeds(torch.cat([e.prompt_embeds for e in parts]),
+                        torch.cat([e.pooled_prompt_embeds for e in parts]), parts[0].text_ids)
+
+
+def to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """``x.to(device)`` without a host sync: a CPU tensor goes to a GPU from pinned memory,
+    asynchronously (a copy from pageable memory makes the host wait for the device)."""
+    device = torch.device(device)
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def stack_prompt_embeds(cache: dict[str, PromptEmbeds], prompts: Sequence[str]) -> PromptEmbeds:
@@ -256,6 +274,17 @@ class KontextSampler:
         # True: dt * v in fp32 too (differs from the pipeline only when dtype is not fp32).
         self.euler_fp32 = bool(euler_fp32)
         self.timesteps, self.sigmas = self._schedule()
+        # Attention kernels per phase (alignprop/attention.py); the default changes nothing.
+        self.attention = AttentionPhases()
+        # --compile: the latents entering the first grad step become a leaf that requires
+        # grad, so every grad step feeds the transformer the same kind of input whatever K is
+        # (compiled graphs are guarded on requires_grad; K=1 would otherwise get one graph
+        # and a later K>1 another). It adds only the gradient of that leaf; LoRA gradients
+        # are unchanged.
+        self.grad_start_leaf = False
+        # Device copies of the schedule and of the position ids, made once: a CPU tensor
+        # copied to a GPU inside every step makes the host wait for the device.
+        self._on_device: dict = {}
 
     # ------------------------------------------------------------------ schedule
     def _schedule(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +305,21 @@ class KontextSampler:
         sched.set_timesteps(sigmas=np.linspace(1.0, 1 / n, n), mu=mu, device="cpu")
         return sched.timesteps.clone(), sched.sigmas.clone().float()
 
+    def _device_tables(self, device, dtype=None) -> dict:
+        """Timesteps, sigmas, Euler dt and position ids on ``device`` (cached; same values)."""
+        device = torch.device(device)
+        key = (device, dtype or self.dtype)
+        if key not in self._on_device:
+            h2, w2 = self.latent_h // 2, self.latent_w // 2
+            self._on_device[key] = {
+                "timesteps": to_device(self.timesteps, device),
+                "sigmas": to_device(self.sigmas, device),
+                # sigma[i+1] - sigma[i] computed on the CPU as before, so the same bits
+                "dt": to_device(self.sigmas[1:] - self.sigmas[:-1], device),
+                "img_ids": torch.cat([_grid_ids(h2, w2, 0.0, "cpu", key[1]),
+                                      _grid_ids(h2, w2, 1.0, "cpu", key[1])]).to(device)}
+        return self._on_device[key]
+
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
@@ -284,10 +328,11 @@ class KontextSampler:
             raise ValueError(f"input images are {tuple(images.shape[-2:])}, expected "
                              f"{(self.height, self.width)}; resize them first (data.py does)")
         # [0,1] -> [-1,1] in fp32, then cast: the pipeline's image processor does the same.
-        x = (images.to(device=self.vae.device, dtype=torch.float32) * 2.0 - 1.0).to(self.dtype)
-        latents = self.vae.encode(x).latent_dist.mode()
-        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-        return _pack(latents)
+        with phase(VAE_ENCODE):
+            x = (images.to(device=self.vae.device, dtype=torch.float32) * 2.0 - 1.0).to(self.dtype)
+            latents = self.vae.encode(x).latent_dist.mode()
+            latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+            return _pack(latents)
 
     def initial_noise(self, batch_size: int, generator, device) -> torch.Tensor:
         """Packed Gaussian noise drawn exactly like the pipeline (same generator order).
@@ -297,6 +342,13 @@ class KontextSampler:
         from diffusers.utils.torch_utils import randn_tensor
 
         shape = (batch_size, self.in_channels // 4, self.latent_h, self.latent_w)
+        gens = generator if isinstance(generator, (list, tuple)) else [generator]
+        if device is not None and all(g is not None and g.device.type == "cpu" for g in gens):
+            # randn_tensor draws a CPU generator's noise on the CPU and copies it over with
+            # a host sync; the same draw, copied asynchronously from pinned memory:
+            noise = randn_tensor(shape, generator=generator, device=torch.device("cpu"),
+                                 dtype=self.dtype)
+            return _pack(to_device(noise, device))
         return _pack(randn_tensor(shape, generator=generator, device=torch.device(device),
                                   dtype=self.dtype))
 
@@ -307,9 +359,7 @@ class KontextSampler:
     def condition(self, image_tokens: torch.Tensor, text: PromptEmbeds) -> Conditioning:
         """The per-batch pieces of every transformer call (ids and guidance built once)."""
         device, b = image_tokens.device, image_tokens.shape[0]
-        h2, w2 = self.latent_h // 2, self.latent_w // 2
-        img_ids = torch.cat([_grid_ids(h2, w2, 0.0, device, self.dtype),
-                             _grid_ids(h2, w2, 1.0, device, self.dtype)])
+        img_ids = self._device_tables(device)["img_ids"]
         guidance = (torch.full([1], self.guidance_scale, device=device, dtype=torch.float32)
                     .expand(b) if self.guidance_embeds else None)
         return Conditioning(image_tokens.to(self.dtype), text.to(device=device, dtype=self.dtype),
@@ -333,11 +383,11 @@ class KontextSampler:
         model dtype, then divided by 1000. ``transformer`` overrides the sampler's.
         """
         b = latents.shape[0]
-        timestep = self.timesteps[i].to(latents.device).expand(b).to(self.dtype)
+        timestep = self._device_tables(latents.device)["timesteps"][i].expand(b).to(self.dtype)
         return self._velocity(latents, timestep / 1000, cond, transformer)
 
     def _dt(self, i: int, device) -> torch.Tensor:
-        return (self.sigmas[i + 1] - self.sigmas[i]).to(device)
+        return self._device_tables(device)["dt"][i]
 
     def ode_step(self, latents: torch.Tensor, i: int, cond: Conditioning,
                  transformer=None) -> torch.Tensor:
@@ -372,7 +422,7 @@ class KontextSampler:
     def sample(self, images: torch.Tensor, text: PromptEmbeds, backprop_steps: int | None = None,
                generator=None, noise: torch.Tensor | None = None,
                image_tokens: torch.Tensor | None = None, return_latents: bool = False,
-               grad_steps: Sequence[bool] | None = None):
+               grad_steps: Sequence[bool] | None = None, start: torch.Tensor | None = None):
         """Edit ``images`` (B,3,H,W in [0,1]) following ``text``; returns (B,3,H,W) in [0,1].
 
         ``backprop_steps`` = K: only the last K Euler steps (and the VAE decode) build
@@ -382,8 +432,14 @@ class KontextSampler:
         carries gradients only where ``grad_steps[i]``; elsewhere it is a constant, but the
         Euler step still passes the gradient of the latents through (TRL detaches the
         prediction, not the latents).
+        ``start``: the latents entering step N-K, already computed without grad (the
+        trainer's batched no-grad pass over every micro-batch of a step): only the last K
+        steps run here (not with ``grad_steps``).
         """
         if grad_steps is not None:
+            if start is not None:
+                raise ValueError("sample: start (the batched no-grad pass) goes with K, not "
+                                 "with grad_steps")
             return self._sample_masked(images, text, list(grad_steps), generator, noise,
                                        image_tokens, return_latents)
         device = images.device
@@ -392,16 +448,27 @@ class KontextSampler:
         k = n if backprop_steps is None else max(0, min(int(backprop_steps), n))
         if image_tokens is None:
             image_tokens = self.encode_image(images)
-        latents = noise if noise is not None else self.initial_noise(b, generator, device)
+        first = 0
+        if start is not None:
+            latents, first = start, n - k
+        else:
+            latents = noise if noise is not None else self.initial_noise(b, generator, device)
         latents = latents.to(device=device, dtype=self.dtype)
         cond = self.condition(image_tokens.to(device), text)
 
         grad_on = torch.is_grad_enabled()
-        for i in range(n):
-            # Steps before the last K run without a graph: the latents entering the
-            # first backpropagated step are a constant, so memory is O(K) not O(N).
-            with torch.set_grad_enabled(grad_on and i >= n - k):
-                latents = self.ode_step(latents, i, cond)
+        # Steps before the last K run without a graph: the latents entering the first
+        # backpropagated step are a constant, so memory is O(K) not O(N).
+        if first < n - k:
+            with phase(NOGRAD), torch.no_grad(), self.attention.nograd():
+                for i in range(first, n - k):
+                    latents = self.ode_step(latents, i, cond)
+        if k > 0:
+            if grad_on and self.grad_start_leaf:
+                latents = latents.detach().requires_grad_(True)
+            with phase(GRAD), self.attention.grad() if grad_on else self.attention.nograd():
+                for i in range(max(first, n - k), n):
+                    latents = self.ode_step(latents, i, cond)
         with torch.set_grad_enabled(grad_on and k > 0):
             out = self.decode(latents)
         return (out, latents) if return_latents else out
@@ -506,18 +573,20 @@ class KontextSampler:
         (``stop = N``: the final clean latents, as ``sample`` would decode them, same bits)."""
         latents = noise.to(dtype=self.dtype)
         cond = self.condition(image_tokens.to(latents.device), text)
-        for i in range(stop):
-            latents = self.ode_step(latents, i, cond)
+        with phase(NOGRAD), self.attention.nograd():
+            for i in range(stop):
+                latents = self.ode_step(latents, i, cond)
         return latents
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Packed latents -> images (B,3,H,W) in [0,1] (differentiable)."""
-        latents = _unpack(tokens, self.latent_h, self.latent_w)
-        latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
-        image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
+        with phase(VAE_DECODE):
+            latents = _unpack(tokens, self.latent_h, self.latent_w)
+            latents = latents / self.vae.config.scaling_factor + self.vae.config.shift_factor
+            image = self.vae.decode(latents.to(self.vae.dtype), return_dict=False)[0]
+            return (image / 2 + 0.5).clamp(0, 1)
 
 
 __all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
-           "stack_prompt_embeds", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
+           "stack_prompt_embeds", "cat_prompt_embeds", "to_device", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
            "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]

@@ -7,14 +7,21 @@ one :func:`optimizer_step` per step -- log, checkpoint, stop on a signal -- and 
         inputs (B,3,H,W) + prompts          <- SampleStream (deterministic, resumable)
             grpo / d3po: B stored trajectories + one transition, from the round
             (alignprop/rollout.py samples and judges a new round when one is used up)
+    alignprop: the N-K no-grad Euler steps of all A micro-batches in one batched pass
+        (--batch_nograd_steps; on with a GPU)
+    for each micro-batch:
         loss, outputs, reward[B], metrics = method(batch, models)   <- alignprop/methods.py
             alignprop: outputs = sampler(inputs, text, K) (last K Euler steps + VAE decode
             carry grad), loss = -mean(reward_fn(outputs, inputs, prompts)); draft-lv / refl /
             imagerefl: one grad step (see methods.py); + base consistency if asked;
             grpo / d3po: the transition's log-prob under the LoRA -> clipped-ratio / DPO loss
-        if any rank's loss is non-finite: skip the whole step (collective decision)
         backward(loss / P)                  <- LoRA parameters only
-    clip grad norm -> optimizer step -> LR schedule step
+    one read of the step's metrics and finite flags from the device
+    if any rank's loss was non-finite: skip the step (collective decision), weights unchanged
+    else clip grad norm (read: a NaN norm skips the step) -> optimizer step -> LR schedule step
+
+Nothing inside the step waits for the device: metrics stay tensors until those two reads, and
+noise, ids, sigmas, prompt embeddings and the inputs' VAE latents are on the device already.
 
 Everything that decides what a step sees (data order, noise, random K, rounds' seeds and
 orders) is a pure function of (seed, step, micro-batch, rank), and an unfinished round is
@@ -35,6 +42,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from common.profiling import BACKWARD, METRICS, OPTIMIZER, phase
+from rewards.base import metrics_to_floats
 from common.cli import UserError
 
 from .config import TrainConfig
@@ -42,11 +51,11 @@ from .data import load_batch, seed_for
 from .distributed import grad_norm as total_grad_norm
 from .logging_utils import image_grid, log_image_grid
 from .lora import LORA_FILE
-from .methods import Batch, run_method
+from .methods import Batch, run_method, shared_nograd_pass
 from .reward_flags import RewardFlags
 from .run import (Run, checkpoint_run, count_lost_images, describe_run, export_lora, resume_run,
                   setup_run)
-from .sampler import stack_prompt_embeds
+from .sampler import stack_prompt_embeds, to_device
 
 logger = logging.getLogger("alignprop")
 
@@ -134,15 +143,23 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
         return run.rollouts.micro_batch(run, micro, k)
     cfg, step = run.cfg, run.global_step
     picks = run.stream.take(run.micro_global, run.rank, run.per_device)
-    inputs, prompts = load_batch(run.folder, picks)
+    inputs, prompts, used = load_batch(run.folder, picks, return_indices=True)
+    inputs = to_device(inputs, run.device)  # asynchronous from pinned memory on a GPU
     grad_steps = choose_grad_steps(cfg, step, micro, run.rank)
     if grad_steps is not None:
         k = sum(grad_steps)
-    return Batch(inputs.to(run.device), prompts, stack_prompt_embeds(run.text_cache, prompts),
+    sampler = run.models.sampler
+
+    def encode():  # under autocast, as the methods encoded before the cache
+        with run.accelerator.autocast():
+            return sampler.encode_image(inputs)
+
+    return Batch(inputs, prompts, stack_prompt_embeds(run.text_cache, prompts).to(run.device),
                  torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, micro, run.rank)),
                  seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
                  identity_text=run.identity_text,
-                 targets=run.targets(picks) if run.targets else None, grad_steps=grad_steps)
+                 targets=run.targets(picks) if run.targets else None, grad_steps=grad_steps,
+                 image_tokens=run.input_tokens.get(tuple(used), encode))
 
 
 def optimizer_step(run: Run) -> StepResult:
@@ -153,65 +170,78 @@ def optimizer_step(run: Run) -> StepResult:
     """
     acc = run.accelerator
     k = choose_k(run.cfg, run.global_step)
-    sums: dict[str, float] = {}
-    skip_reason, batch, out = None, None, None
     passes = run.micro_steps   # accumulation steps (x trained transitions for GRPO / D3PO)
+    batches = [micro_batch(run, micro, k) for micro in range(passes)]
+    if run.nograd_batched:
+        with acc.autocast():
+            shared_nograd_pass(batches, run.models)
+    # Everything below stays on the device until the one read after the last backward.
+    sums: dict[str, torch.Tensor] = {}
+    finite, out = None, None
     no_grad = 0
-    for micro in range(passes):
-        batch = micro_batch(run, micro, k)
+    for micro, batch in enumerate(batches):
         # Gradients are all-reduced only on the last micro-batch of the step.
         sync = micro == passes - 1 or run.world == 1
         with nullcontext() if sync else acc.no_sync(run.transformer):
             with acc.autocast():
                 out = run_method(batch, run.models, run.cfg)
             checked = out.reward if out.reward is not None else out.loss
-            finite = torch.tensor([float(torch.isfinite(checked).all()
-                                         and torch.isfinite(out.loss).all())], device=run.device)
-            if acc.gather(finite).min().item() < 1:
-                skip_reason = "non-finite reward"
-                break  # every rank sees the same decision, so DDP stays in step
+            ok = torch.isfinite(checked).all() & torch.isfinite(out.loss).all()
+            finite = ok if finite is None else finite & ok
+            # A non-finite loss is backpropagated too (its NaN gradients are discarded with
+            # the step below): deciding here would make the host wait for the device.
             loss = out.loss / passes
             if not loss.requires_grad:   # --truncated_backprop per_step drew no step
                 no_grad += 1
                 if run.world > 1:   # every rank must join the gradient all-reduce: zeros
                     loss = loss + 0.0 * sum(p.sum() for p in run.lora_params)
             if loss.requires_grad:
-                acc.backward(loss)
-        for key, v in {"loss": loss.item() * passes, **out.metrics}.items():
-            sums[key] = sums.get(key, 0.0) + float(v) / passes
+                with phase(BACKWARD):
+                    acc.backward(loss)
+        # sums in float64, as Python floats summed them before
+        for key, v in {"loss": loss.detach().double() * passes, **out.metrics}.items():
+            v = v.detach().double() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            sums[key] = sums[key] + v / passes if key in sums else v / passes
     if run.cfg.truncated_backprop == "per_step":
         sums["no_grad_micro_batches"] = float(no_grad)
 
+    # every rank sees the same decision, so DDP stays in step
+    everywhere = acc.gather(finite.float().reshape(1)).min()
+    with phase(METRICS):  # the step's metrics and finite flag: one device -> host transfer
+        sums = metrics_to_floats({"finite": everywhere, **sums})
+    skip_reason = None if sums.pop("finite") >= 1 else "non-finite reward"
     grad_norm = float("nan")
-    if skip_reason is None:
-        if run.cfg.max_grad_norm > 0:
-            grad_norm = float(acc.clip_grad_norm_(run.lora_params, run.cfg.max_grad_norm))
-        else:  # sharded LoRA: the norm of the whole gradient, not of this shard
-            grad_norm = total_grad_norm(run.lora_params)
-        if acc.scaler is None and not math.isfinite(grad_norm):
-            skip_reason = "non-finite gradient norm"
-        else:
-            run.phase = "update"  # weights change: no consistent state until the step ends
-            run.optimizer.step()  # fp16: the grad scaler skips inf steps itself
-            if getattr(run.optimizer, "step_was_skipped", False):
-                skip_reason = "fp16 overflow"
+    with phase(OPTIMIZER):
+        if skip_reason is None:
+            if run.cfg.max_grad_norm > 0:
+                norm = acc.clip_grad_norm_(run.lora_params, run.cfg.max_grad_norm)
+            else:  # sharded LoRA: the norm of the whole gradient, not of this shard
+                norm = total_grad_norm(run.lora_params)
+            grad_norm = float(norm)  # the second (and last) read: AdamW must not take a NaN
+            if acc.scaler is None and not math.isfinite(grad_norm):
+                skip_reason = "non-finite gradient norm"
             else:
-                run.lr_scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
+                run.phase = "update"  # weights change: no consistent state until the step ends
+                run.optimizer.step()  # fp16: the grad scaler skips inf steps itself
+                if getattr(run.optimizer, "step_was_skipped", False):
+                    skip_reason = "fp16 overflow"
+                else:
+                    run.lr_scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
     if skip_reason is not None:
         run.skipped_total += 1
         warnings.warn(f"step {run.global_step}: {skip_reason}; step skipped, LoRA weights "
                       f"unchanged ({run.skipped_total} skipped so far)", RuntimeWarning)
     run.global_step += 1
     run.phase = "after"
-    return StepResult(sums, grad_norm, skip_reason, k, batch.inputs, out.outputs)
+    return StepResult(sums, grad_norm, skip_reason, k, batches[-1].inputs, out.outputs)
 
 
 def log_step(run: Run, res: StepResult, seconds: float) -> dict:
     """Average the step's metrics over ranks; write metrics.jsonl, trackers, image grids."""
     local = {f"train/{k_}": v for k_, v in res.sums.items()}
     names = sorted(local)
-    if names:  # average over ranks (every rank has the same keys)
+    if names and run.world > 1:  # average over ranks (every rank has the same keys)
         vec = run.accelerator.reduce(torch.tensor([local[n] for n in names], device=run.device,
                                                   dtype=torch.float64), "mean")
         local = dict(zip(names, vec.tolist()))
@@ -282,8 +312,11 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn=None,
                 progress.update(1)
                 progress.set_postfix(reward=f"{log.get('train/reward', float('nan')):.4f}",
                                      K=res.k)
-                flag = torch.tensor([1.0 if stop.signal else 0.0], device=run.device)
-                stop_now = run.accelerator.gather(flag).max().item() > 0
+                if run.world > 1:  # a signal on any rank stops every rank
+                    flag = torch.tensor([1.0 if stop.signal else 0.0], device=run.device)
+                    stop_now = run.accelerator.gather(flag).max().item() > 0
+                else:
+                    stop_now = stop.signal is not None
                 if (cfg.save_freq and run.global_step % cfg.save_freq == 0) or stop_now \
                         or run.global_step == run.total_steps:
                     checkpoint_run(run)

@@ -25,6 +25,13 @@ Every case runs in its own process (clean allocator). Printed per case:
 
 ``--tiny`` runs the same code on the built-in tiny models' configurations (CPU, seconds): the
 test suite uses it to keep this script working.
+
+Speed (issue 26): ``--compile`` adds the trainer's ``--compile``; ``--profile`` runs two more
+optimizer steps after the timed ones (not in s/step): one counting the host syncs CUDA reports
+(``torch.cuda.set_sync_debug_mode``), one under torch.profiler, split by the ranges the library
+marks (``common/profiling.py``: no-grad sampling, grad steps, VAE, each reward term, backward,
+optimizer). ``--speed_table`` prints s/step, TFLOP/s, peak memory, syncs and that split for
+saved runs side by side. ``benchmarks/gpu_speed_check.sh`` runs before/after in one call.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -174,9 +182,54 @@ def random_internvl(model_id: str, dtype: torch.dtype, device: torch.device):
     return family, model, processor
 
 
+# --------------------------------------------------------------------------- extra steps
+def count_syncs(step, run, marks: dict, cuda: bool):
+    """One optimizer step with CUDA's sync debug mode: every host sync is a warning."""
+    if not cuda:
+        return step(run)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            res = step(run)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    marks["host_syncs"] = len(syncs)
+    sites: dict[str, int] = {}
+    for w in syncs:
+        where = f"{Path(w.filename).name}:{w.lineno}"
+        sites[where] = sites.get(where, 0) + 1
+    marks["sync_sites"] = dict(sorted(sites.items(), key=lambda kv: -kv[1])[:12])
+    return res
+
+
+def profiled(step, run, marks: dict, cuda: bool):
+    """One optimizer step under torch.profiler; the split by the library's ranges."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from common.profiling import phase_table
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        res = step(run)
+        if cuda:
+            torch.cuda.synchronize()
+    marks["profile_step_s"] = time.perf_counter() - t0
+    marks["profile"] = phase_table(prof.key_averages())
+    return res
+
+
 # --------------------------------------------------------------------------- one case
-def run_case(name: str, steps: int, tiny: bool) -> dict:
-    """One case in this process: the trainer with random full-size models; returns the row."""
+def run_case(name: str, steps: int, tiny: bool, compile_: bool = False,
+             profile: bool = False) -> dict:
+    """One case in this process: the trainer with random full-size models; returns the row.
+
+    ``profile``: two more optimizer steps after the ``steps`` timed ones (syncs, profiler)."""
     import alignprop.models as models_mod
     import alignprop.run as run_mod
     import alignprop.trainer as trainer_mod
@@ -214,33 +267,62 @@ def run_case(name: str, steps: int, tiny: bool) -> dict:
     if not tiny:
         vlm_mod._load_pretrained = load_vlm
 
+    step, calls = trainer_mod.optimizer_step, [0]
+
+    def instrumented_step(run):
+        calls[0] += 1
+        if calls[0] == 2 and compile_:  # every graph of the run should exist by now
+            marks["graphs_after_first"] = graphs_compiled()
+        if calls[0] == steps + 1:       # the timed steps are over: their peak
+            if cuda:
+                marks["peak_timed"] = torch.cuda.max_memory_allocated()
+            return count_syncs(step, run, marks, cuda)
+        if calls[0] == steps + 2:
+            return profiled(step, run, marks, cuda)
+        return step(run)
+
+    trainer_mod.optimizer_step = instrumented_step
+    extra = 2 if profile else 0
+    if compile_:
+        from alignprop.compile import graphs_compiled
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         size = 64 if tiny else CASES[name][0]
         data = make_data(tmp, size)
         out_dir = tmp / "run"
-        cfg, flags = parse_config(case_flags(name, data, out_dir, steps, tiny))
+        cfg, flags = parse_config(case_flags(name, data, out_dir, steps + extra, tiny)
+                                  + (["--compile"] if compile_ else []))
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         trainer_mod.train(cfg, flags)
         wall = time.perf_counter() - t0
         rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
-    secs = [r["train/sec_per_step"] for r in rows]
-    row = {"case": name, "what": DESCRIPTION[name], "steps": len(rows),
+    secs = [r["train/sec_per_step"] for r in rows][:steps]  # the profiled steps are extra
+    row = {"case": name, "what": DESCRIPTION[name], "steps": len(secs),
            "sec_per_step": statistics.median(secs[1:]) if len(secs) > 1 else secs[0],
            "first_step_s": secs[0], "skipped_steps": rows[-1].get("train/skipped_steps", 0),
            "reward": rows[-1].get("train/reward"), "wall_s": wall, **built,
-           "device": torch.cuda.get_device_name() if cuda else "cpu"}
+           "device": torch.cuda.get_device_name() if cuda else "cpu", "tiny": tiny}
     if cuda:
-        row["peak_training_bytes"] = torch.cuda.max_memory_allocated()
+        row["peak_training_bytes"] = marks.get("peak_timed", torch.cuda.max_memory_allocated())
         row["peak_setup_bytes"] = marks.get("setup_peak", 0)
         row["reserved_bytes"] = torch.cuda.max_memory_reserved()
+    if compile_:
+        row["compile"] = True
+        row["graphs_after_first_step"] = marks.get("graphs_after_first")
+        row["graphs_at_end"] = graphs_compiled()
+    for key in ("host_syncs", "sync_sites", "profile", "profile_step_s"):
+        if key in marks:
+            row[key] = marks[key]
     return row
 
 
-def run_isolated(name: str, steps: int, tiny: bool, timeout: float) -> dict:
+def run_isolated(name: str, steps: int, tiny: bool, timeout: float, compile_: bool = False,
+                 profile: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--one", name, "--steps", str(steps)] + (["--tiny"] if tiny else [])
+    cmd += (["--compile"] if compile_ else []) + (["--profile"] if profile else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
     try:
@@ -267,7 +349,8 @@ def estimate_case(name: str, tiny: bool) -> dict:
         cfg, flags = parse_config(case_flags(name, data, tmp / "run", 1, tiny))
         est = estimate_training(cfg, flags)
     return {"case": name, "peak_bytes": est.peak_bytes, "setup_peak_bytes": est.setup_peak_bytes,
-            "flops": est.total_flops, "images_per_step": est.images_per_step,
+            "flops": est.total_flops, "flops_by_phase": est.flops, "pixels": est.pixels,
+            "images_per_step": est.images_per_step,
             "h100_40pct_s": est.as_dict()["seconds_at_40pct"]["H100 SXM"],
             "trace_s": est.seconds}
 
@@ -313,6 +396,53 @@ def table(rows: list[dict], estimates: dict[str, dict], leak_bytes: int = 0,
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- speed table
+SAVED = ROOT / "media" / "full_size_step_h200.json"
+# (range, column): device seconds per optimizer step (host seconds on a CPU)
+SPLIT = [("sampling/no-grad", "no-grad steps"), ("sampling/grad", "grad steps"),
+         ("vae/encode", "VAE encode"), ("vae/decode", "VAE decode"), ("reward", "rewards"),
+         ("backward/autograd", "backward"), ("optimizer", "optimizer")]
+
+
+def speed_table(runs: list[tuple[str, dict]], flops: dict[str, float]) -> str:
+    """Runs side by side: s/step, TFLOP/s, peak, host syncs, the profile split.
+
+    TFLOP/s divides the estimator's FLOPs of the step (``flops[case]``, the same work for
+    every run of a case) by the measured s/step."""
+    cols = ["run", "case", "s/step (first)", "TFLOP/s", "peak training", "host syncs / step",
+            *[c for _, c in SPLIT], "reward terms"]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for label, r in runs:
+        if "error" in r:
+            out.append("| " + " | ".join([label, r["case"], r["error"]] + ["-"] * (len(cols) - 3))
+                       + " |")
+            continue
+        prof = {p["range"]: p for p in r.get("profile", [])}
+        gpu = r.get("device", "cpu") != "cpu"
+
+        def secs(name):
+            p = prof.get(name)
+            return f"{(p['device_s'] if gpu else p['cpu_s']):.2f}" if p else "-"
+
+        terms = ", ".join(f"{n.split('/', 1)[1]} {secs(n)}" for n in prof if n.startswith("reward/"))
+        f = None if r.get("tiny") or r.get("device") == "cpu" else flops.get(r["case"])
+        cells = [label, r["case"], f"{r['sec_per_step']:.2f} ({r['first_step_s']:.2f})",
+                 f"{f / r['sec_per_step'] / 1e12:.0f}" if f else "-",
+                 _gb(r.get("peak_training_bytes")), str(r.get("host_syncs", "-")),
+                 *[secs(name) for name, _ in SPLIT], terms or "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    where = "the GPU" if any(r.get("device", "cpu") != "cpu" for _, r in runs) else "the host"
+    return "\n".join(out) + f"\n\nsplit: seconds per optimizer step on {where} (torch.profiler)"
+
+
+def _saved_rows(spec: str) -> tuple[str, list[dict]]:
+    label, _, path = spec.partition("=")
+    if not path:
+        label, path = Path(spec).stem, spec
+    data = json.loads(Path(path).read_text())
+    return label, data["rows"] if isinstance(data, dict) else data
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES),
@@ -328,6 +458,12 @@ def main(argv=None):
                    help="Seconds: start no new case after this many (0 = no limit).")
     p.add_argument("--from_json", default=None,
                    help="Print the table of a saved run (--json output; --estimates adds them).")
+    p.add_argument("--compile", action="store_true", help="Train with --compile (regional).")
+    p.add_argument("--profile", action="store_true",
+                   help="Two more steps per case after the timed ones: host syncs, profiler split.")
+    p.add_argument("--speed_table", nargs="+", default=None, metavar="LABEL=FILE",
+                   help="Print saved runs (--json files) side by side: s/step, TFLOP/s, peak, "
+                        "syncs, profile split; FLOPs from --estimates or the saved H200 run.")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -343,7 +479,19 @@ def main(argv=None):
         if path and not Path(path).is_file():
             p.error(f"--{flag}: {path} is not a file")
     if args.one:
-        print("ROW " + json.dumps(run_case(args.one, args.steps, args.tiny)), flush=True)
+        print("ROW " + json.dumps(run_case(args.one, args.steps, args.tiny, args.compile,
+                                           args.profile)), flush=True)
+        return
+    if args.speed_table:
+        for spec in args.speed_table:
+            if not Path(spec.partition("=")[2] or spec).is_file():
+                p.error(f"--speed_table: {spec} is not a file")
+        source = json.loads(Path(args.estimates or SAVED).read_text())
+        source = source.get("estimates", source) if isinstance(source, dict) else source
+        est = source.values() if isinstance(source, dict) else source
+        flops = {e["case"]: e["flops"] for e in est if "flops" in e}
+        runs = [(label, r) for label, rows in map(_saved_rows, args.speed_table) for r in rows]
+        print(speed_table(runs, flops))
         return
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
@@ -372,7 +520,8 @@ def main(argv=None):
         if args.budget and time.perf_counter() - start > args.budget:
             rows.append({"case": name, "what": DESCRIPTION[name], "error": "not run (--budget)"})
             continue
-        rows.append(run_isolated(name, args.steps, args.tiny, args.timeout))
+        rows.append(run_isolated(name, args.steps, args.tiny, args.timeout, args.compile,
+                                 args.profile))
         print(json.dumps(rows[-1]), flush=True)
         if args.json:  # after every case: a later timeout keeps what was measured
             Path(args.json).write_text(json.dumps({"rows": rows, "estimates": estimates}, indent=2))

@@ -16,6 +16,7 @@ impossible" subclass :class:`UserError`, so this module needs no list of them.
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -103,6 +104,22 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     return 0 if rc is None else int(rc)
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``logging.basicConfig`` binds the stream object of its first call for the life of the
+    process; when that was a replaced stderr (a caller capturing output, a test), later
+    records went to a closed file as "--- Logging error ---" tracebacks."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):   # StreamHandler.__init__ assigns it; the property decides
+        pass
+
+
 def parse_bool(value: str | bool) -> bool:
     """argparse ``type=`` for true/false flags written as values (``--x false``)."""
     if isinstance(value, bool):
@@ -181,6 +198,6 @@ def jpeg_quality(s: str) -> int:
     return v
 
 
-__all__ = ["positive_int", "nonneg_int", "positive_float", "finite_float", "nonneg_float",
+__all__ = ["CurrentStderrHandler", "positive_int", "nonneg_int", "positive_float", "finite_float", "nonneg_float",
            "fraction", "amplitude", "unit_float", "jpeg_quality", "UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
            "debug_enabled", "EXIT_USER_ERROR"]

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from common.hub import (ModelUnavailableError, load_state_dict_file, model_unavailable,
                         resolve_device_dtype, resolve_weight_file, torch_hub_checkpoint)
 
-from .base import Metrics, check_images
+from .base import Metrics, batch_mean, check_images
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -150,7 +150,7 @@ def _make_scorer(vision, head, preprocess, embed, device, dtype, name: str):
         e = embed(x)
         e = e / e.norm(dim=-1, keepdim=True)
         scores = head(e).reshape(len(images)).float()
-        metrics: Metrics = {name: scores.detach().mean().item()}
+        metrics: Metrics = {name: batch_mean(scores)}
         return scores, metrics
 
     reward.vision, reward.head, reward.preprocess = vision, head, preprocess

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from common.hub import ModelUnavailableError, load_state_dict_file, resolve_device_dtype
 
-from .base import Metrics, check_images
+from .base import Metrics, batch_mean, check_images
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -229,7 +229,7 @@ def make_aide_reward(aide_repo, aide_resume, model_name: str = "AIDE", real_inde
         if logits.ndim != 2 or logits.shape[1] != 2:
             raise ValueError(f"AIDE returned logits of shape {tuple(logits.shape)}, expected (B, 2)")
         p_real = logits.float().softmax(dim=1)[:, real_index]
-        metrics: Metrics = {"p_real": p_real.detach().mean().item()}
+        metrics: Metrics = {"p_real": batch_mean(p_real)}
         return p_real, metrics
 
     reward.model = model

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import as_reward, check_images
+from .base import as_reward, batch_mean, check_images
 from .grid import _resize_long_side, luminance
 
 HINGES = ("squared", "linear")
@@ -91,8 +91,8 @@ def make_brightness_anchor(target: float = 0.45, band: float = 0.08, hinge: str 
     def brightness_reward(images, inputs=None, prompts=None):
         pen = brightness_penalty(images, target, band, hinge, space)
         with torch.no_grad():
-            luma = mean_brightness(images, space).mean().item()
-        return -pen, {"brightness_penalty": pen.detach().mean().item(), "mean_luma": luma}
+            luma = batch_mean(mean_brightness(images, space))
+        return -pen, {"brightness_penalty": batch_mean(pen), "mean_luma": luma}
 
     return as_reward(brightness_reward)
 
@@ -107,8 +107,7 @@ def make_crispness_floor(floor: float = DEFAULT_CRISPNESS_FLOOR, eval_resize: in
     def crispness_reward(images, inputs=None, prompts=None):
         t = tenengrad(images, eval_resize)
         pen = torch.relu(1.0 - t / floor)
-        return -pen, {"crispness_penalty": pen.detach().mean().item(),
-                      "tenengrad": t.detach().mean().item()}
+        return -pen, {"crispness_penalty": batch_mean(pen), "tenengrad": batch_mean(t)}
 
     return as_reward(crispness_reward)
 

@@ -10,20 +10,73 @@ A reward is any callable ``fn(images, inputs, prompts) -> (scores, metrics)``:
 * ``scores``  -- tensor (B,), higher is better, differentiable w.r.t. ``images``
   unless the reward says otherwise (``differentiable = False`` on the callable and
   in the registry: a JPEG size, a program's verdict; only GRPO / D3PO learn from those).
-* ``metrics`` -- plain floats for logging (already batch means).
+* ``metrics`` -- batch means for logging: floats, or 0-dim detached tensors (a tensor stays
+  on its device so that scoring never waits for the device; the trainer reads every metric
+  of an optimizer step in one transfer, :func:`metrics_to_floats`).
 
 Penalties are exposed as rewards by negation, so that every term of a
 composite has the same sign convention.
 """
 from __future__ import annotations
 
-import math
+import contextlib
+import contextvars
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-Metrics = dict[str, float]
+from common.profiling import REWARD, phase
+
+Metrics = dict[str, "float | torch.Tensor"]
+
+
+def batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """A metric: the detached fp32 mean of ``x``, left on its device (no host sync)."""
+    return x.detach().float().mean()
+
+
+_CALL_MEMO: contextvars.ContextVar = contextvars.ContextVar("reward_call_memo", default=None)
+
+
+@contextlib.contextmanager
+def shared_call():
+    """Inside: rewards may share work on the same tensors (one composite call's scope).
+
+    The VLM terms of a composite encode each distinct image once per call
+    (:mod:`rewards.vlm`); the memo is dropped when the call ends.
+    """
+    if _CALL_MEMO.get() is not None:   # nested: the outer call's memo holds
+        yield
+        return
+    token = _CALL_MEMO.set({})
+    try:
+        yield
+    finally:
+        _CALL_MEMO.reset(token)
+
+
+def call_memo() -> dict | None:
+    """The memo of the enclosing :func:`shared_call` (None outside one)."""
+    return _CALL_MEMO.get()
+
+
+def metrics_to_floats(metrics: dict) -> dict[str, float]:
+    """Every metric as a Python float, with one device->host transfer per device.
+
+    Tensor metrics are stacked per device and read with one ``tolist()``; floats pass through.
+    """
+    out: dict[str, float] = {}
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for key, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            by_device.setdefault(value.device, []).append((key, value))
+        else:
+            out[key] = float(value)
+    for items in by_device.values():
+        values = torch.stack([v.detach().double().reshape(()) for _, v in items]).tolist()
+        out.update(zip((k for k, _ in items), values))
+    return {k: out[k] for k in metrics}
 
 
 @runtime_checkable
@@ -66,7 +119,8 @@ class CompositeReward:
     ``__call__`` returns ``(total[B], metrics)`` where ``metrics`` holds, for every
     term ``t``: ``t`` (the unweighted batch-mean score), ``t/weighted`` and every
     metric the term itself reported under ``t/<key>``; plus ``reward`` (the mean
-    total). Non-finite term scores are reported in ``metrics`` and propagate into
+    total). Computed metrics are 0-dim tensors on the scores' device
+    (:func:`metrics_to_floats` reads them). Non-finite term scores are reported in ``metrics`` and propagate into
     the total so that the caller (the trainer) can skip the step.
     """
 
@@ -96,10 +150,16 @@ class CompositeReward:
 
     def __call__(self, images, inputs=None, prompts=None):
         check_images(images)
+        # terms share work on the same images (one vision pass each); a profiler range
+        with shared_call(), phase(REWARD):
+            return self._call(images, inputs, prompts)
+
+    def _call(self, images, inputs, prompts):
         total = None
         metrics: Metrics = {}
         for term in self.terms:
-            scores, info = term.fn(images, inputs, prompts)
+            with phase(f"{REWARD}/{term.name}"):
+                scores, info = term.fn(images, inputs, prompts)
             if scores.ndim != 1 or scores.shape[0] != images.shape[0]:
                 raise ValueError(
                     f"reward term {term.name!r} returned shape {tuple(scores.shape)}, "
@@ -108,13 +168,14 @@ class CompositeReward:
             scores = scores.float()
             weighted = term.weight * scores
             total = weighted if total is None else total + weighted
-            mean = scores.detach().mean().item()
+            # Metrics stay on the device (no sync per term): read once per optimizer step.
+            mean = batch_mean(scores)
             metrics[term.name] = mean
-            metrics[f"{term.name}/weighted"] = term.weight * mean
+            metrics[f"{term.name}/weighted"] = term.weight * mean.double()
             for key, value in info.items():
-                metrics[f"{term.name}/{key}"] = float(value)
-        metrics["reward"] = total.detach().mean().item()
-        metrics["reward_finite"] = float(math.isfinite(metrics["reward"]))
+                metrics[f"{term.name}/{key}"] = value
+        metrics["reward"] = batch_mean(total)
+        metrics["reward_finite"] = torch.isfinite(metrics["reward"]).float()
         return total, metrics
 
     def describe(self) -> list[dict]:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from common.hub import (ModelUnavailableError, load_state_dict_file, resolve_device_dtype,
                         resolve_weight_file)
 
-from .base import Metrics, check_images
+from .base import Metrics, batch_mean, check_images
 
 VGGFACE2_FILE = "20180402-114759-vggface2.pt"
 VGGFACE2_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/{VGGFACE2_FILE}"
@@ -206,7 +206,7 @@ def make_face_identity_reward(weights_path=None, no_face: str = "whole_image", p
             scores = scores.index_put((idx,), sim.to(images.device))
         n_none = sum(d is None for d in found)
         metrics: Metrics = {
-            "similarity": scores[keep].detach().mean().item() if keep else 0.0,
+            "similarity": batch_mean(scores[keep]) if keep else 0.0,
             "no_face_rate": n_none / len(found),
             "face_prob": sum(probs) / len(probs) if probs else 0.0,
         }

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import as_reward, check_images
+from .base import as_reward, batch_mean, check_images
 
 MODES = ("global", "local", "combined")
 # Rec.709 luma weights applied to the [0,1] (gamma-encoded) values.
@@ -496,9 +496,9 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
 
     def grid_reward(images, inputs=None, prompts=None):
         pen, terms = penalty(images)
-        metrics = {"grid_penalty": pen.detach().mean().item()}
+        metrics = {"grid_penalty": batch_mean(pen)}
         for name, value in terms.items():
-            metrics[f"grid_{name}"] = value.detach().mean().item()
+            metrics[f"grid_{name}"] = batch_mean(value)
         return -pen, metrics
 
     grid_reward.penalty = penalty  # exposes the cache and config (tests, benchmarks)

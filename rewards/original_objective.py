@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .anti_periodic_original import linear_luminance, sobel, trainer_grid_penalty
-from .base import as_reward, check_images
+from .base import as_reward, batch_mean, check_images
 
 CRISPNESS_FLOOR = 1.5e-3
 CRISPNESS_SCALE = 0.25
@@ -82,8 +82,8 @@ def make_original_brightness(target: float = 0.50, band: float = 0.06, eval_resi
     def reward(images, inputs=None, prompts=None):
         pen = brightness_penalty(images, target, band, size)
         with torch.no_grad():
-            lum = linear_luminance(_prepare(images, size), clamp=False).mean().item()
-        return -pen.expand(images.shape[0]), {"penalty": pen.item(), "mean_luminance": lum}
+            lum = batch_mean(linear_luminance(_prepare(images, size), clamp=False))
+        return -pen.expand(images.shape[0]), {"penalty": batch_mean(pen), "mean_luminance": lum}
 
     return as_reward(reward)
 
@@ -95,8 +95,8 @@ def make_original_crispness(eval_resize: int = 512):
     def reward(images, inputs=None, prompts=None):
         energy = sobel_energy(images, size)
         pen = F.relu(CRISPNESS_FLOOR - energy).mean() * CRISPNESS_SCALE
-        return -pen.expand(images.shape[0]), {"penalty": pen.item(),
-                                              "sobel_energy": energy.detach().mean().item()}
+        return -pen.expand(images.shape[0]), {"penalty": batch_mean(pen),
+                                              "sobel_energy": batch_mean(energy)}
 
     return as_reward(reward)
 
@@ -111,7 +111,7 @@ def make_original_grid(period: int = 16, max_harm: int = 3, eval_resize: int = 5
 
     def reward(images, inputs=None, prompts=None):
         pen = grid_penalty(images, period, max_harm, size)
-        return -pen.expand(images.shape[0]), {"penalty": pen.item()}
+        return -pen.expand(images.shape[0]), {"penalty": batch_mean(pen)}
 
     return as_reward(reward)
 

@@ -32,7 +32,7 @@ from common.hub import (ModelUnavailableError, WeightFileError, brief, load_stat
                         resolve_weight_file, torch_hub_checkpoint)
 from common.images import load_image
 
-from .base import Metrics, check_images
+from .base import Metrics, batch_mean, check_images
 
 # net -> torchvision weight URL of the ImageNet backbone that lpips uses.
 BACKBONE_URLS = {
@@ -145,7 +145,7 @@ def make_lpips_reward(net: str = "alex", resolution: int | None = 256, pretraine
                              "set a resolution to compare them")
         # normalize=True maps [0,1] to the [-1,1] range lpips expects.
         dist = model(x, y, normalize=True).reshape(x.shape[0]).float()
-        metrics: Metrics = {"distance": dist.detach().mean().item()}
+        metrics: Metrics = {"distance": batch_mean(dist)}
         if form == "exp":
             return torch.exp((-5.0 * dist).clamp(max=20)).clamp_min(1e-4), metrics
         return 1.0 - dist, metrics
@@ -308,7 +308,7 @@ def make_dreamsim_reward(model_dir=None, dreamsim_type: str = "open_clip_vitb32"
             with torch.no_grad():
                 other = model.embed(preprocess(inputs.detach().to(device=device, dtype=dtype)))
         dist = (1 - F.cosine_similarity(e, other, dim=-1)).float().reshape(len(images))
-        metrics: Metrics = {"distance": dist.detach().mean().item()}
+        metrics: Metrics = {"distance": batch_mean(dist)}
         return 1.0 - dist, metrics
 
     reward.model, reward.preprocess = model, preprocess

@@ -44,7 +44,7 @@ from common.hub import (ModelUnavailableError, load_state_dict_file, model_unava
                         resolve_device_dtype, resolve_weight_file)
 
 from .aesthetic import CLIP_MEAN, CLIP_STD, _normalise, _resize_shortest_and_crop
-from .base import Metrics, check_images
+from .base import Metrics, batch_mean, check_images
 
 IMAGEREWARD_REPO = "THUDM/ImageReward"
 IMAGEREWARD_FILE = "ImageReward.pt"
@@ -286,7 +286,7 @@ def make_imagereward_reward(model_path=None, tokenizer=IMAGEREWARD_TOKENIZER, pr
         ids, mask = (torch.stack(z) for z in zip(*tokens(texts)))
         x = preprocess(images.to(device=device, dtype=dtype).clamp(0, 1))
         scores = model(x, ids, mask).float()
-        metrics: Metrics = {"imagereward": scores.detach().mean().item()}
+        metrics: Metrics = {"imagereward": batch_mean(scores)}
         return scores, metrics
 
     reward.model, reward.preprocess, reward.tokenizer = model, preprocess, tok
@@ -368,7 +368,7 @@ def make_hpsv2_reward(model_path=None, version: str = "v2.1", prompt=None, pretr
         x = preprocess(images.to(device=device, dtype=dtype).clamp(0, 1))
         f = model.encode_image(x, normalize=True)
         scores = (f * t).sum(-1).float()
-        metrics: Metrics = {"hpsv2": scores.detach().mean().item()}
+        metrics: Metrics = {"hpsv2": batch_mean(scores)}
         return scores, metrics
 
     reward.model, reward.preprocess = model, preprocess
@@ -502,7 +502,7 @@ def make_pickscore_reward(model_path=PICKSCORE_MODEL, tokenizer="bundled", promp
         e = _features(model.get_image_features(pixel_values=x))
         e = e / e.norm(dim=-1, keepdim=True)
         scores = (model.logit_scale.exp() * (e * t).sum(-1)).float()
-        metrics: Metrics = {"pickscore": scores.detach().mean().item()}
+        metrics: Metrics = {"pickscore": batch_mean(scores)}
         return scores, metrics
 
     reward.model, reward.preprocess, reward.tokenizer = model, preprocess, tok

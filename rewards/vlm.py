@@ -47,6 +47,7 @@ import torch
 
 from common.images import load_image
 
+from .base import batch_mean, call_memo
 from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, build_weightless_vlm, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
@@ -204,9 +205,19 @@ class VLMReward:
         # the answer tokens as the model sees them: right after the assistant prefix
         self.answer_ids = find_answer_tokens(bundle.tokenizer, answer_scale.words,
                                              context=self.prompt_template)
-        self._ids_cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._ids_cache: dict[tuple, list[int]] = {}
         self._null_cache: dict[tuple, torch.Tensor] = {}
+        # device copies made once (a copy per call would make the host wait for the GPU)
+        self._on_device: dict[tuple, torch.Tensor] = {}
+        self._mask_kwargs: dict[str, Any] | None = None
+        self._share: bool | None = None
+        # the reward's own images (style reference, artifact examples): their views and, for
+        # families that share vision passes, their features, computed once per run
+        self._constant_views: dict[tuple, torch.Tensor] = {}
+        self._constant_of: dict[int, tuple] = {}
+        self._constant_features: dict[tuple, tuple] = {}
         self.num_forwards = 0
+        self.vision_passes = 0      # vision-encoder passes (families that share them)
 
     # ------------------------------------------------------------------ prompt text
     def _render_template(self) -> str:
@@ -236,9 +247,16 @@ class VLMReward:
             text = parts[0]
             for layout, part in zip(layouts, parts[1:]):
                 text += self.family.placeholder(self.bundle, layout) + part
-            ids = self.bundle.tokenizer(text, return_tensors="pt")["input_ids"]
-            self._ids_cache[key] = ids
-        return self._ids_cache[key]
+            # kept as a list: the image positions below are read from it on the host (also
+            # under --estimate's fake tensors, where a tensor's values are unknown)
+            self._ids_cache[key] = list(self.bundle.tokenizer(text)["input_ids"])
+        return torch.tensor([self._ids_cache[key]], dtype=torch.long)
+
+    def _image_positions(self, layouts: Sequence[Any]) -> list[int]:
+        """Indices of the image placeholder tokens in :meth:`input_ids`."""
+        self.input_ids(layouts)
+        image_id = self.family.image_token_id(self.bundle)
+        return [i for i, t in enumerate(self._ids_cache[tuple(layouts)]) if t == image_id]
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (saved with a run, shown in logs)."""
@@ -266,12 +284,21 @@ class VLMReward:
 
     _tiles = _prepare       # the name before families existed
 
+    def _device_copy(self, key: tuple, make) -> torch.Tensor:
+        if key not in self._on_device:
+            self._on_device[key] = make()
+        return self._on_device[key]
+
+    def _device_ids(self, layouts: Sequence[Any]) -> torch.Tensor:
+        return self._device_copy(("ids", tuple(layouts)),
+                                 lambda: self.input_ids(layouts).to(self.bundle.device))
+
     def model_kwargs(self, slots: Sequence[SlotPixels]) -> dict[str, Any]:
         """Everything the model's forward takes for these slots (rows = ``slots[k].pixels``)."""
         b = self.bundle
         layouts = [s.layout for s in slots]
         r = slots[0].pixels.shape[0]
-        ids = self.input_ids(layouts).to(b.device).expand(r, -1)
+        ids = self._device_ids(layouts).expand(r, -1)
         kwargs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
         kwargs.update(self.family.model_inputs(b, ids, [s.pixels for s in slots], layouts))
         return kwargs
@@ -280,8 +307,105 @@ class VLMReward:
         """Answer log-probs (R, K) of one model forward; ``slots[k]``: image slot k."""
         out = self.bundle.model(**self.model_kwargs(slots), logits_to_keep=1)
         self.num_forwards += 1
-        logp = out.logits[:, self.family.answer_index].float().log_softmax(-1)    # (R, V)
+        return self._answer_logprobs(out.logits)
+
+    def _answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        logp = logits[:, self.family.answer_index].float().log_softmax(-1)       # (R, V)
         return torch.stack([logp[:, t].logsumexp(-1) for t in self.answer_ids], dim=-1)
+
+    # ------------------------------------------------------------------ shared vision passes
+    # Families with ``shares_vision`` (InternVL): each distinct image is encoded once per call
+    # -- the output image once for every question of a composite reward and for both orders
+    # of a comparison, the input likewise -- and the reward's own constant images (style
+    # reference, artifact examples) once per run. The language model then takes embeddings
+    # with the features put at the image tokens, exactly what its forward builds from pixels.
+    def _constant(self, name: str, image: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``image`` (1,3,H,W) as ``like``'s rows, device and dtype; one view per shape, so
+        its vision features are recognised and computed once."""
+        key = (name, like.device, like.dtype, like.shape[0])
+        view = self._constant_views.get(key)
+        if view is None:
+            view = image.to(like.device, like.dtype).expand(like.shape[0], -1, -1, -1)
+            self._constant_views[key] = view
+            self._constant_of[id(view)] = key[:3]
+        return view
+
+    def _vision(self, x: torch.Tensor, memo: dict) -> tuple[Any, torch.Tensor]:
+        """(layout, features (R, image tokens, D)) of slot images ``x``."""
+        options = tuple(sorted(self.image_options.items()))
+        constant = self._constant_of.get(id(x))
+        if constant is not None:
+            key = constant + (options,)
+            if key not in self._constant_features:
+                with torch.no_grad():   # a fixed image: no gradient to carry
+                    px, layout = self.family.prepare(self.bundle, x[:1], self.image_options)
+                    self._constant_features[key] = (layout,
+                                                    self.family.image_features(self.bundle, px))
+                self.vision_passes += 1
+            layout, feats = self._constant_features[key]
+            return layout, feats.expand(x.shape[0], -1, -1)
+        # grad mode is part of the key: a term scored without grad must not hand its
+        # graph-less features to a differentiable one
+        key = (id(self.bundle.model), id(x), x._version, options, torch.is_grad_enabled())
+        hit = memo.get(key)
+        if hit is None or hit[0] is not x:
+            px, layout = self.family.prepare(self.bundle, x, self.image_options)
+            hit = memo[key] = (x, layout, self.family.image_features(self.bundle, px))
+            self.vision_passes += 1
+        return hit[1], hit[2]
+
+    def _forward_features(self, features: Sequence[torch.Tensor], layouts: Sequence[Any]
+                          ) -> torch.Tensor:
+        """Answer log-probs (R, K) of one language-model forward on image features."""
+        b = self.bundle
+        ids = self._device_ids(layouts).expand(features[0].shape[0], -1)
+        positions = self._device_copy(("positions", tuple(layouts)), lambda: torch.tensor(
+            self._image_positions(layouts), dtype=torch.long, device=b.device))
+        embeds = self.family.embed_inputs(b, ids, positions, features)
+        out = b.model(inputs_embeds=embeds, use_cache=False, logits_to_keep=1,
+                      **self._causal_only_mask())
+        self.num_forwards += 1
+        return self._answer_logprobs(out.logits)
+
+    def _shares_vision(self) -> bool:
+        """The family can, and the model is whole: a model sharded with FSDP2
+        (``--reward_device shard``) gathers its weights in the hooks of its own forward, which
+        the vision pass alone would skip."""
+        if self._share is None:
+            self._share = self.family.shares_vision and not any(
+                hasattr(p, "device_mesh") for p in self.bundle.model.parameters())
+        return self._share
+
+    def _causal_only_mask(self) -> dict[str, Any]:
+        """One prompt per forward, no padding: the language model's mask is plain causal.
+
+        Given no mask (or an all-ones one) transformers inspects it or the position ids on the
+        host to find that out, which makes the host wait for the GPU; a per-layer-type mapping
+        of ``None`` says it directly (its SDPA / flash attention then run causal). Only for
+        models whose every layer is full attention under those kernels; else nothing is passed.
+        """
+        if self._mask_kwargs is None:
+            config = getattr(self.bundle.model.config, "text_config", self.bundle.model.config)
+            types = set(getattr(config, "layer_types", None) or ["full_attention"])
+            kernel = getattr(config, "_attn_implementation", None) or ""
+            self._mask_kwargs = (
+                {"attention_mask": {"full_attention": None}}
+                if types == {"full_attention"} and (kernel == "sdpa" or kernel.startswith("flash"))
+                else {})
+        return self._mask_kwargs
+
+    def _shared_logprobs(self, orders: list, bsz: int) -> list[torch.Tensor]:
+        memo = call_memo()
+        if memo is None:        # a call on its own: share within it (the two orders)
+            memo = {}
+        seen = {id(x): self._vision(x, memo) for order in orders for x in order}
+        layouts = [[seen[id(x)][0] for x in order] for order in orders]
+        if len(orders) == 2 and layouts[0] == layouts[1]:
+            # both orders in one language-model forward (rows: AB then BA), as below
+            joined = [torch.cat([seen[id(a)][1], seen[id(b)][1]]) for a, b in zip(*orders)]
+            return list(self._forward_features(joined, layouts[0]).split(bsz))
+        return [self._forward_features([seen[id(x)][1] for x in order], lay)
+                for order, lay in zip(orders, layouts)]
 
     def null_logprobs(self, sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
         """Answer log-probs (K,) for neutral gray images of these sizes; cached."""
@@ -300,7 +424,7 @@ class VLMReward:
             logp = logp - self.null_logprobs(sizes).to(logp.device)
         z = logp / self.temperature
         p = z.softmax(-1)
-        expected = p @ self._values.to(p.device)
+        expected = p @ self._device_copy(("values", p.device), lambda: self._values.to(p.device))
         s = self.answer_scale
         return expected, z[:, s.best] - z[:, s.worst], p
 
@@ -324,6 +448,14 @@ class VLMReward:
             swapped[i], swapped[j] = slots[j], slots[i]
             orders.append(swapped)
         sizes = [[tuple(x.shape[-2:]) for x in order] for order in orders]
+        if self._shares_vision():
+            logps = self._shared_logprobs(orders, bsz)
+        else:
+            logps = self._logprobs_from_pixels(orders, bsz)
+        return self._score(logps, sizes, orders)
+
+    def _logprobs_from_pixels(self, orders: list, bsz: int) -> list[torch.Tensor]:
+        """The model's own forward on pixels (families without shared vision passes)."""
         prepared = [[self._prepare(x) for x in order] for order in orders]
         layouts = [[s.layout for s in order] for order in prepared]
         if len(orders) == 2 and layouts[0] == layouts[1]:
@@ -334,7 +466,9 @@ class VLMReward:
             logps = list(self._forward(joined).split(bsz))
         else:   # the two compared images take different token counts: one forward each
             logps = [self._forward(order) for order in prepared]
+        return logps
 
+    def _score(self, logps: list, sizes: list, orders: list) -> ScoreOutput:
         reads = [self._readout(lp, s) for lp, s in zip(logps, sizes)]
         probs = [r[2] for r in reads]
         k = len(self.answer_scale.words)
@@ -349,15 +483,15 @@ class VLMReward:
         score = expected if self.objective == "expected" else torch.sigmoid(margin / self.margin_temp)
         if self.entropy_bonus:
             score = score + self.entropy_bonus * entropy
-        metrics = {
-            "expected": expected.detach().mean().item(),
-            "margin": torch.sigmoid(margin.detach() / self.margin_temp).mean().item(),
-            "entropy": entropy.detach().mean().item(),
-            "p_best": torch.stack([p[:, self.answer_scale.best] for p in probs]).mean().item(),
+        metrics = {  # 0-dim tensors on the model's device: no host sync while scoring
+            "expected": batch_mean(expected),
+            "margin": batch_mean(torch.sigmoid(margin.detach() / self.margin_temp)),
+            "entropy": batch_mean(entropy),
+            "p_best": batch_mean(torch.stack([p[:, self.answer_scale.best] for p in probs])),
         }
         if len(reads) == 2:
             # > 0: the model prefers whichever image comes first (what the debiasing removes)
-            metrics["position_bias"] = (reads[0][0] + reads[1][0] - 1.0).detach().mean().item()
+            metrics["position_bias"] = batch_mean(reads[0][0] + reads[1][0] - 1.0)
         return ScoreOutput(scores=score, probs=[p.detach() for p in probs],
                            logprobs=[lp.detach() for lp in logps], metrics=metrics,
                            orders=["AB", "BA"][:len(orders)] if len(orders) == 2 else [])
@@ -418,11 +552,11 @@ class VLMReward:
             if self.reference is None:
                 raise ValueError("task 'triplet' needs reference= (the style reference image), or "
                                  "call score_slots([reference, images, inputs])")
-            return self.reference.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
+            return self._constant("reference", self.reference, images)
 
         if self.examples:
-            return [e.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
-                    for e in self.examples] + [images]
+            return [self._constant(f"example{i}", e, images)
+                    for i, e in enumerate(self.examples)] + [images]
         if self.n_images == 1:
             return [images]
         if self.task in ("similarity", "content-similarity"):

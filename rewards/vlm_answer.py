@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .base import batch_mean
 from .vlm import VLMReward, make_vlm_reward
 
 
@@ -32,7 +33,7 @@ class VLMAnswer:
         out = r.score_slots(r.slots_for(images, inputs))
         values = [self._values.to(p.device)[p.argmax(-1)] for p in out.probs]
         score = values[0] if len(values) == 1 else 0.5 * (values[0] + 1.0 - values[1])
-        return score.float(), {"answer_value": score.mean().item(),
+        return score.float(), {"answer_value": batch_mean(score),
                                "soft_expected": out.metrics["expected"]}
 
 

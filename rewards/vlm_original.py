@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from common.images import ImageLoadError
 
+from .base import batch_mean
 from .vlm import (CALIBRATIONS, OBJECTIVES, TASKS, ScoreOutput, SlotPixels, VLMReward,
                   _check_choice, _load_reference)
 from .vlm_model import MODEL_FLAG, build_weightless_vlm, load_vlm
@@ -167,8 +168,7 @@ class OriginalVLMReward(VLMReward):
                            + 1.0 - torch.sigmoid(m_b / self.margin_temp))
             probs = [group.softmax(-1), group_b.softmax(-1)]
             logps = [group, group_b]
-            metrics["position_bias"] = (torch.sigmoid(m_a) + torch.sigmoid(m_b) - 1.0
-                                        ).detach().mean().item()
+            metrics["position_bias"] = batch_mean(torch.sigmoid(m_a) + torch.sigmoid(m_b) - 1.0)
         else:
             p = group.exp()
             p = p / (p.sum(-1, keepdim=True) + 1e-12)
@@ -181,9 +181,8 @@ class OriginalVLMReward(VLMReward):
             if self.entropy_bonus:
                 score = score + self.entropy_bonus * entropy
             probs, logps = [p], [group]
-            metrics.update(expected=expected.detach().mean().item(),
-                           entropy=entropy.detach().mean().item())
-        metrics["p_best"] = torch.stack([q[:, s.best] for q in probs]).mean().item()
+            metrics.update(expected=batch_mean(expected), entropy=batch_mean(entropy))
+        metrics["p_best"] = batch_mean(torch.stack([q[:, s.best] for q in probs]))
         return ScoreOutput(scores=score, probs=[q.detach() for q in probs],
                            logprobs=[lp.detach() for lp in logps], metrics=metrics,
                            orders=["AB", "BA"] if len(probs) == 2 else [])

@@ -194,6 +194,29 @@ def test_cuda_autocast_policy_gives_cpu_traces_cudas_fp32_ops():
     assert x.grad is not None and torch.isfinite(x.grad.float()).all()
 
 
+def test_time_model_reproduces_every_measured_h200_step():
+    """The time --estimate prints comes from the rates measured on an H200: with the
+    estimator's FLOPs by phase for each measured case (media/full_size_estimates.json, from
+    `benchmarks/full_size_step.py --estimate_only`), every measured s/step is within 5%."""
+    from pathlib import Path
+
+    from alignprop.estimate import GPU_PEAKS, measured_rate_seconds
+
+    root = Path(__file__).resolve().parents[1]
+    measured = json.loads((root / "media" / "full_size_step_h200.json").read_text())["rows"]
+    estimates = {e["case"]: e for e in
+                 json.loads((root / "media" / "full_size_estimates.json").read_text())}
+    assert len(measured) == 7
+    for row in measured:
+        est = estimates[row["case"]]
+        assert sum(est["flops_by_phase"].values()) == pytest.approx(est["flops"])
+        seconds = measured_rate_seconds(est["flops_by_phase"], est["pixels"])
+        assert seconds["H100 SXM"] == pytest.approx(row["sec_per_step"], rel=0.05), row["case"]
+        # 40% of the peak was the optimistic model this replaces
+        assert est["flops"] / (0.4 * GPU_PEAKS["H100 SXM"]) < 0.85 * row["sec_per_step"]
+        assert seconds["A100"] / seconds["H100 SXM"] == pytest.approx(989 / 312)
+
+
 # --------------------------------------------------------------------------- issue 23, item 5
 def _est(data_dir, tmp_path, *extra):
     from alignprop.config import parse_config
@@ -233,7 +256,8 @@ def test_the_trace_does_not_grow_with_the_number_of_steps(data_dir, tmp_path):
     assert many.details["traced_no_grad_calls"] == few.details["traced_no_grad_calls"] == 1
     assert many.details["sampler_calls"]["no_grad"] == 19999
     per_step = (many.flops["forward"] - few.flops["forward"]) / (19999 - 3)
-    assert per_step > 0 and many.peak_bytes == pytest.approx(few.peak_bytes, rel=0.01)
+    # memory grows only by the schedule, which training keeps on the device (a few bytes a step)
+    assert per_step > 0 and 0 <= many.peak_bytes - few.peak_bytes <= 8 * 20000
 
 
 @pytest.mark.parametrize("size", ["32768", "16384"])

@@ -142,7 +142,8 @@ def count_forwards(bundle):
     original = bundle.model.forward
 
     def wrapped(*args, **kwargs):
-        calls.append(kwargs["input_ids"].shape[0])
+        ids = kwargs.get("input_ids")   # the shared-vision path passes embeddings
+        calls.append((ids if ids is not None else kwargs["inputs_embeds"]).shape[0])
         return original(*args, **kwargs)
     bundle.model.forward = wrapped
     return calls, lambda: setattr(bundle.model, "forward", original)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from .configs import (CONFIG_DIR, EstimateError, build_kontext, internvl_config, kontext_configs,
                       vlm_config)
-from .report import GPU_PEAKS, GPU_SIZES_GB, Estimate
+from .report import GPU_PEAKS, GPU_SIZES_GB, MEASURED_RATES, Estimate, measured_rate_seconds
 from .trace import estimate_generate, estimate_training
 
-__all__ = ["CONFIG_DIR", "Estimate", "EstimateError", "GPU_PEAKS", "GPU_SIZES_GB",
+__all__ = ["CONFIG_DIR", "Estimate", "EstimateError", "GPU_PEAKS", "GPU_SIZES_GB", "MEASURED_RATES",
            "build_kontext", "estimate_generate", "estimate_training", "internvl_config",
-           "kontext_configs", "vlm_config"]
+           "kontext_configs", "measured_rate_seconds", "vlm_config"]

@@ -382,7 +382,7 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                          + (f", base consistency {cfg.base_consistency_metric} x "
                             f"{cfg.base_consistency_weight:g}"
                             if cfg.base_consistency_weight > 0 else ""))
-    est.images_per_step = b * accum
+    est.images_per_step, est.pixels = b * accum, h * w
     if cfg.mixed_precision is None:
         est.notes.append("--mixed_precision not given: estimated for bf16 (accelerate's config "
                          "decides at launch)")
@@ -585,7 +585,7 @@ def estimate_generate(pretrained: str, height: int, width: int, num_steps: int, 
     check_size(height, width, kcfg, "the planned size (--max_area, the inputs)")
     est = Estimate(title=f"generate, {ksource}, {width}x{height}, batch {batch_size}, "
                          f"{num_steps} steps, {str(dtype).replace('torch.', '')}")
-    est.images_per_step = batch_size
+    est.images_per_step, est.pixels = batch_size, height * width
     tr = Tracker()
     with fake_mode(), tr, torch.no_grad(), _default_dtype(dtype):
         m = build_kontext(kcfg, tr, with_text=True)

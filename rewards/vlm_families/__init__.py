@@ -98,6 +98,28 @@ class VLMFamily:
         """Forward kwargs besides input_ids/attention_mask; ``pixels[k]``: slot k, leading dim R."""
         raise NotImplementedError
 
+    # Optional: one vision pass per image, shared by every question asked about it
+    # (rewards.vlm). A family that implements these two lets the reward encode each distinct
+    # image once per call (and a style reference once per run) and feed the language model
+    # embeddings; the others run the model's own forward on pixels.
+    shares_vision: bool = False
+
+    def image_features(self, bundle, pixels: torch.Tensor) -> torch.Tensor:
+        """Slot pixels (leading dim R) -> (R, image tokens, hidden) language-model inputs."""
+        raise NotImplementedError
+
+    def image_token_id(self, bundle) -> int:
+        """The id of the tokens the image features replace in the prompt."""
+        raise NotImplementedError
+
+    def embed_inputs(self, bundle, input_ids: torch.Tensor, positions: torch.Tensor,
+                     features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Token embeddings (R, L, hidden) with ``features`` (slot by slot, text order) put at
+        ``positions`` (the image tokens of ``input_ids``, on the device)."""
+        embeds = bundle.model.get_input_embeddings()(input_ids)
+        feats = torch.cat(list(features), dim=1).to(embeds.dtype)
+        return embeds.index_copy(1, positions, feats)
+
     def __repr__(self) -> str:
         return f"<VLM family {self.name}>"
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 import torch.nn.functional as F
 
 from . import VLMFamily
@@ -150,10 +151,24 @@ def preprocess(images: torch.Tensor, bundle_or_cfg, max_tiles: int = 1,
         parts.append(resize(x, (th, tw)))
         tiles = torch.stack(parts, dim=1)                 # (B, T, 3, th, tw)
     tiles = tiles.clamp(0.0, 1.0)                         # the processor's uint8 range
-    mean = torch.tensor(cfg.image_mean, device=x.device).view(1, 1, 3, 1, 1)
-    std = torch.tensor(cfg.image_std, device=x.device).view(1, 1, 3, 1, 1)
+    mean, std = _mean_std(tuple(cfg.image_mean), tuple(cfg.image_std), x.device)
     tiles = (tiles - mean) / std
     return tiles.flatten(0, 1)
+
+
+_MEAN_STD: dict = {}
+
+
+def _mean_std(mean: tuple, std: tuple, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation tensors on ``device``, made once (a copy per call would wait for a GPU)."""
+    key = (mean, std, str(device))
+    if key in _MEAN_STD:
+        return _MEAN_STD[key]
+    made = (torch.tensor(mean, device=device).view(1, 1, 3, 1, 1),
+            torch.tensor(std, device=device).view(1, 1, 3, 1, 1))
+    if not is_fake(made[0]):   # made inside --estimate's fake-tensor trace: not kept after it
+        _MEAN_STD[key] = made
+    return made
 
 
 def _size_hw(size) -> tuple[int, int]:
@@ -215,6 +230,19 @@ class InternVLFamily(VLMFamily):
         # the model consumes tiles in text order: row 0 slot 0, row 0 slot 1, ..., row 1 slot 0
         pixel_values = torch.cat(list(pixels), dim=1).flatten(0, 1).to(bundle.dtype)
         return {"pixel_values": pixel_values}
+
+    # one vision pass per image, shared by the questions (VLMFamily)
+    shares_vision = True
+
+    def image_features(self, bundle, pixels: torch.Tensor) -> torch.Tensor:
+        # the model's own vision tower + pixel shuffle + projector, as its forward runs them
+        inner = bundle.model.model
+        out = inner.get_image_features(pixel_values=pixels.flatten(0, 1).to(bundle.dtype),
+                                       return_dict=True).pooler_output     # (R*T, seq, D)
+        return out.reshape(pixels.shape[0], -1, out.shape[-1])              # (R, T*seq, D)
+
+    def image_token_id(self, bundle) -> int:
+        return int(bundle.model.config.image_token_id)
 
 
 FAMILY = InternVLFamily()
