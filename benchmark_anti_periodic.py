@@ -26,7 +26,8 @@ from common.cli import UserError as UsageError
 from common.cli import (amplitude, finite_float, fraction, jpeg_quality, nonneg_float, nonneg_int,
                         positive_float, positive_int, run_cli, unit_float)
 from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, add_original_flags,
-                                   refusal, semantics_hint, semantics_of, table)
+                                   our_dest, record_given, refusal, resolve_source,
+                                   semantics_hint, semantics_of, table)
 from common.paths import check_no_overwrite, check_outputs_spare_inputs
 from rewards.anchors import DEFAULT_CRISPNESS_FLOOR
 from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_COLOURS, GRID_KINDS, list_folder,
@@ -171,9 +172,11 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     semantics = semantics_of(argv)
     parser = build_parser(semantics)
+    given = record_given(parser)
     args = parser.parse_args(argv)
+    resolve_source(given)   # --window beside --local_window ...: they must agree (one line)
     if args.semantics == "original":
-        return _original(args)
+        return _original(args, {s.name for s in given if s.dest not in ORIGINAL_READS})
     if args.original_resize is not None:
         raise UsageError(refusal(next(f for f in table("benchmark") if f.name == "--resize")))
     if args.brightness_band < 0:
@@ -227,14 +230,17 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _original(args) -> int:
+# What the original benchmark reads: its own flags (the table) and how folders are searched.
+ORIGINAL_READS = ({our_dest(f) for f in table("benchmark")}
+                  | {"original_resize", "semantics", "recursive", "no_progress"})
+
+
+def _original(args, ours_only: set[str]) -> int:
     """--semantics original: the original benchmark (rewards/grid_eval_original.py)."""
-    ours_only = [flag for flag, on in (("--demo", args.demo), ("--plot", args.plot),
-                                        ("--synthesize_from", args.synthesize_from))
-                 if on]
-    if ours_only:
-        raise UsageError(f"{', '.join(ours_only)} belong to our benchmark; the original had none "
-                         f"(drop --semantics original)")
+    if ours_only:   # never silently unused (--eval_resize: the original's is --resize)
+        raise UsageError(f"{', '.join(sorted(ours_only))} belong to our benchmark; the original's "
+                         f"(--semantics original) has no such flag: drop it, or drop "
+                         f"--semantics original")
     args.resize = ORIGINAL_RESIZE if args.original_resize is None else args.original_resize
     args.artifacts_dir = args.artifacts_dir or DEFAULT_ARTIFACTS
     args.clean_dir = args.clean_dir or DEFAULT_CLEAN

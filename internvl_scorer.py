@@ -23,12 +23,15 @@ import argparse
 import sys
 
 from common.cli import run_cli
-from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, add_original_flags,
-                                   semantics_hint, semantics_of)
+from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, Setting,
+                                   add_original_flags, record_given, resolve_source,
+                                   semantics_hint, semantics_of, show)
 from rewards.internvl_model import DEFAULT_MODEL_ID
 from rewards.prompt_presets import listing
 from rewards.vlm import CALIBRATIONS, OBJECTIVES, TASKS
-from rewards.vlm_inspect import DTYPES, layer_tables, render, render_original, score_files
+from rewards.vlm_inspect import (DTYPES, entropy_bonus, layer_tables, render, render_original,
+                                 score_files)
+from rewards.vlm_prompts import COMPARATIVE_TASKS
 
 TASK_HELP = ("single: rate each image 0..9; sharpness; artifact (9 = clean); similarity: style of "
              "two images (or each image vs --reference); content-similarity: same subject/identity; "
@@ -141,10 +144,26 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
     return p
 
 
-# Most pixels loaded for one batch (16 MP: 192 MB as float32 RGB); larger photos go alone.
+def check_names(given: list[Setting], args) -> None:
+    """The one rule of common/original_flags.py: names that set the same flag must agree
+    (--entropy_coef, translated, beside --entropy_bonus; two spellings of one flag)."""
+    settings = [s for s in given if s.dest != "original_entropy_coef"]
+    coef = next((s for s in reversed(given) if s.dest == "original_entropy_coef"), None)
+    if coef is not None and any(s.dest == "entropy_bonus" for s in given):
+        ignored = args.semantics != "original" and args.task in COMPARATIVE_TASKS
+        value = 0.0 if ignored else entropy_bonus(args)
+        how = f" for --task {args.task}" if ignored else ""
+        settings.append(Setting("entropy_bonus", value, coef.name,
+                                f"{coef.said} (= --entropy_bonus {show(value)}{how})"))
+    resolve_source(settings)
+
+
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(semantics_of(argv)).parse_args(argv)
+    parser = build_parser(semantics_of(argv))
+    given = record_given(parser)
+    args = parser.parse_args(argv)
+    check_names(given, args)
     if args.list_prompts:
         print(listing())
         return 0

@@ -7,9 +7,10 @@ terms, shared with evaluation). Each validates itself in ``__post_init__``;
 :func:`check_combination` refuses combinations that span both.
 
 Presets: ``--config preset.yaml`` (or .json) holds ``flag: value`` pairs; flags
-given on the command line override the preset. Unknown keys in a preset are
-refused (a typo must not silently fall back to a default). ``--preset NAME`` reads a
-shipped one (``alignprop/presets/NAME.yaml``, e.g. ``edit_specialist``) under --config.
+given on the command line override the preset, whatever name either uses (the rule:
+:func:`parse_config`). Unknown keys in a preset are refused (a typo must not silently fall
+back to a default). ``--preset NAME`` reads a shipped one (``alignprop/presets/NAME.yaml``,
+e.g. ``edit_specialist``) under --config.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from common.cli import UserError
+from common.original_flags import (ORIGINAL_DEFAULTS, Setting, add_train_original_flags,
+                                   in_preset, original_names, preset_tokens, record_given,
+                                   resolve_source, semantics_hint, semantics_of, show,
+                                   translate_train)
 from rewards import is_differentiable
-from common.original_flags import (ORIGINAL_DEFAULTS, add_train_original_flags,
-                                   original_changes, original_names, preset_tokens,
-                                   semantics_hint, semantics_of, stored_original)
 from common.original_repo import read_original_texts
 
 from .methods import GRADIENT_METHODS, SCORE_METHODS, MethodFlags
@@ -192,7 +194,14 @@ class TrainConfig(MethodFlags):
         None, "Resume from a checkpoint folder or 'latest' (newest in "
               "<output_dir>/checkpoints). Resuming from an older checkpoint drops the "
               "metrics.jsonl rows past it and moves later checkpoints to "
-              "checkpoints/superseded-<step>/.", aliases=["--resume_from_checkpoint"])
+              "checkpoints/superseded-<step>/. A flag that changes what a step computes "
+              "(method, reward terms, weights and questions, sampler, K, LoRA, resolution, "
+              "optimizer) must be the checkpoint's unless --allow_changed_config.",
+        aliases=["--resume_from_checkpoint"])
+    allow_changed_config: bool = _f(
+        False, "With --resume_from: continue under flags that change what a step computes "
+               "(run_config.json then records each segment: which steps ran under which "
+               "flags). The LoRA's rank and target modules stay the checkpoint's.")
     log_with: str = _f("tensorboard", "Experiment tracker: tensorboard (offline, "
                                       "<output_dir>/logs), wandb, or none.", LOG_BACKENDS)
     tracker_project_name: str = _f("alignprop-fluxkontext", "Project name for the tracker.")
@@ -367,6 +376,48 @@ class TrainConfig(MethodFlags):
         return self.backprop_steps_min, hi
 
 
+# What a training step computes. Resuming under other values of these is refused unless
+# --allow_changed_config (alignprop/run.py: resume_segments). Every method and reward flag
+# counts, a new one too, except the few below that change only precision or permission.
+STEP_TRAIN_FLAGS = (
+    "pretrained_model", "revision", "variant", "prompt", "prompt_file", "image_height",
+    "image_width", "max_sequence_length", "sample_num_steps", "guidance_scale",
+    "truncated_backprop", "backprop_steps", "backprop_steps_min", "backprop_steps_max",
+    "truncation_t_min", "truncation_t_max", "lora_rank", "lora_alpha", "lora_dropout",
+    "lora_target_modules", "train_learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
+    "max_grad_norm")
+# The run's, not the step's: free to change on resume (each segment records them). The
+# batch size changes how many images a step averages, not what it computes (a resume on
+# other hardware may need it); the data folder may grow. Speed switches (--compile,
+# --batch_nograd_steps) run the same arithmetic, up to the last bits of a batched matmul.
+RUN_TRAIN_FLAGS = (
+    "data_dir", "recursive", "gradient_checkpointing", "compile", "batch_nograd_steps", "reward_device", "train_batch_size",
+    "train_gradient_accumulation_steps", "mixed_precision", "allow_tf32", "seed", "num_epochs",
+    "max_train_steps", "output_dir", "save_freq", "push_to_hub", "hub_model_id",
+    "checkpoints_total_limit", "resume_from", "allow_changed_config", "log_with",
+    "tracker_project_name", "tracker_run_name", "tracker_kwargs", "log_image_freq", "log_freq",
+    "estimate")
+RUN_REWARD_FLAGS = ("internvl_dtype", "qwen_dtype", "trust_remote_code")
+# The checkpoint's LoRA has this shape: no flag can change it on resume.
+LORA_SHAPE_FLAGS = ("lora_rank", "lora_target_modules")
+
+
+def step_flags() -> list[str]:
+    """Every flag that changes what a training step computes (see STEP_TRAIN_FLAGS)."""
+    return (list(STEP_TRAIN_FLAGS) + [f.name for f in fields(MethodFlags)]
+            + [f.name for f in fields(RewardFlags) if f.name not in RUN_REWARD_FLAGS])
+
+
+def flag_default(name: str) -> Any:
+    """A flag's default (what a config written before the flag existed ran with)."""
+    for dc in (TrainConfig, RewardFlags):
+        f = dc.__dataclass_fields__.get(name)
+        if f is not None:
+            return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return None
+
+
 def check_combination(train: TrainConfig, rewards: RewardFlags) -> None:
     """Refuse flag combinations that involve both dataclasses (before any model loads)."""
     if train.preferences:
@@ -423,7 +474,14 @@ def preset_path(name: str) -> Path:
 
 
 def _known_flags() -> set[str]:
-    return {f.name for dc in (TrainConfig, RewardFlags) for f in fields(dc)}
+    return {f.name for dc in (TrainConfig, RewardFlags) for f in fields(dc)} | _aliases()
+
+
+def _aliases() -> set[str]:
+    """Our flags' other names (``learning_rate`` for ``train_learning_rate``), without dashes:
+    a preset may use them as the command line does."""
+    return {a.lstrip("-") for dc in (TrainConfig, RewardFlags) for f in fields(dc)
+            for a in f.metadata.get("aliases", ())}
 
 
 def load_preset(path: str | os.PathLike) -> dict[str, Any]:
@@ -502,52 +560,74 @@ def _typed_preset(parser, preset: dict[str, Any], path) -> dict[str, Any]:
     return out
 
 
+# A truncation flag is read by one --truncated_backprop mode only.
+TRUNCATION_FLAGS = {"backprop_steps": "fixed", "backprop_steps_min": "random",
+                    "backprop_steps_max": "random", "truncation_t_min": "per_step",
+                    "truncation_t_max": "per_step"}
+# Sources of a flag's value, lowest first (docs/original_flags.md, "Which value wins").
+ORIGINAL_SOURCE = "the defaults of --semantics original"
+
+
 def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, RewardFlags]:
     """Parse command-line flags (plus an optional preset) into validated dataclasses.
 
-    Validation errors are ``ValueError`` with the flag named; argparse itself
-    exits with status 2 for unknown flags and bad choices.
+    Which value wins (one rule, common/original_flags.py): the command line over
+    ``--config``, ``--config`` over a shipped ``--preset``, both over the defaults of
+    ``--semantics original``, those over ours; within one source, names that set the same flag
+    must agree. Validation errors are ``ValueError`` with
+    the flag named; argparse itself exits with status 2 for unknown flags and bad choices.
     """
+    args = list(argv) if argv is not None else sys.argv[1:]
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     pre.add_argument("--preset", default=None)
-    known, _ = pre.parse_known_args(argv)
+    known, _ = pre.parse_known_args(args)
     parser = _parser()
     add_train_original_flags(parser)  # the original trainer's flags, in their own --help group
-    args = list(argv) if argv is not None else sys.argv[1:]
-    preset: dict[str, Any] = {}
-    sources = ([preset_path(known.preset)] if known.preset else []) + (
-        [known.config] if known.config else [])
-    loaded = [(source, load_preset(source)) for source in sources]
-    for _, values in loaded:    # a shipped --preset first, then --config over it
-        preset.update(values)
-    # Defaults, lowest first: ours (the dataclasses), the original's (--semantics original),
-    # each preset's; the command line wins over all of them.
-    defaults: dict[str, Any] = {}
-    if semantics_of(args, preset) == "original":
-        defaults.update(ORIGINAL_DEFAULTS["train"])
-    front: list[str] = []
-    for source, values in loaded:
-        # The original's flag names in a preset go in front of the command line (so it
-        # wins); our own keys are checked and converted as the command line would.
-        ours, tokens = preset_tokens(values)
-        defaults.update(_typed_preset(parser, ours, source))
-        front += tokens
-    args = front + args
-    if defaults:
-        parser.set_defaults(**defaults)
-    train, rewards, *extra = parser.parse_args_into_dataclasses(
-        args=args, look_for_args_file=False)
-    changes = original_changes(stored_original(extra[0] if extra else None),
-                               sample_num_steps=train.sample_num_steps,
-                               tracker_run_name=train.tracker_run_name, argv=args, preset=preset,
-                               semantics=rewards.semantics, num_epochs=train.num_epochs,
-                               max_train_steps=train.max_train_steps)
-    if changes:
-        train = dataclasses.replace(train, **changes)  # re-validated in __post_init__
+    given = record_given(parser)
+    # a shipped --preset first, then --config over it: two sources, each its own level
+    loaded = ([(f"--preset {known.preset}", preset_path(known.preset))] if known.preset else []
+              ) + ([(f"--config {known.config}", known.config)] if known.config else [])
+    loaded = [(label, path, load_preset(path)) for label, path in loaded]
+    semantics = semantics_of(args, {k: v for _, _, values in loaded for k, v in values.items()})
+    sources: list[tuple[str, list[Setting]]] = []
+    if semantics == "original":
+        sources.append((ORIGINAL_SOURCE, [
+            Setting(k, v, "--semantics original", f"--semantics original (--{k} {show(v)})")
+            for k, v in ORIGINAL_DEFAULTS["train"].items()]))
+    for label, path, values in loaded:
+        # Our keys are checked and converted as the command line would convert them; the
+        # original's names go through their parser actions (aliases, conversions, refusals).
+        ours, tokens = preset_tokens(values, also=_aliases())
+        settings = [Setting(k, v, f"--{k}", f"{k}: {show(v)}")
+                    for k, v in _typed_preset(parser, ours, path).items()]
+        given.clear()
+        parser.parse_known_args(tokens)
+        sources.append((label, settings + in_preset(given)))
+    # lower sources as argparse defaults, so that --help shows them
+    parser.set_defaults(**{s.dest: s.value for _, settings in sources for s in settings
+                           if not s.dest.startswith("original_")})
+    given.clear()
+    namespace, rest = parser.parse_known_args(args)
+    if rest:
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {rest}")
+    sources.append(("the command line", [s for s in given
+                                         if s.dest not in ("config", "preset")]))
+    # Convert flags need --sample_num_steps, which no convert flag sets: the highest source's.
+    n = next((s.value for _, settings in reversed(sources) for s in reversed(settings)
+              if s.dest == "sample_num_steps"), _default("sample_num_steps"))
+    final: dict[str, tuple[int, str, Setting]] = {}
+    for level, (label, settings) in enumerate(sources, start=1):
+        resolved = resolve_source(translate_train(settings, sample_num_steps=n,
+                                                  semantics=semantics), _where(label))
+        final.update({dest: (level, label, s) for dest, s in resolved.items()})
+    _check_truncation_flags(final)
+    values = {**vars(namespace), **{dest: s.value for dest, (_, _, s) in final.items()}}
+    train = TrainConfig(**{f.name: values[f.name] for f in fields(TrainConfig) if f.init})
+    rewards = RewardFlags(**{f.name: values[f.name] for f in fields(RewardFlags) if f.init})
     rewards = resolve_defaults(rewards, people_judge=bool(train.preferences))
     if (rewards.semantics == "original" and rewards.original_repo and not train.prompt_file
-            and not _given_flag(args, "--prompt") and "prompt" not in preset):
+            and final.get("prompt", (0, ORIGINAL_SOURCE))[1] == ORIGINAL_SOURCE):
         # the original's built-in edit instruction, read from the user's clone
         train = dataclasses.replace(train,
                                     prompt=read_original_texts(rewards.original_repo).instruction)
@@ -555,8 +635,29 @@ def parse_config(argv: Sequence[str] | None = None) -> tuple[TrainConfig, Reward
     return train, rewards
 
 
-def _given_flag(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+def _default(name: str) -> Any:
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def _where(label: str) -> str:
+    """The prefix of a message about a setting of this source ("--config p.yaml: ")."""
+    return f"{label}: " if label.startswith(("--config", "--preset")) else ""
+
+
+def _check_truncation_flags(final: dict[str, tuple[int, str, Setting]]) -> None:
+    """Refuse a truncation flag that the --truncated_backprop in force does not read, unless a
+    higher source chose that mode (a preset's K under the command line's per_step is moot)."""
+    mode_level, mode_label, mode = final.get("truncated_backprop", (0, "", None))
+    value = mode.value if mode else _default("truncated_backprop")
+    chosen = ("our default" if mode is None else mode_label if mode_label == ORIGINAL_SOURCE
+              else _where(mode_label) + mode.said)
+    for dest, needs in TRUNCATION_FLAGS.items():
+        level, label, s = final.get(dest, (0, "", None))
+        if s is None or s.implied or level < mode_level or needs == value:
+            continue
+        why = "" if chosen == f"--truncated_backprop {value}" else f" ({chosen})"
+        raise ValueError(f"{_where(label)}{s.said} is not read by --truncated_backprop {value}"
+                         f"{why}; add --truncated_backprop {needs}, or drop it")
 
 
 def resolve_defaults(rewards: RewardFlags, people_judge: bool = False) -> RewardFlags:
@@ -614,5 +715,6 @@ def config_dict(train: TrainConfig, rewards: RewardFlags) -> dict[str, Any]:
 
 
 __all__ = ["MissingDependencyError", "TrainConfig", "RewardFlags", "parse_config", "load_preset", "check_combination",
-           "config_dict", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS", "startup_notes",
-           "BUILTIN_PRESETS"]
+           "config_dict", "step_flags", "flag_default", "STEP_TRAIN_FLAGS", "RUN_TRAIN_FLAGS",
+           "RUN_REWARD_FLAGS", "LORA_SHAPE_FLAGS", "DEFAULT_PROMPT", "DEFAULT_LORA_TARGETS",
+           "startup_notes", "BUILTIN_PRESETS"]

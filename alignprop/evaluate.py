@@ -6,7 +6,10 @@ Example (after ``python -m alignprop.generate ... --output_dir out``)::
         --output_dir eval --similarity_backend lpips --aesthetic_model_type internvl
 
 Folders are paired by file STEM (``cat.jpg`` in the originals pairs with
-``cat.png`` in the outputs); names missing from some folder are reported as
+``cat.png`` in the outputs) under its sub-folder: folders are searched recursively
+(``--no_recursive``: the top level only), and ``sub/cat.jpg`` pairs with ``sub/cat.png``
+(as ``alignprop.generate`` writes them); another evaluated folder inside one (``out/base``
+inside ``out``) is not part of it. Names missing from some folder are reported as
 unpaired, unreadable files are reported and skipped. Rewards are chosen with the
 training flags (``alignprop.reward_flags.RewardFlags``: ``--grid_ratio_weight``,
 ``--similarity_backend`` ...), with ``--rewards grid,brightness`` (registry names,
@@ -44,7 +47,9 @@ from alignprop.validate import check_reward_specs
 from common.checks import check_paths
 from common.cli import UserError, run_cli
 from common.hub import resolve_device_dtype
-from common.images import ImageLoadError, list_images, load_image, resize_to
+from common.images import (ImageLoadError, folder_counts, list_images, load_image,
+                           relative_name, resize_to)
+from common.original_flags import record_given, resolve_source
 from common.paths import check_outputs_spare_inputs, check_writable_dir
 from rewards import available_rewards, reads_input
 
@@ -76,6 +81,10 @@ class EvalArgs:
     reward_spec: Optional[str] = field(default=None, metadata={
         "help": "JSON file: a list of rewards.build_rewards specs "
                 '[{"name": "lpips", "weight": 1, "net": "alex"}, ...] (same format as training).'})
+    recursive: bool = field(default=True, metadata={
+        "help": "Search the image folders' sub-folders too (as training and generate do); "
+                "files pair by their path under the folder (sub/cat.jpg <-> sub/cat.png); the "
+                "images found per sub-folder are printed. --no_recursive: the top level only."})
     hacking_check: bool = field(default=True, metadata={
         "help": "Also score the anti-grid and brightness terms (reward-hacking check) with the "
                 "--grid_* / --brightness_* settings; --no_hacking_check turns it off."})
@@ -191,26 +200,39 @@ def build_terms(specs: list[dict], checks: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- pairing
-def index_folder(folder: Path, label: str) -> tuple[dict[str, Path], list[dict]]:
-    """stem -> file of one folder; stems held by two files are reported, not guessed."""
+def index_folder(folder: Path, label: str, recursive: bool = False,
+                 exclude: Sequence[Path] = ()) -> tuple[dict[str, Path], list[dict]]:
+    """stem under its sub-folder ("sub/cat") -> file of one folder; stems held by two files
+    are reported, not guessed. Files under ``exclude`` (other folders) are not this folder's."""
     by_stem: dict[str, list[Path]] = defaultdict(list)
-    for p in list_images(folder):
-        if p.stem not in SKIP_FILES:
-            by_stem[p.stem].append(p)
+    for p in list_images(folder, recursive=recursive, exclude=exclude):
+        stem = Path(relative_name(p, folder)).with_suffix("").as_posix()
+        if stem not in SKIP_FILES:
+            by_stem[stem].append(p)
     ambiguous = [{"folder": label, "name": s, "reason": "several files with this name: "
                   + ", ".join(p.name for p in ps)} for s, ps in by_stem.items() if len(ps) > 1]
     return {s: ps[0] for s, ps in by_stem.items() if len(ps) == 1}, ambiguous
 
 
-def pair_folders(folders: dict[str, Path]) -> tuple[dict[str, dict[str, Path]], list[str], dict, list]:
-    """({folder: {stem: path}}, names in every folder, {unpaired name: [folders]}, problems)."""
+def inputs_flag(label: str) -> str:
+    """The flag that names folder ``label`` ("original" -> --originals_dir)."""
+    return "--originals_dir" if label == "original" else f"--{label}_dir"
+
+
+def pair_folders(folders: dict[str, Path], recursive: bool = False, exclude: Sequence[Path] = ()
+                 ) -> tuple[dict[str, dict[str, Path]], list[str], dict, list]:
+    """({folder: {stem: path}}, names in every folder, {unpaired name: [folders]}, problems).
+
+    A folder's index leaves out the other folders and ``exclude`` (the output folder) where
+    they lie inside it."""
     index, problems = {}, []
     for label, folder in folders.items():
-        index[label], amb = index_folder(folder, label)
+        others = [f for k, f in folders.items() if k != label] + list(exclude)
+        index[label], amb = index_folder(folder, label, recursive, others)
         problems += amb
         if not index[label]:
-            raise UserError(f"--{'originals' if label == 'original' else label}_dir {folder} holds "
-                            "no images")
+            raise UserError(f"{inputs_flag(label)} {folder}"
+                            f"{' or its sub-folders' if recursive else ''} holds no images")
     if "original" in index and len(index) > 1:
         _match_seed_outputs(index)
     every = set.union(*(set(v) for v in index.values()))
@@ -520,16 +542,24 @@ def print_report(stats, wins, terms, unpaired, unreadable, problems, diversity) 
 
 
 # --------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None):
+def build_parser():
     from transformers import HfArgumentParser
 
+    return HfArgumentParser([RewardFlags, EvalArgs], prog="python -m alignprop.evaluate",
+                            description=__doc__.split("\n\n")[0])
 
-    parser = HfArgumentParser([RewardFlags, EvalArgs], prog="python -m alignprop.evaluate",
-                              description=__doc__.split("\n\n")[0])
+
+def parse_args(argv: Sequence[str] | None):
+    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         loader = parser.parse_json_file if argv[0].endswith(".json") else parser.parse_yaml_file
         return loader(argv[0])
+    # two names of one flag must agree (--recursive / --no_recursive), checked before the
+    # dataclasses validate what one of them said
+    given = record_given(parser)
+    parser.parse_known_args(argv)
+    resolve_source(given)
     return parser.parse_args_into_dataclasses(args=argv)
 
 
@@ -552,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     folders = args.folders()
     # Tables and plots never land among (or over) the images being evaluated, and an
     # unwritable --output_dir is found before any reward model loads.
-    inputs = {f"--{k}_dir" if k != "original" else "--originals_dir": v for k, v in folders.items()}
+    inputs = {inputs_flag(k): v for k, v in folders.items()}
     if args.diversity_dir:
         inputs.update({f"--diversity_dir {k}": v
                        for k, v in parse_diversity_dirs(args.diversity_dir).items()})
@@ -568,7 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     stats, wins, terms, unpaired, unreadable, problems = {}, {}, [], {}, [], []
     if folders:
-        index, common, unpaired, problems = pair_folders(folders)
+        index, common, unpaired, problems = pair_folders(folders, args.recursive, [out])
+        for label, folder in folders.items():
+            counts = folder_counts(index[label].values(), folder) if args.recursive else None
+            if counts:
+                print(f"{inputs_flag(label)}: {counts}", file=sys.stderr)
         specs, checks = collect_specs(flags, args, device)
         check_reward_specs(specs + checks)   # the registry says which options name files
         terms = build_terms(specs, checks)
@@ -578,9 +612,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "input: give the inputs with --originals_dir")
         prompts = {}
         if args.prompt or args.prompt_file:
-            by_file = read_prompts(args.prompt, args.prompt_file,
-                                   [index[next(iter(index))][n].name for n in common])
-            prompts = {Path(k).stem: v for k, v in by_file.items()}
+            first = next(iter(index))
+            files = {n: relative_name(index[first][n], folders[first]) for n in common}
+            by_file = read_prompts(args.prompt, args.prompt_file, list(files.values()))
+            prompts = {n: by_file[f] for n, f in files.items()}
         rows, unreadable = score_folders(terms, index, common, prompts, args.batch_size)
         for r in rows.values():
             r["total"] = total_score(r, terms)

@@ -5,7 +5,9 @@ Example::
     python -m alignprop.generate --input_dir photos/ --output_dir out/ \\
         --lora outputs/run1 --prompt "make it a watercolour" --lora_scale 1.0
 
-writes ``out/<name>.png`` (LoRA), ``out/base/<name>.png`` (same seed, LoRA off),
+writes ``out/<name>.png`` (LoRA), ``out/base/<name>.png`` (same seed, LoRA off; ``<name>``
+keeps the input's sub-folder: ``--input_dir`` is searched recursively unless
+``--no-recursive``),
 ``out/contact_sheet.html`` / ``.png`` (input | base | LoRA) and
 ``out/generate_log.json`` (settings, skipped files). Works with the LoRA
 directory written by training or any diffusers-format FLUX Kontext LoRA (a
@@ -41,8 +43,9 @@ from alignprop.lora import load_lora, resolve_lora
 from alignprop.prompts import prompt_for, read_prompt_file
 from common.cli import UserError, run_cli
 from common.hub import resolve_device_dtype
-from common.images import (ImageLoadError, list_images, load_image, resize_to, save_image,
-                           unsupported_note)
+from common.images import (ImageLoadError, folder_counts, list_images, load_image,
+                           relative_name, resize_to, save_image, unsupported_note)
+from common.original_flags import record_given, resolve_source
 from common.checks import check_paths
 from common.paths import (check_distinct, check_no_overwrite, check_outputs_spare_inputs,
                           check_writable_dir)
@@ -129,11 +132,17 @@ def read_prompts(prompt: str | None, prompt_file: str | None,
 @dataclass
 class Job:
     path: Path
-    name: str           # output stem (input stem)
+    name: str           # output stem: the input's stem, under its sub-folder ("sub/cat")
     size: tuple[int, int]  # target (H, W)
 
 
-def plan_jobs(paths: Sequence[Path], args) -> tuple[list[Job], list[tuple[Path, str]]]:
+def output_stem(path: Path, root: Path | None) -> str:
+    """The input's stem under its sub-folder of ``root`` ("sub/cat"), or its stem."""
+    return Path(relative_name(path, root)).with_suffix("").as_posix() if root else path.stem
+
+
+def plan_jobs(paths: Sequence[Path], args, root: Path | None = None
+              ) -> tuple[list[Job], list[tuple[Path, str]]]:
     """Target size for every readable input; unreadable headers are skipped and reported."""
     jobs, skipped = [], []
     for p in paths:
@@ -142,7 +151,8 @@ def plan_jobs(paths: Sequence[Path], args) -> tuple[list[Job], list[tuple[Path, 
         except Exception as exc:  # PIL raises many types for broken files
             skipped.append((p, f"cannot read image: {type(exc).__name__}: {exc}"))
             continue
-        jobs.append(Job(p, p.stem, target_size(h, w, args.max_area, args.max_side, args.upscale)))
+        jobs.append(Job(p, output_stem(p, root),
+                        target_size(h, w, args.max_area, args.max_side, args.upscale)))
     return jobs, skipped
 
 
@@ -183,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--input_dir", required=True, help="Folder of input images (jpg, png, webp, "
                     "bmp, tif); unreadable files are reported and skipped.")
+    io.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True,
+                    help="Search --input_dir's sub-folders too (as training does); outputs keep "
+                    "the sub-folder (OUTPUT_DIR/sub/cat.png), the images found per sub-folder "
+                    "are printed. --no-recursive: the top level only.")
     io.add_argument("--output_dir", required=True, help="Where outputs go (not --input_dir: no "
                     "command writes over its inputs): <name>.png per input "
                     "(LoRA, or the base model when no --lora), base/ for base outputs, "
@@ -295,7 +309,10 @@ def validate(args) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    given = record_given(parser)
+    args = parser.parse_args(argv)
+    resolve_source(given)   # --recursive beside --no-recursive: one line (the one rule)
     sheets = validate(args)
     # every path a flag names, before any model loads (one line naming the flag)
     check_paths([("--input_dir", "dir", args.input_dir),
@@ -308,15 +325,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if use_lora:
         resolve_lora(args.lora)  # fail on a bad path before the (slow) model load
 
-    paths = list_images(args.input_dir)
+    # this command's own outputs inside --input_dir are never its inputs
+    root = Path(args.input_dir).expanduser()
+    paths = list_images(root, recursive=args.recursive, exclude=(out_dir, base_dir))
     if not paths:
-        raise UserError(f"--input_dir {args.input_dir} holds no images "
-                        f"(.jpg .jpeg .png .webp .bmp .tif .tiff){unsupported_note(args.input_dir)}")
+        where = " or its sub-folders" if args.recursive else ""
+        raise UserError(f"--input_dir {args.input_dir}{where} holds no images (.jpg .jpeg .png "
+                        f".webp .bmp .tif .tiff){unsupported_note(root, args.recursive)}")
+    names = {p: relative_name(p, root) for p in paths}   # "sub/cat.png": nothing collides
     ext_of = {p: (p.suffix.lower() if args.output_format == "same" else "." + args.output_format)
               for p in paths}
     stems = defaultdict(list)
     for p in paths:
-        stems[p.stem + ext_of[p]].append(p.name)
+        stems[output_stem(p, root) + ext_of[p]].append(names[p])
     clash = [v for v in stems.values() if len(v) > 1]
     if clash:
         raise UserError(f"inputs {', '.join(clash[0])} would write the same output name; rename "
@@ -332,18 +353,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     out_flag = "--output_dir" if len(folders) == 1 else "--output_dir/--base_dir"
     planned = [(out_dir / f"contact_sheet.{kind}", f"the {kind} contact sheet")
                for kind in sheets] + [(out_dir / "generate_log.json", "the run log")]
-    planned += [(f / output_name(p.stem, args.seed + k, args.num_seeds, ext_of[p]),
-                 f"the output of input {p.name}")
+    planned += [(f / output_name(output_stem(p, root), args.seed + k, args.num_seeds, ext_of[p]),
+                 f"the output of input {names[p]}")
                 for f in folders for p in paths for k in range(args.num_seeds)]
     # an input named contact_sheet.png must not have its output replaced by the sheet
     check_distinct(planned, out_flag)
     check_no_overwrite([path for path, _ in planned], paths, out_flag)
-    prompts = read_prompts(args.prompt, args.prompt_file, [p.name for p in paths], args.seed)
-    jobs, skipped = plan_jobs(paths, args)
+    prompts = read_prompts(args.prompt, args.prompt_file, [names[p] for p in paths], args.seed)
+    jobs, skipped = plan_jobs(paths, args, root)
     if args.estimate:  # a dry run writes nothing, so it needs no output folder
         return estimate(args, jobs)
     for flag, f in zip(("--output_dir", "--base_dir"), folders):
         check_writable_dir(flag, f)
+    counts = folder_counts(paths, root) if args.recursive else None
+    if counts:
+        print(f"--input_dir: {counts}", file=sys.stderr)
 
     device, dtype = resolve_device_dtype(args.device, args.dtype)
     t0 = time.time()
@@ -380,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not ok:
                 continue
             x = torch.stack(images).to(device=device, dtype=dtype)
-            batch_prompts = [prompts[j.path.name] for j in ok]
+            batch_prompts = [prompts[names[j.path]] for j in ok]
             for title, folder, lora_on in sets:
                 if use_lora:
                     (pipe.enable_lora if lora_on else pipe.disable_lora)()
@@ -389,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for job, img in zip(ok, y):
                         dst = folder / output_name(job.name, s, args.num_seeds, ext_of[job.path])
                         save_image(img, dst)
-                        written[(title, s, job.path.name)] = dst
+                        written[(title, s, names[job.path])] = dst
                     bar.update(len(ok))
     gen_s = time.time() - t1
     if use_lora:
@@ -401,9 +425,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not done:
         raise UserError(f"no image of {args.input_dir} could be read ({len(skipped)} skipped)")
 
-    by_name = {j.path.name: j.path for j in jobs}
+    by_name = {names[j.path]: j.path for j in jobs}
     columns = ["input"] + [f"{t} seed {s}" if len(seeds) > 1 else t for s in seeds for t, _, _ in sets]
-    rows = [(by_name[n].name, [by_name[n]] + [written.get((t, s, n)) for s in seeds for t, _, _ in sets])
+    rows = [(n, [by_name[n]] + [written.get((t, s, n)) for s in seeds for t, _, _ in sets])
             for n in done]
     note = (f"prompt: {args.prompt or args.prompt_file} | model: {args.pretrained_model} | "
             f"LoRA: {args.lora} (scale {args.lora_scale}) | steps {args.num_steps}, "

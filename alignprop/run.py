@@ -23,13 +23,16 @@ import torch
 
 from common.cli import CurrentStderrHandler, UserError
 from common.images import load_image, resize_to
+from common.original_flags import show
 from rewards.perceptual import build_lpips_model
 
 from . import models as kontext_models
 from .attention import attention_phases
-from .checkpoint import load_checkpoint, preflight, save_checkpoint, set_aside_later_checkpoints
+from .checkpoint import (CheckpointError, load_checkpoint, preflight, read_state, save_checkpoint,
+                         set_aside_later_checkpoints)
 from .compile import compile_regions
-from .config import MissingDependencyError, TrainConfig, config_dict
+from .config import (LORA_SHAPE_FLAGS, MissingDependencyError, TrainConfig, config_dict,
+                     flag_default, step_flags)
 from .data import ImageFolder, SampleStream
 from .distributed import find_modules, is_sharded, make_accelerator, trainable_parameters
 from .logging_utils import (MetricsFile, check_tracker, configure_wandb, tracker_config,
@@ -113,6 +116,9 @@ class Run:
     metrics_file: Optional[MetricsFile] = None
     history: list = field(default_factory=list)
     phase: str = "after"            # "compute" | "update" | "after" (see trainer.optimizer_step)
+    # which steps ran under which flags: [{from_step, to_step, config, changed}] (resume_segments)
+    segments: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)   # run_config.json, less the segments
 
     @property
     def main(self) -> bool:
@@ -302,6 +308,8 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     # (writable, and not another run's folder unless resuming it), and the data (every image
     # decoded once, so an unreadable one is found now, not at step 10,000).
     resume_dir = preflight(cfg)
+    segments = resume_segments(resume_dir, config_dict(cfg, reward_flags), cfg.allow_changed_config,
+                               out_dir)
     # The data stream runs over the input images, or (D3PO on people's choices) over the
     # preference examples, whose stored pairs are read and checked here.
     folder = (PreferencePairs(cfg.preferences, cfg.preference_mode, cfg) if cfg.preferences
@@ -397,7 +405,75 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
                optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
                reward_fn=reward_fn, text_cache=text_cache, targets=targets,
                identity_text=identity_text, nograd_batched=batch_nograd(cfg, device),
-               rollouts=rollouts)
+               rollouts=rollouts, segments=segments)
+
+
+# --------------------------------------------------------------------------- segments
+# Flags whose change never starts a segment: how this start was asked for, not what it runs.
+_NOT_SEGMENT = ("resume_from", "allow_changed_config", "estimate")
+
+
+def _json(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def resume_segments(resume_dir: Optional[Path], config: dict, allow: bool,
+                    out_dir: Path) -> list[dict]:
+    """The run's segments -- ``{from_step, to_step, config, changed}``: which steps ran under
+    which flags -- with this start added; read from the checkpoint, so resuming from an older
+    one never describes steps that are about to be redone.
+
+    A resume that changes a flag of :func:`alignprop.config.step_flags` is refused in one line
+    naming each flag with its old and new value, before anything slow, unless ``allow``
+    (``--allow_changed_config``); the LoRA's shape can never change.
+    """
+    config = _json(config)
+    if resume_dir is None:
+        return [{"from_step": 0, "to_step": None, "config": config}]
+    state = read_state(resume_dir)
+    step = state["global_step"]
+    segments = [dict(s) for s in state.get("segments") or [] if isinstance(s, dict)]
+    if not segments:   # written before segments were: the run's own record, if there is one
+        segments = [{"from_step": 0, "to_step": None, "config": _recorded_config(out_dir)}]
+    before = segments[-1]["config"]
+    if not isinstance(before, dict):
+        logger.warning("%s does not record the flags it was trained with; changed flags "
+                       "cannot be checked", resume_dir)
+        before = config
+    changed = {k: (before.get(k, _json(flag_default(k))), v) for k, v in config.items()
+               if k not in _NOT_SEGMENT and before.get(k, _json(flag_default(k))) != v}
+    step_changes = {k: d for k, d in changed.items() if k in step_flags()}
+    fixed = [k for k in LORA_SHAPE_FLAGS if k in step_changes]
+    if step_changes and (fixed or not allow):
+        listing = ", ".join(f"--{k} {_show(a)} -> {_show(b)}" for k, (a, b) in
+                            step_changes.items())
+        fix = (f"the checkpoint's LoRA has that shape: resume with its --{fixed[0]}" if fixed
+               else "resume with its flags, or add --allow_changed_config to continue under "
+                    "the new ones (run_config.json then records which steps ran under which)")
+        raise CheckpointError(f"--resume_from {resume_dir}: step {step} was trained with other "
+                              f"flags that change what a step computes: {listing}; {fix}")
+    if not changed:   # the same flags: the segment goes on
+        segments[-1]["to_step"] = None
+        return segments
+    if step_changes:
+        logger.warning("resuming at step %d under changed flags (--allow_changed_config): %s",
+                       step, ", ".join(step_changes))
+    segments[-1]["to_step"] = step
+    return segments + [{"from_step": step, "to_step": None, "config": config,
+                        "changed": {k: list(d) for k, d in changed.items()}}]
+
+
+def _recorded_config(out_dir: Path) -> Optional[dict]:
+    """``config`` of ``<out_dir>/run_config.json`` (a run from before segments), or None."""
+    try:
+        return json.loads((out_dir / "run_config.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) and (not value or " " in value) \
+        else show(value)
 
 
 # --------------------------------------------------------------------------- resume
@@ -410,7 +486,16 @@ def resume_run(run: Run) -> None:
                                 load_model=lambda d: load_lora_into(run.bare, d))
         run.global_step, position = state["global_step"], state["samples_seen"]
         run.skipped_total = state.get("skipped_steps", 0)
-        if run.rollouts is not None:   # a round interrupted mid-way continues as it was
+        changed = run.segments[-1].get("changed", {}) if run.segments else {}
+        if set(changed) & set(OPTIMIZER_FLAGS):   # --allow_changed_config: the new ones rule
+            apply_optimizer_flags(run)
+        if run.rollouts is not None and set(changed) & set(ROUND_FLAGS):
+            # --allow_changed_config under another method or round shape: the checkpoint's
+            # unfinished round (if any) is not one of these; a fresh round starts
+            logger.warning("resuming at step %d with other round flags (%s): a fresh round "
+                           "starts", run.global_step,
+                           ", ".join(sorted(set(changed) & set(ROUND_FLAGS))))
+        elif run.rollouts is not None:   # a round interrupted mid-way continues as it was
             run.rollouts.load(run.resume_dir, run.rank, run.global_step)
         if state.get("world_size", run.world) * state.get("train_batch_size", run.per_device) \
                 != run.micro_global:
@@ -428,6 +513,28 @@ def resume_run(run: Run) -> None:
         run.accelerator.wait_for_everyone()
     run.stream = SampleStream(len(run.folder), run.cfg.seed, position,
                               shuffle=run.reward_flags.semantics != "original")
+
+
+# The flags that shape a GRPO / D3PO round: a checkpoint's unfinished round under others is not
+# this run's.
+ROUND_FLAGS = ("method", "rl_inputs_per_round", "rl_inner_epochs", "grpo_group_size",
+               "train_batch_size", "train_gradient_accumulation_steps")
+# The flags a checkpoint's optimizer and LR schedule state would otherwise bring back.
+OPTIMIZER_FLAGS = ("train_learning_rate", "lr_scheduler", "lr_warmup_steps", "adam_beta1",
+                   "adam_beta2", "adam_weight_decay", "adam_epsilon")
+
+
+def apply_optimizer_flags(run: Run) -> None:
+    """After loading a checkpoint: this run's learning rate, betas, weight decay and epsilon in
+    place of the checkpoint's (its moments and step count stay), the LR at the step reached
+    from this run's schedule."""
+    cfg, sched = run.cfg, run.lr_scheduler
+    sched.base_lrs = [cfg.train_learning_rate] * len(run.optimizer.param_groups)
+    for group, lam in zip(run.optimizer.param_groups, sched.lr_lambdas):
+        group.update(initial_lr=cfg.train_learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                     weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                     lr=cfg.train_learning_rate * lam(sched.last_epoch))
+    sched._last_lr = [g["lr"] for g in run.optimizer.param_groups]
 
 
 # --------------------------------------------------------------------------- description
@@ -454,12 +561,12 @@ def describe_run(run: Run, notes: Sequence[str] = ()) -> None:
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         run.out_dir.mkdir(parents=True, exist_ok=True)
-        info = {"config": config_dict(cfg, run.reward_flags),
-                "rewards": describe_reward(run.reward_fn), "world_size": run.world,
-                "sharded": run.sharded, "images": len(run.folder),
-                "skipped_unreadable": [str(p) for p in run.folder.skipped],
-                "notes": list(notes)}
-        (run.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
+        run.info = {"config": config_dict(cfg, run.reward_flags),
+                    "rewards": describe_reward(run.reward_fn), "world_size": run.world,
+                    "sharded": run.sharded, "images": len(run.folder),
+                    "skipped_unreadable": [str(p) for p in run.folder.skipped],
+                    "notes": list(notes)}
+        write_run_config(run)
         if run.log_with:
             init_kwargs = cfg.tracker_init_kwargs()  # --tracker_kwargs (the original's too)
             if run.log_with == "wandb":
@@ -472,6 +579,13 @@ def describe_run(run: Run, notes: Sequence[str] = ()) -> None:
                 init_kwargs=init_kwargs)
         run.metrics_file = MetricsFile(run.out_dir / "metrics.jsonl")
     run.accelerator.print(batch_arithmetic(run))
+
+
+def write_run_config(run: Run) -> None:
+    """run_config.json: every flag, the reward terms, and the segments (which steps ran under
+    which flags; the open one ends at the step the run stopped)."""
+    info = {**run.info, "segments": run.segments}
+    (run.out_dir / "run_config.json").write_text(json.dumps(info, indent=2, default=str))
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -492,7 +606,7 @@ def checkpoint_run(run: Run, barrier: bool = True) -> Path:
     state = {"global_step": run.global_step, "samples_seen": run.stream.position,
              "epoch": run.stream.epoch, "skipped_steps": run.skipped_total,
              "world_size": run.world, "train_batch_size": run.per_device, "seed": run.cfg.seed,
-             "lora_rank": run.cfg.lora_rank}
+             "lora_rank": run.cfg.lora_rank, "segments": run.segments}
     run.last_checkpoint = save_checkpoint(run.accelerator, run.out_dir, run.global_step, state,
                                           run.cfg.checkpoints_total_limit,
                                           optimizer=run.optimizer, scheduler=run.lr_scheduler,
@@ -550,6 +664,9 @@ def export_lora(run: Run, interrupted: Optional[str]) -> Optional[Path]:
                    "last_checkpoint": str(run.last_checkpoint) if run.last_checkpoint else None,
                    "world_size": run.world, "lora_max_rank_difference": rank_diff,
                    "images_unreadable_during_run": run.folder.failed_during_run}
+        if run.info:
+            run.segments[-1]["to_step"] = run.global_step
+            write_run_config(run)
         card = write_card(run.out_dir, config_dict(run.cfg, run.reward_flags),
                           describe_reward(run.reward_fn), run.cfg.hub_model_id)
         summary["model_card"] = str(card)

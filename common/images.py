@@ -24,17 +24,31 @@ class ImageLoadError(ValueError):
     """An image file could not be read or is unusable; the message names the file."""
 
 
-def list_images(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """Sorted image files of ``folder`` (by extension). Raises if the folder is missing."""
+def list_images(folder: str | Path, recursive: bool = False,
+                exclude: Iterable[str | Path] = ()) -> list[Path]:
+    """Sorted image files of ``folder`` (by extension). Raises if the folder is missing.
+
+    ``exclude``: folders strictly inside ``folder`` whose files are left out (a command's own
+    output folder inside the folder it reads, so that its outputs never become its inputs)."""
     folder = Path(folder).expanduser()
     if not folder.exists():
         raise FileNotFoundError(f"image folder not found: {folder}")
     if not folder.is_dir():
         raise NotADirectoryError(f"expected a folder of images, got a file: {folder}")
     pattern = "**/*" if recursive else "*"
+    root = folder.resolve()
+    skip = [e for e in (Path(x).expanduser().resolve() for x in exclude if x is not None)
+            if e != root and e.is_relative_to(root)]
     return sorted(p for p in folder.glob(pattern)
                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+                  and not p.name.startswith(".")
+                  and not (skip and any(p.resolve().is_relative_to(e) for e in skip)))
+
+
+def relative_name(path: str | Path, root: str | Path) -> str:
+    """``path`` relative to the folder it was found in, as a POSIX string ("sub/cat.png"):
+    the name outputs keep, so that two ``cat.png`` of different sub-folders never collide."""
+    return Path(path).relative_to(Path(root).expanduser()).as_posix()
 
 
 def folder_counts(paths: Iterable[Path], root: str | Path) -> str | None:

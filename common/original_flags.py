@@ -17,14 +17,18 @@ readable. ``docs/original_flags.md`` explains the table for users of the origina
 
 This module answers "what happens to an original flag" for every command: the table, the
 argparse plumbing, the pure translation of the trainer's ``convert`` flags into our flag
-values (:func:`original_changes`), the original's defaults that ``--semantics original`` puts
-in place of ours (:data:`ORIGINAL_DEFAULTS`, checked against the table's ``default`` column by
+values (:func:`translate_train`), the one rule for which value wins when several names or
+sources set one flag (:func:`resolve_source`), the original's defaults that ``--semantics
+original`` puts in place of ours (:data:`ORIGINAL_DEFAULTS`, checked against the table's ``default`` column by
 a test) and the one line that suggests that mode (:func:`semantics_hint`). It lives in the
 bottom package because the trainer, the scorer and the benchmark all read it.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -46,18 +50,28 @@ class OriginalFlag:
     ours: str = ""          # our flag(s) it sets / the replacement
     note: str = ""          # meaning, or why it is refused and what to use instead
     default: str = ""       # the original's default (for docs)
+    # convert flags: our flags (destinations) the translation sets; aliases set ``ours``
+    sets: tuple[str, ...] = ()
 
     @property
     def dest(self) -> str:
         return self.name.lstrip("-")
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """Our flags (destinations) this flag sets with our semantics: the pairs that the
+        precedence rule (:func:`resolve_source`) keeps apart."""
+        if self.status == "alias":
+            return (self.ours.lstrip("-"),)
+        return self.sets
 
-def _t(name, status, ours="", note="", default=""):
-    return OriginalFlag("train", name, status, ours, note, default)
+
+def _t(name, status, ours="", note="", default="", sets=()):
+    return OriginalFlag("train", name, status, ours, note, default, tuple(sets))
 
 
-def _s(name, status, ours="", note="", default=""):
-    return OriginalFlag("scorer", name, status, ours, note, default)
+def _s(name, status, ours="", note="", default="", sets=()):
+    return OriginalFlag("scorer", name, status, ours, note, default, tuple(sets))
 
 
 def _b(name, status, ours="", note="", default=""):
@@ -113,15 +127,17 @@ TABLE: tuple[OriginalFlag, ...] = (
        "with --aesthetic_model_type internvl the aesthetic term becomes the style-similarity "
        "task at --aesthetic_reward_scale, as in the original", default="None"),
     _t("--debug_images", "convert", "--log_image_freq 1",
-       "an input|output grid is written every step (<output_dir>/images)", default="False"),
+       "an input|output grid is written every step (<output_dir>/images)", default="False",
+       sets=["log_image_freq"]),
     # ------------------------------------------------------------- trainer: TRL AlignProp config
     _t("--exp_name", "convert", "--tracker_run_name",
-       "names the run in the tracker (unless --run_name is given)", default="script name"),
+       "names the run in the tracker (unless --run_name is given)", default="script name",
+       sets=["tracker_run_name"]),
     _t("--run_name", "convert", "--tracker_run_name; with --logdir: --output_dir LOGDIR/RUN_NAME",
-       "names the run in the tracker", default='""'),
+       "names the run in the tracker", default='""', sets=["tracker_run_name"]),
     _t("--logdir", "convert", "--output_dir",
-       "the run's folder (LOGDIR/RUN_NAME with --run_name); an explicit --output_dir wins",
-       default="logs"),
+       "the run's folder (LOGDIR/RUN_NAME with --run_name)", default="logs",
+       sets=["output_dir"]),
     _t("--tracker_project_name", "same", "--tracker_project_name", default="trl"),
     _t("--tracker_kwargs", "same", "--tracker_kwargs",
        "JSON object of per-tracker init arguments, e.g. '{\"wandb\": {\"entity\": \"me\"}}'",
@@ -167,12 +183,15 @@ TABLE: tuple[OriginalFlag, ...] = (
        "our default is off", default="True"),
     _t("--truncated_backprop_rand", "convert", "--truncated_backprop per_step|fixed",
        "true (TRL's code): every denoising step i draws T in [min, max] and carries gradients "
-       "when i >= T (--truncated_backprop per_step); false: fixed truncation", default="True"),
+       "when i >= T (--truncated_backprop per_step); false: fixed truncation", default="True",
+       sets=["truncated_backprop"]),
     _t("--truncated_backprop_timestep", "convert", "--backprop_steps N-T",
        "gradients flow through the denoising steps from index T on, i.e. the last "
-       "--sample_num_steps - T (at least 1)", default="49"),
+       "--sample_num_steps - T (at least 1)", default="49",
+       sets=["backprop_steps", "truncated_backprop"]),
     _t("--truncated_rand_backprop_minmax", "convert", "--truncation_t_min/--truncation_t_max",
-       "the range T is drawn from, per denoising step (both ends included)", default="(0, 50)"),
+       "the range T is drawn from, per denoising step (both ends included)", default="(0, 50)",
+       sets=["truncation_t_min", "truncation_t_max", "truncated_backprop"]),
     _t("--negative_prompts", "refused", "--prompt",
        "Kontext-dev is guidance-distilled (one forward per step, no classifier-free guidance), "
        "so there is no negative prompt; say what you want in --prompt", default="None"),
@@ -194,7 +213,7 @@ TABLE: tuple[OriginalFlag, ...] = (
     _s("--entropy_coef", "convert", "--entropy_bonus coef x ln K",
        "adds coef x the entropy in nats of the answer distribution (rating tasks; the original "
        "added none to pair/triplet); our --entropy_bonus divides the entropy by ln K",
-       default="0.0"),
+       default="0.0", sets=["entropy_bonus"]),
     _s("--calibration", "same", "--calibration", default="none"),
     _s("--print_probs", "same", "--print_probs", default="off"),
     _s("--trace_layers", "same", "--trace_layers", default="off"),
@@ -312,10 +331,7 @@ def add_original_flags(parser: argparse.ArgumentParser, command: str,
 # ``alias`` flags need nothing here. ``convert`` flags of the trainer are added by the functions
 # below: those whose meaning depends on other flags (truncated backprop needs
 # --sample_num_steps; --logdir/--run_name build --output_dir) are stored under ``original_*``
-# names during parsing and translated by :func:`original_changes` once every flag is known.
-_ORIGINAL_MINMAX = (0, 50)  # TRL's truncated_rand_backprop_minmax default
-
-
+# names during parsing and translated by :func:`translate_train` once every flag is known.
 class _Store(argparse.Action):
     """Parse the value with ``convert`` and store it under ``original_<name>``."""
 
@@ -397,10 +413,13 @@ def original_names() -> set[str]:
     return {f.dest for f in table("train") if f.status != "same"}
 
 
-def preset_tokens(preset: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Split a preset into (our flags, command-line tokens for the original's flags)."""
+def preset_tokens(preset: dict[str, Any], also: Sequence[str] = ()
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """Split a preset into (our flags, command-line tokens for the original's flags and the
+    other names ``also`` lists: our flags' aliases), so that the parser's own actions read
+    them and the one rule sees the name each used."""
     ours, tokens = {}, []
-    names = original_names()
+    names = original_names() | set(also)
     for key, value in preset.items():
         if key not in names:
             ours[key] = value
@@ -411,58 +430,172 @@ def preset_tokens(preset: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return ours, tokens
 
 
-def _given(argv: Sequence[str], flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+# --------------------------------------------------------------------------- which value wins
+# ONE rule for every command, its presets and --semantics original (docs/original_flags.md,
+# "Which value wins"; tests/test_precedence.py runs every pair of names the table gives):
+# * Sources rank, lowest first: our defaults, the defaults of --semantics original, a shipped
+#   --preset, a --config preset, the command line. For each of our flags the highest source
+#   that sets it wins, whatever name it used there: our flag, one of its aliases, or an
+#   original flag that translates into it.
+# * Within one source, every name that sets the same flag of ours must agree (an original flag
+#   beside ours, two spellings of ours, an original flag's translation beside the flag it sets);
+#   otherwise the command stops with one line naming both. One name given twice: the last wins
+#   (argparse's rule).
+# * What a flag brings along -- the original's default T = 49 for --truncated_backprop_rand
+#   false; --max_train_steps N for --num_epochs N under --semantics original (our
+#   --max_train_steps always bounds --num_epochs) -- is *implied*: a flag of the same source
+#   decides instead.
+TRL_TIMESTEP = 49  # TRL's truncated_backprop_timestep default
 
 
-def stored_original(extra: argparse.Namespace | None) -> dict[str, Any]:
-    """The ``original_*`` values the parser stored, without the prefix."""
-    return {k[len("original_"):]: v for k, v in vars(extra or argparse.Namespace()).items()
-            if k.startswith("original_")}
+@dataclass(frozen=True)
+class Setting:
+    """One value that one source gives one of our flags, and how the user said it."""
+
+    dest: str               # our flag (the argparse destination)
+    value: Any
+    name: str               # the name used, e.g. "--crispness_anchor_weight"
+    said: str               # what the user wrote, for messages
+    implied: bool = False   # an original default a convert flag brings along
 
 
-def original_changes(got: dict[str, Any], *, sample_num_steps: int, tracker_run_name,
-                     argv: Sequence[str], preset: dict[str, Any] | None = None,
-                     semantics: str = "ours", num_epochs: int | None = None,
-                     max_train_steps: int | None = None) -> dict[str, Any]:
-    """Our flag values that the original trainer's ``convert`` flags ask for (pure).
+def show(value: Any) -> str:
+    """A value as a user types it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return " ".join(show(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
-    ``got`` is :func:`stored_original`'s result; the caller applies the returned
-    {our flag: value} (and re-validates). With ``semantics="original"`` ``--num_epochs`` counts
-    optimizer updates (TRL's epoch is one update): it becomes ``--max_train_steps`` unless that
-    is given.
+
+def same_value(a: Any, b: Any) -> bool:
+    """Do two names agree? Floats to 1e-4 relative (0.2303 = 0.1 x ln 10 as printed)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(map(same_value, a, b))
+    if (isinstance(a, float) or isinstance(b, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool) and isinstance(a, (int, float)) \
+            and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-12)
+    return a == b or (a is not None and b is not None and str(a) == str(b))
+
+
+def record_given(parser: argparse.ArgumentParser) -> list[Setting]:
+    """From now on ``parser`` notes every optional flag it parses, as a :class:`Setting`, in the
+    list returned (clear it between parses). The parser's own actions do the parsing (types,
+    choices, nargs, abbreviations stay argparse's); they only report what they stored."""
+    given: list[Setting] = []
+    for action in parser._actions:
+        if not action.option_strings or isinstance(action, argparse._HelpAction):
+            continue
+        if not getattr(action, "_records", False):
+            action.__class__ = _recording(type(action))
+        action.given = given
+    return given
+
+
+@functools.lru_cache(maxsize=None)
+def _recording(base: type) -> type:
+    def __call__(self, parser, namespace, values, option_string=None):
+        base.__call__(self, parser, namespace, values, option_string)
+        value = getattr(namespace, self.dest, None)
+        said = option_string if self.nargs == 0 else f"{option_string} {show(value)}"
+        self.given.append(Setting(self.dest, value, option_string, said))
+
+    return type(base.__name__, (base,), {"__call__": __call__, "_records": True})
+
+
+def in_preset(settings: Sequence[Setting]) -> list[Setting]:
+    """Settings parsed from a preset's keys, said as the preset says them (``key: value``)."""
+    return [dataclasses.replace(s, said=f"{s.name.lstrip('-')}: {show(s.value)}")
+            for s in settings]
+
+
+def resolve_source(settings: Sequence[Setting], where: str = "") -> dict[str, Setting]:
+    """One source's value for each flag it sets; two names that disagree stop the command in
+    one line (``where`` names the source in it, e.g. "--config p.yaml: ")."""
+    latest: dict[str, dict[str, Setting]] = {}
+    for s in settings:
+        if not s.implied:
+            latest.setdefault(s.dest, {})[s.name] = s   # one name twice: the last wins
+    out: dict[str, Setting] = {}
+    for dest, by_name in latest.items():
+        first, *others = by_name.values()
+        for other in others:
+            if not same_value(first.value, other.value):
+                raise UserError(
+                    f"{where}conflicting flags: {first.said} and {other.said} both set "
+                    f"--{dest} ({show(first.value)} vs {show(other.value)}); give only one of "
+                    f"them (docs/original_flags.md, 'Which value wins')")
+        out[dest] = list(by_name.values())[-1]
+    for s in settings:
+        if s.implied and s.dest not in out:
+            out[s.dest] = s
+    return out
+
+
+def _backprop_steps(n: int, t: int) -> int:
+    """TRL detaches the steps with index i < T: the last N - T of N carry gradients (>= 1)."""
+    return max(1, min(n, n - t))
+
+
+def translate_train(settings: Sequence[Setting], *, sample_num_steps: int,
+                    semantics: str = "ours") -> list[Setting]:
+    """One source's settings with the original trainer's ``convert`` flags translated (pure).
+
+    ``settings`` hold what the source gave, the convert flags under their ``original_*``
+    destinations; the result holds our flags only, each translation said as "<original flag>
+    (= --our_flag value)" so that a conflict names both. With ``semantics="original"``
+    ``--num_epochs`` counts optimizer updates (TRL's epoch is one update): it implies
+    ``--max_train_steps`` (which, given in the same source, bounds the run as it always does).
     """
-    changes: dict[str, Any] = {}
-    preset = preset or {}
-    if (semantics == "original" and max_train_steps is None and num_epochs is not None
-            and not _given(argv, "--max_train_steps") and not _given(argv, "--max_steps")
-            and "max_train_steps" not in preset):
-        changes["max_train_steps"] = num_epochs
-    if got.get("debug_images"):
-        changes["log_image_freq"] = 1
-    # --logdir / --run_name / --exp_name: the run folder and the tracker's run name.
-    run_name = got.get("run_name") or got.get("exp_name")
-    if run_name and not tracker_run_name:
-        changes["tracker_run_name"] = run_name
-    if "logdir" in got and not (_given(argv, "--output_dir") or "output_dir" in preset):
-        changes["output_dir"] = os.path.join(got["logdir"], got.get("run_name") or "")
-        changes["output_dir"] = changes["output_dir"].rstrip("/") or got["logdir"]
+    got = {s.dest[len("original_"):]: s for s in settings if s.dest.startswith("original_")}
+    out = [s for s in settings if not s.dest.startswith("original_")]
+
+    def add(dest, value, *srcs: Setting, how: str = "", implied: bool = False) -> None:
+        said = " ".join(x.said for x in srcs) + f" (= --{dest} {show(value)}{how})"
+        out.append(Setting(dest, value, srcs[0].name, said, implied))
+
+    if semantics == "original":
+        for s in [s for s in out if s.dest == "num_epochs"]:
+            add("max_train_steps", s.value, s, how=" with --semantics original", implied=True)
+    debug = got.get("debug_images")
+    if debug is not None and debug.value:
+        add("log_image_freq", 1, debug)
+    # --logdir / --run_name / --exp_name: the run folder and the tracker's run name
+    # (--run_name names the run; --exp_name only when it is not given).
+    run = got.get("run_name") or got.get("exp_name")
+    if run is not None and run.value:
+        add("tracker_run_name", run.value, run)
+    if "logdir" in got:
+        logdir, named = got["logdir"], got.get("run_name")
+        path = os.path.join(logdir.value, named.value if named else "").rstrip("/") or logdir.value
+        add("output_dir", path, *([logdir, named] if named else [logdir]))
     # Truncated backprop as TRL's code did it: a step's prediction is detached when its index
     # i < T. Random: T is drawn again for every denoising step (--truncated_backprop per_step);
     # fixed: the last N - T steps carry gradients (N = --sample_num_steps).
     n = sample_num_steps
     rand = got.get("truncated_backprop_rand")
-    if rand is None and "truncated_rand_backprop_minmax" in got:
-        rand = True
-    if rand is None and "truncated_backprop_timestep" in got:
-        rand = False
-    if rand is True:
-        lo, hi = got.get("truncated_rand_backprop_minmax", _ORIGINAL_MINMAX)
-        changes.update(truncated_backprop="per_step", truncation_t_min=lo, truncation_t_max=hi)
-    elif rand is False:
-        t = got.get("truncated_backprop_timestep", 49)
-        changes.update(truncated_backprop="fixed", backprop_steps=max(1, min(n, n - t)))
-    return changes
+    timestep = got.get("truncated_backprop_timestep")
+    minmax = got.get("truncated_rand_backprop_minmax")
+    with_n = f" with --sample_num_steps {n}"
+    if rand is not None:
+        add("truncated_backprop", "per_step" if rand.value else "fixed", rand)
+        if not rand.value and timestep is None:   # TRL's default T
+            add("backprop_steps", _backprop_steps(n, TRL_TIMESTEP), rand,
+                how=f"{with_n} and TRL's default T = {TRL_TIMESTEP}", implied=True)
+    if timestep is not None:
+        add("backprop_steps", _backprop_steps(n, timestep.value), timestep, how=with_n)
+        if rand is None:
+            add("truncated_backprop", "fixed", timestep)
+    if minmax is not None:
+        lo, hi = minmax.value
+        add("truncation_t_min", lo, minmax)
+        add("truncation_t_max", hi, minmax)
+        if rand is None:
+            add("truncated_backprop", "per_step", minmax)
+    return out
 
 
 # --------------------------------------------------------------------------- --semantics original
@@ -591,6 +724,7 @@ def semantics_hint(argv: Sequence[str], command: str) -> str | None:
 
 
 __all__ = ["OriginalFlag", "TABLE", "table", "add_original_flags", "RefuseAction", "refusal",
-           "HELP_GROUP", "add_train_original_flags", "original_changes", "stored_original",
-           "preset_tokens", "original_names", "SEMANTICS", "ORIGINAL_DEFAULTS", "NO_DEFAULT",
+           "HELP_GROUP", "add_train_original_flags", "Setting", "record_given", "in_preset",
+           "resolve_source", "translate_train", "show", "same_value", "preset_tokens",
+           "original_names", "SEMANTICS", "ORIGINAL_DEFAULTS", "NO_DEFAULT",
            "parse_default", "our_dest", "semantics_of", "semantics_hint"]

@@ -34,11 +34,13 @@ SUMMARY_OUT = Path("anti_periodic_summary.csv")
 GROUPS = (("artifacts", "--artifacts_dir"), ("clean", "--clean_dir"))
 
 
-def list_original(folder: Path, flag: str) -> list[Path]:
-    """Sorted image files under ``folder`` at any depth (the original's rglob)."""
+def list_original(folder: Path, flag: str, recursive: bool = True) -> list[Path]:
+    """Sorted image files under ``folder`` at any depth (the original's rglob; top level only
+    with ``recursive=False``)."""
     if not folder.is_dir():
         raise UserError(f"{flag}: folder not found: {folder}")
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in EXTENSIONS]
+    found = folder.rglob("*") if recursive else folder.glob("*")
+    return [p for p in sorted(found) if p.is_file() and p.suffix.lower() in EXTENSIONS]
 
 
 def load_original(path: Path, resize: int) -> torch.Tensor:
@@ -115,7 +117,8 @@ def run_original_benchmark(args) -> list[list]:
     template = (load_template(Path(args.template_16), period)
                 if args.template_16 is not None else None)
     folders = {"artifacts": Path(args.artifacts_dir), "clean": Path(args.clean_dir)}
-    paths = {g: list_original(folders[g], flag) for g, flag in GROUPS}
+    paths = {g: list_original(folders[g], flag, getattr(args, "recursive", True))
+             for g, flag in GROUPS}
     out, summary_out = Path(args.out or OUT), Path(args.summary_out or SUMMARY_OUT)
     for flag, path in (("--out", out), ("--summary_out", summary_out)):
         check_no_overwrite([path], paths["artifacts"] + paths["clean"], flag)

@@ -193,7 +193,7 @@ def score_files(args) -> list[dict]:
     has_ref = bool(args.reference)
     if not args.paths:
         raise UserError("give image files or folders to score (or --list_prompts)")
-    recursive = original or getattr(args, "recursive", True)
+    recursive = getattr(args, "recursive", True)   # the original's default; --no-recursive
     notes: list[str] = []
     groups = group_files(expand_paths(args.paths, recursive, notes), args.task, has_ref)
     viz = check_viz_args(args)
