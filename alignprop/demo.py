@@ -54,6 +54,7 @@ from common.cli import UserError
 from common.images import save_image
 from common.paths import check_writable_dir
 from common.photos import HELD_OUT_NAMES, write_photos
+from rewards.base import metrics_to_floats
 from rewards.grid import luminance, texture_added
 
 from .config import TrainConfig
@@ -449,8 +450,9 @@ def main(argv=None) -> int:
 def held_out_figures(reward, inputs, before, after) -> dict:
     """The figures the checks read, for one held-out set (base model vs LoRA)."""
     with torch.no_grad():
-        r_before = reward(before, inputs, None)[1]
-        r_after = reward(after, inputs, None)[1]
+        # reward metrics stay tensors on the device until read (rewards.base)
+        r_before = metrics_to_floats(reward(before, inputs, None)[1])
+        r_after = metrics_to_floats(reward(after, inputs, None)[1])
 
         def texture(x):
             return float(texture_added(x, inputs, GRID_PERIOD, TEXTURE_GAIN,

@@ -255,12 +255,12 @@ def run_case(name: str, steps: int, tiny: bool, compile_: bool = False,
     build_reward = run_mod.build_reward_from_flags
     marks = {}
 
-    def build_reward_after_setup(flags, device=None):
+    def build_reward_after_setup(flags, *args, **kwargs):
         # The text encoders have been freed: what follows is the training peak.
         if cuda:
             marks["setup_peak"] = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-        return build_reward(flags, device=device)
+        return build_reward(flags, *args, **kwargs)
 
     models_mod.load_kontext_pipeline = load_pipeline
     run_mod.build_reward_from_flags = build_reward_after_setup

@@ -5,7 +5,9 @@ from pathlib import Path
 import torch
 
 from alignprop.demo import (NEW_CHECKS, SSIM_FLOOR, colour_cast, colourfulness, demo_checks,
-                            neutral_tint, readme_line, saturation_error, structure_error)
+                            demo_reward, demo_reward_flags, held_out_figures, neutral_tint,
+                            readme_line, saturation_error, structure_error)
+from alignprop.reward_flags import build_reward_from_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,3 +69,17 @@ def test_readme_demo_figures_are_what_the_demo_printed():
     assert sets["skimage"]["checks"] == summary["checks"]
     assert any("psnr" in k and "base" in k for k in summary)
     assert f"{summary['train_seconds']:.0f} s" in readme
+
+
+def test_held_out_figures_are_plain_numbers_the_summary_can_store():
+    """The demo's held-out figures come from the reward's metrics, which stay tensors on the
+    device during training (rewards.base.metrics_to_floats reads them): the summary must get
+    floats, or writing demo_summary.json fails after the whole run (as it once did)."""
+    torch.manual_seed(0)
+    inputs = torch.rand(2, 3, 32, 32)
+    before, after = (inputs * 0.9).clamp(0, 1), (inputs * 1.1).clamp(0, 1)
+    figures = held_out_figures(demo_reward(build_reward_from_flags(demo_reward_flags())),
+                               inputs, before, after)
+    assert all(type(v) is float for v in figures.values()), {
+        k: type(v) for k, v in figures.items() if type(v) is not float}
+    json.dumps(figures)
