@@ -10,14 +10,18 @@ about photos, ``python -m alignprop.pretrain_tiny_vlm``):
 * :data:`QUESTION_A` -- "How warm are the colours? Answer 0 to 9.";
 * :data:`QUESTION_B` -- "How bright is the photo? Answer 0 to 9.".
 
-Reward of both runs (``alignprop.reward_flags`` terms, the trainer's own reward path):
+Reward of both runs (the trainer's own reward path and flags):
 
-* ``aesthetic`` -- the VLM's answer to the question (task ``single``, expected digit / 9),
-  weight :data:`VLM_WEIGHT`;
-* ``similarity`` -- the same VLM asked whether the output shows the same content as the
-  input (task ``content-similarity``), weight :data:`CONTENT_WEIGHT`: the content term;
-* the grid guard (FFT anti-grid penalty at the tiny model's 4-px token grid, measured on
-  the outputs upsampled 2x, as in ``make demo``).
+* ``aesthetic`` -- the VLM's answer to the question (task ``single``, expected digit / 9,
+  calibration ``pmi_null``), weight :data:`VLM_WEIGHT`;
+* the content term -- the trainer's base consistency (``--base_consistency_weight``
+  :data:`CONSISTENCY_WEIGHT`, metric ``latent``): mean squared distance of the LoRA's final
+  latents from the base model's for the same input, noise and prompt. (The VLM's own
+  content-similarity answer is not used: its held-out AUC is not good enough yet, see
+  ``rewards/assets/tiny-vlm-photo/manifest.json``.)
+* guards, as in ``make demo``: the FFT anti-grid penalty at the tiny model's 4-px token grid
+  on the outputs upsampled 2x (weight :data:`GRID_WEIGHT`), and the fine texture added over
+  the input per 4-px cell (``rewards.grid.texture_added``, weight :data:`TEXTURE_WEIGHT`).
 
 Then four photos neither model ever saw (astronaut, chelsea, coffee, rocket) are edited
 with diffusers' ``FluxKontextPipeline`` without and with each LoRA (same seed), and the
@@ -49,30 +53,39 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.images import save_image
+from common.photos import write_photos
+from rewards.grid import texture_added
+from rewards.vlm import make_vlm_reward
+
 from . import tiny_vlm_data as data
-from .demo import (
-    GRID_PERIOD,
-    HELD_OUT,
-    SIZE,
-    UPSAMPLE,
-    claim_demo_dir,
-    ssim_luma,
-    write_photos,
-)
+from .config import TrainConfig
+from .data import ImageFolder
+from .demo import (GRID_PERIOD, HELD_OUT, PHOTOS, SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE,
+                   claim_demo_dir, ssim_luma)
+from .logging_utils import image_grid
+from .models import TINY_PHOTO, load_kontext_pipeline
+from .reward_flags import RewardFlags, build_reward_from_flags
+from .tiny_photo import psnr
+from .trainer import train
 
 VLM = "tiny-vlm-photo"
 QUESTION_A = data.QUESTIONS["warmth"]
 QUESTION_B = data.QUESTIONS["brightness"]
 RUNS = {"warmth": QUESTION_A, "brightness": QUESTION_B}
 DEMO_STEPS = 60
-LEARNING_RATE = 2e-3
+LEARNING_RATE = 3e-3
 SAMPLE_STEPS = 4
 BACKPROP_STEPS = 2
 MAX_SEQUENCE_LENGTH = 64
 VLM_WEIGHT = 10.0
-CONTENT_WEIGHT = 10.0
 CALIBRATION = "pmi_null"
+# The content term: mean squared distance of the LoRA's final latents from the base model's
+# (same input, noise and prompt; the trainer's --base_consistency_weight, metric latent).
+CONSISTENCY_WEIGHT = 3.0
 GRID_WEIGHT = 2.0
+# Fine texture added over the input per 4-px token (grain the comb cannot see), as `make demo`.
+TEXTURE_WEIGHT = 1e5
 # Checks.
 MIN_OWN_MOVE = {"warmth": 0.05, "brightness": 0.05}
 MAX_CROSS_RATIO = 0.5
@@ -80,29 +93,22 @@ SSIM_FLOOR = 0.70
 GRID_TOLERANCE = 0.02
 
 
-def vlm_flags(question: str):
+def vlm_flags(question: str) -> RewardFlags:
     """The reward flags of one run: only ``aesthetic_prompt`` differs between the two."""
-    from .reward_flags import RewardFlags
-
     return RewardFlags(aesthetic_model_type="internvl", aesthetic_prompt=question,
-                       aesthetic_reward_scale=VLM_WEIGHT,
-                       similarity_backend="internvl-content",
-                       content_prompt=data.CONTENT_QUESTION, image_reward_scale=CONTENT_WEIGHT,
-                       internvl_model_id=VLM, internvl_dtype="float32",
-                       internvl_calibration=CALIBRATION, crispness_weight=0.0)
+                       aesthetic_reward_scale=VLM_WEIGHT, internvl_model_id=VLM,
+                       internvl_dtype="float32", internvl_calibration=CALIBRATION,
+                       crispness_weight=0.0)
 
 
-def guard_flags():
-    from .reward_flags import RewardFlags
-
+def guard_flags() -> RewardFlags:
     return RewardFlags(grid_ratio_weight=GRID_WEIGHT, grid_ratio_period=GRID_PERIOD,
                        grid_eval_resize=0, crispness_weight=0.0)
 
 
 def demo_reward(question: str):
-    """VLM question + VLM content term at native size, grid guard on the 2x-upsampled output."""
-    from .reward_flags import build_reward_from_flags
-
+    """The VLM's answer to ``question`` at native size + the grid guard on the 2x-upsampled
+    output (the tiny VAE's 2-px stride is at native Nyquist, as in ``make demo``)."""
     vlm = build_reward_from_flags(vlm_flags(question))
     guard = build_reward_from_flags(guard_flags())
 
@@ -112,11 +118,26 @@ def demo_reward(question: str):
 
         s1, m1 = vlm(images, inputs, prompts)
         s2, m2 = guard(up(images), up(inputs), prompts)
-        scores = s1 + s2
-        return scores, {**m1, **m2, "reward": float(scores.detach().mean())}
+        texture = texture_added(images, inputs, GRID_PERIOD, TEXTURE_GAIN, TEXTURE_FLOOR)
+        scores = s1 + s2 - TEXTURE_WEIGHT * texture
+        return scores, {**m1, **m2, "texture/added": float(texture.detach().mean()),
+                        "reward": float(scores.detach().mean())}
 
     fn.terms = list(vlm.terms) + list(guard.terms)
     return fn
+
+
+def train_config(question_name: str, photos: Path, out: Path, steps: int, seed: int
+                 ) -> TrainConfig:
+    """Training flags of one run (the same for both questions but the output folder)."""
+    return TrainConfig(
+        pretrained_model=TINY_PHOTO, data_dir=str(photos), output_dir=str(out / question_name),
+        image_height=SIZE, image_width=SIZE, sample_num_steps=SAMPLE_STEPS,
+        backprop_steps=BACKPROP_STEPS, max_sequence_length=MAX_SEQUENCE_LENGTH,
+        train_batch_size=2, max_train_steps=steps, train_learning_rate=LEARNING_RATE,
+        lora_rank=8, save_freq=0, log_image_freq=0, log_with="none", seed=seed,
+        mixed_precision="no", base_consistency_weight=CONSISTENCY_WEIGHT,
+        base_consistency_metric="latent")
 
 
 # --------------------------------------------------------------------------- checks
@@ -181,31 +202,16 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     t_start = time.time()
 
-    from rewards.images import save_image
-
-    from .config import TrainConfig
-    from .data import ImageFolder
-    from .logging_utils import image_grid
-    from .models import TINY_PHOTO, load_kontext_pipeline
-    from .tiny_photo import psnr
-    from .trainer import train
-
     out = Path(args.output_dir)
     claim_demo_dir(out)
     for name in RUNS:
         shutil.rmtree(out / name, ignore_errors=True)
     photos, held = out / "photos", out / "held_out"
-    write_photos(photos)
+    write_photos(photos, PHOTOS)
     write_photos(held, HELD_OUT)
     train_s = {}
     for name, question in RUNS.items():
-        cfg = TrainConfig(
-            pretrained_model=TINY_PHOTO, data_dir=str(photos), output_dir=str(out / name),
-            image_height=SIZE, image_width=SIZE, sample_num_steps=SAMPLE_STEPS,
-            backprop_steps=BACKPROP_STEPS, max_sequence_length=MAX_SEQUENCE_LENGTH,
-            train_batch_size=2, max_train_steps=args.steps, train_learning_rate=LEARNING_RATE,
-            lora_rank=8, save_freq=0, log_image_freq=0, log_with="none", seed=args.seed,
-            mixed_precision="no")
+        cfg = train_config(name, photos, out, args.steps, args.seed)
         t0 = time.time()
         train(cfg, vlm_flags(question), reward_fn=demo_reward(question))
         train_s[name] = round(time.time() - t0, 1)
@@ -234,6 +240,9 @@ def main(argv=None) -> int:
                             for name in RUNS},
         "grid_penalty": {k: guard(v) for k, v in outputs.items()},
         "vlm_answers": answers,
+        "reward": {"vlm_weight": VLM_WEIGHT, "calibration": CALIBRATION,
+                   "base_consistency_weight": CONSISTENCY_WEIGHT, "grid_weight": GRID_WEIGHT,
+                   "texture_weight": TEXTURE_WEIGHT, "learning_rate": LEARNING_RATE},
         "thresholds": {"min_own_move": MIN_OWN_MOVE, "max_cross_ratio": MAX_CROSS_RATIO,
                        "ssim_floor": SSIM_FLOOR, "grid_tolerance": GRID_TOLERANCE},
     }
@@ -259,22 +268,17 @@ def main(argv=None) -> int:
 @torch.no_grad()
 def vlm_answers(outputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict:
     """What tiny-vlm-photo answers (0..9, mean over the photos) about each column."""
-    from rewards.vlm import make_vlm_reward
-
     def ask(task, prompt):
         return make_vlm_reward(task, model_id=VLM, dtype="float32", device="cpu", prompt=prompt,
                                calibration=CALIBRATION)
 
-    questions = {**{name: ask("single", q) for name, q in RUNS.items()},
-                 "content": ask("content-similarity", data.CONTENT_QUESTION)}
+    questions = {name: ask("single", q) for name, q in RUNS.items()}
     return {col: {name: round(9 * float(r(images, inputs)[0].mean()), 2)
                   for name, r in questions.items()} for col, images in outputs.items()}
 
 
 def build_guard():
     """Grid penalty (what the guard measures) of a batch, mean over images."""
-    from .reward_flags import build_reward_from_flags
-
     reward = build_reward_from_flags(guard_flags())
 
     def penalty(images: torch.Tensor) -> float:

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from alignprop.demo_vlm import (MAX_CROSS_RATIO, MIN_OWN_MOVE, QUESTION_A, QUESTION_B, RUNS,
-                                SSIM_FLOOR, demo_checks, readme_line, vlm_flags)
+                                SSIM_FLOOR, demo_checks, readme_line, train_config, vlm_flags)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "media" / "demo_vlm_summary.json"
@@ -15,6 +15,10 @@ def test_the_two_runs_differ_only_in_the_question():
     differ = {k for k in vars(a) if getattr(a, k) != getattr(b, k)}
     assert differ == {"aesthetic_prompt"}
     assert set(RUNS.values()) == {QUESTION_A, QUESTION_B}
+    # the training flags differ only in where each run is written; the content term is on
+    ca, cb = (train_config(n, Path("p"), Path("o"), 60, 0) for n in RUNS)
+    assert {k for k in vars(ca) if getattr(ca, k) != getattr(cb, k)} == {"output_dir"}
+    assert ca.base_consistency_weight > 0
 
 
 def test_checks_fail_when_a_question_does_not_steer():
