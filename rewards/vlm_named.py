@@ -21,6 +21,8 @@ from typing import Any
 
 from common.hub import ModelUnavailableError
 
+from .vlm_families import tiny_names
+
 ASSET_ROOT = Path(__file__).resolve().parent / "assets"
 MANIFEST = "manifest.json"
 # name -> folder under rewards/assets
@@ -89,5 +91,11 @@ def named_vlms() -> list[str]:
     return list(NAMED_VLMS)
 
 
+def vlm_names() -> list[str]:
+    """Every model name a VLM flag takes besides a folder or hub id: the built-in random tiny
+    models and the shipped pretrained ones (the validation passes accept these)."""
+    return tiny_names() + named_vlms()
+
+
 __all__ = ["ASSET_ROOT", "MANIFEST", "NAMED_VLMS", "file_entries", "named_vlm_dir", "named_vlms",
-           "read_manifest", "sha256_file", "verify_folder"]
+           "read_manifest", "sha256_file", "verify_folder", "vlm_names"]
