@@ -10,11 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import internvl_scorer
+import rewards.vlm_named as named
 from alignprop import pretrain_tiny_vlm as pretrain
 from alignprop import tiny_vlm_data as data
+from alignprop.estimate import vlm_config
 from alignprop.pretrain_tiny import held_out_photos
-from rewards.hub import ModelUnavailableError
+from alignprop.reward_flags import RewardFlags, build_reward_from_flags
+from alignprop.tiny_vlm_table import answers, markdown
+from alignprop.validate import check_reward_paths
+from common.cli import UserError
+from common.hub import ModelUnavailableError
+from common.images import save_image
 from rewards.vlm import make_vlm_reward
+from rewards.vlm_model import load_vlm
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, named_vlm_dir, verify_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,8 +169,6 @@ def test_shipped_figures_meet_the_thresholds():
 
 
 def test_a_changed_file_is_one_line_error(tmp_path, monkeypatch):
-    import rewards.vlm_named as named
-
     copy = tmp_path / NAME
     shutil.copytree(SHIPPED, copy)
     with open(copy / "model.safetensors", "r+b") as f:
@@ -175,14 +182,13 @@ def test_a_changed_file_is_one_line_error(tmp_path, monkeypatch):
                         prompt=data.QUESTIONS["warmth"])
     message = str(info.value)
     assert "sha256" in message and "model.safetensors" in message and "\n" not in message
+    shutil.copyfile(SHIPPED / "model.safetensors", copy / "model.safetensors")
     (copy / "tokenizer.json").unlink()
     with pytest.raises(ModelUnavailableError, match="tokenizer.json is missing"):
         named_vlm_dir(NAME)
 
 
 def test_tiny_stays_the_random_model():
-    from rewards.vlm_model import load_vlm
-
     tiny = load_vlm("tiny", dtype="float32", device="cpu")
     photo = load_vlm(NAME, dtype="float32", device="cpu")
     assert sum(p.numel() for p in tiny.model.parameters()) < 100_000
@@ -192,17 +198,15 @@ def test_tiny_stays_the_random_model():
 
 # --------------------------------------------------------------------------- everywhere tiny works
 def test_training_flag_and_scorer_take_the_name(tmp_path, photos, capsys):
-    from alignprop.reward_flags import RewardFlags, build_reward_from_flags
-    from rewards.images import save_image
-
     flags = RewardFlags(aesthetic_model_type="internvl", internvl_model_id=NAME,
                         internvl_dtype="float32", aesthetic_prompt=data.QUESTIONS["brightness"])
+    check_reward_paths(flags)           # the validation pass of training takes the name
+    config, source = vlm_config(NAME)   # and --estimate reads its shipped config.json
+    assert config.model_type == "internvl" and source.endswith("tiny-vlm-photo/config.json")
     composite = build_reward_from_flags(flags, device="cpu")
     dark, bright = shift(photos[:1], (-0.2,) * 3), shift(photos[:1], (0.2,) * 3)
     with torch.no_grad():
         assert composite(bright, bright, ["x"])[0] > composite(dark, dark, ["x"])[0]
-
-    import internvl_scorer
 
     save_image(dark[0], tmp_path / "a_dark.png")
     save_image(bright[0], tmp_path / "b_bright.png")
@@ -237,8 +241,6 @@ def test_pretraining_end_to_end_on_a_tiny_budget(tmp_path, capsys):
 
 
 def test_pretraining_refuses_the_package_assets(tmp_path):
-    from rewards.cli import UserError
-
     for folder in (SHIPPED, ASSET_ROOT / "new", ROOT / "alignprop" / "assets" / "x"):
         with pytest.raises(UserError, match="assets"):
             pretrain.main(["--output_dir", str(folder)])
@@ -250,8 +252,6 @@ def test_pretraining_refuses_the_package_assets(tmp_path):
 
 # --------------------------------------------------------------------------- README table
 def test_readme_table_is_the_committed_run_and_the_model_gives_it():
-    from alignprop.tiny_vlm_table import answers, markdown
-
     committed = json.loads((ROOT / "media" / "tiny_vlm_answers.json").read_text())
     assert markdown(committed["rows"]) in (ROOT / "README.md").read_text()
     fresh = answers()
