@@ -43,8 +43,9 @@ demo-grid: $(STAMP)
 tiny-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny --output_dir outputs/tiny-photo
 
-# Re-create the pretrained tiny VLM shipped in rewards/assets/tiny-vlm-photo (CPU; writes to
-# outputs/, never over the shipped files, and only when its checks pass). See docs/vlm.md.
+# Pretrain a tiny VLM like the one shipped in rewards/assets/tiny-vlm-photo with the current
+# recipe (CPU; writes to outputs/, never over the shipped files, and only when its checks pass;
+# the shipped files' exact command is in their manifest.json). See docs/vlm.md.
 tiny-vlm-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny_vlm --output_dir outputs/tiny-vlm-photo
 
