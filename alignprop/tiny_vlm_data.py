@@ -31,15 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN, load_files
 from rewards.anchors import mean_brightness
 
-from .pretrain_tiny import (
-    HELD_OUT,
-    MATPLOTLIB_TRAIN,
-    SKIMAGE_TRAIN,
-    _data_dirs,
-    load_photos,
-)
 from .pretrain_tiny import random_crop as _random_crop
 
 SIZE = 64
@@ -142,10 +136,9 @@ def _capped(photos: list[torch.Tensor], short: int = 256) -> list[torch.Tensor]:
 
 def photo_set(held_out: bool) -> list[torch.Tensor]:
     """The pretraining photos of tiny-photo, or its four held-out photos."""
-    sk, mpl = _data_dirs()
     if held_out:
-        return _capped(load_photos(HELD_OUT, sk))
-    return _capped(load_photos(SKIMAGE_TRAIN, sk) + load_photos(MATPLOTLIB_TRAIN, mpl))
+        return _capped(load_files(HELD_OUT))
+    return _capped(load_files(SKIMAGE_TRAIN + MATPLOTLIB_TRAIN))
 
 
 @dataclass

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from common.photos import HELD_OUT, load_files
 from rewards.vlm import make_vlm_reward
 
 from . import tiny_vlm_data as data
-from .pretrain_tiny import HELD_OUT, _data_dirs, load_photos
 
 MODEL = "tiny-vlm-photo"
 WARM = (0.12, 0.0, -0.12)
@@ -48,11 +48,10 @@ def edits(x: torch.Tensor) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def answers(model_id: str = MODEL) -> list[dict]:
     """Rows: photo, edit, and per attribute the answer (0..9) and the true statistic."""
-    sk, _ = _data_dirs()
     rewards = {a: make_vlm_reward("single", model_id=model_id, dtype="float32", device="cpu",
                                   prompt=q) for a, q in data.QUESTIONS.items()}
     rows = []
-    for name, photo in zip(HELD_OUT, load_photos(HELD_OUT, sk)):
+    for name, photo in zip(HELD_OUT, load_files(HELD_OUT)):
         for edit, x in edits(photo[None]).items():
             reward = next(iter(rewards.values()))
             seen = reward.family.prepare(reward.bundle, x, reward.image_options)[0]
