@@ -53,6 +53,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from common.cli import run_cli
 from common.images import save_image
 from common.photos import write_photos
 from rewards.grid import texture_added
@@ -289,5 +290,9 @@ def build_guard():
     return penalty
 
 
+def cli(argv=None) -> int:
+    return run_cli(main, argv, "alignprop.demo_vlm")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

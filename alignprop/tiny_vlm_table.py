@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from common.cli import run_cli
 from common.photos import HELD_OUT, load_files
 from rewards.vlm import make_vlm_reward
 
@@ -105,5 +106,9 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    return run_cli(main, argv, "alignprop.tiny_vlm_table")
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
