@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: venv demo demo-grid tiny-photo test bench clean
+.PHONY: venv demo demo-vlm demo-grid tiny-photo tiny-vlm-photo test bench clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 demo: $(STAMP)
 	$(PY) -m alignprop.demo --output_dir outputs/demo
 
+# The rating question alone steers an edit: two LoRAs on tiny-photo that differ only in the
+# question asked of tiny-vlm-photo (warmth vs brightness); PASS/FAIL on held-out photos.
+demo-vlm: $(STAMP)
+	$(PY) -m alignprop.demo_vlm --output_dir outputs/demo_vlm
+
 # Anti-grid benchmark on a synthetic artifact set made from bundled photos.
 demo-grid: $(STAMP)
 	$(PY) benchmark_anti_periodic.py --demo --out_dir outputs/anti_grid_demo
@@ -37,6 +42,12 @@ demo-grid: $(STAMP)
 # writes to outputs/, never over the shipped weights). See docs/tiny_photo.md.
 tiny-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny --output_dir outputs/tiny-photo
+
+# Pretrain a tiny VLM like the one shipped in rewards/assets/tiny-vlm-photo with the current
+# recipe (CPU; writes to outputs/, never over the shipped files, and only when its checks pass;
+# the shipped files' exact command is in their manifest.json). See docs/vlm.md.
+tiny-vlm-photo: $(STAMP)
+	$(PY) -m alignprop.pretrain_tiny_vlm --output_dir outputs/tiny-vlm-photo
 
 # -rs prints the reason of every skipped test (the browser test says when no Chromium is
 # installed: apt-get install chromium chromium-driver, as .ci/run does).

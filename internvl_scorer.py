@@ -8,6 +8,7 @@ Examples::
     python internvl_scorer.py out/ --task similarity --reference style.jpg
     python internvl_scorer.py ref.jpg a.jpg b.jpg --task triplet    # is a closer to ref than b?
     python internvl_scorer.py x.png --model_id tiny --viz_grads heat/   # offline demo
+    python internvl_scorer.py x.png --model_id tiny-vlm-photo --prompt "<a question it knows>"
     python internvl_scorer.py x.png --prompt studio --print_layer_probs  # a preset; layer trace
     python internvl_scorer.py x.png --task artifact --artifact_ref1 g1.png --artifact_ref2 g2.png
     python internvl_scorer.py --list_prompts
@@ -63,8 +64,11 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
     p.add_argument("--model_id", default=DEFAULT_MODEL_ID,
                    help="VLM checkpoint (hub id or local dir) of a supported family: InternVL3 "
                         "(-hf format), Qwen2.5-VL or Qwen3-VL, read from its config.json; or a "
-                        "built-in random tiny model for offline demos: 'tiny' (InternVL), "
-                        "'tiny-qwen2.5-vl', 'tiny-qwen3-vl'")
+                        "built-in random tiny model for tests: 'tiny' (InternVL), "
+                        "'tiny-qwen2.5-vl', 'tiny-qwen3-vl'; or 'tiny-vlm-photo', a tiny "
+                        "InternVL pretrained on bundled photos that answers brightness, warmth, "
+                        "colourfulness, sharpness, pair, content and colour-grade questions "
+                        "(docs/vlm.md)")
     p.add_argument("--dtype", default="auto", choices=list(DTYPES),
                    help="model dtype (fp32/fp16/bf16 are the original's spellings); auto = "
                         "bfloat16 on GPU, float32 on CPU")

@@ -297,8 +297,10 @@ class RewardFlags:
     internvl_model_id: str = _f(
         DEFAULT_INTERNVL, "VLM of the 'internvl' backends: a hub id or local directory of "
                           "any supported family (InternVL3 -hf, Qwen2.5-VL, Qwen3-VL; the "
-                          "family is read from its config.json), or a built-in tiny model "
-                          "('tiny', 'tiny-qwen2.5-vl', 'tiny-qwen3-vl'; random weights, tests).")
+                          "family is read from its config.json), a built-in tiny model "
+                          "('tiny', 'tiny-qwen2.5-vl', 'tiny-qwen3-vl'; random weights, tests), "
+                          "or 'tiny-vlm-photo' (a tiny InternVL pretrained on bundled photos that "
+                          "answers; docs/vlm.md).")
     internvl_dtype: str = _f(
         "auto", "Weights dtype of --internvl_model_id; 'auto' = bfloat16 on CUDA, float32 on CPU.",
         INTERNVL_DTYPES)

@@ -14,7 +14,7 @@ from typing import Iterable
 from common.checks import PathCheckError, check_path, check_paths, image_size
 from common.images import list_images
 from rewards import file_options
-from rewards.vlm_families import tiny_names
+from rewards.vlm_named import vlm_names
 
 from .reward_flags import RewardFlags, reward_specs
 from .tiny_kontext import TINY, TINY_PHOTO
@@ -22,7 +22,7 @@ from .tiny_kontext import TINY, TINY_PHOTO
 
 def check_reward_specs(specs: Iterable[dict]) -> None:
     """Every file option of these reward specs (the registry says which, and their flags)."""
-    names = tiny_names()
+    names = vlm_names()
     for spec in specs:
         for flag, option, value in file_options(spec):
             check_path(flag, option.kind, value, names, max_aspect=option.max_aspect)

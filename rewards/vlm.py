@@ -303,11 +303,31 @@ class VLMReward:
         kwargs.update(self.family.model_inputs(b, ids, [s.pixels for s in slots], layouts))
         return kwargs
 
-    def _forward(self, slots: Sequence[SlotPixels]) -> torch.Tensor:
-        """Answer log-probs (R, K) of one model forward; ``slots[k]``: image slot k."""
-        out = self.bundle.model(**self.model_kwargs(slots), logits_to_keep=1)
+    def _forward(self, slots: Sequence[SlotPixels], inner: bool = False):
+        """Answer log-probs (R, K) of one model forward; ``slots[k]``: image slot k.
+
+        ``inner=True`` also returns the model's output with its hidden states and attention
+        maps, and the ``input_ids`` of the forward."""
+        kwargs = self.model_kwargs(slots)
+        extra = {"output_hidden_states": True, "output_attentions": True} if inner else {}
+        out = self.bundle.model(**kwargs, logits_to_keep=1, **extra)
         self.num_forwards += 1
+        if inner:
+            return self._answer_logprobs(out.logits), out, kwargs["input_ids"]
         return self._answer_logprobs(out.logits)
+
+    def answer_logprobs(self, slots: Sequence[torch.Tensor], inner: bool = False):
+        """(R, K) answer log-probs (over the whole vocabulary) for one order of the images.
+
+        ``slots[k]``: the (R,3,H,W) batch shown as image k+1. The family's preprocessing and one
+        model forward, before calibration, temperature and both-order debiasing; differentiable
+        with respect to the pixels and, when they require it, the model's weights (this is what
+        ``python -m alignprop.pretrain_tiny_vlm`` fits). ``inner=True`` returns
+        ``(logprobs, model output with hidden states and attention maps, input_ids)`` (the
+        pretraining's auxiliary losses on inner positions; attention maps need the model's
+        ``eager`` attention).
+        """
+        return self._forward([self._prepare(x) for x in slots], inner)
 
     def _answer_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         logp = logits[:, self.family.answer_index].float().log_softmax(-1)       # (R, V)

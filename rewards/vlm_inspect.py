@@ -25,7 +25,7 @@ from common.images import (IMAGE_EXTENSIONS, ImageLoadError, folder_counts, list
 from common.paths import check_outputs_spare_inputs, check_writable_dir
 
 from .vlm import make_internvl_reward
-from .vlm_families import tiny_names
+from .vlm_named import vlm_names
 from .vlm_families.qwen2_5_vl import MAX_PIXELS
 from .vlm_original import load_image_original, make_original_vlm_reward
 from .vlm_prompts import COMPARATIVE_TASKS, TASK_IMAGES, parse_answer_scale
@@ -215,7 +215,7 @@ def score_files(args) -> list[dict]:
     # every path a flag names, before the model loads (one line naming the flag); an image
     # that is one sample among many is checked when its batch is read, and skipped alone
     check_paths([("--model_id", "model", args.model_id),
-                 ("--prompt_file", "file", args.prompt_file)], names=tiny_names())
+                 ("--prompt_file", "file", args.prompt_file)], names=vlm_names())
     for flag, value in (("--reference", args.reference), ("--artifact_ref1", args.artifact_ref1),
                         ("--artifact_ref2", args.artifact_ref2)):
         if value:

@@ -9,6 +9,9 @@ One entry point, :func:`load_vlm`, takes
   ``tiny-qwen3-vl``): the family's real transformers classes with a few-thousand-parameter random
   model from a fixed seed and a tokenizer built locally, so every code path of a real
   checkpoint runs offline in seconds,
+* the name of a shipped pretrained tiny VLM (``tiny-vlm-photo``, :mod:`rewards.vlm_named`): its
+  folder under ``rewards/assets/``, checked against its sha256 manifest, loaded as a local
+  directory,
 
 and returns a :class:`VLMBundle` (model + processor + the family adapter + the image numbers the
 adapter read from the processor). Bundles are cached per ``(model_id, dtype, device,
@@ -39,6 +42,7 @@ from common.qwen_vocab import build_internvl3_processor
 from .base import NotWeightless
 from .internvl_remote import REMOTE_MODEL_TYPE, hf_twin, load_remote_internvl, remote_config
 from .vlm_families import family_for_model_type, family_for_tiny, supported_families
+from .vlm_named import named_vlm_dir
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +120,9 @@ def load_vlm(model_id: str = DEFAULT_MODEL_ID, dtype: Any = "bfloat16", device: 
     torch_dtype = resolve_dtype(dtype)
     dev = resolve_device(device)
     tiny = family_for_tiny(model_id)
-    local = Path(str(model_id)).expanduser()
+    # a shipped pretrained tiny VLM (tiny-vlm-photo): its sha256-verified local folder
+    named = named_vlm_dir(model_id)
+    local = named if named is not None else Path(str(model_id)).expanduser()
     twin = None if local.exists() else hf_twin(model_id)
     if twin is not None:
         logger.warning("%s is OpenGVLab's remote-code layout (its own Python classes, never run "

@@ -16,6 +16,7 @@ from typing import Any
 
 from common.cli import UserError
 from rewards.vlm_families import family_for_tiny
+from rewards.vlm_named import named_vlm_dir
 
 from .. import tiny_photo
 from ..sampler import MAX_SHIFT, calculate_shift
@@ -180,7 +181,8 @@ def scheduler_from(cfg: dict, files: dict | None = None):
 def vlm_config(model_id: str, flag: str = "--internvl_model_id"):
     """(transformers config, source) of a VLM term's model, without weights.
 
-    ``tiny`` names: the tiny model's; a local folder: its ``config.json``; a shipped InternVL3
+    ``tiny`` names: the tiny model's; a shipped pretrained tiny VLM (``tiny-vlm-photo``): its
+    folder under ``rewards/assets``; a local folder: its ``config.json``; a shipped InternVL3
     id: ``alignprop/configs/``. Anything else is one line (nothing is downloaded).
     """
     from transformers import AutoConfig
@@ -189,7 +191,8 @@ def vlm_config(model_id: str, flag: str = "--internvl_model_id"):
     if tiny is not None:
         model, _ = tiny.build_tiny()
         return model.config, f"built-in {model_id} model"
-    local = Path(model_id).expanduser()
+    named = named_vlm_dir(model_id)          # tiny-vlm-photo: its shipped folder
+    local = named if named is not None else Path(model_id).expanduser()
     if local.is_dir():
         f = local / "config.json"
         data, source = read_config_file(f, flag), str(f)

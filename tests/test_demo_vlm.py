@@ -1,0 +1,49 @@
+"""`make demo-vlm`: the checks it prints and the README's figures (from the committed run)."""
+import copy
+import json
+from pathlib import Path
+
+from alignprop.demo_vlm import (MAX_CROSS_RATIO, MIN_OWN_MOVE, QUESTION_A, QUESTION_B, RUNS,
+                                SSIM_FLOOR, demo_checks, readme_line, train_config, vlm_flags)
+
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY = ROOT / "media" / "demo_vlm_summary.json"
+
+
+def test_the_two_runs_differ_only_in_the_question():
+    a, b = vlm_flags(QUESTION_A), vlm_flags(QUESTION_B)
+    differ = {k for k in vars(a) if getattr(a, k) != getattr(b, k)}
+    assert differ == {"aesthetic_prompt"}
+    assert set(RUNS.values()) == {QUESTION_A, QUESTION_B}
+    # the training flags differ only in where each run is written; the content term is on
+    ca, cb = (train_config(n, Path("p"), Path("o"), 60, 0) for n in RUNS)
+    assert {k for k in vars(ca) if getattr(ca, k) != getattr(cb, k)} == {"output_dir"}
+    assert ca.base_consistency_weight > 0
+
+
+def test_checks_fail_when_a_question_does_not_steer():
+    summary = json.loads(SUMMARY.read_text())
+    assert all(demo_checks(summary).values())
+    # the warmth run moving brightness as much as the brightness run did is a FAIL
+    bad = copy.deepcopy(summary)
+    bad["moves"]["warmth"]["brightness"] = bad["moves"]["brightness"]["brightness"]
+    assert not demo_checks(bad)["warmth_question_moves_brightness_much_less"]
+    bad = copy.deepcopy(summary)
+    bad["moves"]["brightness"]["brightness"] = MIN_OWN_MOVE["brightness"] / 2
+    assert not demo_checks(bad)["brightness_question_moves_brightness_by_0.05"]
+    bad = copy.deepcopy(summary)
+    bad["ssim_vs_base"]["warmth"] = SSIM_FLOOR - 0.01
+    assert not demo_checks(bad)["warmth_question_keeps_content_ssim"]
+
+
+def test_readme_demo_vlm_figures_are_what_the_demo_printed():
+    # media/demo_vlm_summary.json is written by `python -m alignprop.demo_vlm --media_dir media`
+    # (the run that made media/demo_vlm_grid.png); the README must quote it exactly.
+    summary = json.loads(SUMMARY.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert readme_line(summary) in readme, readme_line(summary)
+    assert demo_checks(summary) == summary["checks"] and all(summary["checks"].values())
+    assert summary["thresholds"]["ssim_floor"] == SSIM_FLOOR
+    assert summary["thresholds"]["max_cross_ratio"] == MAX_CROSS_RATIO
+    assert summary["questions"] == RUNS
+    assert (ROOT / "media" / "demo_vlm_grid.png").is_file()
