@@ -278,7 +278,9 @@ def print_report(data: dict) -> None:
         cells = [f"{statistics.mean(v for _, v in rows[lr]['curve']):.4f}" if lr in rows
                  else "-" for lr in lrs]
         chosen = data.get("chosen_lr", {}).get(m)
-        print(f"| {m} | " + " | ".join(cells) + f" | {'-' if chosen is None else f'{chosen:g}'} |")
+        edge = " (edge of the sweep)" if chosen in (min(lrs), max(lrs)) else ""
+        print(f"| {m} | " + " | ".join(cells)
+              + f" | {'-' if chosen is None else f'{chosen:g}{edge}'} |")
     print()
     steps = next(iter(s["methods"].values()))["steps"] if s["methods"] else []
     print(f"(test reward of the base model {s['base']:.4f}; 90 % of the largest mean gain = "
