@@ -275,7 +275,9 @@ def log_step(run: Run, res: StepResult, seconds: float) -> dict:
         local = dict(zip(names, vec.tolist()))
     log = {**local, "train/grad_norm": res.grad_norm,
            "train/lr": run.lr_scheduler.get_last_lr()[0],
-           "train/backprop_steps": (res.k if run.cfg.method == "alignprop" else
+           # AlignProp's truncation: the micro-batches' drawn K (averaged), not the largest
+           "train/backprop_steps": (res.sums.get("backprop_steps_drawn", res.k)
+                                    if run.cfg.method == "alignprop" else
                                     run.rollouts.transitions if run.rollouts else 1),
            "train/sec_per_step": seconds, "train/epoch": run.stream.position / len(run.folder),
            "train/skipped_steps": run.skipped_total,
