@@ -18,8 +18,7 @@ pretraining (astronaut, chelsea, coffee, rocket) x ``--noise_draws`` -- and scor
 reward over its seeds and evaluations (a rate that overshoots the goal early or on one seed
 pays for it); the best learning rate (the smaller on a tie) is the method's. The sweep's table
 is printed too. (A first protocol -- one sweep seed, evaluations at steps 20 and 40 only --
-picked 0.03 for three methods, which overshot the goal on the test seeds: rewards of -3 to
--4 at steps 5-10.)
+picked 0.03 for three methods, which overshot the goal early on the test seeds.)
 
 Test: each method at its learning rate for ``--seeds`` (5) seeds; every ``--eval_at`` step the
 LoRA samples the full N-step chain (what a user gets, not the method's training proxy) on
