@@ -342,7 +342,8 @@ def test_bench_methods_list_flags_are_one_line(flag, value):
     line naming the flag, before anything trains."""
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), flag,
                         value, "--out_dir", "/nonexistent/never"], capture_output=True,
-                       text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-800:]
     assert flag in r.stderr.strip().splitlines()[-1]
 

@@ -337,7 +337,8 @@ def test_help_states_the_published_defaults():
                               "PYTHONPATH": str(root)}).stdout
     text = " ".join(out.split())
     for needle in ("--method {alignprop,draft-lv,refl,imagerefl,grpo,d3po}",
-                   "published default 2", "steps 30-39 of 40, f=0.75", "--imagerefl_mse_scale", "mse_loss_scale 0.01",
+                   "published default 2", "steps 30-39 of 40, f=0.75", "--imagerefl_mse_scale",
+                   "mse_loss_scale 0.01",
                    "published loss_scale 1e-3", "--refl_loss {linear,relu}", "ReFL.py: 2",
                    "--truncated_backprop {fixed,random,per_step,alignprop}", "AlignProp: 42",
                    "--base_consistency_weight", "--base_consistency_metric {latent,lpips}",
