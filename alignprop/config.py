@@ -45,7 +45,11 @@ DEFAULT_LORA_TARGETS = ("attn.to_k,attn.to_q,attn.to_v,attn.to_out.0,attn.add_k_
                         "ff.net.2,ff_context.net.0.proj,ff_context.net.2")
 LOG_BACKENDS = ("tensorboard", "wandb", "none")
 MIXED_PRECISION = ("no", "fp16", "bf16")
-TRUNCATION = ("fixed", "random", "per_step")
+TRUNCATION = ("fixed", "random", "per_step", "alignprop")
+ALIGNPROP_STRATEGIES = ("gaussian", "uniform")
+# AlignProp's draws are in steps of its 50-step DDIM schedule (config/alignprop_config.py);
+# they are scaled to --sample_num_steps by N / 50.
+ALIGNPROP_STEPS = 50
 NOGRAD_BATCHING = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 # Far past any schedule in use (FLUX: 28-50): a bound so a typo cannot ask for a schedule of
@@ -108,10 +112,13 @@ class TrainConfig(MethodFlags):
         2.5, "Embedded guidance of the guidance-distilled Kontext-dev transformer (one "
              "forward per step, no CFG batch).")
     truncated_backprop: str = _f(
-        "fixed", "Which denoising steps carry gradients: 'fixed' = the last --backprop_steps; "
-                 "'random' = the last K, K ~ U[--backprop_steps_min, --backprop_steps_max] each "
-                 "optimizer step (AlignProp's randomized truncation); 'per_step' = TRL's code "
-                 "(the original's): every step i of every micro-batch draws T ~ "
+        "fixed", "Which denoising steps carry gradients: 'fixed' = the last --backprop_steps "
+                 "(DRaFT-K; K=1 is DRaFT-1); 'random' = randomised DRaFT-K: the last K, K ~ "
+                 "U[--backprop_steps_min, --backprop_steps_max] once per optimizer step; "
+                 "'alignprop' = AlignProp's code (sd_pipeline.py): every micro-batch draws t_b "
+                 "(--alignprop_backprop_strategy, scaled from 50 steps to N) and the last N - "
+                 "t_b steps carry gradients as a block; 'per_step' = TRL's code (the "
+                 "original's): every step i of every micro-batch draws T ~ "
                  "U{--truncation_t_min..--truncation_t_max} and carries gradients when i >= T "
                  "(a micro-batch where none does adds no gradient).", TRUNCATION)
     backprop_steps: int = _f(
@@ -120,6 +127,15 @@ class TrainConfig(MethodFlags):
     backprop_steps_min: int = _f(1, "Smallest K for --truncated_backprop random.")
     backprop_steps_max: int = _f(
         -1, "Largest K for --truncated_backprop random (-1 = --sample_num_steps).")
+    alignprop_backprop_strategy: str = _f(
+        "gaussian", "--truncated_backprop alignprop: t_b ~ int(Normal(mean, std)) ('gaussian', "
+                    "AlignProp's default) or uniform on [0, 50) ('uniform'), in steps of 50 "
+                    "scaled by N/50, redrawn until 1 <= t_b <= N-1.", ALIGNPROP_STRATEGIES)
+    alignprop_backprop_mean: float = _f(
+        42.0, "--truncated_backprop alignprop gaussian: mean of t_b in steps of 50 (AlignProp: "
+              "42, so K = N - t_b is about 8 of 50 steps).")
+    alignprop_backprop_std: float = _f(
+        5.0, "--truncated_backprop alignprop gaussian: std of t_b in steps of 50 (AlignProp: 5).")
     truncation_t_min: int = _f(0, "Smallest T for --truncated_backprop per_step.")
     truncation_t_max: int = _f(50, "Largest T for --truncated_backprop per_step (TRL's default "
                                    "(0, 50) was made for 50 sampler steps).")
@@ -266,6 +282,23 @@ class TrainConfig(MethodFlags):
             if self.method != "alignprop":
                 raise ValueError("--truncated_backprop per_step is AlignProp's (TRL's) truncation;"
                                  f" --method {self.method} takes its own gradient steps")
+        if self.truncated_backprop == "alignprop":
+            if self.method != "alignprop":
+                raise ValueError("--truncated_backprop alignprop is AlignProp's truncation; "
+                                 f"--method {self.method} takes its own gradient steps")
+            if n < 2:
+                raise ValueError("--truncated_backprop alignprop needs --sample_num_steps >= 2 "
+                                 "(t_b is drawn from [1, N-1])")
+            if self.alignprop_backprop_strategy not in ALIGNPROP_STRATEGIES:
+                raise ValueError(f"--alignprop_backprop_strategy must be one of "
+                                 f"{list(ALIGNPROP_STRATEGIES)}, got "
+                                 f"{self.alignprop_backprop_strategy!r}")
+            if not 1 <= self.alignprop_backprop_mean <= ALIGNPROP_STEPS - 1:
+                raise ValueError(f"--alignprop_backprop_mean must be in [1, {ALIGNPROP_STEPS - 1}]"
+                                 f" (steps of 50), got {self.alignprop_backprop_mean}")
+            if not 0 < self.alignprop_backprop_std <= ALIGNPROP_STEPS:
+                raise ValueError(f"--alignprop_backprop_std must be in (0, {ALIGNPROP_STEPS}] "
+                                 f"(steps of 50), got {self.alignprop_backprop_std}")
         for name in ("train_learning_rate", "guidance_scale", "max_grad_norm", "adam_epsilon",
                      "adam_weight_decay", "lora_dropout"):
             v = getattr(self, name)
@@ -369,6 +402,8 @@ class TrainConfig(MethodFlags):
         n = self.sample_num_steps
         if self.truncated_backprop == "per_step":
             return 0, max(0, min(n, n - self.truncation_t_min))
+        if self.truncated_backprop == "alignprop":   # K = N - t_b, 1 <= t_b <= N-1
+            return 1, n - 1
         if self.truncated_backprop == "fixed":
             k = n if self.backprop_steps == -1 else self.backprop_steps
             return k, k
@@ -383,8 +418,9 @@ STEP_TRAIN_FLAGS = (
     "pretrained_model", "revision", "variant", "prompt", "prompt_file", "image_height",
     "image_width", "max_sequence_length", "sample_num_steps", "guidance_scale",
     "truncated_backprop", "backprop_steps", "backprop_steps_min", "backprop_steps_max",
-    "truncation_t_min", "truncation_t_max", "lora_rank", "lora_alpha", "lora_dropout",
-    "lora_target_modules", "train_learning_rate", "lr_scheduler", "lr_warmup_steps",
+    "truncation_t_min", "truncation_t_max", "alignprop_backprop_strategy",
+    "alignprop_backprop_mean", "alignprop_backprop_std", "lora_rank", "lora_alpha",
+    "lora_dropout", "lora_target_modules", "train_learning_rate", "lr_scheduler", "lr_warmup_steps",
     "adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon", "use_8bit_adam",
     "max_grad_norm")
 # The run's, not the step's: free to change on resume (each segment records them). The
@@ -563,7 +599,8 @@ def _typed_preset(parser, preset: dict[str, Any], path) -> dict[str, Any]:
 # A truncation flag is read by one --truncated_backprop mode only.
 TRUNCATION_FLAGS = {"backprop_steps": "fixed", "backprop_steps_min": "random",
                     "backprop_steps_max": "random", "truncation_t_min": "per_step",
-                    "truncation_t_max": "per_step"}
+                    "truncation_t_max": "per_step", "alignprop_backprop_strategy": "alignprop",
+                    "alignprop_backprop_mean": "alignprop", "alignprop_backprop_std": "alignprop"}
 # Sources of a flag's value, lowest first (docs/original_flags.md, "Which value wins").
 ORIGINAL_SOURCE = "the defaults of --semantics original"
 

@@ -23,13 +23,18 @@ from .sampler import KontextSampler, encode_prompts, stack_prompt_embeds
 class HeldOut:
     """A pipeline, held-out inputs and fixed noise; scores the base model and LoRA folders."""
 
-    def __init__(self, pretrained: str, photos: Sequence[str], prompt: str, size: int,
-                 num_steps: int, lora_rank: int, lora_targets: Sequence[str],
-                 max_sequence_length: int = 512, seed: int = 1234, guidance_scale: float = 2.5):
+    def __init__(self, pretrained: str, photos: Sequence[str] | torch.Tensor, prompt: str,
+                 size: int, num_steps: int, lora_rank: int, lora_targets: Sequence[str],
+                 max_sequence_length: int = 512, seed: int = 1234, guidance_scale: float = 2.5,
+                 draws: int = 1):
+        """``photos``: scikit-image names or a (B,3,size,size) tensor; ``draws``: noise draws
+        per photo (each photo repeated, rows ``i * draws ... i * draws + draws - 1``)."""
         self.pipe = load_kontext_pipeline(pretrained)
-        self.inputs = torch.stack([resize_to(photo_tensor(p), size, size, mode="crop")
-                                   for p in photos])
-        self.prompts = [prompt] * len(photos)
+        inputs = photos if isinstance(photos, torch.Tensor) else torch.stack(
+            [resize_to(photo_tensor(p), size, size, mode="crop") for p in photos])
+        self.inputs = inputs.repeat_interleave(draws, 0)
+        self.draws = draws
+        self.prompts = [prompt] * len(self.inputs)
         self.text = stack_prompt_embeds(encode_prompts(self.pipe, [prompt], "cpu",
                                                        max_sequence_length), self.prompts)
         # every adapter name a trained LoRA may hold, at zero: the LoRA loads into it
@@ -37,7 +42,7 @@ class HeldOut:
         self.sampler = KontextSampler(self.pipe.transformer, self.pipe.vae, self.pipe.scheduler,
                                       self.pipe.transformer.config, size, size, num_steps,
                                       guidance_scale)
-        self.noise = self.sampler.initial_noise(len(photos),
+        self.noise = self.sampler.initial_noise(len(self.inputs),
                                                 torch.Generator().manual_seed(seed), "cpu")
 
     @torch.no_grad()

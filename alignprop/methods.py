@@ -12,20 +12,21 @@ is the same for all of them (``--method`` picks the function from :data:`METHODS
     (paper: n = 2) re-noise x0 to the last step's noise level with a fresh draw,
     ``x_t = (1 - s) x0 + s eps``, take the last Euler step with grad and score the decode;
     loss = -mean over the n rewards. Gradient through one step only: cheap, low variance.
-``refl`` (ReFL, Xu et al. 2023, ImageReward paper)
+``refl`` (ReFL, Xu et al. 2023; THUDM/ImageReward ImageReward/ReFL.py)
     Denoise without grad to a step ``i`` drawn uniformly from the late range
-    ``[ceil(--refl_start_fraction x N), N-1]`` (paper: steps 30-39 of 40, fraction 0.75),
-    predict the velocity there with grad and score the closed-form clean image of flow
-    matching, ``x0 = x_i - s_i v`` (x_s = (1-s) x0 + s eps, v = eps - x0); loss = -reward.
-``imagerefl`` (ImageReFL-style regularised ReFL)
-    The ReFL reward loss on generated images plus the flow-matching loss on real images:
-    ``|v(x_s) - (eps - z)|^2`` with ``x_s = (1-s) z + s eps``, s ~ U(0,1), z the latent of the
-    target -- the input image itself under ``--imagerefl_identity_prompt`` (the Kontext
-    edit of the image to itself), or the paired image of ``--imagerefl_target_dir`` (same
-    file name) under the sample's own prompt. ``--imagerefl_schedule alternate`` (default)
-    takes reward steps on even optimizer steps and flow-matching steps on odd ones; ``mix``
-    adds both every step; the flow-matching term is weighted by ``--imagerefl_fm_weight``
-    (default 1.0).
+    ``[ceil(--refl_start_fraction x N), N-1]`` (ReFL.py: randint(30, 39) of 40 steps,
+    fraction 0.75), predict the velocity there with grad and score the closed-form clean
+    image of flow matching, ``x0 = x_i - s_i v`` (x_s = (1-s) x0 + s eps, v = eps - x0);
+    loss = -reward (``--refl_loss linear``) or ReFL.py's
+    ``relu(--refl_threshold - reward) x --refl_grad_scale`` (``--refl_loss relu``, 2 and 1e-3).
+``imagerefl`` (ImageReFL, ControlGenAI/ImageReFL src/trainer/image_refl_trainer.py)
+    Starts from a REAL image: the latent z of the input photo (or of its paired target in
+    ``--imagerefl_target_dir``) noised to step ``k = ceil(--refl_start_fraction x N)``,
+    ``x_k = (1 - s_k) z + s_k eps``; no-grad Euler steps to ``m ~ U[k, N-1]``; one velocity
+    prediction with grad at m, reward of ``x_m - s_m v``; the same-step regulariser
+    ``mse(eps_hat, eps)`` at step k, ``eps_hat = x_k + (1 - s_k) v_theta(x_k)``; loss
+    ``--imagerefl_loss_scale x (-reward + --imagerefl_mse_scale x mse)`` (published 1e-3,
+    0.01).
 
 ``grpo`` (Flow-GRPO, Liu et al. 2025; yifan123/flow_grpo scripts/train_sd3.py)
     Learns from scores, no reward gradient. Rounds of G SDE samples per input are judged
@@ -67,11 +68,10 @@ SCORE_METHODS = ("grpo", "d3po")
 # ... and those that backpropagate the reward into the sampler: they need its gradient.
 GRADIENT_METHODS = tuple(m for m in METHOD_NAMES if m not in SCORE_METHODS)
 BASE_METRICS = ("latent", "lpips")
-IMAGEREFL_SCHEDULES = ("alternate", "mix")
+REFL_LOSSES = ("linear", "relu")
 RL_TIMESTEPS = ("all", "window")
 GRPO_STD = ("group", "batch")
 PREFERENCE_MODES = ("majority", "every")   # = alignprop.preferences.MODES (a test checks)
-DEFAULT_IDENTITY_PROMPT = "Keep this photo exactly as it is."
 
 
 def _f(default: Any, help: str, choices=None):
@@ -90,22 +90,30 @@ class MethodFlags:
         "Training method: 'alignprop' (reward of the full sample, gradient through the last K "
         "steps: AlignProp / DRaFT-K), 'draft-lv' (DRaFT-LV: n re-noised copies of the final "
         "sample, one grad step each), 'refl' (ReFL: no-grad denoising to a random late step, "
-        "one grad step, reward on the closed-form clean image) or 'imagerefl' (ReFL plus a "
-        "flow-matching loss on the training images). See alignprop/methods.py.", METHOD_NAMES)
+        "one grad step, reward on the closed-form clean image) or 'imagerefl' (ImageReFL: ReFL "
+        "started from the noised input photo, plus the same-step noise-MSE regulariser). See "
+        "alignprop/methods.py and docs/methods.md.", METHOD_NAMES)
     draft_lv_n: int = _f(2, "DRaFT-LV: noise re-draws at the last step (published default 2).")
     refl_start_fraction: float = _f(
         0.75, "ReFL / ImageReFL: the grad step is drawn uniformly from steps "
-              "[ceil(f x N), N-1] of the N sampler steps (published: steps 30-39 of 40, f=0.75).")
-    imagerefl_schedule: str = _f(
-        "alternate", "ImageReFL: 'alternate' = reward step on even, flow-matching step on odd "
-                     "optimizer steps; 'mix' = both every step.", IMAGEREFL_SCHEDULES)
-    imagerefl_fm_weight: float = _f(1.0, "ImageReFL: weight of the flow-matching loss.")
+              "[ceil(f x N), N-1] of the N sampler steps (published: steps 30-39 of 40, f=0.75; "
+              "at N=8 that is {6, 7}); ImageReFL also starts there, at step ceil(f x N).")
+    refl_loss: str = _f(
+        "linear", "ReFL: 'linear' = -reward (ImageReFL's reimplementation of ReFL, without its "
+                  "scale); 'relu' = relu(--refl_threshold - reward) x --refl_grad_scale "
+                  "(ImageReward's ReFL.py). They differ only where a reward passes the "
+                  "threshold: there relu gives no gradient.", REFL_LOSSES)
+    refl_threshold: float = _f(2.0, "ReFL --refl_loss relu: the hinge (ReFL.py: 2).")
+    refl_grad_scale: float = _f(1e-3, "ReFL --refl_loss relu: the loss scale (ReFL.py "
+                                      "--grad_scale 1e-3).")
+    imagerefl_loss_scale: float = _f(
+        1e-3, "ImageReFL: the whole loss is scaled by this (published loss_scale 1e-3).")
+    imagerefl_mse_scale: float = _f(
+        0.01, "ImageReFL: weight of the same-step regulariser mse(eps_hat, eps) at the start "
+              "step (published mse_loss_scale 0.01).")
     imagerefl_target_dir: Optional[str] = _f(
-        None, "ImageReFL: folder of paired target images (same file names as --data_dir); the "
-              "flow-matching loss then learns input -> target under the sample's prompt. "
-              "Default: the input itself under --imagerefl_identity_prompt.")
-    imagerefl_identity_prompt: str = _f(
-        DEFAULT_IDENTITY_PROMPT, "ImageReFL: prompt of the identity edit (input -> itself).")
+        None, "ImageReFL: folder of paired target images (same file names as --data_dir): the "
+              "real image that is noised and regularised toward is the target, not the input.")
     base_consistency_weight: float = _f(
         0.0, "Weight of the base-consistency term (every method): distance of the LoRA's "
              "prediction from the base model's for the same input, noise and prompt; 0 = off.")
@@ -165,7 +173,7 @@ class MethodFlags:
 
     def validate_method(self) -> None:
         for name, valid in (("method", METHOD_NAMES), ("base_consistency_metric", BASE_METRICS),
-                            ("imagerefl_schedule", IMAGEREFL_SCHEDULES),
+                            ("refl_loss", REFL_LOSSES),
                             ("rl_timesteps", RL_TIMESTEPS), ("grpo_std", GRPO_STD),
                             ("preference_mode", PREFERENCE_MODES)):
             if getattr(self, name) not in valid:
@@ -176,10 +184,20 @@ class MethodFlags:
         if not 0.0 <= self.refl_start_fraction < 1.0:
             raise ValueError(f"--refl_start_fraction must be in [0, 1), got "
                              f"{self.refl_start_fraction}")
-        for name in ("imagerefl_fm_weight", "base_consistency_weight"):
+        for name in ("imagerefl_mse_scale", "base_consistency_weight"):
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"--{name} must be a finite number >= 0, got {v}")
+        for name in ("imagerefl_loss_scale", "refl_grad_scale"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v <= 0:
+                raise ValueError(f"--{name} must be a finite number > 0, got {v}")
+        if not math.isfinite(self.refl_threshold):
+            raise ValueError(f"--refl_threshold must be a finite number, got "
+                             f"{self.refl_threshold}")
+        if self.refl_loss != "linear" and self.method != "refl":
+            raise ValueError(f"--refl_loss {self.refl_loss} is ReFL's loss (--method refl); "
+                             f"--method {self.method} has its own")
         if self.imagerefl_target_dir is not None:
             if self.method != "imagerefl":
                 raise ValueError("--imagerefl_target_dir is used only with --method imagerefl")
@@ -230,11 +248,6 @@ class MethodFlags:
         """GRPO / D3PO: transitions of each stored trajectory trained per update."""
         return num_steps if self.rl_timesteps == "all" else min(self.rl_window, num_steps)
 
-    def extra_prompts(self) -> list[str]:
-        """Prompts the method needs encoded besides the data's (the identity edit)."""
-        if self.method == "imagerefl" and self.imagerefl_target_dir is None:
-            return [self.imagerefl_identity_prompt]
-        return []
 
 
 # ------------------------------------------------------------------ what a method sees
@@ -261,7 +274,6 @@ class Batch:
     k: int                          # backpropagated steps (alignprop)
     targets: Optional[torch.Tensor] = None   # imagerefl paired targets (B,3,H,W)
     grad_steps: Optional[list] = None        # --truncated_backprop per_step: bool per step
-    identity_text: Any = None                # imagerefl identity prompt embeds (batch 1)
     image_tokens: Optional[torch.Tensor] = None  # the inputs' Kontext tokens (trainer's cache)
     # alignprop, set by the step's shared no-grad pass (shared_nograd_pass): the initial
     # noise and the latents entering step N-K
@@ -334,15 +346,20 @@ def _x0(latents, sigma, velocity):
 
 
 def _one_step_loss(batch: Batch, models: Models, flags: MethodFlags, x_t, i: int, image_tokens,
-                   metrics: dict):
+                   metrics: dict, velocity=None, loss_of=None):
     """Velocity with grad at sampler step ``i`` from x_t -> clean latent -> reward (+ base
-    consistency). The model is fed step i exactly as the sampler feeds it."""
+    consistency). The model is fed step i exactly as the sampler feeds it. ``velocity``:
+    that prediction, already made; ``loss_of``: reward (B,) -> loss (default -mean)."""
     sampler = models.sampler
     cond = sampler.condition(image_tokens, batch.text)
     sigma = sampler.sigmas[i].to(x_t.device)
-    x0 = _x0(x_t, sigma, sampler.step_velocity(x_t, i, cond))
+    if velocity is None:
+        velocity = sampler.step_velocity(x_t, i, cond)
+    x0 = _x0(x_t, sigma, velocity)
     images = sampler.decode(x0)
     loss, reward = _reward_loss(models, images, batch, metrics)
+    if loss_of is not None:
+        loss = loss_of(reward)
     if flags.base_consistency_weight > 0:
         with torch.no_grad(), base_model(models.bare):
             x0_base = _x0(x_t, sigma, sampler.step_velocity(x_t, i, cond))
@@ -412,10 +429,22 @@ def draft_lv(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     return MethodOutput(loss, images, metrics, torch.stack(rewards).mean(0))
 
 
+def refl_start(flags: MethodFlags, num_steps: int) -> int:
+    """First step of the late range, ceil(f N) (ReFL.py: 30 of 40), at most N-1."""
+    return min(num_steps - 1, math.ceil(flags.refl_start_fraction * num_steps))
+
+
 def refl_step(flags: MethodFlags, num_steps: int, seed: int) -> int:
     """The step ReFL takes its grad step at: uniform on [ceil(f N), N-1], from ``seed``."""
-    lo = min(num_steps - 1, math.ceil(flags.refl_start_fraction * num_steps))
-    return random.Random(seed).randint(lo, num_steps - 1)
+    return random.Random(seed).randint(refl_start(flags, num_steps), num_steps - 1)
+
+
+def refl_loss(flags: MethodFlags):
+    """ReFL's loss of the rewards (B,): linear -mean(r), or ReFL.py's hinge
+    mean(relu(threshold - r)) x grad_scale (no gradient from a sample above the threshold)."""
+    if flags.refl_loss == "relu":
+        return lambda r: F.relu(flags.refl_threshold - r).mean() * flags.refl_grad_scale
+    return lambda r: -r.mean()
 
 
 def refl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
@@ -425,42 +454,48 @@ def refl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
     tokens = batch.tokens(sampler)
     i = refl_step(flags, sampler.num_steps, batch.seed)
     x_i = sampler.denoise_to(noise, tokens, batch.text, i)  # no grad
-    loss, reward, images = _one_step_loss(batch, models, flags, x_i, i, tokens, metrics)
+    loss, reward, images = _one_step_loss(batch, models, flags, x_i, i, tokens, metrics,
+                                          loss_of=refl_loss(flags))
     metrics["refl_step"] = float(i)
     return MethodOutput(loss, images, metrics, reward)
 
 
-def flow_matching_loss(batch: Batch, models: Models, flags: MethodFlags, metrics: dict):
-    """Flow-matching loss of the LoRA model on real (input -> target) pairs."""
+def imagerefl_start(batch: Batch, models: Models, flags: MethodFlags):
+    """ImageReFL's starting latents: the real image's latent z (the input photo's, or its
+    paired target's) noised to step k = ceil(f N), ``x_k = (1 - s_k) z + s_k eps``.
+    Returns (x_k, eps, k)."""
     sampler = models.sampler
-    b, device = len(batch.inputs), batch.inputs.device
-    cond = batch.tokens(sampler)
-    if batch.targets is not None:
-        z, text = sampler.encode_image(batch.targets.to(device)), batch.text
-    else:  # the Kontext edit of the image to itself
-        z = cond
-        text = batch.identity_text
-        text = type(text)(text.prompt_embeds.expand(b, -1, -1),
-                          text.pooled_prompt_embeds.expand(b, -1), text.text_ids)
-    g = torch.Generator().manual_seed(batch.seed + 1)
-    eps = torch.randn(z.shape, generator=g).to(device=device, dtype=z.dtype)
-    s = torch.rand(b, generator=g).to(device)
-    x_s = ((1 - s[:, None, None]) * z.float() + s[:, None, None] * eps.float()).to(z.dtype)
-    v = sampler.velocity_at(x_s, s, cond, text)
-    fm = F.mse_loss(v.float(), (eps - z).float())
-    metrics["flow_matching"] = batch_mean(fm)
-    return fm
+    device = batch.inputs.device
+    z = (sampler.encode_image(batch.targets.to(device)) if batch.targets is not None
+         else batch.tokens(sampler))
+    eps = sampler.initial_noise(len(batch.inputs), batch.generator, device)
+    k = refl_start(flags, sampler.num_steps)
+    s = sampler.sigmas[k].to(device)
+    return ((1 - s) * z.float() + s * eps.float()).to(sampler.dtype), eps, k
 
 
 def imagerefl(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput:
-    reward_step = flags.imagerefl_schedule == "mix" or batch.step % 2 == 0
-    fm_step = flags.imagerefl_schedule == "mix" or batch.step % 2 == 1
-    out = refl(batch, models, flags) if reward_step else MethodOutput(
-        torch.zeros((), device=batch.inputs.device), batch.inputs, {})
-    if fm_step:
-        out.loss = out.loss + flags.imagerefl_fm_weight * flow_matching_loss(
-            batch, models, flags, out.metrics)
-    return out
+    """ImageReFL (image_refl_trainer.py) in the flow translation (docs/methods.md)."""
+    sampler, metrics = models.sampler, {}
+    tokens = batch.tokens(sampler)
+    x_k, eps, k = imagerefl_start(batch, models, flags)
+    m = refl_step(flags, sampler.num_steps, batch.seed)
+    cond = sampler.condition(tokens, batch.text)
+    # The regulariser: the model's noise prediction at the start step, with grad. In flow
+    # matching eps_hat = x_s + (1 - s) v, so eps_hat - eps = (1 - s)(v - (eps - z)).
+    v_k = sampler.step_velocity(x_k, k, cond)
+    s_k = sampler.sigmas[k].to(x_k.device)
+    eps_hat = x_k.float() + (1 - s_k) * v_k.float()
+    mse = F.mse_loss(eps_hat, eps.float())
+    # The reward: no-grad Euler steps k..m-1, one prediction with grad at m (at m = k the
+    # regulariser's prediction is that prediction: same input, same step).
+    x_m = x_k if m == k else sampler.denoise_to(x_k, tokens, batch.text, m, first=k)
+    scale, mse_scale = flags.imagerefl_loss_scale, flags.imagerefl_mse_scale
+    loss, reward, images = _one_step_loss(   # (+ base consistency, not scaled)
+        batch, models, flags, x_m, m, tokens, metrics, velocity=v_k if m == k else None,
+        loss_of=lambda r: scale * (-r.mean() + mse_scale * mse))
+    metrics.update(refl_step=float(m), imagerefl_start=float(k), imagerefl_mse=batch_mean(mse))
+    return MethodOutput(loss, images, metrics, reward)
 
 
 # ------------------------------------------------------------------ learning from scores
@@ -535,4 +570,5 @@ def run_method(batch: Batch, models: Models, flags: MethodFlags) -> MethodOutput
 
 __all__ = ["MethodFlags", "Models", "Batch", "MethodOutput", "RolloutSlice", "METHODS",
            "METHOD_NAMES", "SCORE_METHODS", "GRADIENT_METHODS", "run_method", "shared_nograd_pass",
-           "base_model", "refl_step", "flow_matching_loss"]
+           "base_model", "refl_step", "refl_start", "refl_loss", "imagerefl_start",
+           "REFL_LOSSES"]

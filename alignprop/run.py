@@ -104,7 +104,6 @@ class Run:
     reward_fn: RewardFn
     text_cache: dict                # prompt -> PromptEmbeds (on the device when small)
     targets: Optional[Callable] = None      # --imagerefl_target_dir loader
-    identity_text: Any = None               # imagerefl identity prompt embeds
     nograd_batched: bool = False            # --batch_nograd_steps resolved (alignprop)
     input_tokens: InputTokens = field(default_factory=InputTokens)
     rollouts: Optional[Rollouts] = None     # grpo / d3po: rounds of stored trajectories
@@ -350,7 +349,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
         pipe.transformer.to(device)
     # else it stays in host RAM: FSDP2 moves each block's shard to the card as it wraps
     # it, so no card ever holds the whole 24 GB transformer.
-    text_cache = _encode_and_free_text(pipe, folder.all_prompts() + cfg.extra_prompts(), device,
+    text_cache = _encode_and_free_text(pipe, folder.all_prompts(), device,
                                        cfg.max_sequence_length)
 
     # --reward_device: the reward models on this process's device, another one, or sharded.
@@ -395,8 +394,6 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
         compile_regions(bare, pipe.vae, find_modules(reward_fn))
         sampler.grad_start_leaf = True  # one graph for every K (sampler.py)
     models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
-    identity_text = (text_cache[cfg.imagerefl_identity_prompt].to(device)
-                     if cfg.extra_prompts() else None)
     rollouts = (Rollouts(cfg, folder if cfg.preferences else None)
                 if cfg.method in SCORE_METHODS else None)
     return Run(cfg=cfg, reward_flags=reward_flags, accelerator=accelerator, out_dir=out_dir,
@@ -404,7 +401,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
                weight_dtype=dtype, transformer=transformer, bare=bare, lora_params=lora_params,
                optimizer=optimizer, lr_scheduler=lr_scheduler, sampler=sampler, models=models,
                reward_fn=reward_fn, text_cache=text_cache, targets=targets,
-               identity_text=identity_text, nograd_batched=batch_nograd(cfg, device),
+               nograd_batched=batch_nograd(cfg, device),
                rollouts=rollouts, segments=segments)
 
 

@@ -568,13 +568,15 @@ class KontextSampler:
 
     @torch.no_grad()
     def denoise_to(self, noise: torch.Tensor, image_tokens: torch.Tensor, text: PromptEmbeds,
-                   stop: int) -> torch.Tensor:
-        """Run Euler steps 0..stop-1 without grad; returns the latents entering step ``stop``
-        (``stop = N``: the final clean latents, as ``sample`` would decode them, same bits)."""
+                   stop: int, first: int = 0) -> torch.Tensor:
+        """Run Euler steps first..stop-1 without grad; returns the latents entering step
+        ``stop`` (``stop = N``: the final clean latents, as ``sample`` would decode them, same
+        bits). ``first`` > 0: ``noise`` is the latents entering step ``first`` (ImageReFL
+        starts from a noised real image there)."""
         latents = noise.to(dtype=self.dtype)
         cond = self.condition(image_tokens.to(latents.device), text)
         with phase(NOGRAD), self.attention.nograd():
-            for i in range(stop):
+            for i in range(first, stop):
                 latents = self.ode_step(latents, i, cond)
         return latents
 

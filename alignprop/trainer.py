@@ -46,7 +46,7 @@ from common.profiling import BACKWARD, METRICS, OPTIMIZER, phase
 from rewards.base import metrics_to_floats
 from common.cli import UserError
 
-from .config import TrainConfig
+from .config import ALIGNPROP_STEPS, TrainConfig
 from .data import load_batch, seed_for
 from .distributed import grad_norm as total_grad_norm
 from .logging_utils import image_grid, log_image_grid
@@ -89,9 +89,35 @@ def choose_k(cfg: TrainConfig, step: int) -> int:
     --truncated_backprop per_step: the most steps that can carry gradients (the micro-batches
     draw theirs with :func:`choose_grad_steps`)."""
     lo, hi = cfg.k_range()
-    if lo == hi or cfg.truncated_backprop == "per_step":
+    if lo == hi or cfg.truncated_backprop in ("per_step", "alignprop"):
         return hi
     return random.Random(seed_for(cfg.seed, "K", step)).randint(lo, hi)
+
+
+def alignprop_t_b(cfg: TrainConfig, rng: random.Random) -> int:
+    """AlignProp's backprop_timestep (sd_pipeline.py, pipeline_with_grad), scaled from its 50
+    steps to N: int(Normal(mean, std)) or randint(0, 50), redrawn until 1 <= t_b <= N-1."""
+    n, scale = cfg.sample_num_steps, cfg.sample_num_steps / ALIGNPROP_STEPS
+    for _ in range(100_000):
+        if cfg.alignprop_backprop_strategy == "gaussian":
+            t_b = int(rng.gauss(cfg.alignprop_backprop_mean * scale,
+                                cfg.alignprop_backprop_std * scale))
+        else:
+            t_b = int(rng.random() * n)   # randint(0, 50) of 50 steps, scaled: [0, N)
+        if 1 <= t_b <= n - 1:
+            return t_b
+    raise UserError(f"--truncated_backprop alignprop: no t_b in [1, {n - 1}] in 100000 draws "
+                    f"from mean {cfg.alignprop_backprop_mean} std {cfg.alignprop_backprop_std} "
+                    f"(steps of 50); move the mean inside the schedule")
+
+
+def choose_alignprop_k(cfg: TrainConfig, step: int, micro: int, rank: int) -> int | None:
+    """--truncated_backprop alignprop: K = N - t_b for this micro-batch (AlignProp draws t_b
+    once per sampling call, i.e. per micro-batch); resume-stable, each rank its own draw."""
+    if cfg.truncated_backprop != "alignprop":
+        return None
+    rng = random.Random(seed_for(cfg.seed, "t_b", step, micro, rank))
+    return cfg.sample_num_steps - alignprop_t_b(cfg, rng)
 
 
 def choose_grad_steps(cfg: TrainConfig, step: int, micro: int, rank: int) -> list[bool] | None:
@@ -148,6 +174,7 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
     grad_steps = choose_grad_steps(cfg, step, micro, run.rank)
     if grad_steps is not None:
         k = sum(grad_steps)
+    k = choose_alignprop_k(cfg, step, micro, run.rank) or k
     sampler = run.models.sampler
 
     def encode():  # under autocast, as the methods encoded before the cache
@@ -157,7 +184,6 @@ def micro_batch(run: Run, micro: int, k: int) -> Batch:
     return Batch(inputs, prompts, stack_prompt_embeds(run.text_cache, prompts).to(run.device),
                  torch.Generator().manual_seed(seed_for(cfg.seed, "noise", step, micro, run.rank)),
                  seed_for(cfg.seed, "method", step, micro, run.rank), step, k,
-                 identity_text=run.identity_text,
                  targets=run.targets(picks) if run.targets else None, grad_steps=grad_steps,
                  image_tokens=run.input_tokens.get(tuple(used), encode))
 
@@ -204,6 +230,8 @@ def optimizer_step(run: Run) -> StepResult:
             sums[key] = sums[key] + v / passes if key in sums else v / passes
     if run.cfg.truncated_backprop == "per_step":
         sums["no_grad_micro_batches"] = float(no_grad)
+    if run.cfg.truncated_backprop == "alignprop":   # the micro-batches' K = N - t_b, averaged
+        sums["backprop_steps_drawn"] = sum(b.k for b in batches) / passes
 
     # every rank sees the same decision, so DDP stays in step
     everywhere = acc.gather(finite.float().reshape(1)).min()
@@ -247,7 +275,9 @@ def log_step(run: Run, res: StepResult, seconds: float) -> dict:
         local = dict(zip(names, vec.tolist()))
     log = {**local, "train/grad_norm": res.grad_norm,
            "train/lr": run.lr_scheduler.get_last_lr()[0],
-           "train/backprop_steps": (res.k if run.cfg.method == "alignprop" else
+           # AlignProp's truncation: the micro-batches' drawn K (averaged), not the largest
+           "train/backprop_steps": (res.sums.get("backprop_steps_drawn", res.k)
+                                    if run.cfg.method == "alignprop" else
                                     run.rollouts.transitions if run.rollouts else 1),
            "train/sec_per_step": seconds, "train/epoch": run.stream.position / len(run.folder),
            "train/skipped_steps": run.skipped_total,
@@ -336,4 +366,4 @@ def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn=None,
 
 
 __all__ = ["train", "TrainResult", "StepResult", "optimizer_step", "micro_batch", "log_step",
-           "choose_k", "LORA_FILE"]
+           "choose_k", "choose_grad_steps", "choose_alignprop_k", "alignprop_t_b", "LORA_FILE"]

@@ -334,6 +334,20 @@ def test_every_numeric_flag_of_every_benchmark_is_validated():
     assert "--lora_rank" in r.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("flag,value", [("--seeds", "0,-1"), ("--lrs", "1e-2,0"),
+                                        ("--eval_at", "0"), ("--noise_draws", "0"),
+                                        ("--eval_at", "50")])
+def test_bench_methods_list_flags_are_one_line(flag, value):
+    """bench_methods.py's list flags take the project's types item by item: a bad item is one
+    line naming the flag, before anything trains."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"), flag,
+                        value, "--out_dir", "/nonexistent/never"], capture_output=True,
+                       text=True, timeout=120,
+                       env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-800:]
+    assert flag in r.stderr.strip().splitlines()[-1]
+
+
 def test_registry_records_say_what_each_reward_reads():
     """reads_input follows the record: DreamSim and a VLM similarity question compare with
     the input unless a reference image is given (evaluate used to miss DreamSim)."""

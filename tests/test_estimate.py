@@ -221,8 +221,14 @@ def test_time_model_reproduces_every_measured_h200_step():
 def _est(data_dir, tmp_path, *extra):
     from alignprop.config import parse_config
 
-    flags = _train_flags(data_dir, tmp_path, *extra)
+    flags = _train_flags(data_dir, tmp_path)
     flags[flags.index("--aesthetic_model_type") + 1] = "none"   # the step's own parts only
+    extra = list(extra)
+    if "--sample_num_steps" in extra:   # one value per flag
+        i = extra.index("--sample_num_steps")
+        flags[flags.index("--sample_num_steps") + 1] = extra[i + 1]
+        del extra[i:i + 2]
+    flags += extra
     return estimate_training(*parse_config(flags))
 
 
@@ -242,8 +248,16 @@ def test_every_option_that_changes_the_step_changes_the_estimate(data_dir, tmp_p
     refl = _est(data_dir, tmp_path, "--method", "refl")
     assert refl.details["method"] == "refl" and refl.details["sampler_calls"]["grad"] == 1
     assert any("ReFL" in n for n in refl.notes)
-    alt = _est(data_dir, tmp_path, "--method", "imagerefl")
-    assert any("both traced" in n for n in alt.notes)
+    # ImageReFL at N = 8 (start step 6, m in {6, 7}): the regulariser's prediction at the
+    # start step and the reward's at m != 6 are two graphs held together
+    image = _est(data_dir, tmp_path, "--method", "imagerefl", "--sample_num_steps", "8")
+    refl8 = _est(data_dir, tmp_path, "--method", "refl", "--sample_num_steps", "8")
+    assert image.details["sampler_calls"]["grad"] == 2 and image.peak_bytes > refl8.peak_bytes
+    assert "ImageReFL from a real image noised to step 6" in image.title
+    # AlignProp's truncation: charged for its largest K = N - 1 (t_b >= 1)
+    tb = _est(data_dir, tmp_path, "--truncated_backprop", "alignprop")
+    assert tb.details["k_estimated"] == 2 == tb.details["sampler_calls"]["grad"]
+    assert any("random K" in n for n in tb.notes)
     k3 = _est(data_dir, tmp_path, "--backprop_steps", "3")
     assert k3.details["sampler_calls"]["grad"] == 3 and k3.peak_bytes > align.peak_bytes
 

@@ -55,3 +55,32 @@ def test_judges_tables_are_what_the_benchmark_printed(tmp_path):
     for line in printed:
         assert line in readme, line
     assert "benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 90" in readme
+
+
+def test_methods_tables_are_what_the_benchmark_printed(tmp_path):
+    """README's and docs/methods.md's method tables (the learning-rate sweep, the test
+    rewards over 5 seeds, the tie lines) are what bench_methods.py prints from its saved run
+    (media/bench_methods.json), and the command that made them is named beside them."""
+    import json
+    import subprocess
+    import sys
+
+    saved = ROOT / "media" / "bench_methods.json"
+    data = json.loads(saved.read_text())
+    tests = [r for r in data["runs"] if r["role"] == "test"]
+    assert len({r["seed"] for r in tests}) >= 5 and data["config"]["noise_draws"] >= 2
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"),
+                           "--from_json", str(saved), "--plot", str(tmp_path / "plot.png")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
+                               "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    printed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("|", "(", "model "))]
+    assert len([ln for ln in printed if ln.startswith("| ") and "---" not in ln]) >= 12
+    assert any("tied with it" in ln or "no tie" in ln for ln in printed)
+    for doc in ("README.md", "docs/methods.md"):
+        text = (ROOT / doc).read_text()
+        for line in printed:
+            assert line in text, (doc, line)
+        assert "benchmarks/bench_methods.py --from_json media/bench_methods.json" in text
+        assert "nice -n 10 env PYTHONPATH=. python benchmarks/bench_methods.py" in text

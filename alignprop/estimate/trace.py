@@ -44,7 +44,7 @@ from rewards.vlm_model import clear_weightless_cache
 
 from ..fakemem import CudaAutocastPolicy, Tracker, fake_mode, param_counts
 from ..lora import add_lora
-from ..methods import Batch, Models, refl_step, run_method
+from ..methods import Batch, Models, refl_start, refl_step, run_method
 from ..reward_flags import reward_specs
 from ..run import make_optimizer
 from ..sampler import KontextSampler, PromptEmbeds
@@ -374,7 +374,8 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     what = {"alignprop": f"K={k_lo if k_lo == k_hi else f'U[{k_lo},{k_hi}]'}",
             "draft-lv": f"DRaFT-LV n={cfg.draft_lv_n}",
             "refl": f"ReFL from step >= {math.ceil(cfg.refl_start_fraction * n)}",
-            "imagerefl": f"ImageReFL ({cfg.imagerefl_schedule})"}.get(method, method)
+            "imagerefl": f"ImageReFL from a real image noised to step "
+                         f"{refl_start(cfg, n)}"}.get(method, method)
     est = Estimate(title=f"training step ({method}), {ksource}, {w}x{h}, batch {b} x "
                          f"accumulation {accum}, N={n}, {what}, "
                          f"{'gradient checkpointing' if cfg.gradient_checkpointing else 'no checkpointing'}, "
@@ -466,8 +467,6 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                 text = PromptEmbeds(torch.zeros(b, seq, tcfg.joint_attention_dim, dtype=dtype),
                                     torch.zeros(b, tcfg.pooled_projection_dim, dtype=dtype),
                                     torch.zeros(seq, 3, dtype=dtype))
-                identity = (PromptEmbeds(text.prompt_embeds[:1], text.pooled_prompt_embeds[:1],
-                                         text.text_ids) if cfg.extra_prompts() else None)
                 targets = (torch.rand(b, 3, h, w) if method == "imagerefl"
                            and cfg.imagerefl_target_dir else None)
             reward_fn = rewards.fn or CompositeReward([RewardTerm("none", 1.0, _stand_in)])
@@ -477,20 +476,17 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
                     reward_fn(torch.rand(b, 3, h, w), inputs, ["x"] * b)
             tr.flops.clear()
 
+            # ImageReFL holds two graphs (the regulariser's and the reward's) unless its
+            # draw m equals the start step: trace a draw where they differ (the larger peak)
+            seed = next((s for s in range(64) if refl_step(cfg, n, s) != refl_start(cfg, n)),
+                        0) if method == "imagerefl" else 0
+
             def batch(step: int) -> Batch:
                 return Batch(inputs, ["x"] * b, text, torch.Generator().manual_seed(0),
-                             seed=0, step=step, k=k_trace, targets=targets,
-                             identity_text=identity)
+                             seed=seed, step=step, k=k_trace, targets=targets)
 
             # ------------------------------------------------------- the step(s)
-            steps = [0, 1] if method == "imagerefl" and cfg.imagerefl_schedule == "alternate" \
-                else [0]
-            for step in steps:
-                traces.append(_trace_micro_step(tr, sampler, models, batch(step), cfg, amp,
-                                                accum))
-                if method == "imagerefl":
-                    for p in lora:   # the next traced step starts from the same gradients
-                        p.grad = torch.zeros_like(p) if accum > 1 else None
+            traces.append(_trace_micro_step(tr, sampler, models, batch(0), cfg, amp, accum))
 
             # ------------------------------------------------------- clip + AdamW update
             tr.reset_peak()
@@ -536,16 +532,13 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
             f"second one's FLOPs ({sum(per_step['flops'].values()) / 1e12:.3g} TFLOP) and the "
             f"{per_step['bytes'] / GB:.2f} GB it keeps until backward")
     if method in ("refl", "imagerefl"):
-        lo = min(n - 1, math.ceil(cfg.refl_start_fraction * n))
-        drawn = refl_step(cfg, n, 0)
+        lo = refl_start(cfg, n)
+        drawn = refl_step(cfg, n, seed)
         mean_i = (lo + n - 1) / 2
-        share = 0.5 if len(traces) == 2 else 1.0   # alternate: half the steps are ReFL steps
-        micro["forward"] += share * (mean_i - drawn) * sampler.no_grad_step_flops()
-        est.notes.append(f"ReFL: the grad step is drawn from steps {lo}..{n - 1}; the no-grad "
-                         f"steps before it are charged at the mean ({mean_i:g})")
-    if len(traces) == 2:
-        est.notes.append("ImageReFL alternating: the reward step and the flow-matching step are "
-                         "both traced; the peak is the larger, the FLOPs their mean")
+        micro["forward"] += (mean_i - drawn) * sampler.no_grad_step_flops()
+        est.notes.append(f"{'ImageReFL' if method == 'imagerefl' else 'ReFL'}: the grad step is "
+                         f"drawn from steps {lo}..{n - 1}; the no-grad steps before it are "
+                         f"charged at the mean ({mean_i:g})")
     est.flops = {kk: float(vv) * accum for kk, vv in micro.items()}
     if separate:
         est.cards = {"training": worst.group_peak.get("training", 0)
@@ -567,7 +560,11 @@ def estimate_training(cfg, reward_flags, images_dtype: str | None = None) -> Est
     if no_grad > 1:
         est.notes.append(f"{no_grad} no-grad transformer calls: one traced per kind, the others "
                          f"add its FLOPs")
-    if k_lo != k_hi and method == "alignprop":
+    if cfg.truncated_backprop == "alignprop":
+        est.notes.append(f"random K per micro-batch (AlignProp's truncation, K = N - t_b): "
+                         f"memory and FLOPs for the largest K={k_hi}; its draws are mostly "
+                         f"smaller (mean t_b {cfg.alignprop_backprop_mean:g} of 50 steps)")
+    elif k_lo != k_hi and method == "alignprop":
         est.notes.append(f"random K: memory and FLOPs for the largest K={k_hi} (the mean K "
                          f"{(k_lo + k_hi) / 2:g} costs proportionally less backward)")
     est.advice = advice(est, cfg, reward_flags, n_lora, rewards.uses_vlm, per_step["bytes"])
