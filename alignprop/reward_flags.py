@@ -546,15 +546,11 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
         add("aesthetic", "internvl", flags.aesthetic_reward_scale,
             **internvl("single", "aesthetic", aesthetic))
     elif aesthetic == "aesthetic_scorer":
-        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code,
-            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
-                     head_filename=flags.aesthetic_head_filename))
+        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale,
+            **_model_options(flags, "aesthetic_scorer", device))
     elif aesthetic == "v2.5":
-        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code,
-            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
-                     head_filename=flags.aesthetic_head_filename))
+        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale,
+            **_model_options(flags, "aesthetic_v25", device))
 
     similarity = flags.similarity_backend
     if similarity == "lpips":
@@ -562,14 +558,13 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
             resolution=flags.lpips_resolution, device=device,
             **_given(backbone_path=flags.lpips_backbone))
     elif similarity == "face":
-        add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
-            device=device)
+        add("similarity", "face", flags.image_reward_scale, **_model_options(flags, "face", device))
     elif similarity in ("internvl-content", "qwen-content"):
         add("similarity", "internvl", flags.image_reward_scale,
             **internvl("content-similarity", "content", similarity.removesuffix("-content")))
     elif similarity == "dreamsim":
-        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
-            dreamsim_type=flags.dreamsim_type, device=device)
+        add("similarity", "dreamsim", flags.image_reward_scale,
+            **_model_options(flags, "dreamsim", device))
 
     if flags.sharpness_backend in VLM_BACKENDS:
         add("sharpness", "internvl", flags.sharpness_reward_scale,
@@ -577,30 +572,28 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
 
     if flags.style_reference is not None and flags.style_backend == "dreamsim":
         add("style", "dreamsim", 1.0 if flags.style_reward_scale is None
-            else flags.style_reward_scale, model_dir=flags.dreamsim_dir,
-            dreamsim_type=flags.dreamsim_type, reference=flags.style_reference, device=device)
+            else flags.style_reward_scale, reference=flags.style_reference,
+            **_model_options(flags, "dreamsim", device))
     elif flags.style_reference is not None:
         style_weight = (flags.aesthetic_reward_scale if style_replaces
                         else 1.0 if flags.style_reward_scale is None else flags.style_reward_scale)
         style_backend = aesthetic if style_replaces else flags.style_backend
         if style_backend == "dreamsim":
-            add("style", "dreamsim", style_weight, model_dir=flags.dreamsim_dir,
-                dreamsim_type=flags.dreamsim_type, reference=flags.style_reference, device=device)
+            add("style", "dreamsim", style_weight, reference=flags.style_reference,
+                **_model_options(flags, "dreamsim", device))
         else:
             add("style", "internvl", style_weight,
                 **internvl("similarity", "style", style_backend, reference=flags.style_reference))
 
     if flags.photo_backend == "aide":
-        add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
-            aide_resume=flags.aide_resume, device=device,
-            trust_remote_code=flags.trust_remote_code)
+        add("photo", "aide", flags.photo_reward_scale, **_model_options(flags, "aide", device))
     if flags.edit_specialist_weight > 0:
         structural = {"lpips": lambda: {"name": "lpips", "net": flags.lpips_net,
                                         "resolution": flags.lpips_resolution, "device": device,
                                         **_given(backbone_path=flags.lpips_backbone)},
-                      "dreamsim": lambda: {"name": "dreamsim", "model_dir": flags.dreamsim_dir,
-                                           "dreamsim_type": flags.dreamsim_type,
-                                           "device": device}}.get(flags.edit_structural)
+                      "dreamsim": lambda: {"name": "dreamsim",
+                                           **_model_options(flags, "dreamsim", device)}
+                      }.get(flags.edit_structural)
         structural = structural() if structural else {
             "name": "internvl", **internvl("content-similarity", "content",
                                            flags.edit_structural.removesuffix("-content"))}
@@ -619,14 +612,8 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
         add("command", "command", flags.reward_command_weight, command=flags.reward_command,
             timeout=flags.reward_command_timeout)
     if flags.preference_backend != "none":
-        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
-        if flags.preference_model is not None:
-            opts["model_path"] = flags.preference_model
-        if flags.preference_tokenizer is not None:
-            opts["tokenizer"] = flags.preference_tokenizer
-        if flags.preference_backend == "hpsv2":
-            opts["version"] = flags.hpsv2_version
-        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
+        add("preference", flags.preference_backend, flags.preference_reward_scale,
+            **_model_options(flags, flags.preference_backend, device))
     return specs
 
 
@@ -680,15 +667,11 @@ def original_reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
     elif aesthetic == "internvl":
         add("aesthetic", "original_vlm", flags.aesthetic_reward_scale, **vlm("single", "aesthetic"))
     elif aesthetic == "aesthetic_scorer":
-        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code,
-            **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
-                     head_filename=flags.aesthetic_head_filename))
+        add("aesthetic", "aesthetic_scorer", flags.aesthetic_reward_scale,
+            **_model_options(flags, "aesthetic_scorer", device))
     elif aesthetic == "v2.5":
-        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale, device=device,
-            trust_remote_code=flags.trust_remote_code,
-            **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
-                     head_filename=flags.aesthetic_head_filename))
+        add("aesthetic", "aesthetic_v25", flags.aesthetic_reward_scale,
+            **_model_options(flags, "aesthetic_v25", device))
 
     similarity = flags.similarity_backend
     if similarity == "lpips":
@@ -696,29 +679,51 @@ def original_reward_specs(flags: RewardFlags, device: Any = None) -> list[dict]:
             resolution=None, form="exp", device=device,
             **_given(backbone_path=flags.lpips_backbone))
     elif similarity == "face":
-        add("similarity", "face", flags.image_reward_scale, weights_path=flags.face_weights,
-            device=device)
+        add("similarity", "face", flags.image_reward_scale, **_model_options(flags, "face", device))
     elif similarity == "internvl-content":
         add("similarity", "original_vlm", flags.image_reward_scale,
             **vlm("content-similarity", "content"))
     elif similarity == "dreamsim":
-        add("similarity", "dreamsim", flags.image_reward_scale, model_dir=flags.dreamsim_dir,
-            dreamsim_type=flags.dreamsim_type, device=device)
+        add("similarity", "dreamsim", flags.image_reward_scale,
+            **_model_options(flags, "dreamsim", device))
     if flags.sharpness_backend == "internvl":
         add("sharpness", "original_vlm", flags.sharpness_reward_scale,
             **vlm("sharpness", "sharpness"))
     if flags.photo_backend == "aide":
-        add("photo", "aide", flags.photo_reward_scale, aide_repo=flags.aide_repo,
-            aide_resume=flags.aide_resume, device=device,
-            trust_remote_code=flags.trust_remote_code)
+        add("photo", "aide", flags.photo_reward_scale, **_model_options(flags, "aide", device))
     if flags.preference_backend != "none":   # our extension; the original had none
-        opts: dict[str, Any] = {"prompt": flags.preference_prompt, "device": device}
-        opts.update(_given(model_path=flags.preference_model,
-                           tokenizer=flags.preference_tokenizer))
-        if flags.preference_backend == "hpsv2":
-            opts["version"] = flags.hpsv2_version
-        add("preference", flags.preference_backend, flags.preference_reward_scale, **opts)
+        add("preference", flags.preference_backend, flags.preference_reward_scale,
+            **_model_options(flags, flags.preference_backend, device))
     return specs
+
+
+def _model_options(flags: RewardFlags, name: str, device: Any) -> dict:
+    """The factory options of a learned reward with its own weights (not a VLM question, not
+    LPIPS, whose options differ by semantics): one place for every term that builds it."""
+    if name == "aesthetic_scorer":
+        return dict(device=device, trust_remote_code=flags.trust_remote_code,
+                    **_given(clip_model=flags.aesthetic_clip_model, head_path=flags.aesthetic_head,
+                             head_filename=flags.aesthetic_head_filename))
+    if name == "aesthetic_v25":
+        return dict(device=device, trust_remote_code=flags.trust_remote_code,
+                    **_given(encoder=flags.aesthetic_encoder, model_path=flags.aesthetic_head,
+                             head_filename=flags.aesthetic_head_filename))
+    if name == "face":
+        return dict(weights_path=flags.face_weights, device=device)
+    if name == "dreamsim":
+        return dict(model_dir=flags.dreamsim_dir, dreamsim_type=flags.dreamsim_type,
+                    device=device)
+    if name == "aide":
+        return dict(aide_repo=flags.aide_repo, aide_resume=flags.aide_resume, device=device,
+                    trust_remote_code=flags.trust_remote_code)
+    if name in ("imagereward", "hpsv2", "pickscore"):
+        opts = dict(prompt=flags.preference_prompt, device=device,
+                    **_given(model_path=flags.preference_model,
+                             tokenizer=flags.preference_tokenizer))
+        if name == "hpsv2":
+            opts["version"] = flags.hpsv2_version
+        return opts
+    raise ValueError(f"no learned-reward options for {name!r}")
 
 
 def _given(**options: Any) -> dict:
