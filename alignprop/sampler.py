@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -118,6 +118,14 @@ def calculate_shift(image_seq_len: int, base_seq_len: int = 256, max_seq_len: in
     """Resolution-dependent ``mu`` of FLUX's dynamic shifting (linear in token count)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def schedule_shift(image_seq_len: int, config: Any) -> float:
+    """:func:`calculate_shift` with a scheduler config's own constants (diffusers' defaults
+    where it has none): what training and ``--estimate`` both check against MAX_SHIFT."""
+    return calculate_shift(image_seq_len, config.get("base_image_seq_len", 256),
+                           config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                           config.get("max_shift", 1.15))
 
 
 def _pack(latents: torch.Tensor) -> torch.Tensor:
@@ -295,9 +303,7 @@ class KontextSampler:
         cfg = sched.config
         n = self.num_steps
         seq_len = (self.latent_h // 2) * (self.latent_w // 2)
-        mu = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
-                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                             cfg.get("max_shift", 1.15))
+        mu = schedule_shift(seq_len, cfg)
         if mu > MAX_SHIFT:
             raise ValueError(f"image size {self.height}x{self.width} is {seq_len} image tokens: "
                              f"the schedule's resolution shift exp({mu:.0f}) overflows (FLUX.1 "
@@ -590,5 +596,5 @@ class KontextSampler:
 
 
 __all__ = ["KontextSampler", "PromptEmbeds", "Conditioning", "SdeStep", "encode_prompts",
-           "stack_prompt_embeds", "cat_prompt_embeds", "to_device", "calculate_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
+           "stack_prompt_embeds", "cat_prompt_embeds", "to_device", "calculate_shift", "schedule_shift", "MAX_SHIFT", "euler_step", "sde_step", "sde_std_scale",
            "gaussian_log_prob", "LOG_PROB_REDUCTIONS"]

@@ -19,7 +19,7 @@ from rewards.vlm_families import family_for_tiny
 from rewards.vlm_named import named_vlm_dir
 
 from .. import tiny_photo
-from ..sampler import MAX_SHIFT, calculate_shift
+from ..sampler import MAX_SHIFT, schedule_shift
 from ..tiny_kontext import TINY, TINY_PHOTO, build_tiny_pipeline
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -107,9 +107,7 @@ def check_size(height: int, width: int, cfg: dict,
     vae, sched = cfg["vae"], cfg["scheduler"]
     factor = 2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1)
     tokens = (height // factor // 2) * (width // factor // 2)
-    mu = calculate_shift(tokens, sched.get("base_image_seq_len", 256),
-                         sched.get("max_image_seq_len", 4096), sched.get("base_shift", 0.5),
-                         sched.get("max_shift", 1.15))
+    mu = schedule_shift(tokens, sched)
     if mu > MAX_SHIFT:
         raise EstimateError(f"{flag}: {height}x{width} is {tokens} image tokens for this model; "
                             f"its sampling schedule's resolution shift exp({mu:.0f}) overflows "
