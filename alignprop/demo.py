@@ -296,7 +296,8 @@ def readme_line(s: dict) -> str:
 
 
 @torch.no_grad()
-def _edit_with_pipeline(pipe, images, prompt, steps, seed):
+def edit_with_pipeline(pipe, images, prompt, steps=SAMPLE_STEPS, seed=1):
+    """The held-out edit every demo reports: diffusers' own pipeline at the demo's size."""
     return pipe(image=images, prompt=[prompt] * len(images), height=SIZE, width=SIZE,
                 num_inference_steps=steps, guidance_scale=2.5,
                 generator=torch.Generator().manual_seed(seed), output_type="pt",
@@ -385,10 +386,10 @@ def main(argv=None) -> int:
         images = ImageFolder(folder, SIZE, SIZE, cfg.prompt)
         inputs[name] = torch.stack([images.load(i) for i in range(len(images))])
     pipe = load_kontext_pipeline(TINY_PHOTO)
-    before = {n: _edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
+    before = {n: edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
               for n, x in inputs.items()}
     pipe.load_lora_weights(str(out))
-    after = {n: _edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
+    after = {n: edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
              for n, x in inputs.items()}
     results = {n: held_out_figures(reward, inputs[n], before[n], after[n]) for n in sets}
 

@@ -62,8 +62,9 @@ from rewards.vlm import make_vlm_reward
 from . import tiny_vlm_data as data
 from .config import TrainConfig
 from .data import ImageFolder
-from .demo import (GRID_PERIOD, HELD_OUT, PHOTOS, SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE,
-                   claim_demo_dir, ssim_luma)
+from .demo import (BACKPROP_STEPS, GRID_PERIOD, HELD_OUT, MAX_SEQUENCE_LENGTH, PHOTOS,
+                   SAMPLE_STEPS, SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, claim_demo_dir,
+                   edit_with_pipeline, ssim_luma)
 from .logging_utils import image_grid
 from .models import TINY_PHOTO, load_kontext_pipeline
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -76,9 +77,6 @@ QUESTION_B = data.QUESTIONS["brightness"]
 RUNS = {"warmth": QUESTION_A, "brightness": QUESTION_B}
 DEMO_STEPS = 60
 LEARNING_RATE = 3e-3
-SAMPLE_STEPS = 4
-BACKPROP_STEPS = 2
-MAX_SEQUENCE_LENGTH = 64
 VLM_WEIGHT = 10.0
 CALIBRATION = "pmi_null"
 # The content term: mean squared distance of the LoRA's final latents from the base model's
@@ -168,15 +166,6 @@ def readme_line(s: dict) -> str:
             f"{s['ssim_vs_base']['brightness']:.3f}; {s['train_seconds_total']:.0f} s of training")
 
 
-@torch.no_grad()
-def _edit(pipe, images, prompt, seed=1):
-    return pipe(image=images, prompt=[prompt] * len(images), height=SIZE, width=SIZE,
-                num_inference_steps=SAMPLE_STEPS, guidance_scale=2.5,
-                generator=torch.Generator().manual_seed(seed), output_type="pt",
-                max_area=SIZE * SIZE, _auto_resize=False,
-                max_sequence_length=MAX_SEQUENCE_LENGTH).images
-
-
 def _stats(images: torch.Tensor) -> dict[str, float]:
     return {a: float(data.statistic(a, images).mean()) for a in ("warmth", "brightness")}
 
@@ -221,10 +210,10 @@ def main(argv=None) -> int:
     inputs = torch.stack([folder.load(i) for i in range(len(folder))])
     pipe = load_kontext_pipeline(TINY_PHOTO)
     prompt = TrainConfig.prompt
-    outputs = {"base": _edit(pipe, inputs, prompt)}
+    outputs = {"base": edit_with_pipeline(pipe, inputs, prompt)}
     for name in RUNS:
         pipe.load_lora_weights(str(out / name))
-        outputs[name] = _edit(pipe, inputs, prompt)
+        outputs[name] = edit_with_pipeline(pipe, inputs, prompt)
         pipe.unload_lora_weights()
     guard = build_guard()
     stats = {k: _stats(v) for k, v in outputs.items()}

@@ -34,7 +34,7 @@ def main() -> None:
     reward = demo.demo_reward(build_reward_from_flags(demo.demo_reward_flags()))
     folder = ImageFolder(SECOND_SET_DIR, demo.SIZE, demo.SIZE, DEFAULT_PROMPT)
     inputs = torch.stack([folder.load(i) for i in range(len(folder))])
-    base = demo._edit_with_pipeline(load_kontext_pipeline(TINY_PHOTO), inputs, DEFAULT_PROMPT,
+    base = demo.edit_with_pipeline(load_kontext_pipeline(TINY_PHOTO), inputs, DEFAULT_PROMPT,
                                     demo.SAMPLE_STEPS, seed=1)
     grey = luminance(base)
     grey = grey if grey.dim() == 4 else grey[:, None]
