@@ -55,7 +55,7 @@ from common.images import save_image
 from common.paths import check_writable_dir
 from common.photos import HELD_OUT_NAMES, write_photos
 from rewards.base import metrics_to_floats
-from rewards.grid import luminance, texture_added
+from rewards.grid import luminance, matched_global_edit, texture_added
 
 from .config import TrainConfig
 from .data import ImageFolder
@@ -103,9 +103,11 @@ GRID_TOLERANCE = 0.02
 # about what the base model already adds there (0.012 -> 0.041 on the held-out photos).
 # The saturation target of the first demo (around the image's mean colour) added 0.087.
 NEUTRAL_TOLERANCE = 0.03
-# Texture the LoRA may add over the base model's (same measure as the reward term, x1e5):
-# 10 % of the base's own.
-TEXTURE_TOLERANCE = 1.10
+# Texture the LoRA may add over the base output given the LoRA's own global edit (same
+# measure as the reward term): 10 % of the base model's own texture. (Against the base
+# output as it is, as first checked, a clean brightness x1.1 already failed: see
+# benchmarks/demo_check_sensitivity.py.)
+TEXTURE_SLACK = 0.10
 # Checks added with the second held-out set; only --strict makes them decide the exit status.
 NEW_CHECKS = ("no_texture_added",)
 # The tiny model's token grid: VAE stride 2 x 2x2 token packing = 4 px (FLUX: 8 x 2 = 16).
@@ -275,12 +277,17 @@ def demo_checks(s: dict) -> dict[str, bool]:
         "colourfulness_increased": (s["colourfulness_after"] - s["colourfulness_before"]
                                     >= MIN_COLOURFULNESS_GAIN),
         "content_kept_ssim_vs_base": s["ssim_after_vs_base"] >= SSIM_FLOOR,
-        "grid_penalty_not_higher": (s["grid_penalty_after"]
-                                    <= s["grid_penalty_before"] + GRID_TOLERANCE),
+        # grid and texture: against the base output given the LoRA's own global edit
+        # (matched_global_edit), so what is measured is what the LoRA adds beyond a clean
+        # edit of the same strength (benchmarks/demo_check_sensitivity.py)
+        "grid_penalty_not_above_matched_edit": (s["grid_penalty_after"]
+                                                <= s["grid_penalty_matched_edit"]
+                                                + GRID_TOLERANCE),
         "no_new_periodic_texture": s["lattice_share_after"] <= 1.25 * s["lattice_share_before"],
         "neutral_parts_stay_neutral": (s["neutral_tint_after"]
                                        <= s["neutral_tint_before"] + NEUTRAL_TOLERANCE),
-        "no_texture_added": s["texture_after"] <= TEXTURE_TOLERANCE * s["texture_before"],
+        "no_texture_added_over_matched_edit": (s["texture_after"] <= s["texture_matched_edit"]
+                                               + TEXTURE_SLACK * s["texture_before"]),
     }
 
 
@@ -459,6 +466,10 @@ def held_out_figures(reward, inputs, before, after) -> dict:
             return float(texture_added(x, inputs, GRID_PERIOD, TEXTURE_GAIN,
                                        TEXTURE_FLOOR).mean())
 
+        # the base output with the LoRA's global tone and colour edit: no texture of its own
+        matched = matched_global_edit(before, after)
+        r_matched = metrics_to_floats(reward(matched, inputs, None)[1])
+
         return {
             "held_out_reward_before": r_before["reward"],
             "held_out_reward_after": r_after["reward"],
@@ -476,9 +487,12 @@ def held_out_figures(reward, inputs, before, after) -> dict:
             "ssim_after_vs_base": ssim_luma(after, before), "ssim_floor": SSIM_FLOOR,
             "grid_penalty_before": r_before["grid/grid_penalty"],
             "grid_penalty_after": r_after["grid/grid_penalty"],
+            "grid_penalty_matched_edit": r_matched["grid/grid_penalty"],
             "lattice_share_before": r_before["lattice/share"],
             "lattice_share_after": r_after["lattice/share"],
             "texture_before": texture(before), "texture_after": texture(after),
+            "texture_matched_edit": texture(matched),
+            "matched_edit_residual_rms": float((after - matched).pow(2).mean().sqrt()),
         }
 
 
