@@ -417,7 +417,8 @@ class GridPenalty:
 
 def _fine_texture_energy(images: torch.Tensor, block: int) -> torch.Tensor:
     """(B,3,H,W) -> (B, H/block, W/block): energy of the detail finer than 3 px (image minus
-    its 3x3 box blur) in luma + half of it in each opponent colour, per block x block cell."""
+    its 3x3 box blur) in luma + half of it in each opponent colour, per block x block cell.
+    Linear up to the square, so it also reads differences of images."""
     x = images.float()
     r, g, b = x.unbind(1)
     y = torch.stack([REC709[0] * r + REC709[1] * g + REC709[2] * b, r - g, 0.5 * (r + g) - b], 1)
@@ -458,7 +459,7 @@ def _monomials(x: torch.Tensor, degree: int) -> torch.Tensor:
 
 
 def matched_global_edit(source: torch.Tensor, target: torch.Tensor, degree: int = 3,
-                        ridge: float = 1e-6) -> torch.Tensor:
+                        ridge: float = 1e-9) -> torch.Tensor:
     """``source`` with the global, pixel-wise colour edit that best matches ``target`` (no grad).
 
     Per image and output channel, a polynomial of degree ``degree`` in the source pixel's
@@ -496,6 +497,24 @@ def matched_global_edit(source: torch.Tensor, target: torch.Tensor, degree: int 
         coef = torch.linalg.solve(gram + ridge * N * eye, rhs)         # (B,3,P)
         out = coef @ feats                                             # (B,3,N)
         return out.reshape(source.shape).clamp(0, 1).to(source.dtype)
+
+
+def detail_beyond_edit(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[B] fine-detail energy of what ``images`` change in ``reference`` beyond a global edit.
+
+    The reference given the images' own global tone and colour edit
+    (:func:`matched_global_edit`, no grad) is subtracted from the images, and the detail
+    finer than 3 px of that difference (image minus its 3x3 box blur; luma + half of each
+    opponent colour, the measure of :func:`texture_added`) is averaged over the image.
+    Differentiable in ``images``. Any pixel-wise edit of the reference (brighter, more
+    colourful, a tone curve) scores 0; blocky offsets per token, a grid, grain, and detail
+    moved or lost score their energy. Unlike :func:`texture_added` it is two-sided: an
+    output cannot lower it by blurring (the blur is itself a difference in fine detail).
+    """
+    check_images(images)
+    check_images(reference, "reference")
+    matched = matched_global_edit(reference, images)
+    return _fine_texture_energy(images - matched, 1).mean(dim=(1, 2))
 
 
 _DEFAULT_PENALTIES: dict[GridConfig, GridPenalty] = {}
@@ -554,5 +573,6 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
     return as_reward(grid_reward)
 
 
-__all__ = ["GridConfig", "GridPenalty", "grid_penalty", "grid_penalty_terms",
-           "luminance", "make_grid_reward", "matched_global_edit", "texture_added"]
+__all__ = ["GridConfig", "GridPenalty", "detail_beyond_edit", "grid_penalty",
+           "grid_penalty_terms", "luminance", "make_grid_reward", "matched_global_edit",
+           "texture_added"]

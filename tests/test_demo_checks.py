@@ -13,7 +13,7 @@ from alignprop.demo import (SAMPLE_STEPS, SIZE, demo_checks, demo_reward, demo_r
 from alignprop.models import TINY_PHOTO, load_kontext_pipeline
 from alignprop.photo_sets import load_second_set
 from alignprop.reward_flags import build_reward_from_flags
-from rewards.grid import matched_global_edit
+from rewards.grid import detail_beyond_edit, matched_global_edit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -60,3 +60,18 @@ def test_matched_edit_reproduces_a_pointwise_edit_and_leaves_texture_out():
     assert matched_global_edit(flat, sensitivity.blocky_texture(flat, 0.05, False)).std() < 1e-6
     with pytest.raises(ValueError, match="differ in shape"):
         matched_global_edit(photos, photos[:, :, :8])
+
+
+def test_detail_beyond_edit_is_zero_for_a_global_edit_and_sees_blocks_grids_and_blur():
+    photos = load_second_set(SIZE)[:4]
+    edited = sensitivity.global_edit(photos, brightness=1.1, saturation=1.45, shadow_lift=0.3)
+    clean = detail_beyond_edit(edited, photos)
+    assert clean.max() < 2e-6
+    blocky = sensitivity.blocky_texture(edited, 0.01, dark_only=False)
+    gridded = sensitivity.grid(edited, 0.01, colour_only=True)
+    blurred = torch.nn.functional.avg_pool2d(edited, 3, 1, 1, count_include_pad=False)
+    for name, x in (("blocks", blocky), ("grid", gridded), ("blur", blurred)):
+        assert (detail_beyond_edit(x, photos) > 5 * clean + 5e-6).all(), name
+    x = blocky.clone().requires_grad_(True)
+    detail_beyond_edit(x, photos).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
