@@ -87,7 +87,7 @@ BACKPROP_STEPS = 2
 # by construction, so a short T5 sequence gives the same images far cheaper (see tiny_photo).
 MAX_SEQUENCE_LENGTH = 64
 BRIGHTNESS_TARGET = 0.60
-BRIGHTNESS_WEIGHT = 100.0
+BRIGHTNESS_WEIGHT = 150.0
 # Saturation is scaled away from grey (see saturation_error), by this gain or less where it
 # would leave the RGB cube (gamut_gain). Limited to the cube, 1.45 no longer moved the
 # held-out colourfulness past its check (+0.02); 2.0 does (+0.03-0.04).
