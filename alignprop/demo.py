@@ -82,6 +82,12 @@ SIZE = 64
 DEMO_STEPS = 80
 LEARNING_RATE = 2e-3
 SAMPLE_STEPS = 4
+# Noise draws per held-out photo in the checks (pipeline seeds 1..EVAL_DRAWS; the base, the
+# LoRA and the matched edit all under the same draws, every figure a mean over them). With
+# one draw the second set's grid excess (LoRA - matched edit) moved by 0.007-0.016 (std
+# over 6 draws, per seed) around its mean, as much as the check's 0.02 tolerance: one
+# draw's verdict was partly noise. Four draws cut that std by 2 (docs/anti_grid.md).
+EVAL_DRAWS = 4
 BACKPROP_STEPS = 2
 # tiny-photo reads its prompt through CLIP's pooled embedding; its T5 tokens are identical
 # by construction, so a short T5 sequence gives the same images far cheaper (see tiny_photo).
@@ -335,6 +341,13 @@ def edit_with_pipeline(pipe, images, prompt, steps=SAMPLE_STEPS, seed=1):
                 max_sequence_length=MAX_SEQUENCE_LENGTH).images
 
 
+def edit_draws(pipe, images, prompt, draws=EVAL_DRAWS):
+    """``edit_with_pipeline`` under pipeline seeds 1..draws, stacked draw after draw:
+    (draws*B,3,H,W), so batch means are means over photos and draws."""
+    return torch.cat([edit_with_pipeline(pipe, images, prompt, SAMPLE_STEPS, seed=d)
+                      for d in range(1, draws + 1)])
+
+
 DEMO_MARKER = ".alignprop-demo"
 
 
@@ -417,12 +430,13 @@ def main(argv=None) -> int:
         images = ImageFolder(folder, SIZE, SIZE, cfg.prompt)
         inputs[name] = torch.stack([images.load(i) for i in range(len(images))])
     pipe = load_kontext_pipeline(TINY_PHOTO)
-    before = {n: edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
-              for n, x in inputs.items()}
+    before = {n: edit_draws(pipe, x, cfg.prompt) for n, x in inputs.items()}
     pipe.load_lora_weights(str(out))
-    after = {n: edit_with_pipeline(pipe, x, cfg.prompt, SAMPLE_STEPS, seed=1)
-             for n, x in inputs.items()}
+    after = {n: edit_draws(pipe, x, cfg.prompt) for n, x in inputs.items()}
     results = {n: held_out_figures(reward, inputs[n], before[n], after[n]) for n in sets}
+    # the figures show the first draw
+    before = {n: x[:len(inputs[n])] for n, x in before.items()}
+    after = {n: x[:len(inputs[n])] for n, x in after.items()}
 
     grid = image_grid([inputs["skimage"], before["skimage"], after["skimage"]])
     save_image(torch.nn.functional.interpolate(grid[None], scale_factor=4, mode="nearest")[0],
@@ -479,7 +493,17 @@ def main(argv=None) -> int:
 
 
 def held_out_figures(reward, inputs, before, after) -> dict:
-    """The figures the checks read, for one held-out set (base model vs LoRA)."""
+    """The figures the checks read, for one held-out set (base model vs LoRA).
+
+    ``before`` and ``after`` may hold several noise draws of each photo, stacked draw after
+    draw (:func:`edit_draws`); every figure is then a mean over photos and draws, and
+    ``grid_excess_per_draw`` lists each draw's LoRA - matched-edit grid penalty.
+    """
+    draws = len(before) // len(inputs)
+    if len(before) != draws * len(inputs) or after.shape != before.shape:
+        raise ValueError(f"held_out_figures: {len(inputs)} inputs but {len(before)} base and "
+                         f"{len(after)} LoRA outputs (expected a whole number of draws)")
+    inputs = inputs.repeat(draws, 1, 1, 1)
     with torch.no_grad():
         # reward metrics stay tensors on the device until read (rewards.base)
         r_before = metrics_to_floats(reward(before, inputs, None)[1])
@@ -516,6 +540,12 @@ def held_out_figures(reward, inputs, before, after) -> dict:
             "texture_before": texture(before), "texture_after": texture(after),
             "texture_matched_edit": texture(matched),
             "matched_edit_residual_rms": float((after - matched).pow(2).mean().sqrt()),
+            "noise_draws": draws,
+            "grid_excess_per_draw": [
+                metrics_to_floats(reward(a, x, None)[1])["grid/grid_penalty"]
+                - metrics_to_floats(reward(m, x, None)[1])["grid/grid_penalty"]
+                for a, m, x in zip(after.chunk(draws), matched.chunk(draws),
+                                   inputs.chunk(draws))],
         }
 
 

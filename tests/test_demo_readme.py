@@ -94,6 +94,32 @@ def test_held_out_figures_are_plain_numbers_the_summary_can_store():
     before, after = (inputs * 0.9).clamp(0, 1), (inputs * 1.1).clamp(0, 1)
     figures = held_out_figures(demo_reward(build_reward_from_flags(demo_reward_flags())),
                                inputs, before, after)
-    assert all(type(v) is float for v in figures.values()), {
-        k: type(v) for k, v in figures.items() if type(v) is not float}
+    lists = {"grid_excess_per_draw"}
+    assert type(figures.pop("noise_draws")) is int
+    assert all(type(v) is float for k, v in figures.items() if k not in lists), {
+        k: type(v) for k, v in figures.items() if type(v) is not float and k not in lists}
+    assert all(type(v) is float for k in lists for v in figures[k])
     json.dumps(figures)
+
+
+def test_held_out_figures_over_several_draws_are_means_over_the_draws():
+    """The demo's checks read every figure as a mean over EVAL_DRAWS noise draws of each
+    photo (stacked draw after draw): one draw's grid verdict was partly noise."""
+    torch.manual_seed(0)
+    reward = demo_reward(build_reward_from_flags(demo_reward_flags()))
+    inputs = torch.rand(2, 3, 32, 32)
+    before = torch.cat([(inputs * 0.9).clamp(0, 1), (inputs * 0.8 + 0.1).clamp(0, 1)])
+    after = (before + 0.05 * torch.rand_like(before)).clamp(0, 1)
+    pooled = held_out_figures(reward, inputs, before, after)
+    one = [held_out_figures(reward, inputs, b, a)
+           for b, a in zip(before.chunk(2), after.chunk(2))]
+    assert pooled["noise_draws"] == 2 and one[0]["noise_draws"] == 1
+    for key in ("grid_penalty_after", "grid_penalty_matched_edit", "texture_after",
+                "mean_luma_after", "held_out_reward_after"):
+        assert pooled[key] == pytest.approx((one[0][key] + one[1][key]) / 2, rel=1e-4), key
+    assert pooled["grid_excess_per_draw"] == pytest.approx(
+        [o["grid_excess_per_draw"][0] for o in one], rel=1e-4)
+    assert one[1]["grid_excess_per_draw"][0] != pytest.approx(
+        one[0]["grid_excess_per_draw"][0], rel=1e-3)  # the draws differ
+    with pytest.raises(ValueError, match="whole number of draws"):
+        held_out_figures(reward, inputs, before[:3], after[:3])
