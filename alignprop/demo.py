@@ -60,7 +60,7 @@ from common.images import save_image
 from common.paths import check_writable_dir
 from common.photos import HELD_OUT_NAMES, write_photos
 from rewards.base import metrics_to_floats
-from rewards.grid import REC709, grid_penalty, luminance, matched_global_edit, texture_added
+from rewards.grid import REC709, luminance, matched_global_edit, texture_added
 
 from .config import TrainConfig
 from .data import ImageFolder
@@ -108,13 +108,6 @@ LATTICE_WEIGHT = 300.0
 # It replaced a term on texture added over the *input* (weight 1e5), which saw the base
 # model's own texture and any contrast gain as texture (docs/anti_grid.md).
 DETAIL_WEIGHT = 1e5
-# ... and the grid check's own figure as a guard: the grid penalty the LoRA's image has above
-# the base model's image given the LoRA's global edit (grid_beyond_edit, hinged at 0). The
-# absolute grid term (GRID_WEIGHT) also fights the look (a brighter, more colourful image
-# has more grid contrast); this one sees only what the LoRA adds. Seed 4 raised the second
-# set's grid penalty 0.057 over the matched edit without it (4 draws), 0.015 at 5; 20 gave
-# 0.036 (docs/anti_grid.md).
-GRID_EXCESS_WEIGHT = 5.0
 # The texture measure of the checks (rewards.grid.texture_added, per 4-px token).
 TEXTURE_GAIN = 1.5
 TEXTURE_FLOOR = 2e-5
@@ -253,27 +246,6 @@ def demo_reward_flags():
                        brightness_target=BRIGHTNESS_TARGET, brightness_band=0.02,
                        grid_ratio_weight=GRID_WEIGHT, grid_ratio_period=GRID_PERIOD,
                        grid_eval_resize=0, crispness_weight=0.1, crispness_eval_resize=0)
-
-
-def grid_beyond_edit(flags: RewardFlags, weight: float = GRID_EXCESS_WEIGHT):
-    """``fn(lora_images, base_images) -> [B]``: ``weight`` x the grid penalty of the LoRA's
-    images above that of the base images given the LoRA's global edit (hinged at 0; the
-    grid check's figure, per image). The trainer adds it to the base consistency."""
-    import torch.nn.functional as F
-
-    options = dict(period=flags.grid_ratio_period, max_harm=flags.grid_ratio_max_harm,
-                   sigma_bins=flags.grid_ratio_sigma_bins, tau=flags.grid_tau,
-                   eval_resize=flags.grid_eval_resize, mode=flags.grid_mode)
-
-    def fn(images, base):
-        def up(x):
-            return F.interpolate(x, scale_factor=UPSAMPLE, mode="nearest")
-
-        matched = matched_global_edit(base, images)  # no grad
-        excess = grid_penalty(up(images), **options) - grid_penalty(up(matched), **options)
-        return weight * excess.clamp_min(0)
-
-    return fn
 
 
 def demo_reward(base_reward):
@@ -448,7 +420,7 @@ def main(argv=None) -> int:
     flags = demo_reward_flags()
     reward = demo_reward(build_reward_from_flags(flags))
     t0 = time.time()
-    result = train(cfg, flags, reward_fn=reward, beyond_base=grid_beyond_edit(flags))
+    result = train(cfg, flags, reward_fn=reward)
     train_s = time.time() - t0
 
     # Before / after on both held-out sets with diffusers' own pipeline and LoRA loader.

@@ -264,9 +264,6 @@ class Models:
     reward_fn: Callable             # composite reward: (images, inputs, prompts) -> (r[B], m)
     bare: Any                       # unwrapped transformer (toggles the adapter)
     lpips: Any = None               # LPIPS model for --base_consistency_metric lpips
-    # a caller's extra base-consistency term (the demo's grid excess): (LoRA images, base
-    # images) -> [B] added to the loss as it is (already weighted), when the weight is > 0
-    beyond_base: Optional[Callable] = None
 
 
 @dataclass
@@ -335,34 +332,23 @@ def _reward_loss(models: Models, images, batch: Batch, metrics: dict):
 
 def _consistency(models: Models, flags: MethodFlags, lora_latents, base_latents,
                  metrics: dict) -> torch.Tensor:
-    """Distance of the LoRA's latents from the base model's (weighted), logged unweighted;
-    plus ``models.beyond_base`` of the decoded images when a caller gave one."""
-    a = b = None
+    """Distance of the LoRA's latents from the base model's (weighted), logged unweighted."""
     if flags.base_consistency_metric == "latent":
         d = F.mse_loss(lora_latents.float(), base_latents.float().detach())
+    elif flags.base_consistency_metric == "detail":
+        sampler = models.sampler
+        a = sampler.decode(lora_latents)
+        with torch.no_grad():
+            b = sampler.decode(base_latents)
+        d = detail_beyond_edit(a.float(), b.float()).mean()
     else:
-        a, b = _decode_pair(models, lora_latents, base_latents)
-        if flags.base_consistency_metric == "detail":
-            d = detail_beyond_edit(a, b).mean()
-        else:
-            d = models.lpips(a, b, normalize=True).mean()
+        sampler = models.sampler
+        a = sampler.decode(lora_latents)
+        with torch.no_grad():
+            b = sampler.decode(base_latents)
+        d = models.lpips(a.float(), b.float(), normalize=True).mean()
     metrics["base_consistency"] = batch_mean(d)
-    loss = flags.base_consistency_weight * d
-    if models.beyond_base is not None:
-        if a is None:
-            a, b = _decode_pair(models, lora_latents, base_latents)
-        extra = models.beyond_base(a, b).mean()
-        metrics["base_consistency/extra"] = batch_mean(extra)
-        loss = loss + extra
-    return loss
-
-
-def _decode_pair(models: Models, lora_latents, base_latents):
-    """Decoded LoRA images (with grad) and base images (without), float."""
-    a = models.sampler.decode(lora_latents)
-    with torch.no_grad():
-        b = models.sampler.decode(base_latents)
-    return a.float(), b.float()
+    return flags.base_consistency_weight * d
 
 
 def _x0(latents, sigma, velocity):

@@ -294,11 +294,10 @@ def check_reward_fits_method(method: str, reward_fn) -> None:
 
 # --------------------------------------------------------------------------- setup_run
 def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn | None = None,
-              accelerator=None, beyond_base=None) -> Run:
+              accelerator=None) -> Run:
     """Build a run: paths checked first, then data, models, rewards, LoRA and optimizer.
 
-    ``reward_fn`` overrides the flags' reward (tests, demo); ``accelerator`` an existing one;
-    ``beyond_base`` an extra base-consistency term (``alignprop.methods.Models``; the demo).
+    ``reward_fn`` overrides the flags' reward (tests, demo); ``accelerator`` an existing one.
     """
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -394,8 +393,7 @@ def setup_run(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn: RewardFn |
     if cfg.compile:
         compile_regions(bare, pipe.vae, find_modules(reward_fn))
         sampler.grad_start_leaf = True  # one graph for every K (sampler.py)
-    models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device),
-                    beyond_base=beyond_base)
+    models = Models(sampler, reward_fn, bare, consistency_lpips(cfg, reward_flags, device))
     rollouts = (Rollouts(cfg, folder if cfg.preferences else None)
                 if cfg.method in SCORE_METHODS else None)
     return Run(cfg=cfg, reward_flags=reward_flags, accelerator=accelerator, out_dir=out_dir,

@@ -318,14 +318,13 @@ def _emergency_checkpoint(run: Run, exc: BaseException, step_start) -> None:
 
 # --------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, reward_flags: RewardFlags, reward_fn=None,
-          accelerator=None, notes: Sequence[str] = (), beyond_base=None) -> TrainResult:
+          accelerator=None, notes: Sequence[str] = ()) -> TrainResult:
     """Train a LoRA; ``reward_fn`` overrides the flags' reward (tests, demo). ``notes``: one-line
     notes of the command (alignprop.config.startup_notes), printed once the run is set up and
-    kept in run_config.json. ``beyond_base``: an extra base-consistency term on (LoRA images,
-    base images), used with --base_consistency_weight > 0 (alignprop.methods.Models; the demo)."""
+    kept in run_config.json."""
     from tqdm.auto import tqdm
 
-    run = setup_run(cfg, reward_flags, reward_fn, accelerator, beyond_base)
+    run = setup_run(cfg, reward_flags, reward_fn, accelerator)
     resume_run(run)
     describe_run(run, notes)
     progress = tqdm(total=run.total_steps, initial=run.global_step, disable=not run.main,

@@ -9,8 +9,7 @@ import torch
 
 from alignprop.config import DEFAULT_PROMPT
 from alignprop.demo import (SAMPLE_STEPS, SIZE, demo_checks, demo_reward, demo_reward_flags,
-                            edit_with_pipeline, grid_beyond_edit)
-from alignprop.methods import MethodFlags, Models, _consistency
+                            edit_with_pipeline)
 from alignprop.models import TINY_PHOTO, load_kontext_pipeline
 from alignprop.photo_sets import load_second_set
 from alignprop.reward_flags import build_reward_from_flags
@@ -76,39 +75,3 @@ def test_detail_beyond_edit_is_zero_for_a_global_edit_and_sees_blocks_grids_and_
     x = blocky.clone().requires_grad_(True)
     detail_beyond_edit(x, photos).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-
-
-def test_grid_beyond_edit_is_the_grid_checks_figure_and_sees_a_grid_not_an_edit():
-    """The demo's grid guard: the grid penalty above the matched edit of the base image, per
-    image -- 0 for a clean global edit, positive for a 4-px grid, with a gradient."""
-    flags = demo_reward_flags()
-    guard = grid_beyond_edit(flags, weight=1.0)
-    photos = load_second_set(SIZE)[:6]
-    edited = sensitivity.global_edit(photos, brightness=1.1, saturation=1.45, shadow_lift=0.3)
-    gridded = sensitivity.grid(edited, 0.02, colour_only=False)
-    assert guard(edited, photos).max() < 0.01
-    assert guard(gridded, photos).mean() > 0.1
-    # its grid penalty is the reward's (what the check reads): same mean on the same images
-    reward = demo_reward(build_reward_from_flags(flags))
-    with torch.no_grad():
-        excess = (reward(gridded, photos, None)[1]["grid/grid_penalty"]
-                  - reward(matched_global_edit(photos, gridded), photos, None)[1]
-                  ["grid/grid_penalty"])
-    assert float(excess) == pytest.approx(float(guard(gridded, photos).mean()), abs=0.02)
-    x = gridded.clone().requires_grad_(True)
-    guard(x, photos).sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-
-
-def test_the_trainer_adds_a_callers_beyond_base_term_to_the_base_consistency():
-    photos = load_second_set(SIZE)[:2]
-    gridded = sensitivity.grid(photos, 0.02, colour_only=False)
-    sampler = type("IdentityDecode", (), {"decode": staticmethod(lambda z: z)})()
-    flags = MethodFlags(base_consistency_weight=1e5, base_consistency_metric="detail")
-    plain, metrics = Models(sampler, None, None), {}
-    with_guard = Models(sampler, None, None, beyond_base=lambda a, b: 7.0 + 0 * a.mean((1, 2, 3)))
-    base_loss = _consistency(plain, flags, gridded, photos, metrics)
-    assert "base_consistency/extra" not in metrics
-    loss = _consistency(with_guard, flags, gridded, photos, metrics)
-    assert float(loss - base_loss) == pytest.approx(7.0)
-    assert float(metrics["base_consistency/extra"]) == pytest.approx(7.0)
