@@ -25,8 +25,9 @@ steps, toward a *brighter, more colourful* look while keeping the content:
 Then two held-out sets the LoRA never saw (neither was in tiny-photo's pretraining either,
 :mod:`alignprop.photo_sets`) -- scikit-image's astronaut, chelsea, coffee and rocket, and 12
 bundled photos of another source -- are edited with diffusers' own ``FluxKontextPipeline``
-before and after ``pipe.load_lora_weights(output_dir)`` (same seed), and the demo checks
-each set, printing PASS/FAIL for each (:func:`demo_checks`):
+before and after ``pipe.load_lora_weights(output_dir)`` under the same :data:`EVAL_DRAWS`
+noise draws, and the demo checks each set on the means over photos and draws, printing
+PASS/FAIL for each (:func:`demo_checks`):
 
 * the held-out reward improves; brightness moves toward its target and colourfulness up;
 * content is kept: SSIM (luma) of the LoRA output against the base output >= :data:`SSIM_FLOOR`;
