@@ -394,7 +394,7 @@ def main(argv=None) -> int:
                         help="Exit 1 unless every check passes on both held-out sets "
                              "(benchmarks/bench_demo_seeds.py uses it). Without it the exit "
                              "status follows the scikit-image set's checks; the second set's "
-                             "grid check fails for two training seeds of five (README).")
+                             "grid check fails for one training seed of five (README).")
     args = parser.parse_args(argv)
     if args.steps < 2:
         parser.error("--steps must be >= 2")
