@@ -188,8 +188,8 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((pred - target) ** 2) * w).mean() / w.mean()
 
 
-# Weight of the look target in stage 1 (which of the style task's looks a plain crop was
-# graded with): the style question needs it.
+# Weight of the grade target in stage 1 (which grade a view carries, or with --style_task
+# looks which look a plain crop carries): the style question needs it.
 GRADE_WEIGHT = 2.0
 # Stage 1: plain crops (no colour augmentation) graded with the style task's looks, per step,
 # as a fraction of --vision_batch; and how many plain crops the banks hold.
@@ -200,36 +200,39 @@ PLAIN_CROPS = 2000
 class VisionProbes(torch.nn.Module):
     """Heads on the image tokens the language model reads (dropped after stage 1)."""
 
-    def __init__(self, dim: int, tokens: int, looks: int, vision_dim: int):
+    def __init__(self, dim: int, tokens: int, grades: int, vision_dim: int):
         super().__init__()
         mlp = lambda o: torch.nn.Sequential(torch.nn.Linear(dim, 256), torch.nn.GELU(),
                                             torch.nn.Linear(256, o))
         self.local = torch.nn.Linear(dim, 7)
         self.patch = torch.nn.Linear(vision_dim, 7)
         self.stats = mlp(len(data.ATTRIBUTES))
-        self.look = mlp(looks)
+        self.grade = mlp(grades)
         self.content = torch.nn.Linear(dim * tokens, 64)
 
 
 def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, steps: int,
-                    batch: int, lr: float, seed: int, log, grade_weight: float = GRADE_WEIGHT
-                    ) -> dict:
+                    batch: int, lr: float, seed: int, log, grade_weight: float = GRADE_WEIGHT,
+                    style_task: str = "grades") -> dict:
     """Stage 1: the vision tower and projector alone, with dense auxiliary targets.
 
     The language model costs ~10x more per image than the vision tower, and an answer token
     carries a few bits; so the image features are first taught directly, on many more images:
-    per-token local statistics (:func:`local_targets`), the four global statistics, the colour
-    look of plain crops graded as the style task grades them (:data:`data.STYLE_LOOKS`), and
-    content (InfoNCE between two independently edited and graded views of one crop). The heads
-    are thrown away; stage 2 trains the whole model on the questions.
+    per-token local statistics (:func:`local_targets`), the four global statistics, the
+    colour grade (``style_task`` "grades": which of the 12 grades each view carries; "looks":
+    which of the six looks a plain crop, graded as the style task grades it, carries -- on
+    ``batch * LOOK_FRACTION`` more images), and content (InfoNCE between two independently
+    edited and graded views of one crop). The heads are thrown away; stage 2 trains the whole
+    model on the questions.
     """
     bundle = training_bundle(model, processor)
     family = bundle.family
     vlm = model.model
     tokens = int(model.config.image_seq_length)
-    probes = VisionProbes(model.config.text_config.hidden_size, tokens, len(data.STYLE_LOOKS),
+    looks = style_task == "looks"
+    probes = VisionProbes(model.config.text_config.hidden_size, tokens,
+                          len(data.STYLE_LOOKS if looks else data.GRADES),
                           model.config.vision_config.hidden_size)
-    plain = bank.plain if bank.plain is not None else bank
     n_look = max(1, round(batch * LOOK_FRACTION))
     params = (list(vlm.vision_tower.parameters()) + list(vlm.multi_modal_projector.parameters())
               + list(probes.parameters()))
@@ -245,11 +248,15 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
         grades = torch.randint(len(data.GRADES), (2, batch), generator=g)
         views = [data.apply_grade(data.random_edit(crops, g), grades[v].tolist(), g)
                  for v in range(2)]
-        looks = torch.randint(len(data.STYLE_LOOKS), (n_look,), generator=g)
-        looked = data.apply_look(data.mild_exposure(plain.get(torch.randint(len(plain), (n_look,),
-                                                                    generator=g)), g),
-                                 looks.tolist(), g)
-        x = torch.cat(views + [looked])
+        if looks:
+            # the style task's looks on plain crops: the grade target is read off these
+            grade_of = torch.randint(len(data.STYLE_LOOKS), (n_look,), generator=g)
+            plain = bank.plain.get(torch.randint(len(bank.plain), (n_look,), generator=g))
+            views.append(data.apply_look(data.mild_exposure(plain, g), grade_of.tolist(), g))
+            graded = slice(2 * batch, None)
+        else:
+            grade_of, graded = grades.flatten(), slice(None)
+        x = torch.cat(views)
         pixels, _ = family.prepare(bundle, x, {"max_tiles": 1})
         out = vlm.get_image_features(pixel_values=pixels.flatten(0, 1))
         feats = out.pooler_output                        # (2B, 16, text hidden): what the LM reads
@@ -265,7 +272,7 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
             "local": _weighted_mse(probes.local(feats), local_targets(x)),
             "patch": _weighted_mse(probes.patch(patches), local_targets(x, 8)),
             "stats": F.mse_loss(probes.stats(pooled), stats) * 10,
-            "look": grade_weight * F.cross_entropy(probes.look(pooled[2 * batch:]), looks),
+            "grade": grade_weight * F.cross_entropy(probes.grade(pooled[graded]), grade_of),
             "content": 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)),
         }
         loss = sum(losses.values())
@@ -347,7 +354,10 @@ def comparison_loss(head, kind: str, batch: data.Batch, hidden: torch.Tensor,
 
 # Questions that lag with equal weights get more (the others 1; content and style:
 # --two_image_weight). Measured: docs/vlm.md.
-QUESTION_WEIGHTS = {"single:colourfulness": 2.0, "pair:sharpness": 2.0}
+QUESTION_WEIGHTS: dict[str, float] = {}
+# The "looks" recipe measured in docs/vlm.md (not shipped): colourfulness and the sharpness pair
+# x2, style x1 (content stays at --two_image_weight).
+LOOKS_QUESTION_WEIGHTS = "single:colourfulness=2,pair:sharpness=2,style=1"
 
 
 def _format_weights(w: dict[str, float]) -> str:
@@ -385,7 +395,7 @@ def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int
           lr: float, seed: int, log, kinds=data.KINDS, warmup: int = 100,
           vision_lr_scale: float = 1.0, expected_weight: float = 0.0,
           route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT,
-          question_weights: dict[str, float] | None = None) -> dict:
+          question_weights: dict[str, float] | None = None, style_task: str = "grades") -> dict:
     """Every step asks every task kind one batch; returns the last losses per kind.
 
     ``route_heads`` 0 and ``two_image_weight`` 1 is the recipe of the first shipped model (no
@@ -427,7 +437,8 @@ def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int
         shared = {"single": data.single_images(bank, batch, g),
                   "pair": data.pair_images(bank, batch, g)}
         for kind in kinds:
-            b = data.make_batch(kind, bank, batch, scales, g, shared.get(kind.split(":")[0]))
+            b = data.make_batch(kind, bank, batch, scales, g, shared.get(kind.split(":")[0]),
+                                style_task)
             reward = rewards[kind]
             if len(b.slots) == 2:
                 logp, out, ids = reward.answer_logprobs(b.slots, inner=True)
@@ -476,13 +487,16 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def held_out_batches(scales: data.Scales, crops: int = EVAL_CROPS,
-                     samples: int = EVAL_SAMPLES) -> dict[str, data.Batch]:
-    """Fixed batches of every task kind from the held-out photos (never seen in training)."""
-    bank = data.crop_bank(crops, EVAL_SEED, held_out=True, plain=crops)
+                     samples: int = EVAL_SAMPLES, style_task: str = "grades"
+                     ) -> dict[str, data.Batch]:
+    """Fixed batches of every task kind from the held-out photos (never seen in training); the
+    style pairs as ``style_task`` makes them (the same way as in training)."""
+    bank = data.crop_bank(crops, EVAL_SEED, held_out=True,
+                          plain=crops if style_task == "looks" else 0)
     out = {}
     for i, kind in enumerate(data.KINDS):
         g = torch.Generator().manual_seed(EVAL_SEED + i)
-        out[kind] = data.make_batch(kind, bank, samples, scales, g)
+        out[kind] = data.make_batch(kind, bank, samples, scales, g, style_task=style_task)
     return out
 
 
@@ -630,7 +644,13 @@ def main(argv=None) -> int:
                         help="Stage 2: weight of chosen questions' answers in the mix, "
                              "'kind=w,...' with kinds " + ", ".join(data.KINDS) + " (over "
                              "--two_image_weight for content and style; others 1; 'none': all "
-                             "1). Default: " + _format_weights(QUESTION_WEIGHTS) + ".")
+                             "1). Default: " + _format_weights(QUESTION_WEIGHTS) + "; the looks "
+                             "recipe of docs/vlm.md: " + LOOKS_QUESTION_WEIGHTS + ".")
+    parser.add_argument("--style_task", choices=data.STYLE_TASKS, default="grades",
+                        help="How the style pairs are made (both in training and in the held-out "
+                             "evaluation): 'grades', the 12 grades on augmented crops (the "
+                             "shipped model's); 'looks', six strongly distinct looks on plain "
+                             "crops (docs/vlm.md), with a look target in stage 1.")
     parser.add_argument("--eval_samples", type=int, default=EVAL_SAMPLES,
                         help="Held-out samples per task kind.")
     parser.add_argument("--seed", type=int, default=0)
@@ -665,7 +685,10 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
 
-    bank = data.crop_bank(args.crops, args.seed, plain=PLAIN_CROPS)
+    # the plain crops' bank draws its own seeds, but only exists for the looks task: seeding
+    # it moves torch's global generator (which initialises the probe heads)
+    bank = data.crop_bank(args.crops, args.seed,
+                          plain=PLAIN_CROPS if args.style_task == "looks" else 0)
     g = torch.Generator().manual_seed(args.seed)
     scales = data.Scales.from_images(data.random_edit(bank.get(torch.arange(min(4096, len(bank)))),
                                                       g))
@@ -677,12 +700,12 @@ def main(argv=None) -> int:
     log(f"InternVL {n_params / 1e6:.2f}M parameters")
     if args.vision_steps:
         pretrain_vision(model, processor, bank, scales, args.vision_steps, args.vision_batch,
-                        args.vision_lr, args.seed, log, args.grade_weight)
+                        args.vision_lr, args.seed, log, args.grade_weight, args.style_task)
     vision_s = time.time() - start
     losses = train(model, processor, bank, scales, args.steps, args.batch, args.lr, args.seed, log,
                    vision_lr_scale=args.vision_lr_scale, route_heads=args.route_heads,
                    two_image_weight=args.two_image_weight,
-                   question_weights=args.question_weights)
+                   question_weights=args.question_weights, style_task=args.style_task)
     train_s, train_cpu = time.time() - start, time.process_time() - cpu0
     load1 = os.getloadavg()
 
@@ -690,7 +713,8 @@ def main(argv=None) -> int:
     try:
         folder = tmp / "model"
         save(model, processor, folder)
-        batches = held_out_batches(scales, samples=args.eval_samples)
+        batches = held_out_batches(scales, samples=args.eval_samples,
+                                   style_task=args.style_task)
         report = evaluate(folder, scales, batches)
         clear_cache()                 # the temporary folder's copy
         report["checks"] = checks(report)
@@ -716,7 +740,8 @@ def main(argv=None) -> int:
             "questions": {"single": data.QUESTIONS, "pair": data.PAIR_QUESTIONS,
                           "content-similarity": data.CONTENT_QUESTION,
                           "similarity": data.STYLE_QUESTION},
-            "grades": list(data.GRADES), "style_looks": list(data.STYLE_LOOKS),
+            "style_task": args.style_task,
+            "grades": list(data.STYLE_LOOKS if args.style_task == "looks" else data.GRADES),
             "question_weights": {"content": args.two_image_weight,
                                  "style": args.two_image_weight, **args.question_weights},
             "scales": scales.as_dict(),

@@ -15,8 +15,10 @@ A ``single`` question is answered with the digit the statistic falls on after sc
 linearly from its 2nd..98th percentile on the training crops to 0..9 (:class:`Scales`);
 ``pair`` ("which image is brighter?", images labelled Image 1 and Image 2) with P("1") = sigmoid(gap / PAIR_TAU) in
 digit units; ``content-similarity`` with 9 when both images are edits of the same crop and
-0 for crops of different photos; ``similarity`` (style) with 9 when both images carry the same
-look (:data:`STYLE_LOOKS`, on two different photos) and 0 for different looks.
+0 for crops of different photos; ``similarity`` (style) with 9 when both images (two different
+photos) carry the same colour grade and 0 for different ones -- the 12 :data:`GRADES` on
+augmented crops (the first recipe) or the six :data:`STYLE_LOOKS` on plain crops
+(:func:`style_batch`).
 
 The crops come from the photos ``tiny-photo`` was pretrained on (:mod:`alignprop.pretrain_tiny`);
 its four held-out photos (astronaut, chelsea, coffee, rocket) are never seen in training and give
@@ -401,20 +403,33 @@ def content_batch(bank: CropBank, n: int, g: torch.Generator) -> Batch:
     return Batch("content", [a, b], target, same.float())
 
 
-def style_batch(bank: CropBank, n: int, g: torch.Generator) -> Batch:
-    """Two crops of different photos, both graded with one of :data:`STYLE_LOOKS`; positives
-    share the look, negatives do not. The crops are the bank's plain ones (the photo's own
-    colours, no random tint or channel swap under the look); a mild exposure change on each,
-    so the look (not the photo's raw tone) is what matches."""
-    src = bank.plain if bank.plain is not None else bank
+# The style task as sampled: "grades" (the first recipe: the 12 GRADES on augmented crops) or
+# "looks" (the six STYLE_LOOKS on plain crops, docs/vlm.md).
+STYLE_TASKS = ("grades", "looks")
+
+
+def style_batch(bank: CropBank, n: int, g: torch.Generator, task: str = "grades") -> Batch:
+    """Two crops of different photos; positives share the colour grade, negatives do not.
+
+    ``task="looks"``: one of :data:`STYLE_LOOKS` on the bank's plain crops (the photo's own
+    colours, no random tint or channel swap under the look); ``"grades"``: one of the 12
+    :data:`GRADES` on the augmented crops. A mild exposure change on both first, so the grade
+    (not the photo's raw tone) is what matches."""
+    if task not in STYLE_TASKS:
+        raise KeyError(f"unknown style task {task!r}; known: {', '.join(STYLE_TASKS)}")
+    looks = task == "looks"
+    if looks and bank.plain is None:
+        raise ValueError("the looks style task needs a crop bank with plain crops")
+    src = bank.plain if looks else bank
+    names, apply = (STYLE_LOOKS, apply_look) if looks else (GRADES, apply_grade)
     idx = _pick(src, n, g)
     idx_b = _other_photo(src, idx, g)
     same = _on(g, n, 0.5)
-    ga = torch.randint(len(STYLE_LOOKS), (n,), generator=g)
-    shift = torch.randint(1, len(STYLE_LOOKS), (n,), generator=g)
-    gb = torch.where(same, ga, (ga + shift) % len(STYLE_LOOKS))
-    a = apply_look(mild_exposure(src.get(idx), g), ga.tolist(), g)
-    b = apply_look(mild_exposure(src.get(idx_b), g), gb.tolist(), g)
+    ga = torch.randint(len(names), (n,), generator=g)
+    shift = torch.randint(1, len(names), (n,), generator=g)
+    gb = torch.where(same, ga, (ga + shift) % len(names))
+    a = apply(mild_exposure(src.get(idx), g), ga.tolist(), g)
+    b = apply(mild_exposure(src.get(idx_b), g), gb.tolist(), g)
     return Batch("style", [a, b], two_hot(same.float() * 9.0), same.float())
 
 
@@ -429,8 +444,9 @@ KINDS = tuple([f"single:{a}" for a in ATTRIBUTES] + [f"pair:{a}" for a in ATTRIB
 
 
 def make_batch(kind: str, bank: CropBank, n: int, scales: Scales, g: torch.Generator,
-               images: list[torch.Tensor] | None = None) -> Batch:
-    """One batch of ``kind``; ``images`` (single, pair) asks about given images instead."""
+               images: list[torch.Tensor] | None = None, style_task: str = "grades") -> Batch:
+    """One batch of ``kind``; ``images`` (single, pair) asks about given images instead;
+    ``style_task``: how the style pairs are made (:func:`style_batch`)."""
     if kind.startswith("single:"):
         return single_batch(bank, kind.split(":", 1)[1], n, scales, g, images)
     if kind.startswith("pair:"):
@@ -438,7 +454,7 @@ def make_batch(kind: str, bank: CropBank, n: int, scales: Scales, g: torch.Gener
     if kind == "content":
         return content_batch(bank, n, g)
     if kind == "style":
-        return style_batch(bank, n, g)
+        return style_batch(bank, n, g, style_task)
     raise KeyError(f"unknown task kind {kind!r}; known: {', '.join(KINDS)}")
 
 

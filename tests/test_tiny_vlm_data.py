@@ -47,7 +47,7 @@ def test_crop_bank_plain_companion_leaves_the_augmented_bank_as_it_was():
 def test_style_pairs_are_two_photos_and_the_label_says_whether_the_look_is_the_same():
     bank = data.crop_bank(40, 0, held_out=True, plain=40)
     g = torch.Generator().manual_seed(1)
-    b = data.style_batch(bank, 64, g)
+    b = data.style_batch(bank, 64, g, "looks")
     a, c = b.slots
     assert a.shape == c.shape == (64, 3, 64, 64)
     assert 0 < b.label.sum() < 64
@@ -56,6 +56,18 @@ def test_style_pairs_are_two_photos_and_the_label_says_whether_the_look_is_the_s
     grey = lambda x: (x.max(1).values - x.min(1).values).amax(dim=(1, 2)) < 1e-6
     mono = data.apply_look(a[:8], [data.STYLE_LOOKS.index("mono")] * 8, g)
     assert grey(mono).all()
+
+
+def test_the_grades_style_task_is_the_first_recipes_and_looks_need_plain_crops():
+    bank = data.crop_bank(40, 0, held_out=True)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a = data.style_batch(bank, 16, g1)
+    b = data.make_batch("style", bank, 16, None, g2, style_task="grades")
+    assert all(torch.equal(x, y) for x, y in zip(a.slots, b.slots))
+    with pytest.raises(ValueError, match="plain"):
+        data.style_batch(bank, 4, g1, "looks")
+    with pytest.raises(KeyError, match="grades, looks"):
+        data.style_batch(bank, 4, g1, "tones")
 
 
 def test_each_look_is_recognisable_from_its_colours():
@@ -79,8 +91,9 @@ def test_question_weights_flag():
     for bad in ("pair:sharp=2", "pair:sharpness", "pair:sharpness=-1", "pair:sharpness=x"):
         with pytest.raises(Exception, match="pair:sharp"):
             pretrain._question_weights(bad)
-    assert pretrain._question_weights(pretrain._format_weights(pretrain.QUESTION_WEIGHTS)) \
-        == pretrain.QUESTION_WEIGHTS
+    looks = pretrain._question_weights(pretrain.LOOKS_QUESTION_WEIGHTS)
+    assert pretrain._question_weights(pretrain._format_weights(looks)) == looks
+    assert pretrain._format_weights({}) == "none"
 
 
 def test_bad_question_weights_are_a_one_line_usage_error(capsys):
