@@ -62,8 +62,8 @@ from rewards.vlm import make_vlm_reward
 from . import tiny_vlm_data as data
 from .config import TrainConfig
 from .data import ImageFolder
-from .demo import (BACKPROP_STEPS, GRID_PERIOD, HELD_OUT, MAX_SEQUENCE_LENGTH, PHOTOS,
-                   SAMPLE_STEPS, SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, claim_demo_dir,
+from .demo import (BACKPROP_STEPS, GRID_PERIOD, HELD_OUT, MAX_SEQUENCE_LENGTH, SAMPLE_STEPS,
+                   SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, claim_demo_dir,
                    edit_with_pipeline, ssim_luma)
 from .logging_utils import image_grid
 from .models import TINY_PHOTO, load_kontext_pipeline
@@ -72,6 +72,10 @@ from .tiny_photo import psnr
 from .trainer import train
 
 VLM = "tiny-vlm-photo"
+# The six photos `make demo` trained on before issue 21 added a seventh (its README figures
+# come from these).
+PHOTOS = ("hubble_deep_field", "immunohistochemistry", "retina", "camera", "coins",
+          "colorwheel")
 QUESTION_A = data.QUESTIONS["warmth"]
 QUESTION_B = data.QUESTIONS["brightness"]
 RUNS = {"warmth": QUESTION_A, "brightness": QUESTION_B}

@@ -42,8 +42,10 @@ is the same for all of them (``--method`` picks the function from :data:`METHODS
 Base consistency (gradient methods, ``--base_consistency_weight`` > 0): the distance between
 the LoRA's prediction and the base model's (adapters disabled, no grad) for the same input,
 noise and prompt -- the final latents for ``alignprop``, the one-step clean-latent
-prediction for the others -- as mean squared error in latent space (``latent``) or LPIPS of
-the decoded images (``lpips``); added to the loss.
+prediction for the others -- as mean squared error in latent space (``latent``), LPIPS of
+the decoded images (``lpips``) or the fine detail of the decoded images' difference beyond a
+global tone and colour edit (``detail``, rewards.grid.detail_beyond_edit: an edit of the
+whole look is free, texture and grids the LoRA adds are not); added to the loss.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from rewards.base import batch_mean
+from rewards.grid import detail_beyond_edit
 
 from .sampler import cat_prompt_embeds
 from .trajectory import replay
@@ -67,7 +70,7 @@ METHOD_NAMES = ("alignprop", "draft-lv", "refl", "imagerefl", "grpo", "d3po")
 SCORE_METHODS = ("grpo", "d3po")
 # ... and those that backpropagate the reward into the sampler: they need its gradient.
 GRADIENT_METHODS = tuple(m for m in METHOD_NAMES if m not in SCORE_METHODS)
-BASE_METRICS = ("latent", "lpips")
+BASE_METRICS = ("latent", "lpips", "detail")
 REFL_LOSSES = ("linear", "relu")
 RL_TIMESTEPS = ("all", "window")
 GRPO_STD = ("group", "batch")
@@ -118,8 +121,10 @@ class MethodFlags:
         0.0, "Weight of the base-consistency term (every method): distance of the LoRA's "
              "prediction from the base model's for the same input, noise and prompt; 0 = off.")
     base_consistency_metric: str = _f(
-        "latent", "Base-consistency distance: 'latent' (mean squared error of latents) or "
-                  "'lpips' (LPIPS of the decoded images; uses --lpips_net/--lpips_backbone).",
+        "latent", "Base-consistency distance: 'latent' (mean squared error of latents), "
+                  "'lpips' (LPIPS of the decoded images; uses --lpips_net/--lpips_backbone) "
+                  "or 'detail' (fine detail the LoRA changes beyond a global tone/colour "
+                  "edit of the base model's image: texture, grids; the edit itself is free).",
         BASE_METRICS)
 
     # ---------------------------------------------------------------- grpo / d3po
@@ -330,6 +335,12 @@ def _consistency(models: Models, flags: MethodFlags, lora_latents, base_latents,
     """Distance of the LoRA's latents from the base model's (weighted), logged unweighted."""
     if flags.base_consistency_metric == "latent":
         d = F.mse_loss(lora_latents.float(), base_latents.float().detach())
+    elif flags.base_consistency_metric == "detail":
+        sampler = models.sampler
+        a = sampler.decode(lora_latents)
+        with torch.no_grad():
+            b = sampler.decode(base_latents)
+        d = detail_beyond_edit(a.float(), b.float()).mean()
     else:
         sampler = models.sampler
         a = sampler.decode(lora_latents)

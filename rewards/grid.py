@@ -417,7 +417,8 @@ class GridPenalty:
 
 def _fine_texture_energy(images: torch.Tensor, block: int) -> torch.Tensor:
     """(B,3,H,W) -> (B, H/block, W/block): energy of the detail finer than 3 px (image minus
-    its 3x3 box blur) in luma + half of it in each opponent colour, per block x block cell."""
+    its 3x3 box blur) in luma + half of it in each opponent colour, per block x block cell.
+    Linear up to the square, so it also reads differences of images."""
     x = images.float()
     r, g, b = x.unbind(1)
     y = torch.stack([REC709[0] * r + REC709[1] * g + REC709[2] * b, r - g, 0.5 * (r + g) - b], 1)
@@ -447,6 +448,73 @@ def texture_added(images: torch.Tensor, inputs: torch.Tensor, block: int = 4,
     out = _fine_texture_energy(images, block)
     ref = _fine_texture_energy(inputs, block)
     return torch.relu(out - gain ** 2 * ref - floor).mean(dim=(1, 2))
+
+
+def _monomials(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """(B,3,N) -> (B,P,N): every monomial r^i g^j b^k with i+j+k <= ``degree`` (1 first)."""
+    r, g, b = x.unbind(1)
+    terms = [r ** i * g ** j * b ** k for i in range(degree + 1) for j in range(degree + 1 - i)
+             for k in range(degree + 1 - i - j)]
+    return torch.stack(terms, 1)
+
+
+def matched_global_edit(source: torch.Tensor, target: torch.Tensor, degree: int = 3,
+                        ridge: float = 1e-9) -> torch.Tensor:
+    """``source`` with the global, pixel-wise colour edit that best matches ``target`` (no grad).
+
+    Per image and output channel, a polynomial of degree ``degree`` in the source pixel's
+    (r, g, b) is fitted to ``target`` in least squares, applied to ``source`` and clamped to
+    [0,1]: any brightness, contrast, tone curve, saturation or white-balance edit, shadow lift
+    or highlight clip is such a map (degree 3 fits them to ~1e-3; target pixels at 0 or 1 are
+    left out of the fit, the clamp reproduces them). Every output pixel is a
+    function of the same source pixel and nothing else, so this edit adds no texture of its
+    own: a flat area stays flat, and detail it shows is the source's, scaled by the edit's
+    slope; blocky offsets or a grid that do not follow the source's colours are left out of
+    the fit. A check or guard that compares an output with the matched edit of its reference
+    measures what the output adds *beyond* a clean edit of the same strength, not the edit (a
+    brighter, more colourful image has more fine energy and more grid contrast everywhere).
+    ``ridge`` (x each image's pixel count) only keeps the normal equations solvable.
+    """
+    check_images(source, "source")
+    check_images(target, "target")
+    if source.shape != target.shape:
+        raise ValueError(f"matched_global_edit: source {tuple(source.shape)} and target "
+                         f"{tuple(target.shape)} differ in shape")
+    if not (isinstance(degree, int) and degree >= 1):
+        raise ValueError(f"degree must be an int >= 1, got {degree!r}")
+    with torch.no_grad():
+        x = source.detach().double().flatten(2)                       # (B,3,N)
+        t = target.detach().double().flatten(2)
+        feats = _monomials(x, degree)                                  # (B,P,N)
+        P, N = feats.shape[1], feats.shape[2]
+        # target pixels clipped at 0 or 1 say only "at least" / "at most": fitted on the
+        # rest, the clamp below reproduces a clipping edit exactly (a polynomial cannot)
+        w = ((t > 0.5 / 255) & (t < 254.5 / 255)).to(x.dtype)          # (B,3,N)
+        fw = feats[:, None] * w[:, :, None]                            # (B,3,P,N)
+        gram = fw @ feats[:, None].transpose(-1, -2)                   # (B,3,P,P)
+        eye = torch.eye(P, dtype=x.dtype, device=x.device)
+        rhs = (fw @ t[..., None])[..., 0]                              # (B,3,P)
+        coef = torch.linalg.solve(gram + ridge * N * eye, rhs)         # (B,3,P)
+        out = coef @ feats                                             # (B,3,N)
+        return out.reshape(source.shape).clamp(0, 1).to(source.dtype)
+
+
+def detail_beyond_edit(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """[B] fine-detail energy of what ``images`` change in ``reference`` beyond a global edit.
+
+    The reference given the images' own global tone and colour edit
+    (:func:`matched_global_edit`, no grad) is subtracted from the images, and the detail
+    finer than 3 px of that difference (image minus its 3x3 box blur; luma + half of each
+    opponent colour, the measure of :func:`texture_added`) is averaged over the image.
+    Differentiable in ``images``. Any pixel-wise edit of the reference (brighter, more
+    colourful, a tone curve) scores 0; blocky offsets per token, a grid, grain, and detail
+    moved or lost score their energy. Unlike :func:`texture_added` it is two-sided: an
+    output cannot lower it by blurring (the blur is itself a difference in fine detail).
+    """
+    check_images(images)
+    check_images(reference, "reference")
+    matched = matched_global_edit(reference, images)
+    return _fine_texture_energy(images - matched, 1).mean(dim=(1, 2))
 
 
 _DEFAULT_PENALTIES: dict[GridConfig, GridPenalty] = {}
@@ -505,5 +573,6 @@ def make_grid_reward(period: float = 16, max_harm: int = 3, sigma_bins: float = 
     return as_reward(grid_reward)
 
 
-__all__ = ["GridConfig", "GridPenalty", "grid_penalty", "grid_penalty_terms",
-           "luminance", "make_grid_reward", "texture_added"]
+__all__ = ["GridConfig", "GridPenalty", "detail_beyond_edit", "grid_penalty",
+           "grid_penalty_terms", "luminance", "make_grid_reward", "matched_global_edit",
+           "texture_added"]

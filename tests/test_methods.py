@@ -110,6 +110,25 @@ def test_base_consistency_is_zero_at_init_and_grows_with_the_lora(method, fresh)
         again = s.sample(b.inputs, b.text, noise=noise)
     assert (lora - base).abs().max() > 1e-4 and (lora - again).abs().max() == 0
 
+def test_detail_consistency_sees_what_the_lora_changes_beyond_a_global_edit(fresh):
+    """--base_consistency_metric detail: 0 at init, > 0 once the LoRA moves, gradient reaches
+    the LoRA; its measure (rewards.grid.detail_beyond_edit) ignores a global tone/colour
+    edit of the base image (tests/test_demo_checks.py checks it on photos)."""
+    models, text = fresh
+    flags = TrainConfig(data_dir="x", base_consistency_weight=1.0,
+                        base_consistency_metric="detail")
+    out = run_method(_batch(text), models, flags)
+    assert out.metrics["base_consistency"] == pytest.approx(0.0, abs=1e-12)
+    for name, p in models.bare.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    out = run_method(_batch(text), models, flags)
+    assert out.metrics["base_consistency"] > 1e-6
+    out.loss.backward()
+    grads = [p.grad for n, p in models.bare.named_parameters() if "lora" in n]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
 def _sampler8(models):
     """The tiny models with an N=8 sampler: the late range [6, 7] has two steps."""
     from alignprop.sampler import KontextSampler
@@ -341,7 +360,7 @@ def test_help_states_the_published_defaults():
                    "mse_loss_scale 0.01",
                    "published loss_scale 1e-3", "--refl_loss {linear,relu}", "ReFL.py: 2",
                    "--truncated_backprop {fixed,random,per_step,alignprop}", "AlignProp: 42",
-                   "--base_consistency_weight", "--base_consistency_metric {latent,lpips}",
+                   "--base_consistency_weight", "--base_consistency_metric {latent,lpips,detail}",
                    "published a = 0.7", "default 1e-4;", "D3PO's default 0.1",
                    "--preference_mode {majority,every}", "--reward_command"):
         assert needle in text, needle

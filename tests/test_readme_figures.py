@@ -84,3 +84,46 @@ def test_methods_tables_are_what_the_benchmark_printed(tmp_path):
             assert line in text, (doc, line)
         assert "benchmarks/bench_methods.py --from_json media/bench_methods.json" in text
         assert "nice -n 10 env PYTHONPATH=. python benchmarks/bench_methods.py" in text
+
+
+def test_sweep_edge_table_is_what_the_wider_sweeps_printed(tmp_path):
+    """The wider learning-rate sweeps (README and docs/methods.md, 'Sweep edges, re-checked')
+    are what bench_methods.py prints from their saved runs: each cell of the merged table is the
+    validation reward one of the two runs printed for that rate, the best rate is the largest
+    reward, and the test figures at the best rate are the printed ones."""
+    import json
+    import subprocess
+    import sys
+
+    def printed(name):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"),
+                               "--from_json", str(ROOT / "media" / name),
+                               "--plot", str(tmp_path / "plot.png")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
+                                   "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.splitlines()
+
+    sweep: dict[str, dict[float, str]] = {}
+    test_rows = {}
+    for name in ("bench_methods_edges.json", "bench_methods_imagerefl_low.json"):
+        lrs = json.loads((ROOT / "media" / name).read_text())["config"]["lrs"]
+        for line in printed(name):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if line.startswith("| ") and len(cells) == len(lrs) + 2 and cells[-1][:1].isdigit():
+                sweep.setdefault(cells[0], {}).update(zip(lrs, cells[1:-1]))
+            elif line.startswith("| ") and len(cells) > 8 and cells[1][:1].isdigit():
+                test_rows[(cells[0], float(cells[1]))] = cells
+    grid = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    for doc in ("README.md", "docs/methods.md"):
+        text = (ROOT / doc).read_text()
+        for method, values in sweep.items():
+            best = max(values, key=lambda lr: float(values[lr]))
+            row = ("| " + " | ".join([method] + [values.get(lr, "-") for lr in grid]
+                                     + [f"{best:.0e}".replace("e-0", "e-")]) + " |")
+            assert row in text, (doc, row)
+            cells = test_rows[(method, best)]
+            if method == "ImageReFL":
+                assert " / ".join(cells[4:8]) in text.replace("\n", " ").replace("  ", " "), doc
+        assert "--lrs 1e-3,3e-3,1e-2,3e-2,1e-1" in text and "--lrs 1e-4,3e-4,1e-3" in text
