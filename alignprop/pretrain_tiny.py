@@ -95,8 +95,13 @@ def train_photos() -> list[torch.Tensor]:
     return out
 
 
-def random_crop(photos: list[torch.Tensor], rng: random.Random) -> torch.Tensor:
-    """One augmented 64x64 crop (3,64,64) in [0,1]."""
+def random_crop(photos: list[torch.Tensor], rng: random.Random, colour: bool = True
+                ) -> torch.Tensor:
+    """One augmented 64x64 crop (3,64,64) in [0,1].
+
+    ``colour=False``: the multi-scale crop and flips only, the photo's own colours (no tint,
+    channel swap, contrast or offset; the tiny VLM's style task needs the colours a grade was
+    applied to). The draws of ``colour=True`` are unchanged."""
     p = photos[rng.randrange(len(photos))]
     h, w = p.shape[-2:]
     short = min(h, w)
@@ -112,6 +117,8 @@ def random_crop(photos: list[torch.Tensor], rng: random.Random) -> torch.Tensor:
         x = x.flip(-1)
     if rng.random() < 0.2:
         x = x.flip(-2)
+    if not colour:
+        return x.clamp(0, 1)
     grey = bool((x[0] - x[1]).abs().max() < 1e-3 and (x[1] - x[2]).abs().max() < 1e-3)
     if grey and rng.random() < 0.7:
         tint = torch.tensor([rng.uniform(0.6, 1.15) for _ in range(3)]).view(3, 1, 1)

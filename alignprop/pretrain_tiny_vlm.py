@@ -188,9 +188,13 @@ def _weighted_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((pred - target) ** 2) * w).mean() / w.mean()
 
 
-# Weight of the colour-grade target in stage 1: the style question needs the grade, and it is
-# the slowest of the targets (x2 from the first shipped model's 1).
+# Weight of the grade target in stage 1 (which grade a view carries, or with --style_task
+# looks which look a plain crop carries): the style question needs it.
 GRADE_WEIGHT = 2.0
+# Stage 1: plain crops (no colour augmentation) graded with the style task's looks, per step,
+# as a fraction of --vision_batch; and how many plain crops the banks hold.
+LOOK_FRACTION = 0.5
+PLAIN_CROPS = 2000
 
 
 class VisionProbes(torch.nn.Module):
@@ -208,22 +212,28 @@ class VisionProbes(torch.nn.Module):
 
 
 def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, steps: int,
-                    batch: int, lr: float, seed: int, log, grade_weight: float = GRADE_WEIGHT
-                    ) -> dict:
+                    batch: int, lr: float, seed: int, log, grade_weight: float = GRADE_WEIGHT,
+                    style_task: str = "grades") -> dict:
     """Stage 1: the vision tower and projector alone, with dense auxiliary targets.
 
     The language model costs ~10x more per image than the vision tower, and an answer token
     carries a few bits; so the image features are first taught directly, on many more images:
-    per-token local statistics (:func:`local_targets`), the four global statistics, the colour
-    grade (12-way), and content (InfoNCE between two independently edited and graded views of
-    one crop). The heads are thrown away; stage 2 trains the whole model on the questions.
+    per-token local statistics (:func:`local_targets`), the four global statistics, the
+    colour grade (``style_task`` "grades": which of the 12 grades each view carries; "looks":
+    which of the six looks a plain crop, graded as the style task grades it, carries -- on
+    ``batch * LOOK_FRACTION`` more images), and content (InfoNCE between two independently
+    edited and graded views of one crop). The heads are thrown away; stage 2 trains the whole
+    model on the questions.
     """
     bundle = training_bundle(model, processor)
     family = bundle.family
     vlm = model.model
     tokens = int(model.config.image_seq_length)
-    probes = VisionProbes(model.config.text_config.hidden_size, tokens, len(data.GRADES),
+    looks = style_task == "looks"
+    probes = VisionProbes(model.config.text_config.hidden_size, tokens,
+                          len(data.STYLE_LOOKS if looks else data.GRADES),
                           model.config.vision_config.hidden_size)
+    n_look = max(1, round(batch * LOOK_FRACTION))
     params = (list(vlm.vision_tower.parameters()) + list(vlm.multi_modal_projector.parameters())
               + list(probes.parameters()))
     model.train().requires_grad_(True)
@@ -238,6 +248,14 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
         grades = torch.randint(len(data.GRADES), (2, batch), generator=g)
         views = [data.apply_grade(data.random_edit(crops, g), grades[v].tolist(), g)
                  for v in range(2)]
+        if looks:
+            # the style task's looks on plain crops: the grade target is read off these
+            grade_of = torch.randint(len(data.STYLE_LOOKS), (n_look,), generator=g)
+            plain = bank.plain.get(torch.randint(len(bank.plain), (n_look,), generator=g))
+            views.append(data.apply_look(data.mild_exposure(plain, g), grade_of.tolist(), g))
+            graded = slice(2 * batch, None)
+        else:
+            grade_of, graded = grades.flatten(), slice(None)
         x = torch.cat(views)
         pixels, _ = family.prepare(bundle, x, {"max_tiles": 1})
         out = vlm.get_image_features(pixel_values=pixels.flatten(0, 1))
@@ -247,14 +265,14 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
         stats = torch.stack([scales.digits(a, data.statistic(a, x)) / 9.0
                              for a in data.ATTRIBUTES], 1)
         z = F.normalize(probes.content(feats.flatten(1)), dim=-1)
-        za, zb = z[:batch], z[batch:]
+        za, zb = z[:batch], z[batch:2 * batch]
         logits = za @ zb.T / 0.1
         target = torch.arange(batch)
         losses = {
             "local": _weighted_mse(probes.local(feats), local_targets(x)),
             "patch": _weighted_mse(probes.patch(patches), local_targets(x, 8)),
             "stats": F.mse_loss(probes.stats(pooled), stats) * 10,
-            "grade": grade_weight * F.cross_entropy(probes.grade(pooled), grades.flatten()),
+            "grade": grade_weight * F.cross_entropy(probes.grade(pooled[graded]), grade_of),
             "content": 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)),
         }
         loss = sum(losses.values())
@@ -334,6 +352,39 @@ def comparison_loss(head, kind: str, batch: data.Batch, hidden: torch.Tensor,
     return loss
 
 
+# Questions that lag with equal weights get more (the others 1; content and style:
+# --two_image_weight). Measured: docs/vlm.md.
+QUESTION_WEIGHTS: dict[str, float] = {}
+# The "looks" recipe measured in docs/vlm.md (not shipped): colourfulness and the sharpness pair
+# x2, style x1 (content stays at --two_image_weight).
+LOOKS_QUESTION_WEIGHTS = "single:colourfulness=2,pair:sharpness=2,style=1"
+
+
+def _format_weights(w: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in w.items()) or "none"
+
+
+def _question_weights(text: str) -> dict[str, float]:
+    """'kind=w,...' -> {kind: w} (argparse type; 'none' -> {})."""
+    if text.strip().lower() == "none":
+        return {}
+    out = {}
+    for item in text.split(","):
+        kind, sep, value = item.strip().partition("=")
+        if not sep or kind not in data.KINDS:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()!r}: expected kind=weight with kind one of {', '.join(data.KINDS)}")
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not (math.isfinite(w) and w > 0):
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: the weight must be a positive "
+                                             f"number")
+        out[kind] = w
+    return out
+
+
 def _lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -343,12 +394,14 @@ def _lr(step: int, total: int, warmup: int) -> float:
 def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int, batch: int,
           lr: float, seed: int, log, kinds=data.KINDS, warmup: int = 100,
           vision_lr_scale: float = 1.0, expected_weight: float = 0.0,
-          route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT) -> dict:
+          route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT,
+          question_weights: dict[str, float] | None = None, style_task: str = "grades") -> dict:
     """Every step asks every task kind one batch; returns the last losses per kind.
 
     ``route_heads`` 0 and ``two_image_weight`` 1 is the recipe of the first shipped model (no
     routing loss, the default attention implementation)."""
-    weights = {"content": two_image_weight, "style": two_image_weight}
+    weights = {"content": two_image_weight, "style": two_image_weight,
+               **(question_weights or {})}
     bundle = training_bundle(model, processor)
     rewards = task_rewards(bundle)
     model.train().requires_grad_(True)
@@ -384,7 +437,8 @@ def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int
         shared = {"single": data.single_images(bank, batch, g),
                   "pair": data.pair_images(bank, batch, g)}
         for kind in kinds:
-            b = data.make_batch(kind, bank, batch, scales, g, shared.get(kind.split(":")[0]))
+            b = data.make_batch(kind, bank, batch, scales, g, shared.get(kind.split(":")[0]),
+                                style_task)
             reward = rewards[kind]
             if len(b.slots) == 2:
                 logp, out, ids = reward.answer_logprobs(b.slots, inner=True)
@@ -433,13 +487,16 @@ def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def held_out_batches(scales: data.Scales, crops: int = EVAL_CROPS,
-                     samples: int = EVAL_SAMPLES) -> dict[str, data.Batch]:
-    """Fixed batches of every task kind from the held-out photos (never seen in training)."""
-    bank = data.crop_bank(crops, EVAL_SEED, held_out=True)
+                     samples: int = EVAL_SAMPLES, style_task: str = "grades"
+                     ) -> dict[str, data.Batch]:
+    """Fixed batches of every task kind from the held-out photos (never seen in training); the
+    style pairs as ``style_task`` makes them (the same way as in training)."""
+    bank = data.crop_bank(crops, EVAL_SEED, held_out=True,
+                          plain=crops if style_task == "looks" else 0)
     out = {}
     for i, kind in enumerate(data.KINDS):
         g = torch.Generator().manual_seed(EVAL_SEED + i)
-        out[kind] = data.make_batch(kind, bank, samples, scales, g)
+        out[kind] = data.make_batch(kind, bank, samples, scales, g, style_task=style_task)
     return out
 
 
@@ -573,8 +630,9 @@ def main(argv=None) -> int:
                         help="Stage 2: peak AdamW learning rate (cosine, 100 warm-up steps).")
     parser.add_argument("--crops", type=int, default=6000, help="Augmented training crops.")
     parser.add_argument("--grade_weight", type=float, default=GRADE_WEIGHT,
-                        help="Stage 1: weight of the colour-grade target (the first shipped "
-                             "model: 1).")
+                        help="Stage 1: weight of the look target (which of the style task's "
+                             "looks a plain crop carries; the first shipped model: 1, on "
+                             "another task).")
     parser.add_argument("--route_heads", type=int, default=ROUTE_HEADS,
                         help="Stage 2: first-layer heads taught to carry image 1 to image 2 in "
                              "two-image questions (0: no routing loss, the first shipped "
@@ -582,6 +640,17 @@ def main(argv=None) -> int:
     parser.add_argument("--two_image_weight", type=float, default=TWO_IMAGE_WEIGHT,
                         help="Stage 2: weight of the content and style answers in the mix "
                              "(the others: 1; the first shipped model: 1).")
+    parser.add_argument("--question_weights", type=_question_weights, default=QUESTION_WEIGHTS,
+                        help="Stage 2: weight of chosen questions' answers in the mix, "
+                             "'kind=w,...' with kinds " + ", ".join(data.KINDS) + " (over "
+                             "--two_image_weight for content and style; others 1; 'none': all "
+                             "1). Default: " + _format_weights(QUESTION_WEIGHTS) + "; the looks "
+                             "recipe of docs/vlm.md: " + LOOKS_QUESTION_WEIGHTS + ".")
+    parser.add_argument("--style_task", choices=data.STYLE_TASKS, default="grades",
+                        help="How the style pairs are made (both in training and in the held-out "
+                             "evaluation): 'grades', the 12 grades on augmented crops (the "
+                             "shipped model's); 'looks', six strongly distinct looks on plain "
+                             "crops (docs/vlm.md), with a look target in stage 1.")
     parser.add_argument("--eval_samples", type=int, default=EVAL_SAMPLES,
                         help="Held-out samples per task kind.")
     parser.add_argument("--seed", type=int, default=0)
@@ -616,7 +685,10 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"[{time.time() - start:6.0f}s] {msg}", flush=True)
 
-    bank = data.crop_bank(args.crops, args.seed)
+    # the plain crops' bank draws its own seeds, but only exists for the looks task: seeding
+    # it moves torch's global generator (which initialises the probe heads)
+    bank = data.crop_bank(args.crops, args.seed,
+                          plain=PLAIN_CROPS if args.style_task == "looks" else 0)
     g = torch.Generator().manual_seed(args.seed)
     scales = data.Scales.from_images(data.random_edit(bank.get(torch.arange(min(4096, len(bank)))),
                                                       g))
@@ -628,11 +700,12 @@ def main(argv=None) -> int:
     log(f"InternVL {n_params / 1e6:.2f}M parameters")
     if args.vision_steps:
         pretrain_vision(model, processor, bank, scales, args.vision_steps, args.vision_batch,
-                        args.vision_lr, args.seed, log, args.grade_weight)
+                        args.vision_lr, args.seed, log, args.grade_weight, args.style_task)
     vision_s = time.time() - start
     losses = train(model, processor, bank, scales, args.steps, args.batch, args.lr, args.seed, log,
                    vision_lr_scale=args.vision_lr_scale, route_heads=args.route_heads,
-                   two_image_weight=args.two_image_weight)
+                   two_image_weight=args.two_image_weight,
+                   question_weights=args.question_weights, style_task=args.style_task)
     train_s, train_cpu = time.time() - start, time.process_time() - cpu0
     load1 = os.getloadavg()
 
@@ -640,7 +713,8 @@ def main(argv=None) -> int:
     try:
         folder = tmp / "model"
         save(model, processor, folder)
-        batches = held_out_batches(scales, samples=args.eval_samples)
+        batches = held_out_batches(scales, samples=args.eval_samples,
+                                   style_task=args.style_task)
         report = evaluate(folder, scales, batches)
         clear_cache()                 # the temporary folder's copy
         report["checks"] = checks(report)
@@ -650,8 +724,9 @@ def main(argv=None) -> int:
             print(f"check {name}: {'PASS' if ok else 'FAIL'}")
         files = file_entries(folder)
         weights = sum(f["bytes"] for f in files.values())
+        shown = {**vars(args), "question_weights": _format_weights(args.question_weights)}
         command = "python -m alignprop.pretrain_tiny_vlm " + " ".join(
-            "--force" if k == "force" else f"--{k} {v}" for k, v in vars(args).items()
+            "--force" if k == "force" else f"--{k} {v}" for k, v in shown.items()
             if k != "output_dir" and (k != "force" or v))
         manifest = {
             "model": NAME, "family": "InternVL3", "command": command,
@@ -665,7 +740,11 @@ def main(argv=None) -> int:
             "questions": {"single": data.QUESTIONS, "pair": data.PAIR_QUESTIONS,
                           "content-similarity": data.CONTENT_QUESTION,
                           "similarity": data.STYLE_QUESTION},
-            "grades": list(data.GRADES), "scales": scales.as_dict(),
+            "style_task": args.style_task,
+            "grades": list(data.STYLE_LOOKS if args.style_task == "looks" else data.GRADES),
+            "question_weights": {"content": args.two_image_weight,
+                                 "style": args.two_image_weight, **args.question_weights},
+            "scales": scales.as_dict(),
             "final_train_losses": {k: round(v, 4) for k, v in losses.items()},
             "thresholds": THRESHOLDS, "report": report, "passed": passed,
             "files": files, "total_bytes": weights, "versions": _versions(),
