@@ -34,7 +34,11 @@ demo prints PASS/FAIL for each promise (:func:`demo_checks`):
   of what the run asked for that statistic moved it;
 * content is kept: SSIM (luma) of each LoRA's output against the base output >=
   :data:`SSIM_FLOOR`;
-* the grid penalty does not rise by more than :data:`GRID_TOLERANCE`.
+* no grid is added: each LoRA's grid penalty is at most :data:`GRID_TOLERANCE` above that
+  of the base output given the LoRA's own global tone and colour edit
+  (``rewards.grid.matched_global_edit``, as ``make demo`` checks since issue 21: a clean
+  warmer or brighter edit changes the penalty by itself, so the base output alone is not
+  the reference). The rise over the base output is reported too.
 
 Writes ``<question>/pytorch_lora_weights.safetensors``, ``grid.png`` (held-out photos;
 columns input | base | question A | question B) and ``demo_vlm_summary.json``; with
@@ -56,7 +60,7 @@ import torch.nn.functional as F
 from common.cli import run_cli
 from common.images import save_image
 from common.photos import write_photos
-from rewards.grid import texture_added
+from rewards.grid import matched_global_edit, texture_added
 from rewards.vlm import make_vlm_reward
 
 from . import tiny_vlm_data as data
@@ -84,8 +88,9 @@ LEARNING_RATE = 3e-3
 # The VLM term x20 and the grid guard x4 (were x10 and x2): at x10/x2 seeds 1 and 2 failed --
 # the brightness answer of tiny-vlm-photo is also raised by grid-like texture, and the guard
 # at x2 let the brightness run raise the grid penalty; the guard at x4 alone stopped that but
-# halved the luma the brightness run gained (seed 1: +0.024 < 0.05). Both doubled: seeds 0, 1,
-# 3, 4 pass every check, seed 2 fails the warmth run's grid check by 0.002 (README).
+# halved the luma the brightness run gained (seed 1: +0.024 < 0.05). Both doubled, the checks
+# against the base output passed seeds 0, 1, 3, 4; against each run's matched clean edit (the
+# check now) seeds 2 and 4 add a grid (README's seeds table, benchmarks/bench_demo_vlm_seeds.py).
 VLM_WEIGHT = 20.0
 CALIBRATION = "pmi_null"
 # The content term: mean squared distance of the LoRA's final latents from the base model's
@@ -159,8 +164,8 @@ def demo_checks(s: dict) -> dict[str, bool]:
         out[f"{own}_question_moves_{other}_much_less"] = \
             abs(moves[own][other]) <= MAX_CROSS_RATIO * moves[other][other]
         out[f"{own}_question_keeps_content_ssim"] = s["ssim_vs_base"][own] >= SSIM_FLOOR
-        out[f"{own}_question_grid_penalty_not_higher"] = \
-            s["grid_penalty"][own] <= s["grid_penalty"]["base"] + GRID_TOLERANCE
+        out[f"{own}_question_adds_no_grid_beyond_its_edit"] = \
+            s["grid_penalty"][own] <= s["grid_penalty_matched_edit"][own] + GRID_TOLERANCE
     return out
 
 
@@ -238,6 +243,9 @@ def main(argv=None) -> int:
         "psnr_vs_base_db": {name: float(psnr(outputs[name], outputs["base"]).mean())
                             for name in RUNS},
         "grid_penalty": {k: guard(v) for k, v in outputs.items()},
+        # the base output given each LoRA's own global edit: the reference of the grid check
+        "grid_penalty_matched_edit": {
+            name: guard(matched_global_edit(outputs["base"], outputs[name])) for name in RUNS},
         "vlm_answers": answers,
         "reward": {"vlm_weight": VLM_WEIGHT, "calibration": CALIBRATION,
                    "base_consistency_weight": CONSISTENCY_WEIGHT, "grid_weight": GRID_WEIGHT,

@@ -3,8 +3,9 @@ import copy
 import json
 from pathlib import Path
 
-from alignprop.demo_vlm import (MAX_CROSS_RATIO, MIN_OWN_MOVE, QUESTION_A, QUESTION_B, RUNS,
-                                SSIM_FLOOR, demo_checks, readme_line, train_config, vlm_flags)
+from alignprop.demo_vlm import (GRID_TOLERANCE, MAX_CROSS_RATIO, MIN_OWN_MOVE, QUESTION_A,
+                                QUESTION_B, RUNS, SSIM_FLOOR, demo_checks, readme_line,
+                                train_config, vlm_flags)
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "media" / "demo_vlm_summary.json"
@@ -34,6 +35,13 @@ def test_checks_fail_when_a_question_does_not_steer():
     bad = copy.deepcopy(summary)
     bad["ssim_vs_base"]["warmth"] = SSIM_FLOOR - 0.01
     assert not demo_checks(bad)["warmth_question_keeps_content_ssim"]
+    # a grid above the base output given the run's own global edit is a FAIL, whatever the
+    # base output's own penalty
+    bad = copy.deepcopy(summary)
+    bad["grid_penalty"]["brightness"] = \
+        bad["grid_penalty_matched_edit"]["brightness"] + 2 * GRID_TOLERANCE
+    bad["grid_penalty"]["base"] = bad["grid_penalty"]["brightness"] + 1.0
+    assert not demo_checks(bad)["brightness_question_adds_no_grid_beyond_its_edit"]
 
 
 def test_readme_demo_vlm_figures_are_what_the_demo_printed():
