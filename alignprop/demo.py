@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from common.cli import UserError
+from common.cli import UserError, int_at_least, nonneg_int
 from common.images import save_image
 from common.paths import check_writable_dir
 from common.photos import HELD_OUT_NAMES, write_photos
@@ -377,13 +377,15 @@ def claim_demo_dir(out: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m alignprop.demo",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="outputs/demo",
                         help="Where everything goes: a new or empty folder, or an earlier "
                              "demo's (its run is replaced); other folders are refused.")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="Optimizer steps.")
-    parser.add_argument("--seed", type=int, default=0, help="Training seed.")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--steps", type=int_at_least(2), default=DEMO_STEPS,
+                        help="Optimizer steps.")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="Training seed.")
+    parser.add_argument("--threads", type=nonneg_int, default=1,
                         help="torch CPU threads (default 1: the tiny model's ops are too small "
                              "to gain from more, and on a busy machine OpenMP threads waiting "
                              "for each other made steps up to 50x slower; 0 = torch's default).")
@@ -396,10 +398,6 @@ def main(argv=None) -> int:
                              "status follows the scikit-image set's checks; the second set's "
                              "grid check fails for one training seed of five (README).")
     args = parser.parse_args(argv)
-    if args.steps < 2:
-        parser.error("--steps must be >= 2")
-    if args.threads < 0:
-        parser.error("--threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.time()

@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import run_cli
+from common.cli import int_at_least, nonneg_int, run_cli
 from common.images import save_image
 from common.photos import write_photos
 from rewards.grid import matched_global_edit, texture_added
@@ -190,18 +190,16 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default="outputs/demo_vlm",
                         help="Where everything goes: a new or empty folder, or an earlier "
                              "demo's (its runs are replaced); other folders are refused.")
-    parser.add_argument("--steps", type=int, default=DEMO_STEPS, help="Optimizer steps per run.")
-    parser.add_argument("--seed", type=int, default=0, help="Training seed (both runs).")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--steps", type=int_at_least(2), default=DEMO_STEPS,
+                        help="Optimizer steps per run.")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="Training seed (both runs).")
+    parser.add_argument("--threads", type=nonneg_int, default=1,
                         help="torch CPU threads (default 1; 0 = torch's default).")
     parser.add_argument("--media_dir", default=None,
                         help="Also copy grid.png and the summary here (the repository uses "
                              "media/; the README's figures come from that summary).")
     args = parser.parse_args(argv)
-    if args.steps < 2:
-        parser.error("--steps must be >= 2")
-    if args.threads < 0:
-        parser.error("--threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.time()

@@ -149,6 +149,19 @@ def nonneg_int(s: str) -> int:
     return v
 
 
+def int_at_least(low: int) -> Callable[[str], int]:
+    """A ``type=`` for an integer flag with a lower bound other than 0 or 1 (the demos'
+    ``--steps``, which need two optimizer steps)."""
+    def parse(s: str) -> int:
+        v = int(s)
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {s}")
+        return v
+
+    parse.__name__ = "int"  # argparse names it in "invalid int value"
+    return parse
+
+
 def positive_float(s: str) -> float:
     v = float(s)
     if not (v > 0 and math.isfinite(v)):
@@ -198,6 +211,7 @@ def jpeg_quality(s: str) -> int:
     return v
 
 
-__all__ = ["CurrentStderrHandler", "positive_int", "nonneg_int", "positive_float", "finite_float", "nonneg_float",
-           "fraction", "amplitude", "unit_float", "jpeg_quality", "UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
+__all__ = ["CurrentStderrHandler", "positive_int", "nonneg_int", "int_at_least", "positive_float",
+           "finite_float", "nonneg_float", "fraction", "amplitude", "unit_float", "jpeg_quality",
+           "UserError", "run_cli", "report", "one_line", "user_error_types", "parse_bool",
            "debug_enabled", "EXIT_USER_ERROR"]

@@ -75,3 +75,25 @@ def test_detail_beyond_edit_is_zero_for_a_global_edit_and_sees_blocks_grids_and_
     x = blocky.clone().requires_grad_(True)
     detail_beyond_edit(x, photos).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("module", ["alignprop.demo", "alignprop.demo_vlm"])
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1"], "argument --steps: must be >= 2, got 1"),
+    (["--steps", "x"], "argument --steps: invalid int value: 'x'"),
+    (["--threads", "-1"], "argument --threads: must be >= 0, got -1"),
+    (["--seed", "-2"], "argument --seed: must be >= 0, got -2"),
+])
+def test_demo_flags_are_checked_before_anything_is_written(module, argv, message, tmp_path,
+                                                           capsys):
+    """Both demos refuse a bad number in one usage line, exit 2, before claiming a folder."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--output_dir", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("error: " + message), err
+    assert not out.exists()
