@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import UserError, run_cli
+from common.cli import (UserError, int_at_least, nonneg_float, nonneg_int, positive_float,
+                        positive_int, run_cli)
 from common.paths import check_not_shipped, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN
 from rewards.vlm import VLMReward, make_vlm_reward
@@ -611,33 +612,34 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True,
                         help=f"New folder for the model (save_pretrained layout) and "
                              f"{MANIFEST}; never inside a package's assets folder.")
-    parser.add_argument("--vision_steps", type=int, default=600,
+    parser.add_argument("--vision_steps", type=nonneg_int, default=600,
                         help="Stage 1: optimizer steps of the vision tower and projector alone "
                              "on dense targets (0 skips it).")
-    parser.add_argument("--vision_batch", type=int, default=64,
+    parser.add_argument("--vision_batch", type=positive_int, default=64,
                         help="Stage 1: crops per step (each seen in two edited views).")
-    parser.add_argument("--vision_lr", type=float, default=2e-3, help="Stage 1: peak AdamW "
+    parser.add_argument("--vision_lr", type=positive_float, default=2e-3, help="Stage 1: peak AdamW "
                                                                       "learning rate (cosine).")
-    parser.add_argument("--vision_lr_scale", type=float, default=0.0,
+    parser.add_argument("--vision_lr_scale", type=nonneg_float, default=0.0,
                         help="Stage 2: learning rate of the vision tower and projector as a "
                              "fraction of --lr (0: frozen after stage 1, and cheaper).")
-    parser.add_argument("--steps", type=int, default=600,
+    parser.add_argument("--steps", type=positive_int, default=600,
                         help="Stage 2: optimizer steps of the whole model on the questions; each "
                              "asks every task kind one batch.")
-    parser.add_argument("--batch", type=int, default=8, help="Images (or pairs) per task kind "
+    parser.add_argument("--batch", type=positive_int, default=8, help="Images (or pairs) per task kind "
                                                              "per step.")
-    parser.add_argument("--lr", type=float, default=3e-3,
+    parser.add_argument("--lr", type=positive_float, default=3e-3,
                         help="Stage 2: peak AdamW learning rate (cosine, 100 warm-up steps).")
-    parser.add_argument("--crops", type=int, default=6000, help="Augmented training crops.")
-    parser.add_argument("--grade_weight", type=float, default=GRADE_WEIGHT,
+    parser.add_argument("--crops", type=positive_int, default=6000, help="Augmented training crops.")
+    parser.add_argument("--grade_weight", type=positive_float, default=GRADE_WEIGHT,
                         help="Stage 1: weight of the look target (which of the style task's "
                              "looks a plain crop carries; the first shipped model: 1, on "
                              "another task).")
     parser.add_argument("--route_heads", type=int, default=ROUTE_HEADS,
+                        choices=range(ARCH["text_heads"] + 1), metavar="N",
                         help="Stage 2: first-layer heads taught to carry image 1 to image 2 in "
                              "two-image questions (0: no routing loss, the first shipped "
                              "model's recipe).")
-    parser.add_argument("--two_image_weight", type=float, default=TWO_IMAGE_WEIGHT,
+    parser.add_argument("--two_image_weight", type=positive_float, default=TWO_IMAGE_WEIGHT,
                         help="Stage 2: weight of the content and style answers in the mix "
                              "(the others: 1; the first shipped model: 1).")
     parser.add_argument("--question_weights", type=_question_weights, default=QUESTION_WEIGHTS,
@@ -651,31 +653,14 @@ def main(argv=None) -> int:
                              "evaluation): 'grades', the 12 grades on augmented crops (the "
                              "shipped model's); 'looks', six strongly distinct looks on plain "
                              "crops (docs/vlm.md), with a look target in stage 1.")
-    parser.add_argument("--eval_samples", type=int, default=EVAL_SAMPLES,
+    parser.add_argument("--eval_samples", type=int_at_least(8), default=EVAL_SAMPLES,
                         help="Held-out samples per task kind.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--seed", type=nonneg_int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch CPU threads (1: reproducible and best on a shared machine).")
     parser.add_argument("--force", action="store_true",
                         help="Write the model even when a quality check fails.")
     args = parser.parse_args(argv)
-    for name in ("steps", "batch", "crops", "threads", "vision_batch"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1")
-    if args.vision_steps < 0:
-        parser.error("--vision_steps must be >= 0")
-    if not 0 <= args.route_heads <= ARCH["text_heads"]:
-        parser.error(f"--route_heads must be in [0, {ARCH['text_heads']}]")
-    for name in ("grade_weight", "two_image_weight"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
-            parser.error(f"--{name} must be a positive number")
-    if not (math.isfinite(args.vision_lr_scale) and args.vision_lr_scale >= 0):
-        parser.error("--vision_lr_scale must be >= 0")
-    if args.eval_samples < 8:
-        parser.error("--eval_samples must be >= 8")
-    for name in ("lr", "vision_lr"):
-        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
-            parser.error(f"--{name} must be a positive number")
     out = Path(args.output_dir)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)

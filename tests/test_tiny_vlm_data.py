@@ -101,3 +101,23 @@ def test_bad_question_weights_are_a_one_line_usage_error(capsys):
         pretrain.main(["--output_dir", "x", "--question_weights", "style=0"])
     assert info.value.code == 2
     assert "--question_weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "argument --steps: must be a positive integer, got 0"),
+    (["--vision_steps", "-1"], "argument --vision_steps: must be >= 0, got -1"),
+    (["--route_heads", "9"], "argument --route_heads: invalid choice: 9"),
+    (["--lr", "nan"], "argument --lr: must be a positive number, got nan"),
+    (["--two_image_weight", "0"], "argument --two_image_weight: must be a positive number, got 0"),
+    (["--vision_lr_scale", "-1"], "argument --vision_lr_scale: must be >= 0, got -1"),
+    (["--eval_samples", "4"], "argument --eval_samples: must be >= 8, got 4"),
+])
+def test_pretrain_flags_are_one_line_before_anything_is_written(argv, message, tmp_path, capsys):
+    """The pretraining script's numbers are checked by argparse types: one usage line, exit 2,
+    no folder made."""
+    out = tmp_path / "vlm"
+    with pytest.raises(SystemExit) as exc:
+        pretrain.main(["--output_dir", str(out)] + argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err.strip().splitlines()[-1]
+    assert not out.exists()
