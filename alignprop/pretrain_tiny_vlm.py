@@ -617,19 +617,20 @@ def main(argv=None) -> int:
                              "on dense targets (0 skips it).")
     parser.add_argument("--vision_batch", type=positive_int, default=64,
                         help="Stage 1: crops per step (each seen in two edited views).")
-    parser.add_argument("--vision_lr", type=positive_float, default=2e-3, help="Stage 1: peak AdamW "
-                                                                      "learning rate (cosine).")
+    parser.add_argument("--vision_lr", type=positive_float, default=2e-3,
+                        help="Stage 1: peak AdamW learning rate (cosine).")
     parser.add_argument("--vision_lr_scale", type=nonneg_float, default=0.0,
                         help="Stage 2: learning rate of the vision tower and projector as a "
                              "fraction of --lr (0: frozen after stage 1, and cheaper).")
     parser.add_argument("--steps", type=positive_int, default=600,
                         help="Stage 2: optimizer steps of the whole model on the questions; each "
                              "asks every task kind one batch.")
-    parser.add_argument("--batch", type=positive_int, default=8, help="Images (or pairs) per task kind "
-                                                             "per step.")
+    parser.add_argument("--batch", type=positive_int, default=8,
+                        help="Images (or pairs) per task kind per step.")
     parser.add_argument("--lr", type=positive_float, default=3e-3,
                         help="Stage 2: peak AdamW learning rate (cosine, 100 warm-up steps).")
-    parser.add_argument("--crops", type=positive_int, default=6000, help="Augmented training crops.")
+    parser.add_argument("--crops", type=positive_int, default=6000,
+                        help="Augmented training crops.")
     parser.add_argument("--grade_weight", type=positive_float, default=GRADE_WEIGHT,
                         help="Stage 1: weight of the look target (which of the style task's "
                              "looks a plain crop carries; the first shipped model: 1, on "
