@@ -90,7 +90,8 @@ LEARNING_RATE = 3e-3
 # at x2 let the brightness run raise the grid penalty; the guard at x4 alone stopped that but
 # halved the luma the brightness run gained (seed 1: +0.024 < 0.05). Both doubled, the checks
 # against the base output passed seeds 0, 1, 3, 4; against each run's matched clean edit (the
-# check now) seeds 2 and 4 add a grid (README's seeds table, benchmarks/bench_demo_vlm_seeds.py).
+# check now) seeds 2 and 4 add a grid (README's seeds table:
+# benchmarks/bench_demo_seeds.py --demo vlm).
 VLM_WEIGHT = 20.0
 CALIBRATION = "pmi_null"
 # The content term: mean squared distance of the LoRA's final latents from the base model's
