@@ -376,22 +376,32 @@ def claim_demo_dir(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alignprop.demo",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo",
+def demo_parser(prog: str, description: str, output_dir: str, steps: int, runs: int = 1
+                ) -> argparse.ArgumentParser:
+    """The flags every demo takes (``make demo``, ``make demo-vlm``); ``runs``: LoRAs it trains."""
+    each = " per run" if runs > 1 else ""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--output_dir", default=output_dir,
                         help="Where everything goes: a new or empty folder, or an earlier "
-                             "demo's (its run is replaced); other folders are refused.")
-    parser.add_argument("--steps", type=int_at_least(2), default=DEMO_STEPS,
-                        help="Optimizer steps.")
-    parser.add_argument("--seed", type=nonneg_int, default=0, help="Training seed.")
+                             f"demo's (its {'runs are' if runs > 1 else 'run is'} replaced); "
+                             "other folders are refused.")
+    parser.add_argument("--steps", type=int_at_least(2), default=steps,
+                        help=f"Optimizer steps{each}.")
+    parser.add_argument("--seed", type=nonneg_int, default=0,
+                        help="Training seed" + (" (every run)." if runs > 1 else "."))
     parser.add_argument("--threads", type=nonneg_int, default=1,
                         help="torch CPU threads (default 1: the tiny model's ops are too small "
                              "to gain from more, and on a busy machine OpenMP threads waiting "
                              "for each other made steps up to 50x slower; 0 = torch's default).")
     parser.add_argument("--media_dir", default=None,
-                        help="Also copy the figures and demo_summary.json here (the repository "
-                             "uses media/; the README's demo figures come from that summary).")
+                        help="Also copy the figures and the summary here (the repository uses "
+                             "media/; the README's figures come from that summary).")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = demo_parser("python -m alignprop.demo", __doc__.splitlines()[0], "outputs/demo",
+                         DEMO_STEPS)
     parser.add_argument("--strict", action="store_true",
                         help="Exit 1 unless every check passes on both held-out sets "
                              "(benchmarks/bench_demo_seeds.py uses it). Without it the exit "

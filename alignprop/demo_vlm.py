@@ -47,7 +47,6 @@ README's figures are :func:`readme_line` of the committed summary (tests/test_de
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -57,7 +56,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import int_at_least, nonneg_int, run_cli
+from common.cli import run_cli
 from common.images import save_image
 from common.photos import write_photos
 from rewards.grid import matched_global_edit, texture_added
@@ -68,7 +67,7 @@ from .config import TrainConfig
 from .data import ImageFolder
 from .demo import (BACKPROP_STEPS, GRID_PERIOD, HELD_OUT, MAX_SEQUENCE_LENGTH, SAMPLE_STEPS,
                    SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, claim_demo_dir,
-                   edit_with_pipeline, ssim_luma)
+                   demo_parser, edit_with_pipeline, ssim_luma)
 from .logging_utils import image_grid
 from .models import TINY_PHOTO, load_kontext_pipeline
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -186,20 +185,8 @@ def _stats(images: torch.Tensor) -> dict[str, float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m alignprop.demo_vlm",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", default="outputs/demo_vlm",
-                        help="Where everything goes: a new or empty folder, or an earlier "
-                             "demo's (its runs are replaced); other folders are refused.")
-    parser.add_argument("--steps", type=int_at_least(2), default=DEMO_STEPS,
-                        help="Optimizer steps per run.")
-    parser.add_argument("--seed", type=nonneg_int, default=0,
-                        help="Training seed (both runs).")
-    parser.add_argument("--threads", type=nonneg_int, default=1,
-                        help="torch CPU threads (default 1; 0 = torch's default).")
-    parser.add_argument("--media_dir", default=None,
-                        help="Also copy grid.png and the summary here (the repository uses "
-                             "media/; the README's figures come from that summary).")
+    parser = demo_parser("python -m alignprop.demo_vlm", __doc__.splitlines()[0],
+                         "outputs/demo_vlm", DEMO_STEPS, runs=len(RUNS))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
