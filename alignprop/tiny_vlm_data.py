@@ -314,24 +314,26 @@ def _look(name: str, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 STYLE_LOOKS = ("mono", "sepia", "cyanotype", "duotone", "warm", "cool")
 
 
-def apply_look(x: torch.Tensor, looks: list[int], g: torch.Generator) -> torch.Tensor:
-    """Grade image i with ``STYLE_LOOKS[looks[i]]`` at a jittered strength (0.8..1.2)."""
+def _apply_each(x: torch.Tensor, kinds: list[int], names: tuple[str, ...], transform,
+                g: torch.Generator) -> torch.Tensor:
+    """Image i through ``transform(names[kinds[i]], ...)`` at a jittered strength (0.8..1.2),
+    the images of one kind in one call."""
     s = _u(g, x.shape[0], 0.8, 1.2)
     out = torch.empty_like(x)
-    for k in set(looks):
-        idx = torch.tensor([i for i, gi in enumerate(looks) if gi == k])
-        out[idx] = _look(STYLE_LOOKS[k], x[idx].clamp(0, 1), s[idx])
+    for k in set(kinds):
+        idx = torch.tensor([i for i, ki in enumerate(kinds) if ki == k])
+        out[idx] = transform(names[k], x[idx].clamp(0, 1), s[idx])
     return out.clamp(0, 1)
+
+
+def apply_look(x: torch.Tensor, looks: list[int], g: torch.Generator) -> torch.Tensor:
+    """Grade image i with ``STYLE_LOOKS[looks[i]]`` at a jittered strength (0.8..1.2)."""
+    return _apply_each(x, looks, STYLE_LOOKS, _look, g)
 
 
 def apply_grade(x: torch.Tensor, grades: list[int], g: torch.Generator) -> torch.Tensor:
     """Grade image i with ``GRADES[grades[i]]`` at a jittered strength (0.8..1.2)."""
-    s = _u(g, x.shape[0], 0.8, 1.2)
-    out = torch.empty_like(x)
-    for k in set(grades):
-        idx = torch.tensor([i for i, gi in enumerate(grades) if gi == k])
-        out[idx] = _grade(GRADES[k], x[idx].clamp(0, 1), s[idx])
-    return out.clamp(0, 1)
+    return _apply_each(x, grades, GRADES, _grade, g)
 
 
 # --------------------------------------------------------------------------- task batches
