@@ -57,25 +57,32 @@ def test_judges_tables_are_what_the_benchmark_printed(tmp_path):
     assert "benchmarks/bench_judges.py --seeds 0,1,2 --budget_s 90" in readme
 
 
-def test_methods_tables_are_what_the_benchmark_printed(tmp_path):
-    """README's and docs/methods.md's method tables (the learning-rate sweep, the test
-    rewards over 5 seeds, the tie lines) are what bench_methods.py prints from its saved run
-    (media/bench_methods.json), and the command that made them is named beside them."""
-    import json
+def _bench_methods_prints(saved, tmp_path) -> list[str]:
+    """What ``bench_methods.py --from_json saved`` prints (its tables), line by line."""
     import subprocess
     import sys
 
-    saved = ROOT / "media" / "bench_methods.json"
-    data = json.loads(saved.read_text())
-    tests = [r for r in data["runs"] if r["role"] == "test"]
-    assert len({r["seed"] for r in tests}) >= 5 and data["config"]["noise_draws"] >= 2
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"),
                            "--from_json", str(saved), "--plot", str(tmp_path / "plot.png")],
                           cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
                                "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    printed = [ln for ln in proc.stdout.splitlines() if ln.startswith(("|", "(", "model "))]
+    return proc.stdout.splitlines()
+
+
+def test_methods_tables_are_what_the_benchmark_printed(tmp_path):
+    """README's and docs/methods.md's method tables (the learning-rate sweep, the test
+    rewards over 5 seeds, the tie lines) are what bench_methods.py prints from its saved run
+    (media/bench_methods.json), and the command that made them is named beside them."""
+    import json
+
+    saved = ROOT / "media" / "bench_methods.json"
+    data = json.loads(saved.read_text())
+    tests = [r for r in data["runs"] if r["role"] == "test"]
+    assert len({r["seed"] for r in tests}) >= 5 and data["config"]["noise_draws"] >= 2
+    printed = [ln for ln in _bench_methods_prints(saved, tmp_path)
+               if ln.startswith(("|", "(", "model "))]
     assert len([ln for ln in printed if ln.startswith("| ") and "---" not in ln]) >= 12
     assert any("tied with it" in ln or "no tie" in ln for ln in printed)
     for doc in ("README.md", "docs/methods.md"):
@@ -92,24 +99,12 @@ def test_sweep_edge_table_is_what_the_wider_sweeps_printed(tmp_path):
     validation reward one of the two runs printed for that rate, the best rate is the largest
     reward, and the test figures at the best rate are the printed ones."""
     import json
-    import subprocess
-    import sys
-
-    def printed(name):
-        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_methods.py"),
-                               "--from_json", str(ROOT / "media" / name),
-                               "--plot", str(tmp_path / "plot.png")],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300,
-                              env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
-                                   "PYTHONPATH": str(ROOT)})
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout.splitlines()
 
     sweep: dict[str, dict[float, str]] = {}
     test_rows = {}
     for name in ("bench_methods_edges.json", "bench_methods_imagerefl_low.json"):
         lrs = json.loads((ROOT / "media" / name).read_text())["config"]["lrs"]
-        for line in printed(name):
+        for line in _bench_methods_prints(ROOT / "media" / name, tmp_path):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if line.startswith("| ") and len(cells) == len(lrs) + 2 and cells[-1][:1].isdigit():
                 sweep.setdefault(cells[0], {}).update(zip(lrs, cells[1:-1]))
