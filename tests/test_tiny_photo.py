@@ -1,12 +1,14 @@
 """The shipped ``tiny-photo`` weights: verified at load, keep photos, follow instructions."""
 import json
+import shlex
 import shutil
 
 import pytest
 import torch
 
 from alignprop.models import load_kontext_pipeline
-from alignprop.pretrain_tiny import THRESHOLDS, checks, evaluate, held_out_photos
+from alignprop.pretrain_tiny import (THRESHOLDS, build_parser, checks, evaluate, held_out_photos,
+                                     recorded_command)
 from alignprop.tiny_photo import ASSET_DIR, COMPONENTS, load_tiny_photo_pipeline, verify_assets
 from common.hub import ModelUnavailableError
 
@@ -28,6 +30,18 @@ def test_manifest_lists_every_file_with_its_sha256_and_the_command():
     assert manifest["total_bytes"] <= 20 * 1024 * 1024
     # the held-out photos were never trained on
     assert not set(manifest["held_out"]) & set(manifest["train_photos"])
+
+
+def test_the_recorded_command_is_the_default_recipe_and_runs():
+    # `make tiny-photo` (the defaults) re-runs the shipped model's recipe, and the recorded
+    # command is one argparse accepts (a switch once came out as `--force True`).
+    argv = shlex.split(verify_assets()["command"])
+    assert argv[:3] == ["python", "-m", "alignprop.pretrain_tiny"]
+    shipped = vars(build_parser().parse_args(argv[3:]))
+    defaults = vars(build_parser().parse_args(["--output_dir", shipped["output_dir"]]))
+    assert shipped == defaults
+    forced = dict(shipped, force=True)
+    assert vars(build_parser().parse_args(shlex.split(recorded_command(forced))[3:])) == forced
 
 
 def test_identity_keeps_held_out_photos(report):
