@@ -44,6 +44,17 @@ def test_the_recorded_command_is_the_default_recipe_and_runs():
     assert vars(build_parser().parse_args(shlex.split(recorded_command(forced))[3:])) == forced
 
 
+def test_docs_per_photo_table_is_what_the_shipped_weights_give(report):
+    # docs/tiny_photo.md's "shipped" column (benchmarks/tiny_photo_per_photo.py), first set.
+    doc = (ASSET_DIR.parents[2] / "docs" / "tiny_photo.md").read_text()
+    rows = {cells[1]: cells[3] for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in doc.splitlines()
+        if line.startswith("| first | "))}
+    per_photo = report["edits"]["black_and_white"]["fraction_per_photo"]
+    for photo, fraction in zip(("astronaut", "chelsea", "coffee", "rocket"), per_photo):
+        assert rows[photo].strip("*").startswith(f"{100 * fraction:.0f} %"), (photo, rows[photo])
+
+
 def test_identity_keeps_held_out_photos(report):
     assert report["identity_psnr_db"] >= THRESHOLDS["identity_psnr_min_db"]
     assert report["vae_psnr_db"] - report["identity_psnr_db"] <= THRESHOLDS[
