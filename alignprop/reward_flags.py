@@ -426,6 +426,9 @@ class RewardFlags:
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
         check_views(self.internvl_shift_views, "--internvl_shift_views")
+        if self.internvl_shift_views > 1 and self.semantics == "original":
+            raise ValueError("--internvl_shift_views is ours: --semantics original scores each "
+                             "image as the original does (as given)")
         for task in ("aesthetic", "style", "content", "sharpness"):
             if getattr(self, f"{task}_prompt") and getattr(self, f"{task}_prompt_file"):
                 raise ValueError(f"give --{task}_prompt or --{task}_prompt_file, not both")

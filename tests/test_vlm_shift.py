@@ -1,14 +1,18 @@
 """Shift views of the VLM reward (``shift_views`` / ``--internvl_shift_views``,
 rewards/vlm_shift.py): the mean over sub-patch translations, for every family and task."""
+import json
+
 import pytest
 import torch
 
+import internvl_scorer
 from alignprop import demo_vlm
 from alignprop import tiny_vlm_data as data
 from alignprop.config import parse_config
 from alignprop.pretrain_tiny import held_out_photos
 from alignprop.reward_flags import RewardFlags, build_reward_from_flags
 from benchmarks.vlm_gradient_shift import direction_cosine, within_patch_share
+from common.images import load_image, save_image
 from rewards.base import shared_call
 from rewards.vlm import make_vlm_reward
 from rewards.vlm_shift import check_views, shift_offsets, translate
@@ -160,3 +164,26 @@ def test_trainer_and_demo_refuse_a_bad_count_in_one_line(capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "argument --shift_views: the view count must be 1 (off) or a square" in err
+
+
+def test_scorer_takes_the_views_and_refuses_them_for_the_original(tmp_path, capsys):
+    torch.manual_seed(2)
+    image = torch.rand(3, 64, 64)
+    save_image(image, tmp_path / "a.png")
+    assert internvl_scorer.main([str(tmp_path / "a.png"), "--model_id", "tiny-vlm-photo",
+                                 "--prompt", data.QUESTIONS["brightness"], "--shift_views", "4",
+                                 "--format", "json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    reward = make_vlm_reward("single", model_id="tiny-vlm-photo", dtype="float32", device="cpu",
+                             prompt=data.QUESTIONS["brightness"], shift_views=4)  # scorer: none
+    with torch.no_grad():
+        want = reward(load_image(tmp_path / "a.png")[None])[0]
+    assert abs(row["score"] - float(want)) < 1e-4
+    assert internvl_scorer.main([str(tmp_path / "a.png"), "--model_id", "tiny",
+                                 "--semantics", "original", "--shift_views", "4"]) == 2
+    assert "--shift_views is ours" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        internvl_scorer.main([str(tmp_path / "a.png"), "--shift_views", "2"])
+    assert info.value.code == 2
+    with pytest.raises(ValueError, match="--internvl_shift_views is ours"):
+        RewardFlags(semantics="original", internvl_shift_views=4)
