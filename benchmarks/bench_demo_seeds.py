@@ -135,7 +135,8 @@ def vlm_table(out_dir: Path, seeds: list[int]) -> tuple[str, bool]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Flags after -- go to every seed's demo command.")
     ap.add_argument("--demo", choices=sorted(DEMOS), default="demo",
                     help="which demo: 'demo' (make demo) or 'vlm' (make demo-vlm)")
     ap.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -143,15 +144,17 @@ def main(argv=None) -> int:
                     help="default outputs/demo_seeds (--demo vlm: outputs/demo_vlm_seeds)")
     ap.add_argument("--from_json", action="store_true",
                     help="only print the table of the summaries already in --out_dir")
-    ap.add_argument("demo_flags", nargs="*", metavar="DEMO FLAGS",
-                    help="after --: flags given to every seed's demo command")
-    args = ap.parse_args(argv)
+    # the demo's flags are split off by hand: an argparse positional after "--" is lost
+    # when a nargs="+" option (--seeds) comes before it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    demo_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     out_dir = args.out_dir or Path("outputs/demo_seeds" if args.demo == "demo"
                                    else "outputs/demo_vlm_seeds")
     if not args.from_json:
         out_dir.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            rc, secs = run_seed(seed, out_dir / f"seed_{seed}", args.demo, args.demo_flags)
+            rc, secs = run_seed(seed, out_dir / f"seed_{seed}", args.demo, demo_flags)
             print(f"seed {seed}: exit {rc} in {secs:.0f} s", flush=True)
     if args.demo == "vlm":
         text, ok = vlm_table(out_dir, args.seeds)

@@ -11,6 +11,7 @@ from alignprop import tiny_vlm_data as data
 from alignprop.config import parse_config
 from alignprop.pretrain_tiny import held_out_photos
 from alignprop.reward_flags import RewardFlags, build_reward_from_flags
+from benchmarks import bench_demo_seeds
 from benchmarks.vlm_gradient_shift import direction_cosine, within_patch_share
 from common.images import load_image, save_image
 from rewards.base import shared_call
@@ -187,3 +188,16 @@ def test_scorer_takes_the_views_and_refuses_them_for_the_original(tmp_path, caps
     assert info.value.code == 2
     with pytest.raises(ValueError, match="--internvl_shift_views is ours"):
         RewardFlags(semantics="original", internvl_shift_views=4)
+
+
+def test_bench_demo_seeds_gives_the_flags_after_dashes_to_every_seeds_demo(tmp_path,
+                                                                          monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench_demo_seeds.subprocess, "call",
+                        lambda cmd, **kw: calls.append(cmd) or 0)
+    # no demo ran, so no summary: the table says so and the exit status is 1
+    assert bench_demo_seeds.main(["--demo", "vlm", "--seeds", "3", "5", "--out_dir",
+                                  str(tmp_path), "--", "--shift_views", "4"]) == 1
+    assert [c[c.index("-m") + 1] for c in calls] == ["alignprop.demo_vlm"] * 2
+    assert all(c[-2:] == ["--shift_views", "4"] for c in calls)
+    assert [c[c.index("--seed") + 1] for c in calls] == ["3", "5"]
