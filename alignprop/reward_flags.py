@@ -101,7 +101,9 @@ class RewardFlags:
     grid_ratio_period: int = _f(
         16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
             "2x2 patchify).")
-    grid_ratio_max_harm: int = _f(3, "Number of harmonics of the grid frequency penalised.")
+    grid_ratio_max_harm: int = _f(
+        0, "Number of harmonics of the grid frequency penalised; 0 = every harmonic below "
+           "Nyquist (the default: the coherent statistic reads the whole comb).")
     grid_ratio_sigma_bins: float = _f(
         DEFAULT_GRID_SIGMA_BINS,
         "Gaussian weight, in FFT bins, of a comb tooth that falls between bins (used only "
@@ -114,8 +116,9 @@ class RewardFlags:
         0.0, "Dead zone on the grid score: scores below tau cost nothing (clean photos "
              "score about 0.06-0.33, synthetic 0.5-4%% grids 1.9 on average).")
     grid_mode: str = _f(
-        "combined", "Grid penalty spectrum: 'global' (whole image), 'local' (tiles) or "
-                    "'combined' (both).", GRID_MODES)
+        "global", "Grid penalty term: 'global' (the whole image: the coherent statistic over "
+                  "windows side by side), 'local' (the top windows' own evidence) or "
+                  "'combined' (global + 0.5 x local).", GRID_MODES)
 
     # ---------------------------------------------------------------- math anchors
     brightness_target: float = _f(
@@ -396,8 +399,9 @@ class RewardFlags:
             raise ValueError(f"--brightness_band must be >= 0, got {self.brightness_band}")
         if self.grid_ratio_period < 2:
             raise ValueError(f"--grid_ratio_period must be >= 2 pixels, got {self.grid_ratio_period}")
-        if self.grid_ratio_max_harm < 1:
-            raise ValueError(f"--grid_ratio_max_harm must be >= 1, got {self.grid_ratio_max_harm}")
+        if self.grid_ratio_max_harm < 0:
+            raise ValueError(f"--grid_ratio_max_harm must be >= 0 (0 = every harmonic below "
+                             f"Nyquist), got {self.grid_ratio_max_harm}")
         if self.grid_ratio_sigma_bins <= 0:
             raise ValueError(f"--grid_ratio_sigma_bins must be > 0, got {self.grid_ratio_sigma_bins}")
         if self.grid_eval_resize < 0:

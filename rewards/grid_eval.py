@@ -249,6 +249,10 @@ def synthesize(clean_paths: Sequence[Path], out_dir: Path, periods: Sequence[int
 # --------------------------------------------------------------------------------------
 # Penalties
 # --------------------------------------------------------------------------------------
+# The default of before the coherent statistic (issue 21), scored beside it for comparison.
+PREVIOUS_DEFAULT = dict(statistic="ring", max_harm=3, mode="combined", period_temperature=0.05)
+
+
 def build_penalties(args) -> dict:
     """name -> fn((1,3,H,W)) -> float; every penalty the benchmark reports."""
     cfg = dict(period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins, tau=args.tau,
@@ -256,13 +260,17 @@ def build_penalties(args) -> dict:
                local_window=args.local_window, local_stride=args.local_stride,
                min_amplitude=args.min_amplitude, margin=args.margin, ring=tuple(args.ring),
                local_top=args.local_top, local_weight=args.local_weight,
-               period_temperature=args.period_temperature)
-    combined = GridPenalty(GridConfig(mode="combined", **cfg))
+               period_temperature=args.period_temperature, statistic=args.statistic)
+    # both terms are always computed (columns grid_global, grid_local); "grid" is the mode's
+    terms = GridPenalty(GridConfig(**{**cfg, "mode": "combined"}))
+    previous = GridPenalty(GridConfig(**{**cfg, **PREVIOUS_DEFAULT}))
 
     def grid_all(x):
-        pen, terms = combined(x)
-        return {"grid": pen.item(), "grid_global": terms["global"].item(),
-                "grid_local": terms["local"].item()}
+        t = terms.terms(x)
+        score = {"global": t["global"], "local": t["local"],
+                 "combined": t["global"] + args.local_weight * t["local"]}[args.mode]
+        return {"grid": torch.relu(score - args.tau).item(), "grid_global": t["global"].item(),
+                "grid_local": t["local"].item(), "grid_previous": previous(x)[0].item()}
 
     def anchors(x):
         return {"brightness": brightness_penalty(x, target=args.brightness_target,
@@ -280,7 +288,8 @@ def original_baselines(args):
     """The original project's loss variants (rewards/grid_original.py) as one penalty fn."""
     try:
         cfg = BaselineConfig(
-            period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins,
+            # --max_harm 0 (ours: every harmonic) -> 3, the original trainer's default
+            period=args.period, max_harm=args.max_harm or 3, sigma_bins=args.sigma_bins,
             resize=args.eval_resize or None, window=args.local_window, hop=args.local_stride,
             edge_penalty=args.edge_penalty, combo_mode=args.combo_mode, w_local=args.w_local,
             tau_global=args.tau_global, tau_local=args.tau_local,
@@ -324,7 +333,8 @@ def score_folder(paths: Sequence[Path], label: str, penalties: dict, progress: b
     return rows, failed
 
 
-PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "brightness", "crispness")
+PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "grid_previous", "brightness",
+                   "crispness")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -365,7 +375,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name in ("grid", "grid_global", "grid_local"):
+    for name in ("grid", "grid_global", "grid_local", "grid_previous"):
         art = [r[name] for r in rows if r["label"] == "artifact"]
         cln = [r[name] for r in rows if r["label"] == "clean"]
         fpr, tpr = roc_curve(art, cln)
