@@ -102,8 +102,8 @@ class RewardFlags:
         16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
             "2x2 patchify).")
     grid_ratio_max_harm: int = _f(
-        0, "Number of harmonics of the grid frequency penalised; 0 = every harmonic below "
-           "Nyquist (the default: the coherent statistic reads the whole comb).")
+        3, "Number of harmonics of the grid frequency penalised; 0 = every harmonic below "
+           "Nyquist.")
     grid_ratio_sigma_bins: float = _f(
         DEFAULT_GRID_SIGMA_BINS,
         "Gaussian weight, in FFT bins, of a comb tooth that falls between bins (used only "
@@ -116,9 +116,8 @@ class RewardFlags:
         0.0, "Dead zone on the grid score: scores below tau cost nothing (clean photos "
              "score about 0.06-0.33, synthetic 0.5-4%% grids 1.9 on average).")
     grid_mode: str = _f(
-        "global", "Grid penalty term: 'global' (the whole image: the coherent statistic over "
-                  "windows side by side), 'local' (the top windows' own evidence) or "
-                  "'combined' (global + 0.5 x local).", GRID_MODES)
+        "combined", "Grid penalty spectrum: 'global' (whole image), 'local' (tiles) or "
+                    "'combined' (both).", GRID_MODES)
 
     # ---------------------------------------------------------------- math anchors
     brightness_target: float = _f(

@@ -24,7 +24,7 @@ from common.paths import check_no_overwrite
 from common.photos import write_photos
 
 from .anchors import brightness_penalty, crispness_penalty
-from .grid import REC709, GridConfig, GridPenalty, luminance
+from .grid import COHERENT, REC709, GridConfig, GridPenalty, luminance
 from .grid_original import COLUMNS as BASELINES
 from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
 
@@ -249,10 +249,6 @@ def synthesize(clean_paths: Sequence[Path], out_dir: Path, periods: Sequence[int
 # --------------------------------------------------------------------------------------
 # Penalties
 # --------------------------------------------------------------------------------------
-# The default of before the coherent statistic (issue 21), scored beside it for comparison.
-PREVIOUS_DEFAULT = dict(statistic="ring", max_harm=3, mode="combined", period_temperature=0.05)
-
-
 def build_penalties(args) -> dict:
     """name -> fn((1,3,H,W)) -> float; every penalty the benchmark reports."""
     cfg = dict(period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins, tau=args.tau,
@@ -263,14 +259,15 @@ def build_penalties(args) -> dict:
                period_temperature=args.period_temperature, statistic=args.statistic)
     # both terms are always computed (columns grid_global, grid_local); "grid" is the mode's
     terms = GridPenalty(GridConfig(**{**cfg, "mode": "combined"}))
-    previous = GridPenalty(GridConfig(**{**cfg, **PREVIOUS_DEFAULT}))
+    # the coherent statistic (opt-in, rewards.grid.COHERENT) beside it, this run's other options
+    coherent = GridPenalty(GridConfig(**{**cfg, **COHERENT}))
 
     def grid_all(x):
         t = terms.terms(x)
         score = {"global": t["global"], "local": t["local"],
                  "combined": t["global"] + args.local_weight * t["local"]}[args.mode]
         return {"grid": torch.relu(score - args.tau).item(), "grid_global": t["global"].item(),
-                "grid_local": t["local"].item(), "grid_previous": previous(x)[0].item()}
+                "grid_local": t["local"].item(), "grid_coherent": coherent(x)[0].item()}
 
     def anchors(x):
         return {"brightness": brightness_penalty(x, target=args.brightness_target,
@@ -333,7 +330,7 @@ def score_folder(paths: Sequence[Path], label: str, penalties: dict, progress: b
     return rows, failed
 
 
-PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "grid_previous", "brightness",
+PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "grid_coherent", "brightness",
                    "crispness")
 
 
@@ -375,7 +372,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name in ("grid", "grid_global", "grid_local", "grid_previous"):
+    for name in ("grid", "grid_global", "grid_local", "grid_coherent"):
         art = [r[name] for r in rows if r["label"] == "artifact"]
         cln = [r[name] for r in rows if r["label"] == "clean"]
         fpr, tpr = roc_curve(art, cln)
