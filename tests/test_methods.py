@@ -86,6 +86,12 @@ def test_refl_step_is_late_uniform_and_deterministic():
     assert steps == [refl_step(cfg, 40, seed) for seed in range(400)]
 
 
+def _assert_loss_reaches_every_lora_tensor(loss, models):
+    loss.backward()
+    grads = [p.grad for n, p in models.bare.named_parameters() if "lora" in n]
+    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
 @pytest.mark.parametrize("method", sorted(METHOD_ARGS))
 def test_base_consistency_is_zero_at_init_and_grows_with_the_lora(method, fresh):
     models, text = fresh
@@ -93,14 +99,10 @@ def test_base_consistency_is_zero_at_init_and_grows_with_the_lora(method, fresh)
     batch = _batch(text)
     out = run_method(batch, models, flags)
     assert out.metrics["base_consistency"] == pytest.approx(0.0, abs=1e-12)  # LoRA B = 0
-    for name, p in models.bare.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)
+    _perturb_lora(models)
     out = run_method(_batch(text), models, flags)
     assert out.metrics["base_consistency"] > 1e-4
-    out.loss.backward()
-    grads = [p.grad for n, p in models.bare.named_parameters() if "lora" in n]
-    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    _assert_loss_reaches_every_lora_tensor(out.loss, models)
     with torch.no_grad():  # the switch really removes the LoRA, and puts it back
         s, b = models.sampler, _batch(text)
         noise = s.initial_noise(2, torch.Generator().manual_seed(0), "cpu")
@@ -109,6 +111,7 @@ def test_base_consistency_is_zero_at_init_and_grows_with_the_lora(method, fresh)
             base = s.sample(b.inputs, b.text, noise=noise)
         again = s.sample(b.inputs, b.text, noise=noise)
     assert (lora - base).abs().max() > 1e-4 and (lora - again).abs().max() == 0
+
 
 def test_detail_consistency_sees_what_the_lora_changes_beyond_a_global_edit(fresh):
     """--base_consistency_metric detail: 0 at init, > 0 once the LoRA moves, gradient reaches
@@ -119,14 +122,10 @@ def test_detail_consistency_sees_what_the_lora_changes_beyond_a_global_edit(fres
                         base_consistency_metric="detail")
     out = run_method(_batch(text), models, flags)
     assert out.metrics["base_consistency"] == pytest.approx(0.0, abs=1e-12)
-    for name, p in models.bare.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.5)
+    _perturb_lora(models)
     out = run_method(_batch(text), models, flags)
     assert out.metrics["base_consistency"] > 1e-6
-    out.loss.backward()
-    grads = [p.grad for n, p in models.bare.named_parameters() if "lora" in n]
-    assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    _assert_loss_reaches_every_lora_tensor(out.loss, models)
 
 
 def _sampler8(models):

@@ -1,12 +1,14 @@
 """The shipped ``tiny-photo`` weights: verified at load, keep photos, follow instructions."""
 import json
+import shlex
 import shutil
 
 import pytest
 import torch
 
 from alignprop.models import load_kontext_pipeline
-from alignprop.pretrain_tiny import THRESHOLDS, checks, evaluate, held_out_photos
+from alignprop.pretrain_tiny import (THRESHOLDS, build_parser, checks, evaluate, held_out_photos,
+                                     recorded_command)
 from alignprop.tiny_photo import ASSET_DIR, COMPONENTS, load_tiny_photo_pipeline, verify_assets
 from common.hub import ModelUnavailableError
 
@@ -28,6 +30,29 @@ def test_manifest_lists_every_file_with_its_sha256_and_the_command():
     assert manifest["total_bytes"] <= 20 * 1024 * 1024
     # the held-out photos were never trained on
     assert not set(manifest["held_out"]) & set(manifest["train_photos"])
+
+
+def test_the_recorded_command_is_the_default_recipe_and_runs():
+    # `make tiny-photo` (the defaults) re-runs the shipped model's recipe, and the recorded
+    # command is one argparse accepts (a switch once came out as `--force True`).
+    argv = shlex.split(verify_assets()["command"])
+    assert argv[:3] == ["python", "-m", "alignprop.pretrain_tiny"]
+    shipped = vars(build_parser().parse_args(argv[3:]))
+    defaults = vars(build_parser().parse_args(["--output_dir", shipped["output_dir"]]))
+    assert shipped == defaults
+    forced = dict(shipped, force=True)
+    assert vars(build_parser().parse_args(shlex.split(recorded_command(forced))[3:])) == forced
+
+
+def test_docs_per_photo_table_is_what_the_shipped_weights_give(report):
+    # docs/tiny_photo.md's "shipped" column (benchmarks/tiny_photo_per_photo.py), first set.
+    doc = (ASSET_DIR.parents[2] / "docs" / "tiny_photo.md").read_text()
+    rows = {cells[1]: cells[3] for cells in (
+        [c.strip() for c in line.strip("|").split("|")] for line in doc.splitlines()
+        if line.startswith("| first | "))}
+    per_photo = report["edits"]["black_and_white"]["fraction_per_photo"]
+    for photo, fraction in zip(("astronaut", "chelsea", "coffee", "rocket"), per_photo):
+        assert rows[photo].strip("*").startswith(f"{100 * fraction:.0f} %"), (photo, rows[photo])
 
 
 def test_identity_keeps_held_out_photos(report):
