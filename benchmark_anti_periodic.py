@@ -7,7 +7,9 @@
     python benchmark_anti_periodic.py --demo --out_dir outputs/anti_grid_demo  # bundled photos
     python benchmark_anti_periodic.py --semantics original [the original's flags]
 
-Per image it writes every penalty's value; per penalty the mean on artifacts, the mean on
+Per image it writes every penalty's value (``grid`` the configured penalty, its ``grid_global``
+and ``grid_local`` terms, ``grid_coherent`` the opt-in coherent statistic rewards.grid.COHERENT
+with the same other options); per penalty the mean on artifacts, the mean on
 clean images, their ratio and the ROC-AUC (artifact = positive class, higher penalty = more
 artifact-like). Design and measured figures: docs/anti_grid.md. Folders default to the
 original's ``artifact`` and ``no_artifact``. ``--semantics original`` runs the original
