@@ -35,20 +35,23 @@ def photos():
 
 @pytest.mark.parametrize("kind", ["tile", "sinusoid", "lines"])
 def test_one_percent_period16_grid_scores_above_clean_photo(photos, kind):
-    pen = GridPenalty()
-    rng = np.random.default_rng(1)
-    for name, x in photos.items():
-        clean = pen(x)[0].item()
-        dirty = pen(add_grid(x[0], 16, 0.01, kind, rng)[None])[0].item()
-        assert dirty > clean, f"{name}/{kind}: grid {dirty:.4f} <= clean {clean:.4f}"
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        rng = np.random.default_rng(1)
+        for name, x in photos.items():
+            clean = pen(x)[0].item()
+            dirty = pen(add_grid(x[0], 16, 0.01, kind, rng)[None])[0].item()
+            assert dirty > clean, f"{options} {name}/{kind}: grid {dirty:.4f} <= clean {clean:.4f}"
 
 
 def test_natural_textures_score_low_compared_with_a_visible_grid(photos):
-    pen = GridPenalty()
-    rng = np.random.default_rng(2)
-    textures = max(pen(photos[n])[0].item() for n in ("brick", "text", "page", "grass", "gravel"))
-    grid = pen(add_grid(photos["astronaut"][0], 16, 0.02, "tile", rng)[None])[0].item()
-    assert grid > 2 * textures
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        rng = np.random.default_rng(2)
+        textures = max(pen(photos[n])[0].item()
+                       for n in ("brick", "text", "page", "grass", "gravel"))
+        grid = pen(add_grid(photos["astronaut"][0], 16, 0.02, "tile", rng)[None])[0].item()
+        assert grid > 2 * textures, options
 
 
 def test_gradients_finite_and_nonzero_when_active(photos):
@@ -104,9 +107,10 @@ def test_downscaled_evaluation_still_detects_a_period16_grid(photos):
     import torch.nn.functional as F
 
     x = F.interpolate(photos["chelsea"], scale_factor=3.0, mode="bicubic").clamp(0, 1)  # ~768 px
-    pen = GridPenalty()
     dirty = add_grid(x[0], 16, 0.01, "tile", np.random.default_rng(3))[None]
-    assert pen(dirty)[0].item() > 2 * pen(x)[0].item()
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        assert pen(dirty)[0].item() > 2 * pen(x)[0].item(), options
 
 
 def _sky_band_grid():
