@@ -157,6 +157,66 @@ class GridConfig:
 
 
 @dataclass
+class BinTable:
+    """Where to read given bins of an (h, w) image's periodic-component spectrum (any shape)."""
+
+    index: torch.Tensor      # long, flat index into the (h, w//2+1) half spectrum
+    col_index: torch.Tensor  # long, column of each bin (0..w//2)
+    row_index: torch.Tensor  # long, row of each bin (0..h-1)
+    row_coef: torch.Tensor   # complex: smooth-component coefficient of the row jump
+    col_coef: torch.Tensor   # complex: smooth-component coefficient of the column jump
+
+
+def _bin_table(h: int, w: int, bu: torch.Tensor, bv: torch.Tensor, device, dtype) -> BinTable:
+    """Absolute (row, col) bins (float64, any sign) -> a :class:`BinTable`.
+
+    Periodic + smooth decomposition (Moisan 2011): the smooth component's spectrum is
+    S = (A[v] (1 - e^{2pi i u/h}) + B[u] (1 - e^{2pi i v/w})) / (2cos(2pi u/h) + 2cos(2pi v/w) - 4)
+    with A, B the 1-D FFTs of the boundary jumps (last row - first row, last col - first col);
+    the coefficients of A and B are stored per bin.
+    """
+    # Map any (row, col) to the stored half spectrum using X(u, v) = conj X(-u, -v).
+    iu, iv = bu.long() % h, bv.long() % w
+    flip = iv > w // 2
+    iu = torch.where(flip, (-iu) % h, iu)
+    iv = torch.where(flip, (w - iv) % w, iv)
+    tu, tv = 2 * math.pi * iu.double() / h, 2 * math.pi * iv.double() / w
+    den = 2 * torch.cos(tu) + 2 * torch.cos(tv) - 4
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    row_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tu)) / safe)
+    col_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tv)) / safe)
+    return BinTable(index=(iu * (w // 2 + 1) + iv).to(device), col_index=iv.to(device),
+                    row_index=iu.to(device), row_coef=row_coef.to(device, cdtype),
+                    col_coef=col_coef.to(device, cdtype))
+
+
+def _periodic_fft(x: torch.Tensor):
+    """(N,h,w) -> what :func:`_read_bins` needs: the mean-free image's half spectrum and the
+    1-D spectra of its border jumps (periodic + smooth decomposition, Moisan 2011)."""
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    spec = torch.fft.rfft2(x, norm="backward").reshape(x.shape[0], -1)
+    jump_rows = torch.fft.rfft(x[:, -1, :] - x[:, 0, :], dim=-1)
+    jump_cols = torch.fft.fft(x[:, :, -1] - x[:, :, 0], dim=-1)
+    return spec, jump_rows, jump_cols
+
+
+def _power(z: torch.Tensor) -> torch.Tensor:
+    """|z|^2 of a complex tensor as re^2 + im^2 (no square root; finite gradient at 0)."""
+    return torch.view_as_real(z).pow(2).sum(-1)
+
+
+def _read_bins(fft, bins: BinTable) -> torch.Tensor:
+    """Complex periodic-component spectrum (N, *bins shape) at the bins of ``bins``."""
+    spec, jump_rows, jump_cols = fft
+    shape = bins.index.shape
+    u = spec[:, bins.index.reshape(-1)]
+    smooth = (jump_rows[:, bins.col_index.reshape(-1)] * bins.row_coef.reshape(-1)
+              + jump_cols[:, bins.row_index.reshape(-1)] * bins.col_coef.reshape(-1))
+    return (u - smooth).reshape(spec.shape[0], *shape)
+
+
+@dataclass
 class CombTables:
     """Gather indices and weights that read comb teeth and their rings from a spectrum.
 
@@ -235,22 +295,7 @@ def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
     period_of = torch.tensor([i for i, _ in rows])[ok]
     peak, ring_w, bu, bv = peak[ok], ring_w[ok], bu[ok], bv[ok]
     ring_w = ring_w / ring_w.sum(1, keepdim=True)
-    # Map any (row, col) to the stored half spectrum using X(u, v) = conj X(-u, -v).
-    iu = bu.long() % h
-    iv = bv.long() % w
-    flip = iv > w // 2
-    iu = torch.where(flip, (-iu) % h, iu)
-    iv = torch.where(flip, (w - iv) % w, iv)
-    index = iu * (w // 2 + 1) + iv
-    # Periodic + smooth decomposition (Moisan 2011): the smooth component's spectrum is
-    # S = (A[v] (1 - e^{2pi i u/h}) + B[u] (1 - e^{2pi i v/w})) / (2cos(2pi u/h) + 2cos(2pi v/w) - 4)
-    # with A, B the 1-D FFTs of the boundary jumps (last row - first row, last col - first col).
-    tu = 2 * math.pi * iu.double() / h
-    tv = 2 * math.pi * iv.double() / w
-    den = 2 * torch.cos(tu) + 2 * torch.cos(tv) - 4
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    row_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tu)) / safe)
-    col_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tv)) / safe)
+    bins = _bin_table(h, w, bu, bv, device, dtype)
     present = sorted(set(period_of.tolist()))
     group = torch.zeros(len(present), len(period_of), dtype=torch.float64)
     for gi, pi in enumerate(present):
@@ -258,60 +303,11 @@ def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
         group[gi, sel] = 1.0 / float(sel.sum())
     # A sinusoid of amplitude A on an exact bin has |X| = A/2 * h * w (no window).
     eps = float((cfg.min_amplitude / 2 * h * w) ** 2)
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    return CombTables(index=index.to(device), peak_w=peak.to(device, dtype),
-                      ring_w=ring_w.to(device, dtype), row_coef=row_coef.to(device, cdtype),
-                      col_coef=col_coef.to(device, cdtype), col_index=iv.to(device),
-                      row_index=iu.to(device), group=group.to(device, dtype), eps=eps,
+    return CombTables(index=bins.index, peak_w=peak.to(device, dtype),
+                      ring_w=ring_w.to(device, dtype), row_coef=bins.row_coef,
+                      col_coef=bins.col_coef, col_index=bins.col_index,
+                      row_index=bins.row_index, group=group.to(device, dtype), eps=eps,
                       teeth=int(ok.sum()))
-
-
-@dataclass
-class BinTable:
-    """Where to read given bins of an (h, w) image's periodic-component spectrum (any shape)."""
-
-    index: torch.Tensor      # long, flat index into the (h, w//2+1) half spectrum
-    col_index: torch.Tensor  # long, column of each bin (0..w//2)
-    row_index: torch.Tensor  # long, row of each bin (0..h-1)
-    row_coef: torch.Tensor   # complex: smooth-component coefficient of the row jump
-    col_coef: torch.Tensor   # complex: smooth-component coefficient of the column jump
-
-
-def _bin_table(h: int, w: int, bu: torch.Tensor, bv: torch.Tensor, device, dtype) -> BinTable:
-    """Absolute (row, col) bins (float64, any sign) -> a :class:`BinTable` (see _build_tables)."""
-    iu, iv = bu.long() % h, bv.long() % w
-    flip = iv > w // 2          # X(u, v) = conj X(-u, -v): the same power
-    iu = torch.where(flip, (-iu) % h, iu)
-    iv = torch.where(flip, (w - iv) % w, iv)
-    tu, tv = 2 * math.pi * iu.double() / h, 2 * math.pi * iv.double() / w
-    den = 2 * torch.cos(tu) + 2 * torch.cos(tv) - 4
-    safe = torch.where(den == 0, torch.ones_like(den), den)
-    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-    row_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tu)) / safe)
-    col_coef = torch.where(den == 0, 0, (1 - torch.exp(1j * tv)) / safe)
-    return BinTable(index=(iu * (w // 2 + 1) + iv).to(device), col_index=iv.to(device),
-                    row_index=iu.to(device), row_coef=row_coef.to(device, cdtype),
-                    col_coef=col_coef.to(device, cdtype))
-
-
-def _periodic_fft(x: torch.Tensor):
-    """(N,h,w) -> what :func:`_read_bins` needs: the mean-free image's half spectrum and the
-    1-D spectra of its border jumps (periodic + smooth decomposition, Moisan 2011)."""
-    x = x - x.mean(dim=(-2, -1), keepdim=True)
-    spec = torch.fft.rfft2(x, norm="backward").reshape(x.shape[0], -1)
-    jump_rows = torch.fft.rfft(x[:, -1, :] - x[:, 0, :], dim=-1)
-    jump_cols = torch.fft.fft(x[:, :, -1] - x[:, :, 0], dim=-1)
-    return spec, jump_rows, jump_cols
-
-
-def _read_bins(fft, bins: BinTable) -> torch.Tensor:
-    """Complex periodic-component spectrum (N, *bins shape) at the bins of ``bins``."""
-    spec, jump_rows, jump_cols = fft
-    shape = bins.index.shape
-    u = spec[:, bins.index.reshape(-1)]
-    smooth = (jump_rows[:, bins.col_index.reshape(-1)] * bins.row_coef.reshape(-1)
-              + jump_cols[:, bins.row_index.reshape(-1)] * bins.col_coef.reshape(-1))
-    return (u - smooth).reshape(spec.shape[0], *shape)
 
 
 @dataclass
@@ -403,7 +399,8 @@ def _coherent_contrast(x: torch.Tensor, tab: CoherentTables) -> torch.Tensor:
     8-neighbour power at the tooth (the scale, at full resolution) shared out over the windows
     in proportion to each window's own power at and around the tooth (the shape). With
     v_w = 1 / (s_w + eps), T = |sum_w v_w X_w|^2 / sum_w v_w is the inverse-variance weighted
-    coherent sum: about Exp(1) without a grid, |G|^2 sum_w v_w with one. Flat windows, where a
+    coherent sum: near Exp(1) without a grid (a little lower: each window's own tooth power is
+    part of its weight), |G|^2 sum_w v_w with one. Flat windows, where a
     grid shows, weigh most; a textured window counts little. The weights are a noise estimate
     and carry no gradient: the penalty falls by removing the coherent tooth, not by adding
     noise to hide it.
@@ -416,15 +413,15 @@ def _coherent_contrast(x: torch.Tensor, tab: CoherentTables) -> torch.Tensor:
     fft_w = _periodic_fft(tiles.reshape(N * n, L, L))
     X = _read_bins(fft_w, tab.tooth).reshape(N, n, -1)                   # (N, n, T)
     with torch.no_grad():
-        ring_g = (_read_bins(_periodic_fft(x.detach()), tab.glob_ring).abs() ** 2
+        ring_g = (_power(_read_bins(_periodic_fft(x.detach()), tab.glob_ring))
                   * tab.glob_ring_w).sum(-1)                              # (N, T)
-        ring_w = (_read_bins(tuple(t.detach() for t in fft_w), tab.win_ring).abs() ** 2
+        ring_w = (_power(_read_bins(tuple(t.detach() for t in fft_w), tab.win_ring))
                   * tab.win_ring_w).sum(-1).reshape(N, n, -1)             # (N, n, T)
-        rel = X.detach().abs() ** 2 + ring_w
+        rel = _power(X.detach()) + ring_w
         share = rel / rel.sum(1, keepdim=True).clamp_min(torch.finfo(rel.dtype).tiny)
         # units: the whole image's coefficient is the sum of the n windows' coefficients
         v = 1.0 / (ring_g[:, None] * share + n * tab.eps)
-    t = (v * X).sum(1).abs() ** 2 / v.sum(1)
+    t = _power((v * X).sum(1)) / v.sum(1)
     return torch.log(t + COHERENT_LOG_FLOOR)
 
 
@@ -506,18 +503,10 @@ class GridPenalty:
         decomposition), so no window is needed: the image borders leave no cross in the
         spectrum and an exactly periodic grid puts all its energy in one bin per tooth.
         """
-        x = lum - lum.mean(dim=(-2, -1), keepdim=True)   # exact invariance to brightness shifts
-        N = x.shape[0]
-        spec = torch.view_as_real(torch.fft.rfft2(x, norm="backward")).reshape(N, -1, 2)
-        jump_rows = torch.fft.rfft(x[:, -1, :] - x[:, 0, :], dim=-1)   # (N, w//2+1)
-        jump_cols = torch.fft.fft(x[:, :, -1] - x[:, :, 0], dim=-1)    # (N, h)
-        # gather only the few bins the comb reads: the full power spectrum is never formed
-        # (this, not the FFT, dominated the time and memory of the backward)
-        T, K = tab.index.shape
-        u = spec[:, tab.index.reshape(-1)]                                  # (N, T*K, 2)
-        smooth = (jump_rows[:, tab.col_index.reshape(-1)] * tab.row_coef.reshape(-1)
-                  + jump_cols[:, tab.row_index.reshape(-1)] * tab.col_coef.reshape(-1))
-        vals = (u - torch.view_as_real(smooth)).pow(2).sum(-1).reshape(N, T, K)  # power
+        # mean-free: exact invariance to brightness shifts. Only the few bins the comb reads
+        # are gathered: the full power spectrum is never formed (this, not the FFT, dominated
+        # the time and memory of the backward)
+        vals = _power(_read_bins(_periodic_fft(lum), tab))                   # (N, T, K)
         e_peak = (vals * tab.peak_w).sum(-1)
         e_ring = (vals * tab.ring_w).sum(-1)
         return torch.log((e_peak + tab.eps) / (e_ring + tab.eps))
