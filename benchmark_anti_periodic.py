@@ -7,7 +7,9 @@
     python benchmark_anti_periodic.py --demo --out_dir outputs/anti_grid_demo  # bundled photos
     python benchmark_anti_periodic.py --semantics original [the original's flags]
 
-Per image it writes every penalty's value; per penalty the mean on artifacts, the mean on
+Per image it writes every penalty's value (``grid`` the configured penalty, its ``grid_global``
+and ``grid_local`` terms, ``grid_coherent`` the opt-in coherent statistic rewards.grid.COHERENT
+with the same other options); per penalty the mean on artifacts, the mean on
 clean images, their ratio and the ROC-AUC (artifact = positive class, higher penalty = more
 artifact-like). Design and measured figures: docs/anti_grid.md. Folders default to the
 original's ``artifact`` and ``no_artifact``. ``--semantics original`` runs the original
@@ -30,6 +32,7 @@ from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, a
                                    semantics_hint, semantics_of, table)
 from common.paths import check_no_overwrite, check_outputs_spare_inputs
 from rewards.anchors import DEFAULT_CRISPNESS_FLOOR
+from rewards.grid import DEFAULT_MARGINS, MODES, STATISTICS, GridConfig
 from rewards.grid_eval import (DEFAULT_OUT, DEFAULT_SUMMARY, GRID_COLOURS, GRID_KINDS, list_folder,
                                run_benchmark, synthesize, write_demo_photos)
 from rewards.grid_eval_original import run_original_benchmark
@@ -38,6 +41,7 @@ from rewards.grid_original import parse_harmonics
 # The original's default folders, relative to the working directory (both modes).
 DEFAULT_ARTIFACTS, DEFAULT_CLEAN = Path("artifact"), Path("no_artifact")
 ORIGINAL_RESIZE = 512
+GRID = GridConfig()   # our flags' defaults are the penalty's own
 
 
 def _resize(group, flag: OriginalFlag) -> None:
@@ -90,36 +94,56 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
                      help="random combinations per photo (default: every period x amplitude x JPEG)")
     syn.add_argument("--seed", type=int, default=0, help="random seed of kinds and phases")
 
-    g = p.add_argument_group("grid penalty (rewards.grid)")
-    g.add_argument("--period", type=positive_float, default=16.0, help="grid period in px (default 16)")
-    g.add_argument("--extra_periods", type=positive_float, nargs="*", default=[8.0, 32.0],
-                   help="other periods covered by the comb (default: 8 32; none: just --period)")
-    g.add_argument("--max_harm", type=positive_int, default=3, help="harmonics per period (default 3)")
-    g.add_argument("--sigma_bins", type=positive_float, default=0.5,
+    g = p.add_argument_group("grid penalty (rewards.grid; defaults are GridConfig's)")
+    g.add_argument("--statistic", default=GRID.statistic, choices=STATISTICS,
+                   help="global term: coherent (each tooth's coefficient over windows side by "
+                        "side, inverse-variance weighted) or ring (tooth vs its 8 neighbours in "
+                        f"the whole image's spectrum) (default {GRID.statistic})")
+    g.add_argument("--mode", default=GRID.mode, choices=MODES,
+                   help="the grid column: global term, local term (top windows) or combined "
+                        f"= global + --local_weight x local (default {GRID.mode}); the "
+                        "grid_global and grid_local columns are always written")
+    g.add_argument("--period", type=positive_float, default=GRID.period,
+                   help=f"grid period in px (default {GRID.period:g})")
+    g.add_argument("--extra_periods", type=positive_float, nargs="*",
+                   default=list(GRID.extra_periods),
+                   help="other periods covered by the comb (default: "
+                        f"{' '.join(f'{q:g}' for q in GRID.extra_periods)}; none: just --period)")
+    g.add_argument("--max_harm", type=nonneg_int, default=GRID.max_harm,
+                   help=f"harmonics per period; 0 = every one below Nyquist (default {GRID.max_harm})")
+    g.add_argument("--sigma_bins", type=positive_float, default=GRID.sigma_bins,
                    help="Gaussian weight (FFT bins) of a tooth that falls between bins; unused when "
-                        "the image holds whole periods (default 0.5)")
-    g.add_argument("--tau", type=finite_float, default=0.0, help="hinge threshold (default 0)")
-    g.add_argument("--eval_resize", type=nonneg_int, default=512,
-                   help="downscale so the long side is at most this; 0 = never (default 512)")
-    g.add_argument("--local_window", type=positive_int, default=128, help="local window px (default 128)")
-    g.add_argument("--local_stride", type=positive_int, default=64, help="local stride px (default 64)")
-    g.add_argument("--min_amplitude", type=positive_float, default=5e-5,
-                   help="energy floor: a tone this weak counts as nothing (default 5e-5)")
-    g.add_argument("--margin", type=nonneg_float, default=0.5,
-                   help="log-contrast a comb tooth needs before it counts (default 0.5)")
-    g.add_argument("--ring", type=positive_float, nargs=2, default=[1.0, 1.5], metavar=("INNER", "OUTER"),
-                   help="neighbour ring around each tooth, Chebyshev bins (default 1 1.5)")
-    g.add_argument("--period_temperature", type=nonneg_float, default=0.05,
-                   help="soft max over the periods' scores; 0 = hard max (default 0.05)")
-    g.add_argument("--local_top", type=fraction, default=0.25,
-                   help="local score = mean of this top fraction of windows (default 0.25)")
-    g.add_argument("--local_weight", type=nonneg_float, default=0.5,
-                   help="combined = global + local_weight * local (default 0.5)")
+                        f"the image holds whole periods (default {GRID.sigma_bins:g})")
+    g.add_argument("--tau", type=finite_float, default=GRID.tau,
+                   help=f"hinge threshold (default {GRID.tau:g})")
+    g.add_argument("--eval_resize", type=nonneg_int, default=GRID.eval_resize,
+                   help=f"downscale so the long side is at most this; 0 = never (default "
+                        f"{GRID.eval_resize})")
+    g.add_argument("--local_window", type=positive_int, default=GRID.local_window,
+                   help=f"local window px (default {GRID.local_window})")
+    g.add_argument("--local_stride", type=positive_int, default=GRID.local_stride,
+                   help=f"local stride px (default {GRID.local_stride}: side by side)")
+    g.add_argument("--min_amplitude", type=positive_float, default=GRID.min_amplitude,
+                   help=f"energy floor: a tone this weak counts as nothing (default {GRID.min_amplitude:g})")
+    g.add_argument("--margin", type=nonneg_float, default=None,
+                   help="log-evidence a comb tooth needs before it counts (default: the "
+                        "statistic's, " + ", ".join(f"{k} {v[0]:g}" for k, v in DEFAULT_MARGINS.items())
+                        + "; colour keeps its own)")
+    g.add_argument("--ring", type=positive_float, nargs=2, default=list(GRID.ring),
+                   metavar=("INNER", "OUTER"),
+                   help="neighbour ring of the ring statistic, Chebyshev bins (default "
+                        f"{GRID.ring[0]:g} {GRID.ring[1]:g})")
+    g.add_argument("--period_temperature", type=nonneg_float, default=GRID.period_temperature,
+                   help=f"soft max over the periods' scores; 0 = hard max (default {GRID.period_temperature:g})")
+    g.add_argument("--local_top", type=fraction, default=GRID.local_top,
+                   help=f"local score = mean of this top fraction of windows (default {GRID.local_top:g})")
+    g.add_argument("--local_weight", type=nonneg_float, default=GRID.local_weight,
+                   help=f"combined = global + local_weight * local (default {GRID.local_weight:g})")
 
     b = p.add_argument_group(
         "the original project's penalties as baseline columns (rewards/grid_original.py; they "
-        "use --period, --max_harm, --sigma_bins, --eval_resize, --local_window/--local_stride "
-        "and --tau too)")
+        "use --period, --max_harm (0: 3, the original trainer's default), --sigma_bins, "
+        "--eval_resize, --local_window/--local_stride and --tau too)")
     b.add_argument("--no_baselines", action="store_true",
                    help="skip the baseline columns (fft_global ... original_trainer); faster")
     b.add_argument("--edge_penalty", type=nonneg_float, default=8.0,

@@ -102,7 +102,9 @@ class RewardFlags:
     grid_ratio_period: int = _f(
         16, "Grid period in pixels whose harmonics are penalised (16 = FLUX VAE 8 px x "
             "2x2 patchify).")
-    grid_ratio_max_harm: int = _f(3, "Number of harmonics of the grid frequency penalised.")
+    grid_ratio_max_harm: int = _f(
+        3, "Number of harmonics of the grid frequency penalised; 0 = every harmonic below "
+           "Nyquist.")
     grid_ratio_sigma_bins: float = _f(
         DEFAULT_GRID_SIGMA_BINS,
         "Gaussian weight, in FFT bins, of a comb tooth that falls between bins (used only "
@@ -403,8 +405,9 @@ class RewardFlags:
             raise ValueError(f"--brightness_band must be >= 0, got {self.brightness_band}")
         if self.grid_ratio_period < 2:
             raise ValueError(f"--grid_ratio_period must be >= 2 pixels, got {self.grid_ratio_period}")
-        if self.grid_ratio_max_harm < 1:
-            raise ValueError(f"--grid_ratio_max_harm must be >= 1, got {self.grid_ratio_max_harm}")
+        if self.grid_ratio_max_harm < 0:
+            raise ValueError(f"--grid_ratio_max_harm must be >= 0 (0 = every harmonic below "
+                             f"Nyquist), got {self.grid_ratio_max_harm}")
         if self.grid_ratio_sigma_bins <= 0:
             raise ValueError(f"--grid_ratio_sigma_bins must be > 0, got {self.grid_ratio_sigma_bins}")
         if self.grid_eval_resize < 0:

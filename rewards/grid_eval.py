@@ -24,7 +24,7 @@ from common.paths import check_no_overwrite
 from common.photos import write_photos
 
 from .anchors import brightness_penalty, crispness_penalty
-from .grid import REC709, GridConfig, GridPenalty, luminance
+from .grid import COHERENT, REC709, GridConfig, GridPenalty, luminance
 from .grid_original import COLUMNS as BASELINES
 from .grid_original import BaselineConfig, baseline_penalties, parse_harmonics
 
@@ -256,13 +256,18 @@ def build_penalties(args) -> dict:
                local_window=args.local_window, local_stride=args.local_stride,
                min_amplitude=args.min_amplitude, margin=args.margin, ring=tuple(args.ring),
                local_top=args.local_top, local_weight=args.local_weight,
-               period_temperature=args.period_temperature)
-    combined = GridPenalty(GridConfig(mode="combined", **cfg))
+               period_temperature=args.period_temperature, statistic=args.statistic)
+    # both terms are always computed (columns grid_global, grid_local); "grid" is the mode's
+    terms = GridPenalty(GridConfig(**{**cfg, "mode": "combined"}))
+    # the coherent statistic (opt-in, rewards.grid.COHERENT) beside it, this run's other options
+    coherent = GridPenalty(GridConfig(**{**cfg, **COHERENT}))
 
     def grid_all(x):
-        pen, terms = combined(x)
-        return {"grid": pen.item(), "grid_global": terms["global"].item(),
-                "grid_local": terms["local"].item()}
+        t = terms.terms(x)
+        score = {"global": t["global"], "local": t["local"],
+                 "combined": t["global"] + args.local_weight * t["local"]}[args.mode]
+        return {"grid": torch.relu(score - args.tau).item(), "grid_global": t["global"].item(),
+                "grid_local": t["local"].item(), "grid_coherent": coherent(x)[0].item()}
 
     def anchors(x):
         return {"brightness": brightness_penalty(x, target=args.brightness_target,
@@ -280,7 +285,8 @@ def original_baselines(args):
     """The original project's loss variants (rewards/grid_original.py) as one penalty fn."""
     try:
         cfg = BaselineConfig(
-            period=args.period, max_harm=args.max_harm, sigma_bins=args.sigma_bins,
+            # --max_harm 0 (ours: every harmonic) -> 3, the original trainer's default
+            period=args.period, max_harm=args.max_harm or 3, sigma_bins=args.sigma_bins,
             resize=args.eval_resize or None, window=args.local_window, hop=args.local_stride,
             edge_penalty=args.edge_penalty, combo_mode=args.combo_mode, w_local=args.w_local,
             tau_global=args.tau_global, tau_local=args.tau_local,
@@ -324,7 +330,8 @@ def score_folder(paths: Sequence[Path], label: str, penalties: dict, progress: b
     return rows, failed
 
 
-PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "brightness", "crispness")
+PENALTY_COLUMNS = ("grid", "grid_global", "grid_local", "grid_coherent", "brightness",
+                   "crispness")
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -365,7 +372,7 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name in ("grid", "grid_global", "grid_local"):
+    for name in ("grid", "grid_global", "grid_local", "grid_coherent"):
         art = [r[name] for r in rows if r["label"] == "artifact"]
         cln = [r[name] for r in rows if r["label"] == "clean"]
         fpr, tpr = roc_curve(art, cln)

@@ -5,7 +5,8 @@ import torch
 
 from rewards.grid_eval import add_grid
 from rewards import build_reward
-from rewards.grid import GridConfig, GridPenalty, grid_penalty, grid_penalty_terms, make_grid_reward
+from rewards.grid import (COHERENT, GridConfig, GridPenalty, grid_penalty, grid_penalty_terms,
+                          make_grid_reward)
 
 # Bundled scikit-image photos; brick, text, page, grass and gravel are natural periodic-ish
 # textures that must not score like a grid.
@@ -34,27 +35,31 @@ def photos():
 
 @pytest.mark.parametrize("kind", ["tile", "sinusoid", "lines"])
 def test_one_percent_period16_grid_scores_above_clean_photo(photos, kind):
-    pen = GridPenalty()
-    rng = np.random.default_rng(1)
-    for name, x in photos.items():
-        clean = pen(x)[0].item()
-        dirty = pen(add_grid(x[0], 16, 0.01, kind, rng)[None])[0].item()
-        assert dirty > clean, f"{name}/{kind}: grid {dirty:.4f} <= clean {clean:.4f}"
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        rng = np.random.default_rng(1)
+        for name, x in photos.items():
+            clean = pen(x)[0].item()
+            dirty = pen(add_grid(x[0], 16, 0.01, kind, rng)[None])[0].item()
+            assert dirty > clean, f"{options} {name}/{kind}: grid {dirty:.4f} <= clean {clean:.4f}"
 
 
 def test_natural_textures_score_low_compared_with_a_visible_grid(photos):
-    pen = GridPenalty()
-    rng = np.random.default_rng(2)
-    textures = max(pen(photos[n])[0].item() for n in ("brick", "text", "page", "grass", "gravel"))
-    grid = pen(add_grid(photos["astronaut"][0], 16, 0.02, "tile", rng)[None])[0].item()
-    assert grid > 2 * textures
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        rng = np.random.default_rng(2)
+        textures = max(pen(photos[n])[0].item()
+                       for n in ("brick", "text", "page", "grass", "gravel"))
+        grid = pen(add_grid(photos["astronaut"][0], 16, 0.02, "tile", rng)[None])[0].item()
+        assert grid > 2 * textures, options
 
 
 def test_gradients_finite_and_nonzero_when_active(photos):
     x = add_grid(photos["astronaut"][0], 16, 0.02, "tile", np.random.default_rng(0))[None]
-    for mode in ("global", "local", "combined"):
+    for options in ({"mode": "global"}, {"mode": "local"}, {"mode": "combined"}, COHERENT,
+                    {**COHERENT, "mode": "combined"}):
         xi = x.clone().requires_grad_(True)
-        p = grid_penalty(xi, mode=mode)
+        p = grid_penalty(xi, **options)
         assert p.item() > 0
         p.sum().backward()
         assert torch.isfinite(xi.grad).all()
@@ -90,29 +95,38 @@ def test_invariant_to_global_brightness_shift(photos):
 @pytest.mark.parametrize("shape", [(1, 3, 201, 333), (2, 3, 97, 64), (1, 3, 40, 50), (1, 3, 333, 201)])
 def test_non_square_and_odd_sizes(shape):
     torch.manual_seed(0)
-    x = torch.rand(shape, requires_grad=True)
-    p, terms = GridPenalty()(x)
-    assert p.shape == (shape[0],) and torch.isfinite(p).all()
-    p.sum().backward()
-    assert torch.isfinite(x.grad).all()
+    for options in ({}, COHERENT):
+        x = torch.rand(shape, requires_grad=True)
+        p, terms = GridPenalty(**options)(x)
+        assert p.shape == (shape[0],) and torch.isfinite(p).all()
+        p.sum().backward()
+        assert torch.isfinite(x.grad).all()
 
 
 def test_downscaled_evaluation_still_detects_a_period16_grid(photos):
     import torch.nn.functional as F
 
     x = F.interpolate(photos["chelsea"], scale_factor=3.0, mode="bicubic").clamp(0, 1)  # ~768 px
-    pen = GridPenalty()
     dirty = add_grid(x[0], 16, 0.01, "tile", np.random.default_rng(3))[None]
-    assert pen(dirty)[0].item() > 2 * pen(x)[0].item()
+    for options in ({}, COHERENT):
+        pen = GridPenalty(**options)
+        assert pen(dirty)[0].item() > 2 * pen(x)[0].item(), options
 
 
-def test_local_term_catches_grid_confined_to_a_flat_region(photos):
-    x = _photo("gravel", 256)                                  # textured everywhere ...
+def _sky_band_grid():
+    """Gravel (textured everywhere) with a flat 'sky' band on top; a 1 % period-16 tile grid
+    on the band only, and the same grid over the whole image."""
+    x = _photo("gravel", 256)
     sky = torch.linspace(0.55, 0.75, 96).view(1, 1, 96, 1).expand(1, 3, 96, 256)
-    x[..., :96, :] = sky                                       # ... except a flat "sky" band
+    x[..., :96, :] = sky
     grid = add_grid(torch.zeros(3, 256, 256) + 0.5, 16, 0.01, "tile", np.random.default_rng(4)) - 0.5
-    dirty = x.clone()
-    dirty[..., :96, :] = (dirty[..., :96, :] + grid[:, :96]).clamp(0, 1)
+    band = x.clone()
+    band[..., :96, :] = (band[..., :96, :] + grid[:, :96]).clamp(0, 1)
+    return x, band, (x + grid).clamp(0, 1)
+
+
+def test_local_term_catches_grid_confined_to_a_flat_region():
+    x, dirty, _ = _sky_band_grid()
     t_clean, t_dirty = grid_penalty_terms(x), grid_penalty_terms(dirty)
     gain_local = t_dirty["local"].item() - t_clean["local"].item()
     gain_global = t_dirty["global"].item() - t_clean["global"].item()
@@ -120,15 +134,86 @@ def test_local_term_catches_grid_confined_to_a_flat_region(photos):
     assert gain_local > 1.5 * gain_global
 
 
+def test_coherent_term_sees_a_grid_on_a_flat_region_as_well_as_everywhere():
+    """The coherent statistic weights each window by the inverse of its own noise, so the flat
+    band's windows carry the grid: confined to 37 % of the image it keeps most of the score it
+    has everywhere, where the ring statistic (whole-image spectrum) loses most of it."""
+    x, band, everywhere = _sky_band_grid()
+    coh = [grid_penalty_terms(im, **COHERENT)["global"].item() for im in (x, band, everywhere)]
+    ring = [grid_penalty_terms(im)["global"].item() for im in (x, band, everywhere)]
+    assert coh[1] - coh[0] > 0.5 * (coh[2] - coh[0]) > 0
+    assert ring[1] - ring[0] < 0.5 * (ring[2] - ring[0])
+
+
+def test_coherent_statistic_is_near_exp1_without_a_grid_and_large_with_one():
+    from rewards.grid import _coherent_contrast
+
+    torch.manual_seed(0)
+    pen = GridPenalty(**COHERENT)
+    noise = 0.5 + 0.05 * torch.randn(8, 256, 256, dtype=torch.float64)
+    tab = pen.coherent_tables(256, 256, 1.0, "", "cpu", torch.float64)
+    t = _coherent_contrast(noise, tab).exp()                  # T (+ the 1e-3 log floor)
+    # Exp(1) would have mean 1; a window's own tooth power is part of its weight, which
+    # lowers T a little where the noise happens to be high (mean ~0.77)
+    assert 0.65 < t.mean().item() < 1.0
+    assert (t > 4).float().mean().item() < 2 * np.exp(-4)    # no heavier tail than Exp(1)
+    y, x = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
+    grid = 0.02 * torch.cos(2 * np.pi * x / 16) * torch.cos(2 * np.pi * y / 16)
+    lit = _coherent_contrast((noise + grid.double())[:1], tab)[0].exp()
+    assert lit.max().item() > 20 * t.max().item()
+
+
+def test_gradient_removes_the_grid(photos):
+    """Descending the coherent penalty removes the grid: its gradient is more aligned with the
+    grid than the ring statistic's (its weights are a noise estimate without gradient, so it
+    does not point at hiding the grid under noise), and a few steps lower the penalty and
+    bring the image back toward the clean photo."""
+    clean = photos["astronaut"]
+    grid = add_grid(torch.full((3, 512, 512), 0.5), 32, 0.01, "tile",
+                    np.random.default_rng(7)) - 0.5
+
+    def cosine(**options):
+        x = (clean + grid).clamp(0, 1).requires_grad_(True)
+        grid_penalty(x, **options).sum().backward()
+        return torch.nn.functional.cosine_similarity(x.grad.flatten(), grid.flatten(), dim=0)
+
+    assert cosine(**COHERENT) > max(0.08, 2 * cosine())
+    x = (clean + grid).clamp(0, 1)
+    p0, d0 = grid_penalty(x, **COHERENT).item(), (x - clean).norm().item()
+    for _ in range(3):
+        xi = x.clone().requires_grad_(True)
+        p = grid_penalty(xi, **COHERENT)
+        p.sum().backward()
+        x = (x - 0.5 * p.item() / xi.grad.norm() ** 2 * xi.grad).detach()
+    assert grid_penalty(x, **COHERENT).item() < 0.5 * p0
+    assert (x - clean).norm().item() < d0
+
+
+def test_periods_that_are_not_whole_pixels_fall_back_to_the_ring_statistic(photos):
+    pen = GridPenalty(period=12.5, extra_periods=(), **COHERENT)
+    assert pen.coherent_tables(512, 512, 1.0, "", "cpu", torch.float32) is None
+    x = add_grid(photos["camera"][0], 16, 0.02, "tile", np.random.default_rng(0))[None]
+    ring = GridPenalty(period=12.5, extra_periods=(), **{**COHERENT, "statistic": "ring"})
+    assert pen(x)[0].item() == pytest.approx(ring(x)[0].item(), rel=1e-6)
+
+
 def test_masks_are_cached_not_rebuilt():
-    pen = GridPenalty()
     x = torch.rand(2, 3, 128, 160)
+    pen = GridPenalty()
     pen(x)
     n = len(pen._cache)
     tab = pen.tables(128, 160, 1.0, "global", x.device, x.dtype)
     pen(x)
     assert len(pen._cache) == n
     assert pen.tables(128, 160, 1.0, "global", x.device, x.dtype) is tab
+    coherent = GridPenalty(**COHERENT)
+    coherent(x)
+    n = len(coherent._cache)
+    tab = coherent.coherent_tables(128, 160, 1.0, "", x.device, x.dtype)
+    assert tab is not None
+    coherent(x)
+    assert len(coherent._cache) == n
+    assert coherent.coherent_tables(128, 160, 1.0, "", x.device, x.dtype) is tab
     fn = make_grid_reward()
     fn(x, None, None)
     before = dict(fn.penalty._cache)
@@ -138,12 +223,17 @@ def test_masks_are_cached_not_rebuilt():
 
 def test_flat_image_gives_zero_and_bad_options_raise():
     assert grid_penalty(torch.full((1, 3, 64, 64), 0.3)).item() == 0.0
+    assert grid_penalty(torch.full((1, 3, 64, 64), 0.3), **COHERENT).item() == 0.0
     with pytest.raises(ValueError, match="mode"):
         make_grid_reward(mode="fourier")
     with pytest.raises(ValueError, match="period"):
         GridConfig(period=1)
     with pytest.raises(ValueError, match="max_harm"):
-        GridConfig(max_harm=0)
+        GridConfig(max_harm=-1)
+    with pytest.raises(ValueError, match="statistic"):
+        GridConfig(statistic="median")
+    with pytest.raises(ValueError, match="chroma_margin"):
+        GridConfig(chroma_margin=-1.0)
     with pytest.raises(ValueError):
         build_reward("grid", nonsense=1)
 
@@ -188,9 +278,10 @@ def test_spectrum_is_the_periodic_component_and_a_grid_lights_one_bin():
 
 def test_a_grid_lighting_few_teeth_is_not_diluted_by_the_other_periods_combs(photos):
     x = add_grid(photos["camera"][0], 32, 0.01, "sinusoid", np.random.default_rng(5))[None]
-    union = grid_penalty_terms(x)["global"].item()                      # combs of 16, 8 and 32
-    alone = grid_penalty_terms(x, period=32, extra_periods=())["global"].item()
-    assert union > 0.9 * alone > 0
+    for options in ({}, COHERENT):
+        union = grid_penalty_terms(x, **options)["global"].item()       # combs of 16, 8 and 32
+        alone = grid_penalty_terms(x, period=32, extra_periods=(), **options)["global"].item()
+        assert union > 0.9 * alone > 0, options
 
 
 def test_texture_added_sees_blocky_noise_on_flat_areas_not_edits_or_kept_detail(photos):

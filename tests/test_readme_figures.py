@@ -7,7 +7,8 @@ from rewards.grid_eval import roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"grid": "`grid` (default, combined)", "grid_global": "global term only",
-        "grid_local": "local term only"}
+        "grid_local": "local term only",
+        "grid_coherent": "coherent statistic (opt-in: `rewards.grid.COHERENT`)"}
 GROUPS = (("all", lambda n: True), ("luma", lambda n: "_chroma" not in n),
           ("colour-only", lambda n: "_chroma" in n), ("p=8", lambda n: "_p8_" in n),
           ("p=16", lambda n: "_p16_" in n), ("p=32", lambda n: "_p32_" in n),
