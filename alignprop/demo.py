@@ -36,6 +36,11 @@ PASS/FAIL for each (:func:`demo_checks`):
   edit of the same strength, so the look itself is not counted as texture); no periodic
   texture appears and grey parts stay grey.
 
+Beside the grid check the demo reports (``grid_coherent_*``, not a check) the same grid term
+read with the more sensitive coherent statistic (``--grid_ratio_statistic coherent``) for the
+base output, the LoRA's and the matched edit: it sees the 4-px token pattern the LoRA adds,
+which the check's default statistic does not (docs/anti_grid.md).
+
 The exit status is 0 when every check of the first set passes (with ``--strict``: of both
 sets); ``benchmarks/bench_demo_seeds.py`` runs it with ``--strict`` for seeds 0-4.
 

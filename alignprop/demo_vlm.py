@@ -38,7 +38,9 @@ demo prints PASS/FAIL for each promise (:func:`demo_checks`):
   of the base output given the LoRA's own global tone and colour edit
   (``rewards.grid.matched_global_edit``, as ``make demo`` checks since issue 21: a clean
   warmer or brighter edit changes the penalty by itself, so the base output alone is not
-  the reference). The rise over the base output is reported too.
+  the reference). The rise over the base output is reported too, and (``grid_coherent``,
+  not a check) the same grid term read with the more sensitive coherent statistic
+  (``--grid_ratio_statistic coherent``; docs/anti_grid.md).
 
 Writes ``<question>/pytorch_lora_weights.safetensors``, ``grid.png`` (held-out photos;
 columns input | base | question A | question B) and ``demo_vlm_summary.json``; with
