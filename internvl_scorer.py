@@ -28,6 +28,7 @@ from common.original_flags import (ORIGINAL_DEFAULTS, SEMANTICS, OriginalFlag, S
                                    add_original_flags, record_given, resolve_source,
                                    semantics_hint, semantics_of, show)
 from rewards.internvl_model import DEFAULT_MODEL_ID
+from rewards.vlm_shift import views_arg
 from rewards.prompt_presets import listing
 from rewards.vlm import CALIBRATIONS, OBJECTIVES, TASKS
 from rewards.vlm_inspect import (DTYPES, entropy_bonus, layer_tables, render, render_original,
@@ -100,6 +101,10 @@ def build_parser(semantics: str = "ours") -> argparse.ArgumentParser:
                    help="Qwen-VL: largest image area after its dynamic resize; fewer pixels = "
                         "fewer image tokens (default: the checkpoint's processor's)")
     p.add_argument("--batch_size", type=int, default=8, help="samples per model forward (>= 1)")
+    p.add_argument("--shift_views", type=views_arg, default=1,
+                   help="1 (default): score each image as given; k*k: the mean score over k x k "
+                        "copies translated by sub-patch offsets of the model's vision patch "
+                        "(the trainer's --internvl_shift_views; docs/vlm.md)")
     p.add_argument("--margin_temp", type=float, default=1.0,
                    help="margin objective: sigmoid(margin / margin_temp) (> 0)")
     p.add_argument("--artifact_ref1", default=None,

@@ -32,6 +32,7 @@ from rewards.base import CompositeReward, RewardTerm
 from rewards.command import check_command
 from rewards.edit_specialist import DEFAULT_SEMANTIC_PROMPT
 from rewards.grid import COHERENT, STATISTICS as GRID_STATISTICS
+from rewards.vlm_shift import check_views
 
 # VLM backends: "internvl" = the model of --internvl_model_id, "qwen" = the model of
 # --qwen_model_id. Either flag takes a checkpoint of any supported family (InternVL3,
@@ -339,6 +340,12 @@ class RewardFlags:
               "squashed tile. --semantics original always uses one bilinear tile.")
     internvl_temperature: float = _f(
         1.0, "Softmax temperature over the answer tokens (> 0).")
+    internvl_shift_views: int = _f(
+        1, "Every VLM term (internvl and qwen backends): the mean score over k*k copies of each "
+           "image translated by sub-patch offsets (k phases of the model's vision patch per "
+           "axis, reflect padding; the images of a pair shifted alike), so its pixel gradient "
+           "is not locked to the patch grid. 1 = off; 4 = phases 0 and half a patch in y and "
+           "x (4x the VLM's rows per step). docs/vlm.md, rewards/vlm_shift.py.")
     internvl_answer_scale: Optional[str] = _f(
         None, "Answer tokens/values of the rating scale for every InternVL term: 'digits' "
               "(0..9), 'qalign' (excellent..bad), 'yesno' or 'word=value,...' (see "
@@ -444,6 +451,10 @@ class RewardFlags:
             raise ValueError(f"--internvl_max_tiles must be >= 1, got {self.internvl_max_tiles}")
         if self.internvl_temperature <= 0:
             raise ValueError(f"--internvl_temperature must be > 0, got {self.internvl_temperature}")
+        check_views(self.internvl_shift_views, "--internvl_shift_views")
+        if self.internvl_shift_views > 1 and self.semantics == "original":
+            raise ValueError("--internvl_shift_views is ours: --semantics original scores each "
+                             "image as the original does (as given)")
         for task in ("aesthetic", "style", "content", "sharpness"):
             if getattr(self, f"{task}_prompt") and getattr(self, f"{task}_prompt_file"):
                 raise ValueError(f"give --{task}_prompt or --{task}_prompt_file, not both")
@@ -554,6 +565,8 @@ def reward_specs(flags: RewardFlags, device: Any = None, ranking: bool = False) 
                 "trust_remote_code": flags.trust_remote_code, **extra}
         if flags.internvl_max_tiles is not None:
             opts["max_tiles"] = flags.internvl_max_tiles
+        if flags.internvl_shift_views > 1:     # only when on: specs of existing runs unchanged
+            opts["shift_views"] = flags.internvl_shift_views
         scale = getattr(flags, f"{prompt_key}_answer_scale") or flags.internvl_answer_scale
         if scale is not None:
             opts["answer_scale"] = scale

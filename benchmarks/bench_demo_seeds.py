@@ -5,10 +5,12 @@ seed (the demo's: on both held-out sets).
 
     PYTHONPATH=. python benchmarks/bench_demo_seeds.py [--demo {demo,vlm}] [--seeds 0 1 2 3 4]
                                                        [--out_dir outputs/demo_seeds]
+                                                       [-- DEMO FLAGS]
 
 Each seed runs in its own process (the demo's own command, 1 torch thread), into
 ``OUT_DIR/seed_N``; the table is read from each ``demo_summary.json``. Exit status 0 only
 when every check of every seed passes. About 1-2 minutes per seed on a 2-core CPU.
+Flags after ``--`` go to every seed's demo command (``--demo vlm -- --shift_views 4``).
 ``--from_json OUT_DIR`` re-prints the table of an earlier run without training.
 With ``--demo vlm`` the table is the README's demo-vlm seeds table (each run's statistics,
 SSIM, grid penalty against its matched edit and failed checks; read from
@@ -39,15 +41,16 @@ DEMOS = {"demo": ("alignprop.demo", ["--strict"], "demo_summary.json"),
          "vlm": ("alignprop.demo_vlm", [], "demo_vlm_summary.json")}
 
 
-def run_seed(seed: int, out: Path, demo: str = "demo") -> tuple[int, float]:
+def run_seed(seed: int, out: Path, demo: str = "demo", demo_flags: tuple = ()
+             ) -> tuple[int, float]:
     module, extra, _ = DEMOS[demo]
     env = dict(os.environ, HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     t0 = time.time()
     with open(out.parent / f"seed_{seed}.log", "w") as log:
         rc = subprocess.call([sys.executable, "-m", module, "--seed", str(seed),
-                              "--output_dir", str(out)] + extra, cwd=ROOT, env=env, stdout=log,
-                             stderr=subprocess.STDOUT)
+                              "--output_dir", str(out)] + extra + list(demo_flags), cwd=ROOT,
+                             env=env, stdout=log, stderr=subprocess.STDOUT)
     return rc, time.time() - t0
 
 
@@ -132,7 +135,8 @@ def vlm_table(out_dir: Path, seeds: list[int]) -> tuple[str, bool]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog="Flags after -- go to every seed's demo command.")
     ap.add_argument("--demo", choices=sorted(DEMOS), default="demo",
                     help="which demo: 'demo' (make demo) or 'vlm' (make demo-vlm)")
     ap.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -140,13 +144,17 @@ def main(argv=None) -> int:
                     help="default outputs/demo_seeds (--demo vlm: outputs/demo_vlm_seeds)")
     ap.add_argument("--from_json", action="store_true",
                     help="only print the table of the summaries already in --out_dir")
-    args = ap.parse_args(argv)
+    # the demo's flags are split off by hand: an argparse positional after "--" is lost
+    # when a nargs="+" option (--seeds) comes before it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    demo_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     out_dir = args.out_dir or Path("outputs/demo_seeds" if args.demo == "demo"
                                    else "outputs/demo_vlm_seeds")
     if not args.from_json:
         out_dir.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
-            rc, secs = run_seed(seed, out_dir / f"seed_{seed}", args.demo)
+            rc, secs = run_seed(seed, out_dir / f"seed_{seed}", args.demo, demo_flags)
             print(f"seed {seed}: exit {rc} in {secs:.0f} s", flush=True)
     if args.demo == "vlm":
         text, ok = vlm_table(out_dir, args.seeds)

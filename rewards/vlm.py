@@ -28,6 +28,13 @@ Pair/triplet are debiased against position bias by scoring both orders of the tw
 in one batched forward: ``score = (E(A,B) + 1 - E(B,A)) / 2`` (margin: sigmoid of the mean of the
 two order margins), so ``score(A,B) + score(B,A) = 1`` exactly (with ``entropy_bonus=0``).
 
+``shift_views=M`` (M = k*k > 1) scores M copies of every image translated by sub-patch offsets
+(k phases of the model's vision patch per axis, reflect padding; :mod:`rewards.vlm_shift`) and
+returns the mean score: the grid-locked part of the pixel gradient is averaged over the patch
+phases. The images of one sample (the output and its input, a pair) are shifted alike, so a
+comparison sees them aligned as without views; the reward's own constant images (style
+reference, artifact examples) are not shifted. All views go through the model in one batch.
+
 Gradients flow from the score through the frozen model and the family's torch preprocessing
 (``bundle.family.prepare``) to the image pixels.
 
@@ -51,6 +58,7 @@ from .base import batch_mean, call_memo
 from .vlm_model import DEFAULT_MODEL_ID, MODEL_FLAG, VLMBundle, build_weightless_vlm, load_vlm
 from .vlm_prompts import (ARTIFACT_EXAMPLES_PROMPT, COMPARATIVE_TASKS, TASK_IMAGES, TASKS,
                           AnswerScale, image_labels, resolve_prompt)
+from .vlm_shift import check_views, patch_size, shift_offsets, shifted_batch
 
 OBJECTIVES = ("expected", "margin")
 CALIBRATIONS = ("none", "pmi_null")
@@ -168,8 +176,13 @@ class VLMReward:
                  reference: torch.Tensor | None = None, reference_source: str | None = None,
                  max_tiles: int | None = None, min_pixels: int | None = None,
                  max_pixels: int | None = None, margin_temp: float = 1.0,
-                 examples: Sequence[torch.Tensor] = (), example_sources: Sequence[str] = ()):
+                 examples: Sequence[torch.Tensor] = (), example_sources: Sequence[str] = (),
+                 shift_views: int = 1):
         self.task = _check_choice("task", task, TASKS)
+        self.shift_views = check_views(shift_views)
+        # (dy, dx) of each view: k phases of the vision patch per axis ([(0, 0)]: off)
+        self.shift_offsets = (shift_offsets(shift_views, patch_size(bundle.model.config))
+                              if shift_views > 1 else [(0, 0)])
         if not (isinstance(margin_temp, (int, float)) and math.isfinite(margin_temp)
                 and margin_temp > 0):
             raise ValueError(f"margin_temp must be a positive number, got {margin_temp!r}")
@@ -270,6 +283,7 @@ class VLMReward:
             **{k: v for k, v in self.image_options.items() if k != "max_tiles"},
             "reference": self.reference_source, "dtype": str(self.bundle.dtype).replace("torch.", ""),
             "margin_temp": self.margin_temp, "artifact_refs": self.example_sources or None,
+            "shift_views": self.shift_views,
         }
 
     # ------------------------------------------------------------------ model access
@@ -450,7 +464,43 @@ class VLMReward:
 
     # ------------------------------------------------------------------ scoring
     def score_slots(self, slots: Sequence[torch.Tensor]) -> ScoreOutput:
-        """Score B samples; ``slots[k]`` is the (B,3,H,W) batch shown as image k+1."""
+        """Score B samples; ``slots[k]`` is the (B,3,H,W) batch shown as image k+1.
+
+        With ``shift_views`` > 1: the mean over the shifted views of each sample (scores,
+        answer distributions and log-probs; the metrics are means over views and samples)."""
+        self._check_slots(slots)
+        if self.shift_views == 1:
+            return self._score_once(slots)
+        m = len(self.shift_offsets)
+        out = self._score_once([self._shifted(x) for x in slots])
+
+        def fold(t: torch.Tensor) -> torch.Tensor:      # (M*B, ...) view-major -> (B, ...)
+            return t.reshape(m, -1, *t.shape[1:]).mean(0)
+
+        return ScoreOutput(scores=fold(out.scores), probs=[fold(p) for p in out.probs],
+                           logprobs=[fold(lp) for lp in out.logprobs], metrics=out.metrics,
+                           orders=out.orders)
+
+    def _shifted(self, x: torch.Tensor) -> torch.Tensor:
+        """The shifted views of one slot, view-major (M*B rows). One tensor per image and call
+        (memoised in the enclosing ``shared_call``), so the terms of a composite reward asking
+        about the same image still share its vision pass; a constant image stays unshifted."""
+        rows = len(self.shift_offsets) * x.shape[0]
+        constant = self._constant_of.get(id(x))
+        if constant is not None:
+            like = torch.empty(rows, device=x.device, dtype=x.dtype)
+            return self._constant(constant[0], x[:1], like)
+        memo = call_memo()
+        if memo is None:
+            return shifted_batch(x, self.shift_offsets)
+        key = ("shift_views", id(x), x._version, tuple(self.shift_offsets),
+               torch.is_grad_enabled())
+        hit = memo.get(key)
+        if hit is None or hit[0] is not x:
+            hit = memo[key] = (x, shifted_batch(x, self.shift_offsets))
+        return hit[1]
+
+    def _check_slots(self, slots: Sequence[torch.Tensor]) -> None:
         if len(slots) != self.n_images:
             raise ValueError(f"task {self.task!r} needs {self.n_images} image(s) per sample, "
                              f"got {len(slots)}")
@@ -461,6 +511,10 @@ class VLMReward:
                                  f"got {tuple(x.shape)} {x.dtype}")
             if x.shape[0] != bsz:
                 raise ValueError(f"image {k + 1} has batch {x.shape[0]}, image 1 has {bsz}")
+
+    def _score_once(self, slots: Sequence[torch.Tensor]) -> ScoreOutput:
+        """Score the slots as given (one batch through the model)."""
+        bsz = slots[0].shape[0]
         orders = [list(slots)]
         if self.task in COMPARATIVE_TASKS:
             i, j = (0, 1) if self.task == "pair" else (1, 2)
@@ -614,7 +668,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                     max_tiles: int | None = None, min_pixels: int | None = None,
                     max_pixels: int | None = None, model_flag: str = MODEL_FLAG,
                     margin_temp: float = 1.0, artifact_refs: Sequence[Any] = (),
-                    pretrained: bool = True, config: Any = None) -> VLMReward:
+                    pretrained: bool = True, config: Any = None,
+                    shift_views: int = 1) -> VLMReward:
     """Build the VLM reward for ``task`` (see module doc). Higher score is better.
 
     ``model_id``: hub id or local directory of any supported family (InternVL3 ``-hf``,
@@ -631,6 +686,8 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     ``margin_temp``: the margin objective is ``sigmoid(margin / margin_temp)``.
     ``artifact_refs``: two example images (paths or (3,H,W) tensors) of the artifact, shown
     before the rated image in task ``artifact`` (the default question then refers to them).
+    ``shift_views``: 1 (default) scores each image as given; k*k scores k x k copies translated
+    by sub-patch offsets and returns the mean (module doc, :mod:`rewards.vlm_shift`).
     ``pretrained=False``: the model at its real size without weights, from ``config`` (a hub
     id) or the folder's config.json (:func:`rewards.vlm_model.build_weightless_vlm`; for
     ``--estimate`` under fake tensors).
@@ -638,6 +695,7 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
     _check_choice("task", task, TASKS)
     _check_choice("objective", objective, OBJECTIVES)
     _check_choice("calibration", calibration, CALIBRATIONS)
+    check_views(shift_views)
     if artifact_refs and len(artifact_refs) != 2:
         raise ValueError(f"artifact_refs takes two example images, got {len(artifact_refs)}")
     if artifact_refs and task != "artifact":
@@ -663,7 +721,7 @@ def make_vlm_reward(task: str = "single", model_id: str = DEFAULT_MODEL_ID,
                      entropy_bonus=entropy_bonus, reference=ref, reference_source=ref_source,
                      max_tiles=max_tiles, min_pixels=min_pixels, max_pixels=max_pixels,
                      margin_temp=margin_temp, examples=[e for e, _ in examples],
-                     example_sources=[src for _, src in examples])
+                     example_sources=[src for _, src in examples], shift_views=shift_views)
 
 
 # the names before the reward became family-neutral (same objects)

@@ -204,6 +204,9 @@ def score_files(args) -> list[dict]:
         check_writable_dir(flag, viz)
     if not (math.isfinite(args.margin_temp) and args.margin_temp > 0):
         raise UserError(f"--margin_temp must be a positive number, got {args.margin_temp}")
+    if original and getattr(args, "shift_views", 1) > 1:
+        raise UserError("--shift_views is ours: the original's scorer (--semantics original) "
+                        "scores each image as given")
     refs = [r for r in (args.artifact_ref1, args.artifact_ref2) if r]
     if refs and (len(refs) != 2 or args.task != "artifact"):
         raise UserError("--artifact_ref1 and --artifact_ref2 go together, with --task artifact")
@@ -238,7 +241,8 @@ def score_files(args) -> list[dict]:
             reward = make_original_vlm_reward(**common)
         else:
             reward = make_internvl_reward(**common, max_tiles=args.max_tiles,
-                                          min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+                                          min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                          shift_views=getattr(args, "shift_views", 1))
     except ModelUnavailableError as exc:  # name this command's flag, not the trainer's
         raise exc.for_cli({exc.flag: "--model_id"} if exc.flag else {}) from None
     args.resolved_device = str(reward.bundle.device)
