@@ -186,7 +186,13 @@ def readme_line(s: dict) -> str:
             f"{s['ssim_vs_base']['warmth']:.3f}; brightness question: luma "
             f"{st['base']['brightness']:.3f} -> {st['brightness']['brightness']:.3f} "
             f"(R-B {m['brightness']['warmth']:+.3f}), SSIM vs base "
-            f"{s['ssim_vs_base']['brightness']:.3f}; {s['train_seconds_total']:.0f} s of training")
+            f"{s['ssim_vs_base']['brightness']:.3f}; coherent grid statistic (reported, not "
+            f"checked) base {s['grid_coherent']['base']:.3f}, warmth "
+            f"{s['grid_coherent']['warmth']:.3f} (matched edit "
+            f"{s['grid_coherent_matched_edit']['warmth']:.3f}), brightness "
+            f"{s['grid_coherent']['brightness']:.3f} (matched edit "
+            f"{s['grid_coherent_matched_edit']['brightness']:.3f}); "
+            f"{s['train_seconds_total']:.0f} s of training")
 
 
 def _stats(images: torch.Tensor) -> dict[str, float]:
