@@ -38,7 +38,9 @@ demo prints PASS/FAIL for each promise (:func:`demo_checks`):
   of the base output given the LoRA's own global tone and colour edit
   (``rewards.grid.matched_global_edit``, as ``make demo`` checks since issue 21: a clean
   warmer or brighter edit changes the penalty by itself, so the base output alone is not
-  the reference). The rise over the base output is reported too.
+  the reference). The rise over the base output is reported too, and (``grid_coherent``,
+  not a check) the same grid term read with the more sensitive coherent statistic
+  (``--grid_ratio_statistic coherent``; docs/anti_grid.md).
 
 Writes ``<question>/pytorch_lora_weights.safetensors``, ``grid.png`` (held-out photos;
 columns input | base | question A | question B) and ``demo_vlm_summary.json``; with
@@ -67,8 +69,9 @@ from . import tiny_vlm_data as data
 from .config import TrainConfig
 from .data import ImageFolder
 from .demo import (BACKPROP_STEPS, GRID_PERIOD, HELD_OUT, MAX_SEQUENCE_LENGTH, SAMPLE_STEPS,
-                   SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, claim_demo_dir,
-                   demo_parser, edit_with_pipeline, ssim_luma)
+                   SIZE, TEXTURE_FLOOR, TEXTURE_GAIN, UPSAMPLE, build_grid_figure,
+                   claim_demo_dir, coherent_grid_flags, demo_parser, edit_with_pipeline,
+                   ssim_luma)
 from .logging_utils import image_grid
 from .models import TINY_PHOTO, load_kontext_pipeline
 from .reward_flags import RewardFlags, build_reward_from_flags
@@ -183,7 +186,13 @@ def readme_line(s: dict) -> str:
             f"{s['ssim_vs_base']['warmth']:.3f}; brightness question: luma "
             f"{st['base']['brightness']:.3f} -> {st['brightness']['brightness']:.3f} "
             f"(R-B {m['brightness']['warmth']:+.3f}), SSIM vs base "
-            f"{s['ssim_vs_base']['brightness']:.3f}; {s['train_seconds_total']:.0f} s of training")
+            f"{s['ssim_vs_base']['brightness']:.3f}; coherent grid statistic (reported, not "
+            f"checked) base {s['grid_coherent']['base']:.3f}, warmth "
+            f"{s['grid_coherent']['warmth']:.3f} (matched edit "
+            f"{s['grid_coherent_matched_edit']['warmth']:.3f}), brightness "
+            f"{s['grid_coherent']['brightness']:.3f} (matched edit "
+            f"{s['grid_coherent_matched_edit']['brightness']:.3f}); "
+            f"{s['train_seconds_total']:.0f} s of training")
 
 
 def _stats(images: torch.Tensor) -> dict[str, float]:
@@ -226,7 +235,7 @@ def main(argv=None) -> int:
         pipe.load_lora_weights(str(out / name))
         outputs[name] = edit_with_pipeline(pipe, inputs, prompt)
         pipe.unload_lora_weights()
-    guard = build_guard()
+    guard, coherent = build_guard(), build_guard(coherent_grid_flags())
     stats = {k: _stats(v) for k, v in outputs.items()}
     answers = vlm_answers(outputs, inputs)
     summary = {
@@ -243,6 +252,10 @@ def main(argv=None) -> int:
         # the base output given each LoRA's own global edit: the reference of the grid check
         "grid_penalty_matched_edit": {
             name: guard(matched_global_edit(outputs["base"], outputs[name])) for name in RUNS},
+        # reported, not checked: the more sensitive coherent statistic (docs/anti_grid.md)
+        "grid_coherent": {k: coherent(v) for k, v in outputs.items()},
+        "grid_coherent_matched_edit": {
+            name: coherent(matched_global_edit(outputs["base"], outputs[name])) for name in RUNS},
         "vlm_answers": answers,
         "reward": {"vlm_weight": VLM_WEIGHT, "calibration": CALIBRATION,
                    "base_consistency_weight": CONSISTENCY_WEIGHT, "grid_weight": GRID_WEIGHT,
@@ -265,6 +278,11 @@ def main(argv=None) -> int:
     print("README figures: " + readme_line(summary))
     for name, ok in summary["checks"].items():
         print(f"check {name}: {'PASS' if ok else 'FAIL'}")
+    for name in RUNS:
+        print(f"reported {name} question: coherent grid statistic (not a check): base "
+              f"{summary['grid_coherent']['base']:.3f} -> LoRA "
+              f"{summary['grid_coherent'][name]:.3f}, matched edit "
+              f"{summary['grid_coherent_matched_edit'][name]:.3f}")
     print(f"wrote {out / 'grid.png'} (held-out photos; columns: input | base | "
           f"{QUESTION_A!r} | {QUESTION_B!r})")
     return 0 if all(summary["checks"].values()) else 1
@@ -282,14 +300,13 @@ def vlm_answers(outputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict:
                   for name, r in questions.items()} for col, images in outputs.items()}
 
 
-def build_guard():
-    """Grid penalty (what the guard measures) of a batch, mean over images."""
-    reward = build_reward_from_flags(guard_flags())
+def build_guard(flags: RewardFlags = None):
+    """Grid penalty (what the guard measures; or that of ``flags``' grid term) of a batch,
+    mean over images."""
+    reward = build_grid_figure(guard_flags() if flags is None else flags)
 
     def penalty(images: torch.Tensor) -> float:
-        up = F.interpolate(images, scale_factor=UPSAMPLE, mode="nearest")
-        with torch.no_grad():
-            return float(reward(up, up, None)[1]["grid/grid_penalty"])
+        return float(reward(images).mean())
 
     return penalty
 

@@ -36,9 +36,10 @@ MODES = ("global", "local", "combined")
 # coefficient over windows side by side, each weighted by the inverse of its own noise there.
 STATISTICS = ("ring", "coherent")
 # The coherent statistic as measured (docs/anti_grid.md: ROC-AUC 0.978 at 0.5 % amplitude, 0.998
-# on colour-only grids): opt in with GridPenalty(**COHERENT) / make_grid_reward(**COHERENT). It
-# is not the default: as the demo's training guard it flags the 4-px token pattern that the
-# demo's LoRA adds, which the ring statistic does not see, so the demo's grid check fails.
+# on colour-only grids): opt in with GridPenalty(**COHERENT) / make_grid_reward(**COHERENT), or
+# the trainer's --grid_ratio_statistic coherent. It is not the default: it sees the 4-px token
+# pattern the demo's LoRA adds (the ring statistic does not), and no guard tried removes that
+# pattern without removing the demo's edit, so the demos report it beside their grid check.
 COHERENT = {"statistic": "coherent", "max_harm": 0, "mode": "global", "period_temperature": 0.01}
 # Default noise margins (luma, colour) per statistic, measured on the synthetic set
 # (docs/anti_grid.md): the coherent statistic is ~Exp(1) under no grid, the ring's ~F(2, 16).

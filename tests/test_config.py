@@ -223,3 +223,36 @@ def test_per_term_answer_scale_overrides_the_shared_one():
     assert list(fns["sharpness"].answer_scale.words) == [str(i) for i in range(10)]
     scores, _ = reward(torch.rand(1, 3, 64, 64), None, ["p"])
     assert torch.isfinite(scores).all()
+
+
+def test_grid_ratio_statistic_coherent_builds_the_coherent_preset(data_dir, capsys):
+    """--grid_ratio_statistic coherent gives the penalty of make_grid_reward(**COHERENT) (not
+    the ring statistic's); a bad value, or a flag the preset would override, is one clear error."""
+    from alignprop_fluxkontext import main
+    from rewards.grid import COHERENT, make_grid_reward
+
+    g = torch.Generator().manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    grid = 0.01 * torch.cos(2 * torch.pi * x / 16) * torch.cos(2 * torch.pi * y / 16)
+    image = (0.4 + 0.05 * torch.rand(1, 3, 128, 128, generator=g) + grid).clamp(0, 1)
+    _, flags = parse_config(["--data_dir", str(data_dir), "--grid_ratio_weight", "1",
+                             "--grid_ratio_statistic", "coherent"])
+    got = build_reward_from_flags(flags)(image, image, ["p"])[1]["grid/grid_penalty"]
+    want = make_grid_reward(**COHERENT)(image)[1]["grid_penalty"]
+    ring = make_grid_reward()(image)[1]["grid_penalty"]
+    assert float(want) > 0 and float(got) == pytest.approx(float(want), rel=1e-6)
+    assert abs(float(ring) - float(want)) > 0.05
+    assert reward_specs(RewardFlags(grid_ratio_weight=1))[0].get("statistic", "ring") == "ring"
+
+    with pytest.raises(SystemExit) as exc:  # argparse choices: exit status 2
+        main(["--data_dir", str(data_dir), "--grid_ratio_weight", "1",
+              "--grid_ratio_statistic", "median"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--grid_ratio_statistic" in err and "choose from 'ring', 'coherent'" in err
+    with pytest.raises(ValueError, match="'median' is not valid; choose one of: ring, coherent"):
+        RewardFlags(grid_ratio_statistic="median")
+    assert main(["--data_dir", str(data_dir), "--grid_ratio_weight", "1",
+                 "--grid_ratio_statistic", "coherent", "--grid_mode", "local"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sets --grid_mode global" in err[0] and "error:" in err[0]

@@ -123,3 +123,34 @@ def test_held_out_figures_over_several_draws_are_means_over_the_draws():
         one[0]["grid_excess_per_draw"][0], rel=1e-3)  # the draws differ
     with pytest.raises(ValueError, match="whole number of draws"):
         held_out_figures(reward, inputs, before[:3], after[:3])
+
+
+def test_coherent_grid_figure_is_reported_not_checked():
+    """The demo reports the coherent statistic of base / LoRA / matched edit beside the grid
+    check (the README quotes both sets' figures), and its exit status does not read it."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from alignprop.demo import UPSAMPLE, build_grid_figure, coherent_grid_flags
+    from rewards.grid import COHERENT, make_grid_reward
+
+    summary = json.loads((ROOT / "media" / "demo_summary.json").read_text())
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    stated = {"skimage": "{b} -> {a} against the matched edit's {m} on the first set",
+              "second": "{b} -> {a} against {m} on the second"}
+    for name, entry in summary["held_out_sets"].items():
+        b, a, m = (f"{entry[f'grid_coherent_{k}']:.3f}" for k in ("before", "after", "matched_edit"))
+        assert stated[name].format(b=b, a=a, m=m) in readme, name
+        bad = copy.deepcopy(entry)
+        bad["grid_coherent_after"] = bad["grid_coherent_matched_edit"] + 1.0
+        assert demo_checks(bad) == entry["checks"]
+    # the figure is the demo's grid term (period 4, native size, 2x upsampled) read with
+    # rewards.grid.COHERENT
+    torch.manual_seed(0)
+    x = (0.3 + 0.2 * torch.rand(2, 3, 32, 32))
+    x[:, :, ::4, ::4] += 0.05
+    up = F.interpolate(x, scale_factor=UPSAMPLE, mode="nearest")
+    want = make_grid_reward(period=4, eval_resize=0, **COHERENT).penalty(up)[0]
+    got = build_grid_figure(coherent_grid_flags())(x)
+    assert float(want.min()) > 0.1 and torch.allclose(got, want)

@@ -55,3 +55,23 @@ def test_readme_demo_vlm_figures_are_what_the_demo_printed():
     assert summary["thresholds"]["max_cross_ratio"] == MAX_CROSS_RATIO
     assert summary["questions"] == RUNS
     assert (ROOT / "media" / "demo_vlm_grid.png").is_file()
+
+
+def test_coherent_grid_figure_is_reported_not_checked():
+    """demo-vlm reports the coherent statistic beside its grid check; the checks do not read it."""
+    import pytest
+    import torch
+
+    from alignprop.demo import coherent_grid_flags
+    from alignprop.demo_vlm import build_guard
+
+    summary = json.loads(SUMMARY.read_text())
+    bad = copy.deepcopy(summary)
+    bad["grid_coherent"] = {k: 9.0 for k in ("base", *RUNS)}
+    bad["grid_coherent_matched_edit"] = {k: 0.0 for k in RUNS}
+    assert demo_checks(bad) == demo_checks(summary)
+    torch.manual_seed(0)
+    x = 0.3 + 0.2 * torch.rand(2, 3, 32, 32)
+    x[:, :, ::4, ::4] += 0.05
+    ring, coherent = build_guard(), build_guard(coherent_grid_flags())
+    assert coherent(x) > 0.1 and coherent(x) != pytest.approx(ring(x), rel=0.05)
