@@ -33,9 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewards.grid_eval import roc_auc  # noqa: E402
+from common.cli import nonneg_int, positive_int  # noqa: E402
+from common.images import list_images, load_image  # noqa: E402
 from rewards.grid import COHERENT, GridPenalty, luminance  # noqa: E402
-from common.cli import nonneg_int, positive_int
+from rewards.grid_eval import roc_auc, synthesize, write_demo_photos  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------
@@ -143,8 +144,6 @@ def evenly_spaced(items: list, limit: int | None) -> list:
 
 def synthetic_set(folder: Path, variants: int, seed: int = 0) -> Path:
     """Write the demo's clean photos and ``variants`` artifact images per photo into ``folder``."""
-    from rewards.grid_eval import synthesize, write_demo_photos
-
     clean = write_demo_photos(folder / "clean")
     synthesize(clean, folder / "artifacts", periods=(8, 16, 32), amplitudes=(0.005, 0.01, 0.02, 0.04),
                kinds=("lines", "sinusoid", "tile"), jpeg_qualities=(0, 90), variants=variants,
@@ -154,8 +153,6 @@ def synthetic_set(folder: Path, variants: int, seed: int = 0) -> Path:
 
 def auc_on(folder: Path, fns: dict, limit: int | None):
     """ROC-AUC (artifact vs clean) of every penalty in ``fns`` on ``folder``/{artifacts,clean}."""
-    from common.images import list_images, load_image
-
     sets = {"a": evenly_spaced(list_images(folder / "artifacts"), limit),
             "c": list_images(folder / "clean")}
     images = {lab: [load_image(p)[None] for p in paths] for lab, paths in sets.items()}
