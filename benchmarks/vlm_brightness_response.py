@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,8 +43,8 @@ from alignprop.config import TrainConfig  # noqa: E402
 from alignprop.demo import HELD_OUT, SIZE, edit_with_pipeline  # noqa: E402
 from alignprop.demo_vlm import CALIBRATION, PHOTOS  # noqa: E402
 from alignprop.models import TINY_PHOTO, load_kontext_pipeline  # noqa: E402
-from benchmarks.vlm_gradient_shift import LUMA, direction_cosine, within_patch_share  # noqa: E402
-from common.photos import photo_tensor  # noqa: E402
+from benchmarks.vlm_gradient_shift import (LUMA, direction_cosine, resized,  # noqa: E402
+                                           scores_and_gradient, within_patch_share)
 from rewards.vlm import make_vlm_reward  # noqa: E402
 from rewards.vlm_named import vlm_names  # noqa: E402
 from rewards.vlm_shift import patch_size  # noqa: E402
@@ -61,15 +61,6 @@ def check_model_id(value: str) -> str:
         f"with a config.json")
 
 
-def luma(x: torch.Tensor) -> torch.Tensor:
-    return (x * torch.tensor(LUMA).view(1, 3, 1, 1)).sum(1).mean((1, 2))
-
-
-def resized(names, size: int) -> torch.Tensor:
-    return torch.stack([F.interpolate(photo_tensor(n)[None], size=(size, size),
-                                      mode="area")[0] for n in names])
-
-
 @torch.no_grad()
 def base_outputs(names) -> torch.Tensor:
     """tiny-photo's edit of ``names`` without a LoRA (pipeline seed 1, as the demo's checks)."""
@@ -82,11 +73,10 @@ def measure(model_id: str, calibration: str, images: torch.Tensor) -> dict:
                              prompt=data.QUESTIONS[QUESTION], calibration=calibration,
                              model_flag="--model_id")
     p = patch_size(reward.bundle.model.config)
-    x = images.clone().requires_grad_(True)
-    scores, metrics = reward(x)
-    g, = torch.autograd.grad(scores.sum(), x)
+    s0, g = scores_and_gradient(reward, images)
+    luma = partial(data.statistic, QUESTION)     # mean luma, the statistic demo-vlm checks
     with torch.no_grad():
-        s0, l0 = scores.detach(), luma(images)
+        l0 = luma(images)
         slopes = {}
         for name, bright in (("x1.1", (images * 1.1).clamp(0, 1)), ("gamma", images ** 0.8)):
             slopes[name] = ((reward(bright)[0] - s0) / (luma(bright) - l0)).mean().item()

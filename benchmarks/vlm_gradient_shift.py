@@ -36,11 +36,25 @@ from alignprop.demo import HELD_OUT  # noqa: E402
 from common.cli import positive_int  # noqa: E402
 from common.photos import photo_tensor  # noqa: E402
 from rewards.vlm import make_vlm_reward  # noqa: E402
-from rewards.vlm_shift import check_views, patch_size  # noqa: E402
+from rewards.vlm_shift import patch_size, views_arg  # noqa: E402
 
 LUMA = (0.2126, 0.7152, 0.0722)
 R_MINUS_B = (1.0, 0.0, -1.0)
 DIRECTIONS = {"brightness": ("luma", LUMA), "warmth": ("R-B", R_MINUS_B)}
+
+
+def resized(names, size: int) -> torch.Tensor:
+    """The bundled photos ``names`` area-resized to ``size`` x ``size``, as one batch."""
+    return torch.stack([F.interpolate(photo_tensor(n)[None], size=(size, size),
+                                      mode="area")[0] for n in names])
+
+
+def scores_and_gradient(reward, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reward's (B,) scores of ``images`` and the pixel gradient of their sum."""
+    x = images.clone().requires_grad_(True)
+    scores = reward(x)[0]
+    g, = torch.autograd.grad(scores.sum(), x)
+    return scores.detach(), g
 
 
 def within_patch_share(g: torch.Tensor, p: int) -> torch.Tensor:
@@ -67,11 +81,9 @@ def measure(views: int, question: str, images: torch.Tensor) -> dict:
                              prompt=data.QUESTIONS[question], calibration="pmi_null",
                              shift_views=views)
     p = patch_size(reward.bundle.model.config)
-    x = images.clone().requires_grad_(True)
-    scores = reward(x)[0]
-    g, = torch.autograd.grad(scores.sum(), x)
+    scores, g = scores_and_gradient(reward, images)
     fold = folded_energy(g, p)
-    return {"scores": scores.detach().tolist(),
+    return {"scores": scores.tolist(),
             "cosine": direction_cosine(g, DIRECTIONS[question][1]).tolist(),
             "within_patch": within_patch_share(g, p).tolist(),
             "fold_max": float(fold.max()), "fold_min": float(fold.min()), "patch": p}
@@ -79,18 +91,12 @@ def measure(views: int, question: str, images: torch.Tensor) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--views", type=positive_int, nargs="+", default=[1, 4, 16],
+    ap.add_argument("--views", type=views_arg, nargs="+", default=[1, 4, 16],
                     help="view counts to compare (1 or k*k)")
     ap.add_argument("--size", type=positive_int, default=64, help="photo side in pixels")
     args = ap.parse_args(argv)
-    for v in args.views:
-        try:
-            check_views(v, "--views")
-        except ValueError as exc:
-            ap.error(str(exc))
     torch.set_num_threads(1)
-    images = torch.stack([F.interpolate(photo_tensor(n)[None], size=(args.size, args.size),
-                                        mode="area")[0] for n in HELD_OUT])
+    images = resized(HELD_OUT, args.size)
     print(f"held-out photos: {', '.join(HELD_OUT)} ({args.size} px); tiny-vlm-photo, single, "
           f"pmi_null")
     print("| views | question | scores | cos(grad, direction) | within-patch share | "
