@@ -65,6 +65,18 @@ CALIBRATIONS = ("none", "pmi_null")
 NULL_GRAY = 0.5     # the neutral image of pmi_null: uniform mid-gray in [0, 1]
 
 
+def _memo_of(memo: dict, x: torch.Tensor, key: tuple, make) -> Any:
+    """``make()`` for tensor ``x`` once per memo: keyed by ``key``, ``x``'s identity and
+    version (an in-place change is a new image) and the grad mode (a value made without grad
+    must not reach a differentiable term). ``x`` is kept beside its value, so an entry whose
+    id was recycled for another tensor is made again, not returned."""
+    full = key + (id(x), x._version, torch.is_grad_enabled())
+    hit = memo.get(full)
+    if hit is None or hit[0] is not x:
+        hit = memo[full] = (x, make())
+    return hit[1]
+
+
 def _check_choice(name: str, value: str, valid: Sequence[str]) -> str:
     if value not in valid:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
@@ -378,15 +390,13 @@ class VLMReward:
                 self.vision_passes += 1
             layout, feats = self._constant_features[key]
             return layout, feats.expand(x.shape[0], -1, -1)
-        # grad mode is part of the key: a term scored without grad must not hand its
-        # graph-less features to a differentiable one
-        key = (id(self.bundle.model), id(x), x._version, options, torch.is_grad_enabled())
-        hit = memo.get(key)
-        if hit is None or hit[0] is not x:
+
+        def features():
             px, layout = self.family.prepare(self.bundle, x, self.image_options)
-            hit = memo[key] = (x, layout, self.family.image_features(self.bundle, px))
             self.vision_passes += 1
-        return hit[1], hit[2]
+            return layout, self.family.image_features(self.bundle, px)
+
+        return _memo_of(memo, x, ("vision", id(self.bundle.model), options), features)
 
     def _forward_features(self, features: Sequence[torch.Tensor], layouts: Sequence[Any]
                           ) -> torch.Tensor:
@@ -493,12 +503,8 @@ class VLMReward:
         memo = call_memo()
         if memo is None:
             return shifted_batch(x, self.shift_offsets)
-        key = ("shift_views", id(x), x._version, tuple(self.shift_offsets),
-               torch.is_grad_enabled())
-        hit = memo.get(key)
-        if hit is None or hit[0] is not x:
-            hit = memo[key] = (x, shifted_batch(x, self.shift_offsets))
-        return hit[1]
+        return _memo_of(memo, x, ("shift_views", tuple(self.shift_offsets)),
+                        lambda: shifted_batch(x, self.shift_offsets))
 
     def _check_slots(self, slots: Sequence[torch.Tensor]) -> None:
         if len(slots) != self.n_images:
