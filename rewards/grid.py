@@ -224,13 +224,9 @@ class CombTables:
     One row per (period, tooth); a tooth shared by two periods' combs has a row in each.
     """
 
-    index: torch.Tensor      # (T, K) long, flat index into the (h, w//2+1) half spectrum
+    bins: BinTable           # (T, K) where to read each tooth's and neighbour's bin
     peak_w: torch.Tensor     # (T, K) tooth weights (1 on an exact bin; see sigma_bins)
     ring_w: torch.Tensor     # (T, K) neighbour weights (sum 1 per tooth)
-    row_coef: torch.Tensor   # (T, K) complex: smooth-component coefficient of the row jump
-    col_coef: torch.Tensor   # (T, K) complex: smooth-component coefficient of the column jump
-    col_index: torch.Tensor  # (T, K) long, column of each bin (0..w//2)
-    row_index: torch.Tensor  # (T, K) long, row of each bin (0..h-1)
     group: torch.Tensor      # (n_periods, T) averaging matrix: tooth scores -> period scores
     eps: float               # power of a just-visible grid (floor of both energies)
     teeth: int = field(default=0)
@@ -304,11 +300,8 @@ def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
         group[gi, sel] = 1.0 / float(sel.sum())
     # A sinusoid of amplitude A on an exact bin has |X| = A/2 * h * w (no window).
     eps = float((cfg.min_amplitude / 2 * h * w) ** 2)
-    return CombTables(index=bins.index, peak_w=peak.to(device, dtype),
-                      ring_w=ring_w.to(device, dtype), row_coef=bins.row_coef,
-                      col_coef=bins.col_coef, col_index=bins.col_index,
-                      row_index=bins.row_index, group=group.to(device, dtype), eps=eps,
-                      teeth=int(ok.sum()))
+    return CombTables(bins=bins, peak_w=peak.to(device, dtype), ring_w=ring_w.to(device, dtype),
+                      group=group.to(device, dtype), eps=eps, teeth=int(ok.sum()))
 
 
 @dataclass
@@ -507,7 +500,7 @@ class GridPenalty:
         # mean-free: exact invariance to brightness shifts. Only the few bins the comb reads
         # are gathered: the full power spectrum is never formed (this, not the FFT, dominated
         # the time and memory of the backward)
-        vals = _power(_read_bins(_periodic_fft(lum), tab))                   # (N, T, K)
+        vals = _power(_read_bins(_periodic_fft(lum), tab.bins))                 # (N, T, K)
         e_peak = (vals * tab.peak_w).sum(-1)
         e_ring = (vals * tab.ring_w).sum(-1)
         return torch.log((e_peak + tab.eps) / (e_ring + tab.eps))

@@ -262,7 +262,7 @@ def test_spectrum_is_the_periodic_component_and_a_grid_lights_one_bin():
     u = torch.rand(h, w, dtype=torch.float64)
     tab = pen.tables(h, w, 1.0, "global", "cpu", torch.float64)
     contrast = pen._contrast(u[None], tab)[0]
-    ref = _moisan_periodic_power(u)[:, : w // 2 + 1].reshape(-1)[tab.index]     # (T, K)
+    ref = _moisan_periodic_power(u)[:, : w // 2 + 1].reshape(-1)[tab.bins.index]  # (T, K)
     ref_c = torch.log(((ref * tab.peak_w).sum(-1) + tab.eps) / ((ref * tab.ring_w).sum(-1) + tab.eps))
     assert torch.allclose(contrast, ref_c, atol=1e-8)
     # A smooth ramp (large border jump, no window) plus a 1 % period-16 sinusoid: the grid's
