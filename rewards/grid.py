@@ -237,6 +237,17 @@ def _harmonics(period_px: float, max_harm: int) -> int:
     return max_harm if max_harm > 0 else max(1, int(math.ceil(period_px / 2)))
 
 
+def _period_groups(periods_of: Sequence[set[int]]) -> torch.Tensor:
+    """(n_periods present, T) averaging matrix: row g averages the teeth whose set in
+    ``periods_of`` (one per tooth) holds the g-th period present."""
+    present = sorted(set().union(*periods_of))
+    group = torch.zeros(len(present), len(periods_of), dtype=torch.float64)
+    for gi, pi in enumerate(present):
+        sel = torch.tensor([pi in ps for ps in periods_of])
+        group[gi, sel] = 1.0 / float(sel.sum())
+    return group
+
+
 def _comb_points(h: int, w: int, period_px: float, max_harm: int) -> list[tuple[float, float]]:
     """Fractional (row, col) bin positions of one period's 2-D comb in the rfft2 half plane."""
     pts = set()
@@ -293,11 +304,7 @@ def _build_tables(h: int, w: int, periods_px: Sequence[float], cfg: GridConfig,
     peak, ring_w, bu, bv = peak[ok], ring_w[ok], bu[ok], bv[ok]
     ring_w = ring_w / ring_w.sum(1, keepdim=True)
     bins = _bin_table(h, w, bu, bv, device, dtype)
-    present = sorted(set(period_of.tolist()))
-    group = torch.zeros(len(present), len(period_of), dtype=torch.float64)
-    for gi, pi in enumerate(present):
-        sel = period_of == pi
-        group[gi, sel] = 1.0 / float(sel.sum())
+    group = _period_groups([{p} for p in period_of.tolist()])
     # A sinusoid of amplitude A on an exact bin has |X| = A/2 * h * w (no window).
     eps = float((cfg.min_amplitude / 2 * h * w) ** 2)
     return CombTables(bins=bins, peak_w=peak.to(device, dtype), ring_w=ring_w.to(device, dtype),
@@ -368,11 +375,7 @@ def _build_coherent_tables(h: int, w: int, periods_px: Sequence[int], cfg: GridC
         return None
     P, wu, wv, w_ok, gu, gv, g_ok = (t[keep] for t in (P, wu, wv, w_ok, gu, gv, g_ok))
     kept = [k for k, m in zip(keys, keep.tolist()) if m]
-    present = sorted({i for k in kept for i in freqs[k]})
-    group = torch.zeros(len(present), len(kept), dtype=torch.float64)
-    for gi, pi in enumerate(present):
-        sel = torch.tensor([pi in freqs[k] for k in kept])
-        group[gi, sel] = 1.0 / float(sel.sum())
+    group = _period_groups([freqs[k] for k in kept])
     return CoherentTables(
         window=L, tooth=_bin_table(L, L, P[:, 0], P[:, 1], device, dtype),
         win_ring=_bin_table(L, L, wu, wv, device, dtype),
