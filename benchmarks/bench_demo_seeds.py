@@ -54,16 +54,25 @@ def run_seed(seed: int, out: Path, demo: str = "demo", demo_flags: tuple = ()
     return rc, time.time() - t0
 
 
+def read_summary(out_dir: Path, seed: int, demo: str) -> dict | None:
+    """The summary ``demo`` wrote for ``seed`` (None when the run left none)."""
+    path = out_dir / f"seed_{seed}" / DEMOS[demo][2]
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def missing_row(out_dir: Path, seed: int) -> str:
+    return f"| {seed} | (no summary: see {out_dir / f'seed_{seed}.log'}) |"
+
+
 def table(out_dir: Path, seeds: list[int]) -> tuple[str, bool]:
     rows, all_ok = [], True
     names = None
     for seed in seeds:
-        path = out_dir / f"seed_{seed}" / "demo_summary.json"
-        if not path.is_file():
-            rows.append(f"| {seed} | (no summary: see {out_dir / f'seed_{seed}.log'}) |")
+        s = read_summary(out_dir, seed, "demo")
+        if s is None:
+            rows.append(missing_row(out_dir, seed))
             all_ok = False
             continue
-        s = json.loads(path.read_text())
         sets = s["held_out_sets"]
         if names is None:
             names = [(set_name, check) for set_name in sets for check in sets[set_name]["checks"]]
@@ -82,10 +91,10 @@ def excess_table(out_dir: Path, seeds: list[int]) -> str:
     """Grid excess (LoRA - matched edit) per seed and set: mean over draws +- one draw's std."""
     rows, names = [], None
     for seed in seeds:
-        path = out_dir / f"seed_{seed}" / "demo_summary.json"
-        if not path.is_file():
+        s = read_summary(out_dir, seed, "demo")
+        if s is None:
             continue
-        sets = json.loads(path.read_text())["held_out_sets"]
+        sets = s["held_out_sets"]
         names = names or list(sets)
         cells = []
         for name in names:
@@ -123,12 +132,11 @@ def vlm_table(out_dir: Path, seeds: list[int]) -> tuple[str, bool]:
              "|---" * 8 + "|"]
     ok = True
     for seed in seeds:
-        path = out_dir / f"seed_{seed}" / DEMOS["vlm"][2]
-        if not path.is_file():
-            lines.append(f"| {seed} | (no summary: see {out_dir / f'seed_{seed}.log'}) |")
+        s = read_summary(out_dir, seed, "vlm")
+        if s is None:
+            lines.append(missing_row(out_dir, seed))
             ok = False
             continue
-        s = json.loads(path.read_text())
         ok &= all(s["checks"].values())
         lines.append(vlm_row(seed, s))
     return "\n".join(lines), ok
