@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import run_cli
+from common.cli import command_line, run_cli
 from common.images import resize_to
 from common.paths import check_not_shipped, check_writable_dir, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN, load_files
@@ -375,15 +375,8 @@ def save_assets(pipe, out: Path, manifest: dict) -> dict:
 
 
 def recorded_command(args: dict) -> str:
-    """The command line that re-runs these flags (a switch is written bare, or left out when
-    off: ``--force True`` is not a command argparse accepts)."""
-    parts = ["python -m alignprop.pretrain_tiny"]
-    for k, v in args.items():
-        if isinstance(v, bool):
-            parts += [f"--{k}"] if v else []
-        else:
-            parts.append(f"--{k} {v}")
-    return " ".join(parts)
+    """The command line that re-runs these flags (:func:`common.cli.command_line`)."""
+    return command_line("python -m alignprop.pretrain_tiny", args)
 
 
 def build_parser() -> argparse.ArgumentParser:

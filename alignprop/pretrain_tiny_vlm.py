@@ -49,8 +49,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import (UserError, int_at_least, nonneg_float, nonneg_int, positive_float,
-                        positive_int, run_cli)
+from common.cli import (UserError, command_line, int_at_least, nonneg_float, nonneg_int,
+                        positive_float, positive_int, run_cli)
 from common.paths import check_not_shipped, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN
 from rewards.vlm import VLMReward, make_vlm_reward
@@ -711,9 +711,8 @@ def main(argv=None) -> int:
         files = file_entries(folder)
         weights = sum(f["bytes"] for f in files.values())
         shown = {**vars(args), "question_weights": _format_weights(args.question_weights)}
-        command = "python -m alignprop.pretrain_tiny_vlm " + " ".join(
-            "--force" if k == "force" else f"--{k} {v}" for k, v in shown.items()
-            if k != "output_dir" and (k != "force" or v))
+        command = command_line("python -m alignprop.pretrain_tiny_vlm", shown,
+                               skip=("output_dir",))
         manifest = {
             "model": NAME, "family": "InternVL3", "command": command,
             "parameters": n_params, "architecture": ARCH,

@@ -120,6 +120,21 @@ class CurrentStderrHandler(logging.StreamHandler):
         pass
 
 
+def command_line(prog: str, args: dict, skip: Sequence[str] = ()) -> str:
+    """The command line that re-runs parsed ``args`` (recorded in manifests): a switch is
+    written bare when on and left out when off (``--force True`` is not a command argparse
+    accepts); the flags in ``skip`` are left out."""
+    parts = [prog]
+    for k, v in args.items():
+        if k in skip:
+            continue
+        if isinstance(v, bool):
+            parts += [f"--{k}"] if v else []
+        else:
+            parts.append(f"--{k} {v}")
+    return " ".join(parts)
+
+
 def parse_bool(value: str | bool) -> bool:
     """argparse ``type=`` for true/false flags written as values (``--x false``)."""
     if isinstance(value, bool):
