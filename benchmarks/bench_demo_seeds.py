@@ -147,7 +147,8 @@ def main(argv=None) -> int:
                                  epilog="Flags after -- go to every seed's demo command.")
     ap.add_argument("--demo", choices=sorted(DEMOS), default="demo",
                     help="which demo: 'demo' (make demo) or 'vlm' (make demo-vlm)")
-    ap.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0, 1, 2, 3, 4],
+                    help="training seeds, one demo run each (default 0 1 2 3 4)")
     ap.add_argument("--out_dir", type=Path, default=None,
                     help="default outputs/demo_seeds (--demo vlm: outputs/demo_vlm_seeds)")
     ap.add_argument("--from_json", action="store_true",

@@ -28,6 +28,14 @@ from common.photos import HELD_OUT  # noqa: E402
 OTHER_EDITS = ("brighter", "darker", "warmer")
 
 
+def weights_arg(value: str) -> str:
+    """'shipped' or a folder holding a manifest.json (else argparse's one-line error)."""
+    if value == "shipped" or (Path(value) / "manifest.json").is_file():
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is neither 'shipped' nor a folder with the "
+                                     f"manifest.json that alignprop.pretrain_tiny writes")
+
+
 def load(weights: str):
     return load_tiny_photo_pipeline() if weights == "shipped" else \
         load_tiny_photo_pipeline(asset_dir=Path(weights))
@@ -35,7 +43,7 @@ def load(weights: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--weights", nargs="+", default=["shipped"],
+    ap.add_argument("--weights", type=weights_arg, nargs="+", default=["shipped"],
                     help="'shipped' and/or folders written by alignprop.pretrain_tiny")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)

@@ -104,7 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model_id", type=check_model_id, default="tiny-vlm-photo",
                     help="shipped VLM name or a pretrain_tiny_vlm output folder")
     ap.add_argument("--calibrations", nargs="+", choices=("pmi_null", "none"),
-                    default=[CALIBRATION, "none"])
+                    default=[CALIBRATION, "none"],
+                    help=f"calibrations of the answer to measure (default {CALIBRATION} none; "
+                         f"{CALIBRATION} is demo-vlm's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     sets = {"held-out 64 px": resized(HELD_OUT, 64), "demo base outputs": base_outputs(PHOTOS)}

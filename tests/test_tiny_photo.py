@@ -94,3 +94,14 @@ def test_corrupt_weights_are_refused_with_one_line(tmp_path):
     (copy / "vae.safetensors").unlink()
     with pytest.raises(ModelUnavailableError, match="missing"):
         load_tiny_photo_pipeline(asset_dir=copy)
+
+
+def test_per_photo_benchmark_refuses_a_folder_without_a_model(tmp_path, capsys):
+    from benchmarks import tiny_photo_per_photo as bench
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--weights", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([line for line in err if "error:" in line]) == 1
+    assert "argument --weights" in err[-1] and str(tmp_path) in err[-1]
