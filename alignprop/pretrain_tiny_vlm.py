@@ -306,8 +306,10 @@ COMPARE_TARGETS = 9
 # told same from different content with held-out AUC 0.999; with it, the content question
 # alone reached held-out AUC 0.997 in 400 steps.
 ROUTE_HEADS = 6
-ROUTE_WEIGHT = 1.0
-READ_WEIGHT = 1.0
+ROUTE_WEIGHT = 1.0      # --route_weight: the first-layer term (image 2 token k -> image 1 token k)
+READ_WEIGHT = 1.0       # --read_weight: the last-layer term (the answer -> image 2)
+# The two-image kinds, all of which carry the routing loss by default (--route_kinds).
+TWO_IMAGE_KINDS = tuple(k for k in data.KINDS if not k.startswith("single:"))
 # Weight of each kind's answer loss in the mix (others 1). The content and style questions
 # are learned last (their answer needs the routed comparison first) and only when their
 # gradient is not drowned by the eight others': trained alone from a mixed model, content went
@@ -315,10 +317,12 @@ READ_WEIGHT = 1.0
 TWO_IMAGE_WEIGHT = 4.0          # content and style (1 for the other kinds)
 
 
-def routing_loss(out, input_ids: torch.Tensor, image_token: int, heads: int = ROUTE_HEADS
+def routing_loss(out, input_ids: torch.Tensor, image_token: int, heads: int = ROUTE_HEADS,
+                 route_weight: float = ROUTE_WEIGHT, read_weight: float = READ_WEIGHT
                  ) -> torch.Tensor:
-    """Cross-entropy of the attention that carries image 1 to image 2 (and image 2 to the
-    answer) in a two-image question (``heads`` heads of the first layer)."""
+    """Cross-entropy of the attention that carries image 1 to image 2 (``heads`` heads of the
+    first layer, weighted ``route_weight``) and image 2 to the answer (one head of the last
+    layer, weighted ``read_weight``) in a two-image question."""
     pos = (input_ids[0] == image_token).nonzero()[:, 0]
     n = len(pos) // 2
     p1, p2 = pos[:n], pos[n:]
@@ -327,7 +331,7 @@ def routing_loss(out, input_ids: torch.Tensor, image_token: int, heads: int = RO
     loss = -to_partner.clamp_min(1e-6).log().mean()
     last = out.attentions[-1][:, 0, -1]                           # (R, L): the answer position
     read = last[:, p2].sum(-1)
-    return ROUTE_WEIGHT * loss + READ_WEIGHT * -read.clamp_min(1e-6).log().mean()
+    return route_weight * loss + read_weight * -read.clamp_min(1e-6).log().mean()
 
 
 def comparison_loss(head, kind: str, batch: data.Batch, hidden: torch.Tensor,
@@ -386,6 +390,23 @@ def _question_weights(text: str) -> dict[str, float]:
     return out
 
 
+def _route_kinds(text: str) -> tuple[str, ...]:
+    """'all' or 'kind,...' of two-image kinds -> the kinds whose batches carry the routing loss
+    (argparse type), in data.KINDS order."""
+    if text.strip().lower() == "all":
+        return TWO_IMAGE_KINDS
+    chosen = {k.strip() for k in text.split(",")}
+    bad = sorted(chosen - set(TWO_IMAGE_KINDS))
+    if bad:
+        raise argparse.ArgumentTypeError(f"{bad[0]!r}: expected 'all' or two-image kinds among "
+                                         f"{', '.join(TWO_IMAGE_KINDS)}")
+    return tuple(k for k in TWO_IMAGE_KINDS if k in chosen)
+
+
+def _format_kinds(kinds: tuple[str, ...]) -> str:
+    return "all" if tuple(kinds) == TWO_IMAGE_KINDS else ",".join(kinds)
+
+
 def _lr(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -396,11 +417,16 @@ def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int
           lr: float, seed: int, log, kinds=data.KINDS, warmup: int = 100,
           vision_lr_scale: float = 1.0, expected_weight: float = 0.0,
           route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT,
-          question_weights: dict[str, float] | None = None, style_task: str = "grades") -> dict:
+          question_weights: dict[str, float] | None = None, style_task: str = "grades",
+          route_weight: float = ROUTE_WEIGHT, read_weight: float = READ_WEIGHT,
+          route_steps: int = 0, route_kinds: tuple[str, ...] = TWO_IMAGE_KINDS) -> dict:
     """Every step asks every task kind one batch; returns the last losses per kind.
 
     ``route_heads`` 0 and ``two_image_weight`` 1 is the recipe of the first shipped model (no
-    routing loss, the default attention implementation)."""
+    routing loss, the default attention implementation). The routing loss (when
+    ``route_heads``) is weighted ``route_weight`` / ``read_weight``, taught on the batches of
+    ``route_kinds`` only and during the first ``route_steps`` steps only (0: every step); the
+    defaults are the routed recipe of docs/vlm.md."""
     weights = {"content": two_image_weight, "style": two_image_weight,
                **(question_weights or {})}
     bundle = training_bundle(model, processor)
@@ -445,8 +471,10 @@ def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int
                 logp, out, ids = reward.answer_logprobs(b.slots, inner=True)
                 aux = comparison_loss(compare, kind, b, out.hidden_states[AUX_LAYER], ids,
                                       image_token)
-                if route_heads:
-                    aux = aux + routing_loss(out, ids, image_token, route_heads)
+                if route_heads and kind in route_kinds and (not route_steps
+                                                             or step < route_steps):
+                    aux = aux + routing_loss(out, ids, image_token, route_heads, route_weight,
+                                             read_weight)
             else:
                 logp, aux = reward.answer_logprobs(b.slots), 0.0
             loss = -(b.target * logp).sum(1).mean()
@@ -640,6 +668,19 @@ def main(argv=None) -> int:
                         help="Stage 2: first-layer heads taught to carry image 1 to image 2 in "
                              "two-image questions (0: no routing loss, the first shipped "
                              "model's recipe).")
+    parser.add_argument("--route_weight", type=nonneg_float, default=ROUTE_WEIGHT,
+                        help="Stage 2: weight of the routing loss's first-layer term (image-2 "
+                             "token k attending to image-1 token k; with --route_heads > 0).")
+    parser.add_argument("--read_weight", type=nonneg_float, default=READ_WEIGHT,
+                        help="Stage 2: weight of the routing loss's last-layer term (the answer "
+                             "attending to image 2; with --route_heads > 0).")
+    parser.add_argument("--route_steps", type=nonneg_int, default=0,
+                        help="Stage 2: teach the routing loss during the first N steps only, "
+                             "then the answers alone (0: every step; at most --steps).")
+    parser.add_argument("--route_kinds", type=_route_kinds, default=TWO_IMAGE_KINDS,
+                        help="Stage 2: the two-image questions whose batches carry the routing "
+                             "loss, 'all' or 'kind,...' among " + ", ".join(TWO_IMAGE_KINDS)
+                             + " (default all).")
     parser.add_argument("--two_image_weight", type=positive_float, default=TWO_IMAGE_WEIGHT,
                         help="Stage 2: weight of the content and style answers in the mix "
                              "(the others: 1; the first shipped model: 1).")
@@ -662,6 +703,16 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="Write the model even when a quality check fails.")
     args = parser.parse_args(argv)
+    if args.route_steps > args.steps:
+        parser.error(f"argument --route_steps: must be at most --steps ({args.steps}), got "
+                     f"{args.route_steps}")
+    routing = {"--route_weight": args.route_weight != ROUTE_WEIGHT,
+               "--read_weight": args.read_weight != READ_WEIGHT,
+               "--route_steps": args.route_steps != 0,
+               "--route_kinds": args.route_kinds != TWO_IMAGE_KINDS}
+    if not args.route_heads and any(routing.values()):
+        flag = next(f for f, given in routing.items() if given)
+        parser.error(f"argument {flag}: shapes the routing loss, which --route_heads 0 turns off")
     out = Path(args.output_dir)
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -691,7 +742,9 @@ def main(argv=None) -> int:
     losses = train(model, processor, bank, scales, args.steps, args.batch, args.lr, args.seed, log,
                    vision_lr_scale=args.vision_lr_scale, route_heads=args.route_heads,
                    two_image_weight=args.two_image_weight,
-                   question_weights=args.question_weights, style_task=args.style_task)
+                   question_weights=args.question_weights, style_task=args.style_task,
+                   route_weight=args.route_weight, read_weight=args.read_weight,
+                   route_steps=args.route_steps, route_kinds=args.route_kinds)
     train_s, train_cpu = time.time() - start, time.process_time() - cpu0
     load1 = os.getloadavg()
 
@@ -710,7 +763,8 @@ def main(argv=None) -> int:
             print(f"check {name}: {'PASS' if ok else 'FAIL'}")
         files = file_entries(folder)
         weights = sum(f["bytes"] for f in files.values())
-        shown = {**vars(args), "question_weights": _format_weights(args.question_weights)}
+        shown = {**vars(args), "question_weights": _format_weights(args.question_weights),
+                 "route_kinds": _format_kinds(args.route_kinds)}
         command = command_line("python -m alignprop.pretrain_tiny_vlm", shown,
                                skip=("output_dir",))
         manifest = {

@@ -96,6 +96,19 @@ def test_question_weights_flag():
     assert pretrain._format_weights({}) == "none"
 
 
+def test_route_kinds_flag():
+    """Two-image kinds only, in the order they are asked; 'all' is every two-image kind and
+    is what the recorded command writes for it."""
+    assert pretrain._route_kinds("all") == pretrain.TWO_IMAGE_KINDS
+    assert pretrain.TWO_IMAGE_KINDS == tuple(k for k in data.KINDS if not k.startswith("single"))
+    assert pretrain._route_kinds("style, content") == ("content", "style")
+    assert pretrain._format_kinds(pretrain._route_kinds("content")) == "content"
+    assert pretrain._format_kinds(pretrain._route_kinds("all")) == "all"
+    for bad in ("single:brightness", "contents", ""):
+        with pytest.raises(Exception, match="expected 'all' or two-image kinds"):
+            pretrain._route_kinds(bad)
+
+
 def test_bad_question_weights_are_a_one_line_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         pretrain.main(["--output_dir", "x", "--question_weights", "style=0"])
@@ -111,6 +124,17 @@ def test_bad_question_weights_are_a_one_line_usage_error(capsys):
     (["--two_image_weight", "0"], "argument --two_image_weight: must be a positive number, got 0"),
     (["--vision_lr_scale", "-1"], "argument --vision_lr_scale: must be >= 0, got -1"),
     (["--eval_samples", "4"], "argument --eval_samples: must be >= 8, got 4"),
+    (["--route_weight", "-1"], "argument --route_weight: must be >= 0, got -1"),
+    (["--read_weight", "inf"], "argument --read_weight: must be >= 0, got inf"),
+    (["--route_steps", "-1"], "argument --route_steps: must be >= 0, got -1"),
+    (["--steps", "10", "--route_steps", "11"],
+     "argument --route_steps: must be at most --steps (10), got 11"),
+    (["--route_kinds", "single:warmth"], "argument --route_kinds: 'single:warmth': expected "
+                                         "'all' or two-image kinds among pair:brightness"),
+    (["--route_heads", "0", "--route_steps", "5"],
+     "argument --route_steps: shapes the routing loss, which --route_heads 0 turns off"),
+    (["--route_heads", "0", "--read_weight", "0.5"],
+     "argument --read_weight: shapes the routing loss, which --route_heads 0 turns off"),
 ])
 def test_pretrain_flags_are_one_line_before_anything_is_written(argv, message, tmp_path, capsys):
     """The pretraining script's numbers are checked by argparse types: one usage line, exit 2,
