@@ -15,6 +15,7 @@ import rewards.vlm_named as named
 from alignprop import pretrain_tiny_vlm as pretrain
 from alignprop import tiny_vlm_data as data
 from alignprop.estimate import vlm_config
+from alignprop.tiny_vlm_table import seen_image
 from alignprop.pretrain_tiny import held_out_photos
 from alignprop.reward_flags import RewardFlags, build_reward_from_flags
 from alignprop.validate import check_reward_paths
@@ -160,6 +161,18 @@ def test_qwen_training_flag_and_scorer_take_the_name(tmp_path, photos, capsys):
                                  "--prompt", data.QUESTIONS["brightness"]]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[1]["score"] > rows[0]["score"] + 0.1, rows
+
+
+def test_the_answer_table_takes_its_statistics_of_the_image_the_qwen_model_sees(photos):
+    # python -m alignprop.tiny_vlm_table --model_id tiny-qwen-vl-photo: the patches put back
+    # together are the 64 px image itself (Qwen-VL keeps a 64 px crop at 64 px), and a larger
+    # photo is what the family's own resize makes of it
+    r = reward(attr="warmth")
+    torch.testing.assert_close(seen_image(r, photos), photos, atol=1e-5, rtol=0)
+    big = torch.nn.functional.interpolate(photos[:1], size=(96, 160), mode="bilinear")
+    resized = torch.nn.functional.interpolate(big, size=(48, 80), mode="bicubic",
+                                              antialias=True).clamp(0, 1)
+    torch.testing.assert_close(seen_image(r, big), resized, atol=1e-5, rtol=0)
 
 
 # --------------------------------------------------------------------------- --family qwen2.5-vl
