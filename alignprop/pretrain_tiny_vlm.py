@@ -29,8 +29,11 @@ never seen: astronaut, chelsea, coffee, rocket), on augmented 64x64 crops
 
 Stage 1 teaches the vision tower and projector alone on dense targets; stage 2 the whole
 language model on the questions, with deep supervision of the two-image questions: the
-attention that carries image 1 to image 2 (:data:`ROUTE_HEADS`, :func:`routing_loss`) and the
-per-cell differences of the two images (:func:`comparison_loss`).
+per-cell differences of the two images (:func:`comparison_loss`) and, with ``--route_heads N``
+(off by default, as in the shipped model: docs/vlm.md says why), the attention that carries
+image 1 to image 2 (:func:`routing_loss`). The defaults are the shipped model's recipe: run
+with ``--force`` (its checks do not all pass), the command writes the shipped files byte for
+byte on this kind of machine.
 
 Every batch is asked through :class:`rewards.vlm.VLMReward` itself (its chat template, image
 placeholders and answer tokens), and the loss is the cross-entropy of the answer log-probs it
@@ -528,12 +531,12 @@ def _lr(step: int, total: int, warmup: int) -> float:
 def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int, batch: int,
           lr: float, seed: int, log, kinds=data.KINDS, warmup: int = 100,
           vision_lr_scale: float = 1.0, expected_weight: float = 0.0,
-          route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT,
+          route_heads: int = 0, two_image_weight: float = TWO_IMAGE_WEIGHT,
           question_weights: dict[str, float] | None = None, style_task: str = "grades") -> dict:
     """Every step asks every task kind one batch; returns the last losses per kind.
 
-    ``route_heads`` 0 and ``two_image_weight`` 1 is the recipe of the first shipped model (no
-    routing loss, the default attention implementation)."""
+    ``route_heads`` 0 (no routing loss, the default attention implementation) is the shipped
+    model's recipe; with ``two_image_weight`` 1 as well, the first shipped model's."""
     weights = {"content": two_image_weight, "style": two_image_weight,
                **(question_weights or {})}
     bundle = training_bundle(model, processor)
@@ -759,7 +762,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vision_lr_scale", type=nonneg_float, default=0.0,
                         help="Stage 2: learning rate of the vision tower and projector as a "
                              "fraction of --lr (0: frozen after stage 1, and cheaper).")
-    parser.add_argument("--steps", type=positive_int, default=600,
+    parser.add_argument("--steps", type=positive_int, default=900,
                         help="Stage 2: optimizer steps of the whole model on the questions; each "
                              "asks every task kind one batch.")
     parser.add_argument("--batch", type=positive_int, default=8,
@@ -772,11 +775,11 @@ def main(argv=None) -> int:
                         help="Stage 1: weight of the look target (which of the style task's "
                              "looks a plain crop carries; the first shipped model: 1, on "
                              "another task).")
-    parser.add_argument("--route_heads", type=int, default=ROUTE_HEADS,
+    parser.add_argument("--route_heads", type=int, default=0,
                         choices=range(ARCH["text_heads"] + 1), metavar="N",
                         help="Stage 2: first-layer heads taught to carry image 1 to image 2 in "
-                             "two-image questions (0: no routing loss, the first shipped "
-                             "model's recipe).")
+                             "two-image questions (default 0: no routing loss, the shipped "
+                             f"model's recipe; the routed recipe of docs/vlm.md: {ROUTE_HEADS}).")
     parser.add_argument("--two_image_weight", type=positive_float, default=TWO_IMAGE_WEIGHT,
                         help="Stage 2: weight of the content and style answers in the mix "
                              "(the others: 1; the first shipped model: 1).")

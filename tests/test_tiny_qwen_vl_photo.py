@@ -15,9 +15,9 @@ import rewards.vlm_named as named
 from alignprop import pretrain_tiny_vlm as pretrain
 from alignprop import tiny_vlm_data as data
 from alignprop.estimate import vlm_config
-from alignprop.tiny_vlm_table import seen_image
 from alignprop.pretrain_tiny import held_out_photos
 from alignprop.reward_flags import RewardFlags, build_reward_from_flags
+from alignprop.tiny_vlm_table import seen_image
 from alignprop.validate import check_reward_paths
 from common.hub import ModelUnavailableError
 from common.images import save_image
