@@ -6,6 +6,7 @@ the trainer's 64 px, real pixels.
 """
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from rewards.vlm import make_vlm_reward
 from rewards.vlm_model import load_vlm
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, named_vlm_dir, verify_folder
 
+ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-qwen-vl-photo"
 SHIPPED = ASSET_ROOT / NAME
 
@@ -86,6 +88,16 @@ def test_shipped_report_holds_what_shipping_asked():
         assert max(report[cal]["pair_antisymmetry_max"].values()) <= 1e-5
     assert set(manifest["held_out"]).isdisjoint(manifest["train_photos"])
     assert manifest["command"].endswith("--force") == (not manifest["passed"])
+
+
+def test_readme_line_is_the_manifests_report():
+    rep = json.loads((SHIPPED / MANIFEST).read_text())["report"]["none"]
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in readme.splitlines() if x.startswith(f"`{NAME}`"))
+    s, p = rep["spearman"], rep["pair_accuracy"]
+    assert (f"held-out Spearman brightness {s['brightness']:.3f}, warmth {s['warmth']:.3f} "
+            f"(`none`), pair accuracy brightness {p['brightness']:.3f}, warmth "
+            f"{p['warmth']:.3f}") in line
 
 
 # --------------------------------------------------------------------------- meaning
