@@ -3,7 +3,8 @@
 ``tiny-vlm-photo`` (InternVL3, the default) or ``tiny-qwen-vl-photo`` (``--family qwen2.5-vl``):
 
     python -m alignprop.pretrain_tiny_vlm --output_dir outputs/tiny-vlm-photo
-    python -m alignprop.pretrain_tiny_vlm --family qwen2.5-vl --output_dir outputs/tiny-qwen-vl-photo
+    python -m alignprop.pretrain_tiny_vlm --family qwen2.5-vl --vision_steps 450 --steps 600
+        --output_dir outputs/tiny-qwen-vl-photo     (one line: the shipped Qwen model's recipe)
 
 ``--family qwen2.5-vl`` trains a widened tiny Qwen2.5-VL (:data:`QWEN_ARCH`: real
 ``Qwen2_5_VLForConditionalGeneration``, ``Qwen2_5_VLProcessor``, Qwen's chat template, patch 8
@@ -43,7 +44,8 @@ folder and scored on held-out crops through the code users run (``make_vlm_rewar
 local folder, both calibrations); the folder becomes ``--output_dir`` only when every check
 passes (:data:`THRESHOLDS`), or with ``--force``. ``manifest.json`` beside the weights holds
 the sha256 of every file, the exact command, its time and the machine's load, and the held-out
-report. The shipped copy in ``rewards/assets/tiny-vlm-photo`` is copied there by hand: this
+report. The shipped copies in ``rewards/assets/tiny-vlm-photo`` and
+``rewards/assets/tiny-qwen-vl-photo`` are copied there by hand: this
 command refuses to write into a package's assets folder. Deterministic for a given machine and
 library versions (seeded; 1 thread by default).
 """
