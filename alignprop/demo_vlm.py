@@ -5,7 +5,8 @@
 Two LoRAs are trained on ``tiny-photo`` (the tiny FLUX Kontext pretrained on bundled
 photos) with the same seed, photos, steps and reward terms; they differ ONLY in the
 question asked of ``tiny-vlm-photo`` (the tiny InternVL pretrained to answer questions
-about photos, ``python -m alignprop.pretrain_tiny_vlm``):
+about photos, ``python -m alignprop.pretrain_tiny_vlm``; ``--vlm tiny-qwen-vl-photo`` asks
+the tiny Qwen2.5-VL pretrained the same way instead):
 
 * :data:`QUESTION_A` -- "How warm are the colours? Answer 0 to 9.";
 * :data:`QUESTION_B` -- "How bright is the photo? Answer 0 to 9.".
@@ -63,6 +64,7 @@ from common.images import save_image
 from common.photos import write_photos
 from rewards.grid import matched_global_edit, texture_added
 from rewards.vlm import make_vlm_reward
+from rewards.vlm_named import named_vlms
 from rewards.vlm_shift import views_arg
 
 from . import tiny_vlm_data as data
@@ -114,10 +116,12 @@ SSIM_FLOOR = 0.70
 GRID_TOLERANCE = 0.02
 
 
-def vlm_flags(question: str, shift_views: int = SHIFT_VIEWS) -> RewardFlags:
-    """The reward flags of one run: only ``aesthetic_prompt`` differs between the two."""
+def vlm_flags(question: str, shift_views: int = SHIFT_VIEWS, vlm: str = VLM) -> RewardFlags:
+    """The reward flags of one run: only ``aesthetic_prompt`` differs between the two. (The
+    VLM term takes any supported family under ``internvl_model_id``: the family is read from
+    the checkpoint's config.)"""
     return RewardFlags(aesthetic_model_type="internvl", aesthetic_prompt=question,
-                       aesthetic_reward_scale=VLM_WEIGHT, internvl_model_id=VLM,
+                       aesthetic_reward_scale=VLM_WEIGHT, internvl_model_id=vlm,
                        internvl_dtype="float32", internvl_calibration=CALIBRATION,
                        internvl_shift_views=shift_views, crispness_weight=0.0)
 
@@ -127,25 +131,25 @@ def guard_flags() -> RewardFlags:
                        grid_eval_resize=0, crispness_weight=0.0)
 
 
-def demo_reward(question: str, shift_views: int = SHIFT_VIEWS):
+def demo_reward(question: str, shift_views: int = SHIFT_VIEWS, vlm: str = VLM):
     """The VLM's answer to ``question`` at native size (mean over ``shift_views`` shifted views)
     + the grid guard on the 2x-upsampled output (the tiny VAE's 2-px stride is at native
     Nyquist, as in ``make demo``)."""
-    vlm = build_reward_from_flags(vlm_flags(question, shift_views))
+    answer = build_reward_from_flags(vlm_flags(question, shift_views, vlm))
     guard = build_reward_from_flags(guard_flags())
 
     def fn(images, inputs, prompts):
         def up(x):
             return F.interpolate(x, scale_factor=UPSAMPLE, mode="nearest")
 
-        s1, m1 = vlm(images, inputs, prompts)
+        s1, m1 = answer(images, inputs, prompts)
         s2, m2 = guard(up(images), up(inputs), prompts)
         texture = texture_added(images, inputs, GRID_PERIOD, TEXTURE_GAIN, TEXTURE_FLOOR)
         scores = s1 + s2 - TEXTURE_WEIGHT * texture
         return scores, {**m1, **m2, "texture/added": float(texture.detach().mean()),
                         "reward": float(scores.detach().mean())}
 
-    fn.terms = list(vlm.terms) + list(guard.terms)
+    fn.terms = list(answer.terms) + list(guard.terms)
     return fn
 
 
@@ -206,6 +210,10 @@ def main(argv=None) -> int:
                         help="The VLM term's shift views (the trainer's --internvl_shift_views): "
                              "1 = the image as given, k*k = the mean over k x k sub-patch "
                              f"shifts (default {SHIFT_VIEWS}; docs/vlm.md).")
+    parser.add_argument("--vlm", choices=named_vlms(), default=VLM,
+                        help=f"The pretrained tiny VLM asked the questions (default {VLM}, "
+                             "InternVL3; tiny-qwen-vl-photo: Qwen2.5-VL). The demo's weights "
+                             "and checks were chosen on the default.")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -222,8 +230,8 @@ def main(argv=None) -> int:
     for name, question in RUNS.items():
         cfg = train_config(name, photos, out, args.steps, args.seed)
         t0 = time.time()
-        train(cfg, vlm_flags(question, args.shift_views),
-              reward_fn=demo_reward(question, args.shift_views))
+        train(cfg, vlm_flags(question, args.shift_views, args.vlm),
+              reward_fn=demo_reward(question, args.shift_views, args.vlm))
         train_s[name] = round(time.time() - t0, 1)
 
     folder = ImageFolder(held, SIZE, SIZE, TrainConfig.prompt)
@@ -237,9 +245,9 @@ def main(argv=None) -> int:
         pipe.unload_lora_weights()
     guard, coherent = build_guard(), build_guard(coherent_grid_flags())
     stats = {k: _stats(v) for k, v in outputs.items()}
-    answers = vlm_answers(outputs, inputs)
+    answers = vlm_answers(outputs, inputs, args.vlm)
     summary = {
-        "model": TINY_PHOTO, "vlm": VLM, "questions": RUNS, "steps": args.steps,
+        "model": TINY_PHOTO, "vlm": args.vlm, "questions": RUNS, "steps": args.steps,
         "seed": args.seed, "size": SIZE, "held_out": list(HELD_OUT),
         "train_seconds": train_s, "train_seconds_total": round(sum(train_s.values()), 1),
         "statistics": {"input": _stats(inputs), **stats},
@@ -289,10 +297,10 @@ def main(argv=None) -> int:
 
 
 @torch.no_grad()
-def vlm_answers(outputs: dict[str, torch.Tensor], inputs: torch.Tensor) -> dict:
-    """What tiny-vlm-photo answers (0..9, mean over the photos) about each column."""
+def vlm_answers(outputs: dict[str, torch.Tensor], inputs: torch.Tensor, vlm: str = VLM) -> dict:
+    """What the demo's VLM answers (0..9, mean over the photos) about each column."""
     def ask(task, prompt):
-        return make_vlm_reward(task, model_id=VLM, dtype="float32", device="cpu", prompt=prompt,
+        return make_vlm_reward(task, model_id=vlm, dtype="float32", device="cpu", prompt=prompt,
                                calibration=CALIBRATION)
 
     questions = {name: ask("single", q) for name, q in RUNS.items()}

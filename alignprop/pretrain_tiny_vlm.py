@@ -1,6 +1,17 @@
-"""Pretrain ``tiny-vlm-photo``: a tiny InternVL3 that answers questions about photos.
+"""Pretrain a tiny VLM that answers questions about photos (InternVL3 or Qwen2.5-VL).
+
+``tiny-vlm-photo`` (InternVL3, the default) or ``tiny-qwen-vl-photo`` (``--family qwen2.5-vl``):
 
     python -m alignprop.pretrain_tiny_vlm --output_dir outputs/tiny-vlm-photo
+    python -m alignprop.pretrain_tiny_vlm --family qwen2.5-vl --vision_steps 450 --steps 600
+        --output_dir outputs/tiny-qwen-vl-photo     (one line: the shipped Qwen model's recipe)
+
+``--family qwen2.5-vl`` trains a widened tiny Qwen2.5-VL (:data:`QWEN_ARCH`: real
+``Qwen2_5_VLForConditionalGeneration``, ``Qwen2_5_VLProcessor``, Qwen's chat template, patch 8
+and a 64x64 pixel budget so that a crop is the same 16 tokens of 16x16 px after the 2x2 merger)
+with everything below unchanged; only what differs between the families is in small
+functions (:func:`build_model`, :func:`vision_modules`, :func:`image_tokens`,
+:func:`vision_features`).
 
 The project's tiny InternVL recipe (real ``InternVLForConditionalGeneration``, its
 ``InternVLProcessor`` and byte-level tokenizer, 64 px tiles of 16 tokens), widened
@@ -19,8 +30,11 @@ never seen: astronaut, chelsea, coffee, rocket), on augmented 64x64 crops
 
 Stage 1 teaches the vision tower and projector alone on dense targets; stage 2 the whole
 language model on the questions, with deep supervision of the two-image questions: the
-attention that carries image 1 to image 2 (:data:`ROUTE_HEADS`, :func:`routing_loss`) and the
-per-cell differences of the two images (:func:`comparison_loss`).
+per-cell differences of the two images (:func:`comparison_loss`) and, with ``--route_heads N``
+(off by default, as in the shipped model: docs/vlm.md says why), the attention that carries
+image 1 to image 2 (:func:`routing_loss`). The defaults are the shipped model's recipe: run
+with ``--force`` (its checks do not all pass), the command writes the shipped files byte for
+byte on this kind of machine.
 
 Every batch is asked through :class:`rewards.vlm.VLMReward` itself (its chat template, image
 placeholders and answer tokens), and the loss is the cross-entropy of the answer log-probs it
@@ -30,7 +44,8 @@ folder and scored on held-out crops through the code users run (``make_vlm_rewar
 local folder, both calibrations); the folder becomes ``--output_dir`` only when every check
 passes (:data:`THRESHOLDS`), or with ``--force``. ``manifest.json`` beside the weights holds
 the sha256 of every file, the exact command, its time and the machine's load, and the held-out
-report. The shipped copy in ``rewards/assets/tiny-vlm-photo`` is copied there by hand: this
+report. The shipped copies in ``rewards/assets/tiny-vlm-photo`` and
+``rewards/assets/tiny-qwen-vl-photo`` are copied there by hand: this
 command refuses to write into a package's assets folder. Deterministic for a given machine and
 library versions (seeded; 1 thread by default).
 """
@@ -49,13 +64,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from common.cli import (UserError, command_line, int_at_least, nonneg_float, nonneg_int,
-                        positive_float, positive_int, run_cli)
+from common.cli import (
+    UserError,
+    command_line,
+    int_at_least,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from common.paths import check_not_shipped, set_aside
 from common.photos import HELD_OUT, MATPLOTLIB_TRAIN, SKIMAGE_TRAIN
 from rewards.vlm import VLMReward, make_vlm_reward
 from rewards.vlm_families import family_for_model_type
 from rewards.vlm_families.internvl import build_tiny_internvl
+from rewards.vlm_families.qwen2_5_vl import TINY_CHAT_TEMPLATE as QWEN_CHAT_TEMPLATE
+from rewards.vlm_families.qwen2_5_vl import build_tiny_tokenizer as build_qwen_tokenizer
+from rewards.vlm_families.qwen2_5_vl import special_ids as qwen_special_ids
+from rewards.vlm_families.qwen2_5_vl import token_ids as qwen_token_ids
 from rewards.vlm_families.tiny_tokenizer import padded_vocab
 from rewards.vlm_model import VLMBundle, clear_cache
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, file_entries
@@ -64,7 +91,10 @@ from rewards.vlm_prompts import parse_answer_scale
 from . import tiny_vlm_data as data
 
 NAME = "tiny-vlm-photo"
-FAMILIES = ("internvl",)
+# --family -> the name its model ships under (rewards/vlm_named.py)
+NAMES = {"internvl": NAME, "qwen2.5-vl": "tiny-qwen-vl-photo"}
+FAMILIES = tuple(NAMES)
+DEFAULT_FAMILY = "internvl"
 # The widened tiny InternVL: vision 64 x 2 layers (patch 8, 64 px, 16 tokens after the pixel
 # shuffle), Qwen2 text 128 x 3 layers, 4 heads / 2 kv heads, the tiny byte-level vocabulary.
 ARCH = {"vision_hidden": 96, "vision_layers": 3, "vision_heads": 4, "vision_mlp": 384,
@@ -84,9 +114,118 @@ EVAL_CROPS = 256
 EVAL_SAMPLES = 256
 WEIGHTS_MAX_BYTES = 10 * 1000 * 1000
 PACKAGE_ASSETS = (ASSET_ROOT, Path(__file__).resolve().parent / "assets")
+# The widened tiny Qwen2.5-VL, comparable with ARCH: the same text model (Qwen2 layers with
+# Qwen2.5-VL's 3-D rotary positions, head_dim 16 split (4, 2, 2) over time, height, width), a
+# vision tower of the same width and depth whose gated MLP (3 matrices) is 256 wide so that it
+# holds what InternVL's 384-wide plain MLP holds, and Qwen's 2x2 patch merger. Patch 8 and a
+# pixel budget of at most 64x64 keep the 64 px grid InternVL sees: 8x8 patches, 16 image
+# tokens of 16x16 px (Qwen2.5-VL's own patch is 14, which would show a 64 px crop at 56 px, 4
+# tokens). Windowed attention (32 px windows: 2x2 tokens) in the first two blocks, full
+# attention in the last, as Qwen2.5-VL interleaves them.
+QWEN_ARCH = {"vision_hidden": 96, "vision_layers": 3, "vision_heads": 4, "vision_mlp": 256,
+             "patch": 8, "merge": 2, "window": 32, "full_attention_blocks": [2],
+             "min_pixels": 32 * 32, "max_pixels": 64 * 64,
+             "text_hidden": 128, "text_layers": 3, "text_heads": 8, "text_kv_heads": 4,
+             "text_mlp": 256, "mrope_section": [4, 2, 2], "ordinal_init": True}
 
 
 # --------------------------------------------------------------------------- model
+def build_model(family: str, seed: int):
+    """Untrained widened tiny model of ``--family`` + its processor."""
+    return {"internvl": build_internvl, "qwen2.5-vl": build_qwen2_5_vl}[family](seed)
+
+
+def architecture(family: str) -> dict:
+    return {"internvl": ARCH, "qwen2.5-vl": QWEN_ARCH}[family]
+
+
+def build_qwen2_5_vl(seed: int):
+    """Untrained widened tiny Qwen2.5-VL (:data:`QWEN_ARCH`) + a real Qwen2_5_VLProcessor with
+    the project's byte-level tokenizer and Qwen's chat template (default system turn)."""
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    a = QWEN_ARCH
+    tokenizer = build_qwen_tokenizer()
+    vision = {"depth": a["vision_layers"], "hidden_size": a["vision_hidden"],
+              "intermediate_size": a["vision_mlp"], "num_heads": a["vision_heads"],
+              "patch_size": a["patch"], "spatial_merge_size": a["merge"],
+              "temporal_patch_size": 2, "window_size": a["window"],
+              "fullatt_block_indexes": a["full_attention_blocks"],
+              "out_hidden_size": a["text_hidden"], "tokens_per_second": 2}
+    text = {"hidden_size": a["text_hidden"], "intermediate_size": a["text_mlp"],
+            "num_hidden_layers": a["text_layers"], "num_attention_heads": a["text_heads"],
+            "num_key_value_heads": a["text_kv_heads"], "vocab_size": padded_vocab(tokenizer),
+            "max_position_embeddings": 1024, **qwen_special_ids(tokenizer),
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
+                                "mrope_section": a["mrope_section"]}}
+    config = Qwen2_5_VLConfig(vision_config=vision, text_config=text, tie_word_embeddings=True,
+                              **qwen_token_ids(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+        if a.get("ordinal_init"):
+            ordinal_digit_init(model, tokenizer, seed)
+    grid = {"patch_size": a["patch"], "merge_size": a["merge"], "temporal_patch_size": 2}
+    image_processor = Qwen2VLImageProcessor(**grid, min_pixels=a["min_pixels"],
+                                            max_pixels=a["max_pixels"])
+    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    video_processor=Qwen2VLVideoProcessor(**grid),
+                                    chat_template=QWEN_CHAT_TEMPLATE)
+    return model, processor
+
+
+def vision_modules(model) -> list[torch.nn.Module]:
+    """What stage 1 trains: everything that turns pixels into the language model's image
+    tokens (InternVL: vision tower + projector; Qwen2.5-VL: ``visual``, its merger included)."""
+    vlm = model.model
+    if hasattr(vlm, "visual"):
+        return [vlm.visual]
+    return [vlm.vision_tower, vlm.multi_modal_projector]
+
+
+def image_tokens(bundle: VLMBundle, layout) -> int:
+    """Image tokens per 64 px image (InternVL: ``image_seq_length`` per tile; Qwen-VL: the
+    patch grid after the 2x2 merger)."""
+    if bundle.family.name == "InternVL3":
+        return int(bundle.model.config.image_seq_length)
+    t, h, w = layout
+    return t * h * w // bundle.spec.merge_size ** 2
+
+
+def vision_features(bundle: VLMBundle, pixels: torch.Tensor, layout
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepared pixels of R images -> (image tokens the language model reads (R, T, D), in the
+    order of the 16 x 16 px cells row-major; the vision tower's last patch states (R, 64, Dv),
+    8 x 8 px patches row-major): what the dense stage-1 targets are read off."""
+    vlm = bundle.model.model
+    if bundle.family.name == "InternVL3":
+        out = vlm.get_image_features(pixel_values=pixels.flatten(0, 1))
+        return out.pooler_output, out.last_hidden_state[:, 1:]      # drop the CLS position
+    from transformers.vision_utils import get_vision_window_index
+
+    r = pixels.shape[0]
+    grid = torch.tensor([list(layout)] * r)
+    out = vlm.visual(pixels.flatten(0, 1), grid_thw=grid)
+    tokens = out.pooler_output.view(r, -1, out.pooler_output.shape[-1])  # merged groups, row-major
+    # the patch states come out in the window attention's order: put the merged groups back
+    # (as the merger's output is), then undo the 2x2-inside-a-group order of Qwen's patches
+    cfg = vlm.visual.config
+    window, _ = get_vision_window_index(grid, cfg.spatial_merge_size, cfg.window_size,
+                                        cfg.patch_size)
+    m = cfg.spatial_merge_size
+    states = out.last_hidden_state.view(-1, m * m, out.last_hidden_state.shape[-1])
+    states = states[torch.argsort(window)]
+    _, h, w = layout
+    states = states.view(r, h // m, w // m, m, m, -1).permute(0, 1, 3, 2, 4, 5)
+    return tokens, states.reshape(r, h * w, -1)
+
+
 def build_internvl(seed: int):
     """Untrained widened tiny InternVL + the project's tiny InternVL processor."""
     from transformers import (
@@ -143,9 +282,9 @@ def ordinal_digit_init(model, tokenizer, seed: int) -> None:
                 emb[tokenizer.convert_tokens_to_ids(tok)] = row
 
 
-def training_bundle(model, processor, family_name: str = "internvl") -> VLMBundle:
+def training_bundle(model, processor) -> VLMBundle:
     family = family_for_model_type(model.config.model_type)
-    return VLMBundle(model=model, processor=processor, model_id=f"{NAME} (training)",
+    return VLMBundle(model=model, processor=processor, model_id="tiny VLM (training)",
                      dtype=torch.float32, device=torch.device("cpu"), family=family,
                      spec=family.image_spec(model, processor))
 
@@ -228,14 +367,14 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
     """
     bundle = training_bundle(model, processor)
     family = bundle.family
-    vlm = model.model
-    tokens = int(model.config.image_seq_length)
+    _, layout = family.prepare(bundle, torch.zeros(1, 3, data.SIZE, data.SIZE), {"max_tiles": 1})
+    tokens = image_tokens(bundle, layout)
     looks = style_task == "looks"
     probes = VisionProbes(model.config.text_config.hidden_size, tokens,
                           len(data.STYLE_LOOKS if looks else data.GRADES),
                           model.config.vision_config.hidden_size)
     n_look = max(1, round(batch * LOOK_FRACTION))
-    params = (list(vlm.vision_tower.parameters()) + list(vlm.multi_modal_projector.parameters())
+    params = ([p for m in vision_modules(model) for p in m.parameters()]
               + list(probes.parameters()))
     model.train().requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -258,10 +397,9 @@ def pretrain_vision(model, processor, bank: data.CropBank, scales: data.Scales, 
         else:
             grade_of, graded = grades.flatten(), slice(None)
         x = torch.cat(views)
-        pixels, _ = family.prepare(bundle, x, {"max_tiles": 1})
-        out = vlm.get_image_features(pixel_values=pixels.flatten(0, 1))
-        feats = out.pooler_output                        # (2B, 16, text hidden): what the LM reads
-        patches = out.last_hidden_state[:, 1:]           # (2B, 64, vision hidden): 8x8 px patches
+        pixels, layout = family.prepare(bundle, x, {"max_tiles": 1})
+        # (2B, 16, text hidden): what the LM reads; (2B, 64, vision hidden): 8x8 px patches
+        feats, patches = vision_features(bundle, pixels, layout)
         pooled = feats.mean(1)
         stats = torch.stack([scales.digits(a, data.statistic(a, x)) / 9.0
                              for a in data.ATTRIBUTES], 1)
@@ -416,24 +554,23 @@ def _lr(step: int, total: int, warmup: int) -> float:
 def train(model, processor, bank: data.CropBank, scales: data.Scales, steps: int, batch: int,
           lr: float, seed: int, log, kinds=data.KINDS, warmup: int = 100,
           vision_lr_scale: float = 1.0, expected_weight: float = 0.0,
-          route_heads: int = ROUTE_HEADS, two_image_weight: float = TWO_IMAGE_WEIGHT,
+          route_heads: int = 0, two_image_weight: float = TWO_IMAGE_WEIGHT,
           question_weights: dict[str, float] | None = None, style_task: str = "grades",
           route_weight: float = ROUTE_WEIGHT, read_weight: float = READ_WEIGHT,
           route_steps: int = 0, route_kinds: tuple[str, ...] = TWO_IMAGE_KINDS) -> dict:
     """Every step asks every task kind one batch; returns the last losses per kind.
 
-    ``route_heads`` 0 and ``two_image_weight`` 1 is the recipe of the first shipped model (no
-    routing loss, the default attention implementation). The routing loss (when
-    ``route_heads``) is weighted ``route_weight`` / ``read_weight``, taught on the batches of
-    ``route_kinds`` only and during the first ``route_steps`` steps only (0: every step); the
-    defaults are the routed recipe of docs/vlm.md."""
+    ``route_heads`` 0 (no routing loss, the default attention implementation) is the shipped
+    model's recipe; with ``two_image_weight`` 1 as well, the first shipped model's. With
+    ``route_heads`` > 0 the routing loss is weighted ``route_weight`` / ``read_weight``, taught
+    on the batches of ``route_kinds`` only and during the first ``route_steps`` steps only (0:
+    every step); those defaults are the routed recipe of docs/vlm.md."""
     weights = {"content": two_image_weight, "style": two_image_weight,
                **(question_weights or {})}
     bundle = training_bundle(model, processor)
     rewards = task_rewards(bundle)
     model.train().requires_grad_(True)
-    vlm = model.model
-    vision = list(vlm.vision_tower.parameters()) + list(vlm.multi_modal_projector.parameters())
+    vision = [p for m in vision_modules(model) for p in m.parameters()]
     ids = {id(p) for p in vision}
     rest = [p for p in model.parameters() if id(p) not in ids]
     if vision_lr_scale == 0:
@@ -603,7 +740,7 @@ def print_report(report: dict, print_=print) -> None:
 def earlier_run(out: Path) -> bool:
     """True when ``out`` holds what this command wrote before (its manifest names the model)."""
     try:
-        return json.loads((out / MANIFEST).read_text()).get("model") == NAME
+        return json.loads((out / MANIFEST).read_text()).get("model") in NAMES.values()
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -616,7 +753,8 @@ def check_output_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--output_dir {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not earlier_run(out):
-        raise UserError(f"--output_dir {out} is not an empty folder nor an earlier {NAME} run; "
+        raise UserError(f"--output_dir {out} is not an empty folder nor an earlier run of this "
+                        f"command ({' / '.join(NAMES.values())}); "
                         f"give a new one (nothing is written over)")
 
 
@@ -640,6 +778,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", required=True,
                         help=f"New folder for the model (save_pretrained layout) and "
                              f"{MANIFEST}; never inside a package's assets folder.")
+    parser.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY,
+                        help="Which tiny VLM to train: 'internvl' (InternVL3, shipped as "
+                             f"{NAMES['internvl']}) or 'qwen2.5-vl' (Qwen2.5-VL, shipped as "
+                             f"{NAMES['qwen2.5-vl']}); same stages, tasks and checks.")
     parser.add_argument("--vision_steps", type=nonneg_int, default=600,
                         help="Stage 1: optimizer steps of the vision tower and projector alone "
                              "on dense targets (0 skips it).")
@@ -650,7 +792,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vision_lr_scale", type=nonneg_float, default=0.0,
                         help="Stage 2: learning rate of the vision tower and projector as a "
                              "fraction of --lr (0: frozen after stage 1, and cheaper).")
-    parser.add_argument("--steps", type=positive_int, default=600,
+    parser.add_argument("--steps", type=positive_int, default=900,
                         help="Stage 2: optimizer steps of the whole model on the questions; each "
                              "asks every task kind one batch.")
     parser.add_argument("--batch", type=positive_int, default=8,
@@ -663,11 +805,11 @@ def main(argv=None) -> int:
                         help="Stage 1: weight of the look target (which of the style task's "
                              "looks a plain crop carries; the first shipped model: 1, on "
                              "another task).")
-    parser.add_argument("--route_heads", type=int, default=ROUTE_HEADS,
+    parser.add_argument("--route_heads", type=int, default=0,
                         choices=range(ARCH["text_heads"] + 1), metavar="N",
                         help="Stage 2: first-layer heads taught to carry image 1 to image 2 in "
-                             "two-image questions (0: no routing loss, the first shipped "
-                             "model's recipe).")
+                             "two-image questions (default 0: no routing loss, the shipped "
+                             f"model's recipe; the routed recipe of docs/vlm.md: {ROUTE_HEADS}).")
     parser.add_argument("--route_weight", type=nonneg_float, default=ROUTE_WEIGHT,
                         help="Stage 2: weight of the routing loss's first-layer term (image-2 "
                              "token k attending to image-1 token k; with --route_heads > 0).")
@@ -676,11 +818,12 @@ def main(argv=None) -> int:
                              "attending to image 2; with --route_heads > 0).")
     parser.add_argument("--route_steps", type=nonneg_int, default=0,
                         help="Stage 2: teach the routing loss during the first N steps only, "
-                             "then the answers alone (0: every step; at most --steps).")
+                             "then the answers alone (0: every step; at most --steps; with "
+                             "--route_heads > 0).")
     parser.add_argument("--route_kinds", type=_route_kinds, default=TWO_IMAGE_KINDS,
                         help="Stage 2: the two-image questions whose batches carry the routing "
                              "loss, 'all' or 'kind,...' among " + ", ".join(TWO_IMAGE_KINDS)
-                             + " (default all).")
+                             + " (default all; with --route_heads > 0).")
     parser.add_argument("--two_image_weight", type=positive_float, default=TWO_IMAGE_WEIGHT,
                         help="Stage 2: weight of the content and style answers in the mix "
                              "(the others: 1; the first shipped model: 1).")
@@ -732,9 +875,10 @@ def main(argv=None) -> int:
     log(f"{len(bank)} crops from {len(SKIMAGE_TRAIN) + len(MATPLOTLIB_TRAIN)} photos; scales "
         + json.dumps({k: [round(v["p2"], 3), round(v["p98"], 3)]
                       for k, v in scales.as_dict().items()}))
-    model, processor = build_internvl(args.seed)
+    model, processor = build_model(args.family, args.seed)
+    family_name = family_for_model_type(model.config.model_type).name
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"InternVL {n_params / 1e6:.2f}M parameters")
+    log(f"{family_name} {n_params / 1e6:.2f}M parameters")
     if args.vision_steps:
         pretrain_vision(model, processor, bank, scales, args.vision_steps, args.vision_batch,
                         args.vision_lr, args.seed, log, args.grade_weight, args.style_task)
@@ -765,11 +909,19 @@ def main(argv=None) -> int:
         weights = sum(f["bytes"] for f in files.values())
         shown = {**vars(args), "question_weights": _format_weights(args.question_weights),
                  "route_kinds": _format_kinds(args.route_kinds)}
+        if args.family == DEFAULT_FAMILY:
+            # the InternVL command is recorded as before the flag existed
+            del shown["family"]
+        if not args.route_heads:
+            # the routing loss's shape means nothing without it (and is refused): an unrouted
+            # command is recorded as before those flags existed
+            for k in ("route_weight", "read_weight", "route_steps", "route_kinds"):
+                del shown[k]
         command = command_line("python -m alignprop.pretrain_tiny_vlm", shown,
                                skip=("output_dir",))
         manifest = {
-            "model": NAME, "family": "InternVL3", "command": command,
-            "parameters": n_params, "architecture": ARCH,
+            "model": NAMES[args.family], "family": family_name, "command": command,
+            "parameters": n_params, "architecture": architecture(args.family),
             "train_seconds": round(train_s, 1), "train_cpu_seconds": round(train_cpu, 1),
             "vision_stage_seconds": round(vision_s, 1),
             "total_seconds": round(time.time() - start, 1), "threads": args.threads,

@@ -46,6 +46,24 @@ def edits(x: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
+def seen_image(reward, x: torch.Tensor) -> torch.Tensor:
+    """The image the model sees (what the statistic is taken of), back to [0, 1]: InternVL's
+    64 px tile, or the Qwen-VL patches (merged-group order, each frame twice) put back
+    together at the size the family resized to."""
+    seen, layout = reward.family.prepare(reward.bundle, x, reward.image_options)
+    spec = reward.bundle.spec
+    if seen.dim() == 5:                              # InternVL: (R, tiles, 3, H, W)
+        tile = seen[:, 0]
+    else:                                            # Qwen-VL: (R, h*w, 3*T*P*P)
+        _, h, w = layout
+        p, m, t = spec.patch_size, spec.merge_size, spec.temporal_patch_size
+        z = seen.view(-1, h // m, w // m, m, m, 3, t, p, p)[..., 0, :, :]
+        tile = z.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(-1, 3, h * p, w * p)
+    mean = tile.new_tensor(spec.image_mean).view(1, 3, 1, 1)
+    std = tile.new_tensor(spec.image_std).view(1, 3, 1, 1)
+    return tile * std + mean
+
+
 @torch.no_grad()
 def answers(model_id: str = MODEL) -> list[dict]:
     """Rows: photo, edit, and per attribute the answer (0..9) and the true statistic."""
@@ -54,12 +72,7 @@ def answers(model_id: str = MODEL) -> list[dict]:
     rows = []
     for name, photo in zip(HELD_OUT, load_files(HELD_OUT)):
         for edit, x in edits(photo[None]).items():
-            reward = next(iter(rewards.values()))
-            seen = reward.family.prepare(reward.bundle, x, reward.image_options)[0]
-            # the 64 px tile the model sees, back to [0, 1] (what the statistic is taken of)
-            mean = seen.new_tensor(reward.bundle.spec.image_mean).view(1, 3, 1, 1)
-            std = seen.new_tensor(reward.bundle.spec.image_std).view(1, 3, 1, 1)
-            tile = seen[:, 0] * std + mean
+            tile = seen_image(next(iter(rewards.values())), x)
             rows.append({
                 "photo": name.rsplit(".", 1)[0], "edit": edit,
                 "answer": {a: round(float(r(x)[0]) * 9, 2) for a, r in rewards.items()},

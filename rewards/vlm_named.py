@@ -3,7 +3,8 @@
 ``tiny-vlm-photo`` (InternVL3 family) is a tiny VLM trained on bundled photos to answer questions
 about brightness, warmth, colourfulness and sharpness, to compare two images, and to say whether
 two images show the same content or carry the same colour grade (``python -m
-alignprop.pretrain_tiny_vlm``; docs/vlm.md). Its files live in ``rewards/assets/<name>/`` in the
+alignprop.pretrain_tiny_vlm``; docs/vlm.md). ``tiny-qwen-vl-photo`` is the same training of a
+tiny Qwen2.5-VL (``--family qwen2.5-vl``). Its files live in ``rewards/assets/<name>/`` in the
 real ``save_pretrained`` layout (config.json, model.safetensors, tokenizer and processor files),
 so it loads through the same local-directory path as a downloaded checkpoint; ``manifest.json``
 beside them holds the sha256 of every file, the command that made them and its held-out figures.
@@ -26,7 +27,7 @@ from .vlm_families import tiny_names
 ASSET_ROOT = Path(__file__).resolve().parent / "assets"
 MANIFEST = "manifest.json"
 # name -> folder under rewards/assets
-NAMED_VLMS = {"tiny-vlm-photo": "tiny-vlm-photo"}
+NAMED_VLMS = {"tiny-vlm-photo": "tiny-vlm-photo", "tiny-qwen-vl-photo": "tiny-qwen-vl-photo"}
 # files every shipped folder must hold (the rest are listed in its manifest)
 REQUIRED = ("config.json", "model.safetensors")
 

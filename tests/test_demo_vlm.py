@@ -3,9 +3,14 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
+import torch
+
+from alignprop import tiny_vlm_data as data
 from alignprop.demo_vlm import (GRID_TOLERANCE, MAX_CROSS_RATIO, MIN_OWN_MOVE, QUESTION_A,
-                                QUESTION_B, RUNS, SSIM_FLOOR, demo_checks, readme_line,
-                                train_config, vlm_flags)
+                                QUESTION_B, RUNS, SSIM_FLOOR, VLM, cli, demo_checks,
+                                demo_reward, readme_line, train_config, vlm_flags)
+from alignprop.pretrain_tiny import held_out_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = ROOT / "media" / "demo_vlm_summary.json"
@@ -20,6 +25,33 @@ def test_the_two_runs_differ_only_in_the_question():
     ca, cb = (train_config(n, Path("p"), Path("o"), 60, 0) for n in RUNS)
     assert {k for k in vars(ca) if getattr(ca, k) != getattr(cb, k)} == {"output_dir"}
     assert ca.base_consistency_weight > 0
+
+
+@pytest.mark.parametrize("vlm", [VLM, "tiny-qwen-vl-photo"])
+def test_the_demo_reward_asks_the_chosen_vlm_and_its_question_ranks(vlm):
+    # --vlm picks the model of both runs; through the demo's own reward (VLM term + grid guard
+    # + texture term) the brightness question scores the brighter photos higher, the warmth
+    # question barely moves
+    assert vlm_flags(QUESTION_B, 1, vlm).internvl_model_id == vlm
+    photos = held_out_photos(data.SIZE)
+    brighter, darker = (photos + 0.15).clamp(0, 1), (photos - 0.15).clamp(0, 1)
+    gain = {}
+    for name, question in RUNS.items():
+        reward = demo_reward(question, 1, vlm)
+        with torch.no_grad():
+            gain[name] = float((reward(brighter, brighter, None)[0]
+                                - reward(darker, darker, None)[0]).mean())
+    assert gain["brightness"] > 2.0 and abs(gain["warmth"]) < gain["brightness"] / 3, gain
+
+
+def test_an_unknown_vlm_is_refused_by_argparse_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as exc:
+        cli(["--vlm", "tiny-vlm-phot", "--output_dir", str(out)])
+    assert exc.value.code == 2
+    assert ("argument --vlm: invalid choice: 'tiny-vlm-phot'"
+            in capsys.readouterr().err.strip().splitlines()[-1])
+    assert not out.exists()
 
 
 def test_checks_fail_when_a_question_does_not_steer():

@@ -4,6 +4,7 @@ The model is loaded once per module (rewards share the cached bundle). Photos ar
 held out of every pretraining set (astronaut, chelsea, coffee, rocket).
 """
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -208,6 +209,16 @@ def test_training_flag_and_scorer_take_the_name(tmp_path, photos, capsys):
 
 
 # --------------------------------------------------------------------------- the pretraining command
+def _flags(command: str, skip: set[str]) -> dict[str, str | None]:
+    words = shlex.split(command)[3:]            # after "python -m alignprop.pretrain_tiny_vlm"
+    flags, i = {}, 0
+    while i < len(words):
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+        flags[words[i]] = value
+        i += 2 if value is not None else 1
+    return {k: v for k, v in flags.items() if k not in skip}
+
+
 def test_pretraining_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "vlm"
     args = ["--output_dir", str(out), "--vision_steps", "2", "--steps", "2", "--batch", "2",
@@ -219,6 +230,11 @@ def test_pretraining_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     manifest = verify_folder(out, "test")
     assert not manifest["passed"] and manifest["command"].endswith("--force")
     assert set(manifest["report"]) >= {"none", "pmi_null", "checks"}
+    # the defaults are the shipped recipe: every flag but the budget ones above is recorded as
+    # the shipped manifest's command has it
+    budget = {"--vision_steps", "--steps", "--batch", "--crops", "--eval_samples"}
+    shipped = json.loads((SHIPPED / MANIFEST).read_text())["command"]
+    assert _flags(manifest["command"], budget) == _flags(shipped, budget)
     again = tmp_path / "again"
     pretrain.main(["--output_dir", str(again)] + args[2:] + ["--force"])
     # same command, same seed: the same weights, byte for byte
