@@ -50,7 +50,7 @@ tiny-vlm-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny_vlm --output_dir outputs/tiny-vlm-photo --force
 
 # The same for the tiny Qwen2.5-VL shipped in rewards/assets/tiny-qwen-vl-photo (its manifest's
-# command: ~15 CPU min, one thread; writes to outputs/). See docs/vlm.md.
+# command: ~15 CPU min, one thread; writes to outputs/; re-run once: the same bytes). See docs/vlm.md.
 tiny-qwen-vl-photo: $(STAMP)
 	$(PY) -m alignprop.pretrain_tiny_vlm --family qwen2.5-vl --vision_steps 450 --steps 600 \
 		--output_dir outputs/tiny-qwen-vl-photo --force
