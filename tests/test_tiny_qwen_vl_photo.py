@@ -215,7 +215,9 @@ def test_dense_targets_line_up_with_qwen_patches_and_merged_tokens():
 
 def _flags(words: list[str]) -> dict[str, str]:
     """{flag: the word after it} of a recorded command, but the tiny-budget test's own flags."""
-    budget = {"--vision_steps", "--steps", "--batch", "--crops", "--eval_samples", "--route_heads"}
+    budget = {"--vision_steps", "--steps", "--batch", "--crops", "--eval_samples", "--route_heads",
+              # the routing loss's shape: recorded only for a routed run (this test's)
+              "--route_weight", "--read_weight", "--route_steps", "--route_kinds"}
     return {w: words[i + 1] for i, w in enumerate(words[:-1])
             if w.startswith("--") and w not in budget}
 
@@ -238,6 +240,7 @@ def test_pretraining_the_qwen_family_end_to_end_on_a_tiny_budget(tmp_path, capsy
     shipped = json.loads((SHIPPED / MANIFEST).read_text())["command"].split()
     recorded = manifest["command"].split()
     assert _flags(recorded) == _flags(shipped)
+    assert "--route_kinds" in recorded and "--route_kinds" not in shipped
     make = (ROOT / "Makefile").read_text()
     assert "--family qwen2.5-vl --vision_steps 450 --steps 600" in make
     assert "--vision_steps 450" in " ".join(shipped) and "--steps 600" in " ".join(shipped)
