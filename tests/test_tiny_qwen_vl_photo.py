@@ -26,23 +26,20 @@ from rewards.vlm import make_vlm_reward
 from rewards.vlm_model import load_vlm
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, named_vlm_dir, verify_folder
 
+from _vlm_question_helpers import question_gaps, question_reward, shift
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-qwen-vl-photo"
 SHIPPED = ASSET_ROOT / NAME
 
 
 def reward(task="single", attr="brightness", **kw):
-    prompt = {"single": data.QUESTIONS, "pair": data.PAIR_QUESTIONS}[task][attr]
-    return make_vlm_reward(task, model_id=NAME, dtype="float32", device="cpu", prompt=prompt, **kw)
+    return question_reward(NAME, task, attr, **kw)
 
 
 @pytest.fixture(scope="module")
 def photos():
     return held_out_photos(data.SIZE)
-
-
-def shift(x, rgb):
-    return (x + torch.tensor(rgb).view(1, 3, 1, 1)).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------- the shipped files
@@ -105,22 +102,15 @@ def test_readme_line_is_the_manifests_report():
 def test_brightness_question_ranks_brighter_above_darker_and_warmth_question_does_not(
         photos, calibration):
     # the same offset on every channel: R - B stays (nearly) where it was
-    brighter, darker = shift(photos, (0.15,) * 3), shift(photos, (-0.15,) * 3)
-    bright_q = reward(attr="brightness", calibration=calibration)
-    warm_q = reward(attr="warmth", calibration=calibration)
-    with torch.no_grad():
-        gap_bright = bright_q(brighter)[0] - bright_q(darker)[0]
-        gap_warm = warm_q(brighter)[0] - warm_q(darker)[0]
+    gaps = question_gaps(NAME, photos, "brightness", calibration=calibration)
+    gap_bright, gap_warm = gaps["brightness"], gaps["warmth"]
     assert (gap_bright > 0.1).all(), gap_bright
     assert gap_warm.abs().mean() < gap_bright.mean() / 3, (gap_warm, gap_bright)
 
 
 def test_warmth_question_ranks_warmer_above_cooler_and_brightness_question_does_not(photos):
-    warmer, cooler = shift(photos, (0.1, 0.0, -0.1)), shift(photos, (-0.1, 0.0, 0.1))
-    bright_q, warm_q = reward(attr="brightness"), reward(attr="warmth")
-    with torch.no_grad():
-        gap_warm = warm_q(warmer)[0] - warm_q(cooler)[0]
-        gap_bright = bright_q(warmer)[0] - bright_q(cooler)[0]
+    gaps = question_gaps(NAME, photos, "warmth")
+    gap_warm, gap_bright = gaps["warmth"], gaps["brightness"]
     assert (gap_warm > 0.1).all(), gap_warm
     assert gap_bright.abs().mean() < gap_warm.mean() / 3, (gap_bright, gap_warm)
 

@@ -27,16 +27,15 @@ from rewards.vlm import make_vlm_reward
 from rewards.vlm_model import load_vlm
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, named_vlm_dir, verify_folder
 
+from _vlm_question_helpers import question_gaps, question_reward, shift
+
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-vlm-photo"
 SHIPPED = ASSET_ROOT / NAME
 
 
 def reward(task="single", attr="brightness", **kw):
-    question = {"single": data.QUESTIONS, "pair": data.PAIR_QUESTIONS}.get(task)
-    prompt = (question[attr] if question else
-              data.CONTENT_QUESTION if task == "content-similarity" else data.STYLE_QUESTION)
-    return make_vlm_reward(task, model_id=NAME, dtype="float32", device="cpu", prompt=prompt, **kw)
+    return question_reward(NAME, task, attr, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -44,28 +43,18 @@ def photos():
     return held_out_photos(data.SIZE)
 
 
-def shift(x, rgb):
-    return (x + torch.tensor(rgb).view(1, 3, 1, 1)).clamp(0, 1)
-
-
 # --------------------------------------------------------------------------- meaning
 def test_brightness_question_ranks_brighter_above_darker_and_warmth_question_does_not(photos):
     # the same luma offset on every channel: R - B stays (nearly) where it was
-    brighter, darker = shift(photos, (0.15,) * 3), shift(photos, (-0.15,) * 3)
-    bright_q, warm_q = reward(attr="brightness"), reward(attr="warmth")
-    with torch.no_grad():
-        gap_bright = bright_q(brighter)[0] - bright_q(darker)[0]
-        gap_warm = warm_q(brighter)[0] - warm_q(darker)[0]
+    gaps = question_gaps(NAME, photos, "brightness")
+    gap_bright, gap_warm = gaps["brightness"], gaps["warmth"]
     assert (gap_bright > 0.15).all(), gap_bright          # > 1.35 digits on every photo
     assert gap_warm.abs().mean() < gap_bright.mean() / 3, (gap_warm, gap_bright)
 
 
 def test_warmth_question_ranks_warmer_above_cooler_and_brightness_question_does_not(photos):
-    warmer, cooler = shift(photos, (0.1, 0.0, -0.1)), shift(photos, (-0.1, 0.0, 0.1))
-    bright_q, warm_q = reward(attr="brightness"), reward(attr="warmth")
-    with torch.no_grad():
-        gap_warm = warm_q(warmer)[0] - warm_q(cooler)[0]
-        gap_bright = bright_q(warmer)[0] - bright_q(cooler)[0]
+    gaps = question_gaps(NAME, photos, "warmth")
+    gap_warm, gap_bright = gaps["warmth"], gaps["brightness"]
     assert (gap_warm > 0.1).all(), gap_warm
     assert gap_bright.abs().mean() < gap_warm.mean() / 3, (gap_bright, gap_warm)
 
