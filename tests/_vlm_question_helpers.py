@@ -1,7 +1,9 @@
 """What the tests of the pretrained tiny VLMs (tiny-vlm-photo, tiny-qwen-vl-photo) share: a
 question's reward, colour-shifted photos, and what the brightness and warmth questions each
-see between the two sides of an edit."""
+see between the two sides of an edit; the flags a pretraining command records."""
 from __future__ import annotations
+
+import shlex
 
 import torch
 
@@ -38,3 +40,16 @@ def question_gaps(model_id: str, photos: torch.Tensor, edit: str, **kw) -> dict[
         r = question_reward(model_id, attr=attr, **kw)
         gaps[attr] = r(more)[0] - r(less)[0]
     return gaps
+
+
+def recorded_flags(command: str, skip: set[str]) -> dict[str, str | None]:
+    """{flag: its value, or None for a switch} of a pretraining command as a manifest records
+    it ("python -m alignprop.pretrain_tiny_vlm --flag value ..."), without the flags in
+    ``skip``."""
+    words = shlex.split(command)[3:]
+    flags, i = {}, 0
+    while i < len(words):
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+        flags[words[i]] = value
+        i += 2 if value is not None else 1
+    return {k: v for k, v in flags.items() if k not in skip}

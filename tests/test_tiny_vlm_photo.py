@@ -4,7 +4,6 @@ The model is loaded once per module (rewards share the cached bundle). Photos ar
 held out of every pretraining set (astronaut, chelsea, coffee, rocket).
 """
 import json
-import shlex
 import shutil
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from rewards.vlm import make_vlm_reward
 from rewards.vlm_model import load_vlm
 from rewards.vlm_named import ASSET_ROOT, MANIFEST, named_vlm_dir, verify_folder
 
-from _vlm_question_helpers import question_gaps, question_reward, shift
+from _vlm_question_helpers import question_gaps, question_reward, recorded_flags, shift
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-vlm-photo"
@@ -198,16 +197,6 @@ def test_training_flag_and_scorer_take_the_name(tmp_path, photos, capsys):
 
 
 # --------------------------------------------------------------------------- the pretraining command
-def _flags(command: str, skip: set[str]) -> dict[str, str | None]:
-    words = shlex.split(command)[3:]            # after "python -m alignprop.pretrain_tiny_vlm"
-    flags, i = {}, 0
-    while i < len(words):
-        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
-        flags[words[i]] = value
-        i += 2 if value is not None else 1
-    return {k: v for k, v in flags.items() if k not in skip}
-
-
 def test_pretraining_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     out = tmp_path / "vlm"
     args = ["--output_dir", str(out), "--vision_steps", "2", "--steps", "2", "--batch", "2",
@@ -223,7 +212,7 @@ def test_pretraining_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     # the shipped manifest's command has it
     budget = {"--vision_steps", "--steps", "--batch", "--crops", "--eval_samples"}
     shipped = json.loads((SHIPPED / MANIFEST).read_text())["command"]
-    assert _flags(manifest["command"], budget) == _flags(shipped, budget)
+    assert recorded_flags(manifest["command"], budget) == recorded_flags(shipped, budget)
     again = tmp_path / "again"
     pretrain.main(["--output_dir", str(again)] + args[2:] + ["--force"])
     # same command, same seed: the same weights, byte for byte
