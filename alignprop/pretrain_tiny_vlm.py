@@ -915,8 +915,8 @@ def main(argv=None) -> int:
         if not args.route_heads:
             # the routing loss's shape means nothing without it (and is refused): an unrouted
             # command is recorded as before those flags existed
-            for k in ("route_weight", "read_weight", "route_steps", "route_kinds"):
-                del shown[k]
+            for flag in routing:
+                del shown[flag.removeprefix("--")]
         command = command_line("python -m alignprop.pretrain_tiny_vlm", shown,
                                skip=("output_dir",))
         manifest = {
